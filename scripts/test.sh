@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Set up the virtual environment (CPU torch) and run every test.
+# Starts nothing by hand: the tests themselves use the running PostgreSQL/Redis
+# when reachable and start throwaway servers when not.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+# torch first and pinned, so nothing pulls a CUDA build.
+python -m pip install -q "torch==2.13.0"
+python -m pip install -q -e ".[dev]"
+set +e
+python -m pytest "$@"
+rc=$?
+set -e
+if [ "$rc" -eq 5 ]; then
+  echo "pytest collected no tests: failing on purpose" >&2
+  exit 1
+fi
+exit "$rc"
