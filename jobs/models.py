@@ -1,0 +1,158 @@
+"""Tables of the job platform (SQLAlchemy 2). API shapes live in ``api/schemas.py``, not here."""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, DateTime, Enum, Float, Index, Integer, String, Text, TypeDecorator
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC timestamps on every backend (SQLite stores naive ones, PostgreSQL timestamptz)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given; use timezone-aware UTC")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class JobStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    EXPIRED = "expired"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.EXPIRED})
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+def _status_column() -> Enum:
+    return Enum(
+        JobStatus,
+        name="job_status",
+        native_enum=False,
+        length=16,
+        values_callable=lambda e: [m.value for m in e],
+        validate_strings=True,
+    )
+
+
+class Job(Base):
+    """One edit request from submission to its terminal state; the database is the source of truth."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(128))  # the principal that submitted it (auth plugs in here)
+    status: Mapped[JobStatus] = mapped_column(_status_column(), default=JobStatus.QUEUED)
+
+    # What to do.
+    instruction: Mapped[str] = mapped_column(Text)
+    model: Mapped[str] = mapped_column(String(64))
+    resolution: Mapped[int] = mapped_column(Integer)
+    seed: Mapped[int] = mapped_column(Integer)  # the seed actually used (drawn at submit when not given)
+    cfg: Mapped[float] = mapped_column(Float)
+    tau: Mapped[float] = mapped_column(Float)
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    source_key: Mapped[str | None] = mapped_column(String(255))  # None once purged after the result TTL
+    source_content_type: Mapped[str] = mapped_column(String(64))
+    webhook_url: Mapped[str | None] = mapped_column(Text)
+    webhook_events: Mapped[list[str] | None] = mapped_column(JSON)
+
+    # Execution: lease, fencing and progress.
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # bumped by every claim; fences completion
+    worker_id: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    progress_scale: Mapped[int | None] = mapped_column(Integer)
+    progress_scales: Mapped[int | None] = mapped_column(Integer)
+
+    # Outcome.
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    result_key: Mapped[str | None] = mapped_column(String(255))  # None once purged after the result TTL
+    result_content_type: Mapped[str | None] = mapped_column(String(64))
+    result_width: Mapped[int | None] = mapped_column(Integer)
+    result_height: Mapped[int | None] = mapped_column(Integer)
+    result_bytes: Mapped[int | None] = mapped_column(Integer)
+    purged_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    # Clock.
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    start_deadline: Mapped[datetime] = mapped_column(UTCDateTime())  # queued past this -> expired
+    dispatched_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)  # last (re)publish
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())  # first claim
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        Index("ix_jobs_owner_created", "owner", "created_at", "id"),
+        Index("ix_jobs_status_model", "status", "model", "resolution", "created_at"),
+        Index("ix_jobs_status_lease", "status", "lease_expires_at"),
+        Index("ix_jobs_finished", "finished_at"),
+    )
+
+    @property
+    def progress(self) -> tuple[int, int] | None:
+        if self.progress_scale is None or self.progress_scales is None:
+            return None
+        return self.progress_scale, self.progress_scales
+
+
+class IdempotencyRecord(Base):
+    """The first response to a (owner, Idempotency-Key), replayed for retries of the same request."""
+
+    __tablename__ = "idempotency_records"
+
+    owner: Mapped[str] = mapped_column(String(128), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    job_id: Mapped[str | None] = mapped_column(String(36))  # None while the first request is in flight
+    response_status: Mapped[int | None] = mapped_column(Integer)
+    response_body: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    __table_args__ = (Index("ix_idempotency_created", "created_at"),)
+
+
+class WorkerHeartbeat(Base):
+    """Liveness of one GPU worker process; the API counts ready workers from these rows."""
+
+    __tablename__ = "worker_heartbeats"
+
+    worker_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    model: Mapped[str] = mapped_column(String(64))
+    hostname: Mapped[str] = mapped_column(String(255))
+    ready: Mapped[bool] = mapped_column(Boolean, default=False)  # weights loaded and warm-up edit done
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    __table_args__ = (Index("ix_worker_heartbeats_model_seen", "model", "last_seen"),)

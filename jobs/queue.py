@@ -1,0 +1,68 @@
+"""Publishing ``run_edit`` to the model's Celery queue, by task name, without importing ``worker/``.
+
+The broker only wakes workers; the database is the truth. A failed publish leaves the job ``queued``
+and the periodic dispatcher (`lifecycle.stranded_queued`) republishes it.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import structlog
+from celery import Celery
+
+from jobs.settings import Settings
+
+RUN_EDIT_TASK = "worker.run_edit"
+PUBLISH_TIMEOUT_S = 5  # a request must not hang on a dead broker; the dispatcher covers the miss
+
+log = structlog.get_logger(__name__)
+
+
+def queue_name(model: str) -> str:
+    """The Celery queue served by the GPU workers of ``model``."""
+    return f"edits.{model}"
+
+
+class Publisher(Protocol):
+    def publish_run_edit(self, job_id: str, model: str) -> None:
+        """Send ``run_edit(job_id)`` to ``edits.<model>``; raises when the broker refuses it."""
+
+
+def make_celery(settings: Settings) -> Celery:
+    """A Celery app that only sends tasks (the API's); the worker builds its own from the same settings."""
+    app = Celery("varedit-publisher", broker=settings.broker_url)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        broker_connection_timeout=PUBLISH_TIMEOUT_S,
+        broker_connection_retry=False,
+        broker_transport_options={"max_retries": 1, "socket_timeout": PUBLISH_TIMEOUT_S},
+    )
+    return app
+
+
+class CeleryPublisher:
+    """`Publisher` over a Celery app: ``send_task`` by name to the model's queue."""
+
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+
+    def publish_run_edit(self, job_id: str, model: str) -> None:
+        self.app.send_task(
+            RUN_EDIT_TASK,
+            args=[job_id],
+            queue=queue_name(model),
+            retry=False,
+        )
+        log.info("job_published", job_id=job_id, queue=queue_name(model))
+
+
+def publish_quietly(publisher: Publisher, job_id: str, model: str) -> bool:
+    """Publish after commit; a broker failure is logged, not raised (outbox rule). True when sent."""
+    try:
+        publisher.publish_run_edit(job_id, model)
+    except Exception:
+        log.warning("job_publish_failed", job_id=job_id, model=model, exc_info=True)
+        return False
+    return True

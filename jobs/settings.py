@@ -1,0 +1,113 @@
+"""All configuration of the job platform, read once from ``VAREDIT_*`` variables (or ``.env``).
+
+With nothing set, the defaults describe the embedded single-machine platform: SQLite and local-folder
+storage under ``data_dir``, a Redis broker on localhost, the small bundled model.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Resolutions each known model variant can generate (side of the square output, pixels).
+KNOWN_RESOLUTIONS: dict[str, list[int]] = {
+    "2B-512": [512],
+    "8B-512": [512],
+    "8B-1024": [1024],
+    "tiny": [32],
+}
+
+
+def _default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Settings(BaseSettings):
+    """Every knob of the api, the workers and the periodic tasks; one instance per process."""
+
+    model_config = SettingsConfigDict(env_prefix="VAREDIT_", env_file=".env", extra="ignore")
+
+    environment: str = "development"  # "production" refuses unsafe defaults
+    data_dir: Path = Path("data")
+    database_url: str = ""  # empty: sqlite:///<data_dir>/varedit.db
+    broker_url: str = "redis://127.0.0.1:6379/0"  # Celery broker; also carries job-change notifications
+    storage_url: str = ""  # empty: file://<data_dir>/objects ; or s3://bucket/prefix
+    s3_endpoint_url: str | None = None  # MinIO or any S3-compatible endpoint
+    s3_region: str = "us-east-1"
+    model_path: Path | None = None  # None: the small model shipped with the package
+    models: list[str] = Field(default_factory=lambda: ["tiny"])  # model names served by this deployment
+    model_resolutions: dict[str, list[int]] = Field(default_factory=lambda: dict(KNOWN_RESOLUTIONS))
+    worker_id: str = Field(default_factory=_default_worker_id)
+
+    # Leases and retries.
+    lease_s: int = Field(60, gt=0)  # a running job whose lease is this old is presumed lost
+    heartbeat_s: int = Field(10, gt=0)  # must stay well under lease_s
+    max_attempts: int = Field(3, ge=1)
+    start_timeout_s: int = Field(3600, gt=0)  # default start deadline: queued longer -> expired
+    stranded_after_s: int = Field(300, gt=0)  # queued with no publish for this long -> republish
+    result_ttl_s: int = Field(7 * 24 * 3600, gt=0)  # results and sources are deleted after this
+    idempotency_ttl_s: int = Field(24 * 3600, gt=0)
+    max_batch: int = Field(4, ge=1)
+    worker_stale_s: int = Field(60, gt=0)  # a worker silent this long is not counted as ready
+    presigned_url_s: int = Field(300, gt=0)
+
+    # Input limits.
+    max_upload_bytes: int = Field(20 * 1024 * 1024, gt=0)
+    max_pixels: int = Field(4096 * 4096, gt=0)  # decompression-bomb guard on the decoded image
+    max_instruction_chars: int = Field(1000, gt=0)
+    cfg_min: float = 1.0
+    cfg_max: float = 10.0
+    cfg_default: float = 3.0
+    tau_min: float = 0.01
+    tau_max: float = 2.0
+    tau_default: float = 0.1
+    seed_max: int = 2**31 - 1
+    max_wait_s: int = Field(60, gt=0)  # upper bound of `Prefer: wait=N`
+    page_size_max: int = Field(100, gt=0)
+
+    # Logging.
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    @model_validator(mode="after")
+    def _fill_and_check(self) -> Settings:
+        """Derive defaults from data_dir and refuse configurations that cannot work."""
+        if not self.database_url:
+            self.database_url = f"sqlite:///{(self.data_dir / 'varedit.db').resolve()}"
+        if self.database_url.startswith(("postgres://", "postgresql://")):
+            # One driver everywhere: psycopg 3.
+            self.database_url = "postgresql+psycopg://" + self.database_url.split("://", 1)[1]
+        if not self.storage_url:
+            self.storage_url = f"file://{(self.data_dir / 'objects').resolve()}"
+        if not self.models:
+            raise ValueError("VAREDIT_MODELS must name at least one model")
+        missing = [m for m in self.models if m not in self.model_resolutions]
+        if missing:
+            raise ValueError(f"no resolutions known for models {missing}; set VAREDIT_MODEL_RESOLUTIONS")
+        if self.heartbeat_s >= self.lease_s:
+            raise ValueError("heartbeat_s must be smaller than lease_s")
+        if not (self.cfg_min <= self.cfg_default <= self.cfg_max):
+            raise ValueError("cfg_default must lie within [cfg_min, cfg_max]")
+        if not (self.tau_min <= self.tau_default <= self.tau_max):
+            raise ValueError("tau_default must lie within [tau_min, tau_max]")
+        if self.environment == "production" and self.database_url.startswith("sqlite"):
+            raise ValueError("production needs VAREDIT_DATABASE_URL pointing at PostgreSQL")
+        return self
+
+    @property
+    def default_model(self) -> str:
+        return self.models[0]
+
+    def resolutions(self, model: str) -> list[int]:
+        return self.model_resolutions[model]
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read on first use (tests build their own ``Settings`` instead)."""
+    return Settings()

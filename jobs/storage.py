@@ -1,0 +1,178 @@
+"""Object storage for source images and results: a local folder, or any S3-compatible service.
+
+Keys are ``jobs/<job_id>/source.<ext>`` and ``jobs/<job_id>/result-<attempt>.png``; the key of the
+result lives on the job row, so readers never derive it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlparse
+
+import boto3
+from botocore.client import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from jobs.errors import StorageError
+from jobs.settings import Settings
+
+EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+
+
+def source_key(job_id: str, content_type: str) -> str:
+    return f"jobs/{job_id}/source.{EXTENSIONS.get(content_type, 'bin')}"
+
+
+def result_key(job_id: str, attempt: int) -> str:
+    """Per attempt, so a fenced-out stale attempt can never overwrite the result that was accepted."""
+    return f"jobs/{job_id}/result-{attempt}.png"
+
+
+class Storage(Protocol):
+    def put(self, key: str, data: bytes, content_type: str) -> None: ...
+
+    def get(self, key: str) -> bytes:
+        """The object's bytes; `KeyError` when absent."""
+        ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def delete(self, key: str) -> None:
+        """Remove the object; absent objects are not an error."""
+        ...
+
+    def presigned_url(self, key: str, expires_s: int) -> str | None:
+        """A short-lived GET URL, or None when the backend cannot make one (then serve the bytes)."""
+        ...
+
+    def check(self) -> None:
+        """Raise `StorageError` when the backend is unreachable (readiness probe)."""
+        ...
+
+
+class LocalStorage:
+    """Objects as files under ``root``; writes are atomic (temp file + rename)."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if not path.is_relative_to(self.root) or path == self.root:
+            raise ValueError(f"object key escapes the storage root: {key!r}")
+        return path
+
+    def put(self, key: str, data: bytes, content_type: str) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise KeyError(key) from None
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def presigned_url(self, key: str, expires_s: int) -> str | None:
+        return None
+
+    def check(self) -> None:
+        if not os.access(self.root, os.W_OK):
+            raise StorageError(f"storage folder {self.root} is not writable")
+
+
+class S3Storage:
+    """Objects in an S3 bucket under ``prefix``; ``endpoint_url`` selects MinIO or another service."""
+
+    def __init__(
+        self, bucket: str, prefix: str = "", endpoint_url: str | None = None, region: str = "us-east-1"
+    ) -> None:
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        # Path-style addressing: MinIO and local endpoints have no per-bucket DNS names.
+        self.client = boto3.client(
+            "s3",
+            endpoint_url=endpoint_url,
+            region_name=region,
+            config=Config(
+                s3={"addressing_style": "path"}, signature_version="s3v4", retries={"mode": "standard"}
+            ),
+        )
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def put(self, key: str, data: bytes, content_type: str) -> None:
+        try:
+            self.client.put_object(
+                Bucket=self.bucket, Key=self._key(key), Body=data, ContentType=content_type
+            )
+        except (BotoCoreError, ClientError) as e:
+            raise StorageError(f"could not store {key}: {e}") from e
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+        except ClientError as e:
+            if e.response["Error"]["Code"] in ("NoSuchKey", "404"):
+                raise KeyError(key) from None
+            raise StorageError(f"could not read {key}: {e}") from e
+        except BotoCoreError as e:
+            raise StorageError(f"could not read {key}: {e}") from e
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as e:
+            if e.response["Error"]["Code"] in ("NoSuchKey", "404", "NotFound"):
+                return False
+            raise StorageError(f"could not check {key}: {e}") from e
+        return True
+
+    def delete(self, key: str) -> None:
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        except (BotoCoreError, ClientError) as e:
+            raise StorageError(f"could not delete {key}: {e}") from e
+
+    def presigned_url(self, key: str, expires_s: int) -> str | None:
+        return self.client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": self._key(key)}, ExpiresIn=expires_s
+        )
+
+    def check(self) -> None:
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except (BotoCoreError, ClientError) as e:
+            raise StorageError(f"bucket {self.bucket} is not reachable: {e}") from e
+
+
+def storage_from_url(url: str, endpoint_url: str | None = None, region: str = "us-east-1") -> Storage:
+    """``file:///abs/path`` -> `LocalStorage`; ``s3://bucket/prefix`` -> `S3Storage`."""
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        return LocalStorage(parsed.path)
+    if parsed.scheme == "s3":
+        return S3Storage(parsed.netloc, parsed.path, endpoint_url=endpoint_url, region=region)
+    raise ValueError(f"unsupported storage URL {url!r}: use file:///path or s3://bucket/prefix")
+
+
+def storage_from_settings(settings: Settings) -> Storage:
+    return storage_from_url(settings.storage_url, settings.s3_endpoint_url, settings.s3_region)
