@@ -1,0 +1,129 @@
+"""A stand-in for `varedit.EditPipeline` that returns at once.
+
+It has the same `edit(images, instructions, seeds, cfg, tau, on_scale)` contract as the real pipeline
+and no torch import, so it serves two purposes:
+
+- the platform-overhead benchmark (every millisecond measured is the platform's, not the model's);
+- platform tests that need a worker but not a model (cancellation, crash recovery, batching).
+
+It is selected by a model path of the form ``fake://?scales=4&scale_ms=0&gate=/dir&gate_scale=2``:
+
+``scales``      scales per edit (on_scale is called after each one), default 4.
+``scale_ms``    time spent "generating" each scale, default 0.
+``gate``        a folder used as a synchronisation point by tests. When set, on reaching scale
+                ``gate_scale`` the pipeline writes ``<gate>/blocked-<pid>-<n>`` (its content is the
+                instruction) and waits until ``<gate>/open`` exists. A test can therefore catch a job
+                in the middle of generation without sleeping: it waits for the ``blocked-*`` file,
+                acts (cancel, kill -9), then creates ``open``.
+``gate_timeout_s``  give up waiting after this long (default 120) and raise, so a broken test never
+                hangs a worker forever.
+
+The edited image is a deterministic function of the source, the instruction and the seed (the source
+with inverted colours, tinted by the seed), so tests can check that results belong to their job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+from PIL import Image, ImageOps
+
+FAKE_SCHEME = "fake://"
+
+_gate_counter = itertools.count()
+
+
+def is_fake_path(path: str | None) -> bool:
+    return bool(path) and str(path).startswith(FAKE_SCHEME)
+
+
+@dataclass(frozen=True)
+class FakeOptions:
+    scales: int = 4
+    scale_ms: float = 0.0
+    gate: str | None = None
+    gate_scale: int = 2
+    gate_timeout_s: float = 120.0
+
+    @classmethod
+    def from_url(cls, url: str) -> FakeOptions:
+        query = parse_qs(urlsplit(url).query)
+
+        def one(name: str) -> str | None:
+            values = query.get(name)
+            return values[-1] if values else None
+
+        opts = cls()
+        return cls(
+            scales=int(one("scales") or opts.scales),
+            scale_ms=float(one("scale_ms") or opts.scale_ms),
+            gate=one("gate") or None,
+            gate_scale=int(one("gate_scale") or opts.gate_scale),
+            gate_timeout_s=float(one("gate_timeout_s") or opts.gate_timeout_s),
+        )
+
+
+class FakeEditPipeline:
+    """Instant edit pipeline with the `EditPipeline.edit` signature."""
+
+    def __init__(self, options: FakeOptions | None = None) -> None:
+        self.options = options or FakeOptions()
+
+    @classmethod
+    def from_pretrained(cls, path: str, **_: object) -> FakeEditPipeline:
+        return cls(FakeOptions.from_url(path))
+
+    def edit(
+        self,
+        images: Sequence[Image.Image],
+        instructions: Sequence[str],
+        seeds: Sequence[int] | None = None,
+        cfg: float | Sequence[float] = 4.0,
+        tau: float | Sequence[float] = 0.5,
+        on_scale: Callable[[int, int], bool | None] | None = None,
+    ) -> list[Image.Image]:
+        if len(images) != len(instructions):
+            raise ValueError(f"got {len(images)} images but {len(instructions)} instructions")
+        seeds = list(seeds) if seeds is not None else [0] * len(images)
+        n_scales = self.options.scales
+        for k in range(1, n_scales + 1):
+            if self.options.scale_ms:
+                time.sleep(self.options.scale_ms / 1000.0)  # simulated GPU work, not synchronisation
+            if self.options.gate and k == self.options.gate_scale:
+                self._wait_at_gate(instructions)
+            if on_scale is not None and on_scale(k, n_scales) is False:
+                raise EditStopped(k, n_scales)
+        return [_edited(img, instr, seed) for img, instr, seed in zip(images, instructions, seeds, strict=True)]
+
+    def _wait_at_gate(self, instructions: Sequence[str]) -> None:
+        gate = Path(self.options.gate or "")
+        gate.mkdir(parents=True, exist_ok=True)
+        marker = gate / f"blocked-{os.getpid()}-{next(_gate_counter)}"
+        marker.write_text("\n".join(instructions))
+        deadline = time.monotonic() + self.options.gate_timeout_s
+        while not (gate / "open").exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"fake pipeline gate {gate} was never opened")
+            time.sleep(0.01)  # polling the sync point; the gate file is the synchronisation
+
+
+class EditStopped(Exception):
+    """Raised by the fake pipeline when on_scale returns False (the real one stops the same way)."""
+
+    def __init__(self, k: int, n_scales: int) -> None:
+        super().__init__(f"edit stopped by on_scale at scale {k}/{n_scales}")
+        self.scale = k
+        self.scales = n_scales
+
+
+def _edited(image: Image.Image, instruction: str, seed: int) -> Image.Image:
+    digest = hashlib.sha256(f"{instruction}\0{seed}".encode()).digest()
+    tint = Image.new("RGB", image.size, tuple(digest[:3]))
+    return Image.blend(ImageOps.invert(image.convert("RGB")), tint, 0.25)

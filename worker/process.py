@@ -1,0 +1,118 @@
+"""Celery signal handlers: logging, the warm model in each pool child, the readiness heartbeat.
+
+Order of events in a GPU worker (``-Q edits.<model> -c 1``):
+
+1. parent: ``celeryd_init``     remember the node name (worker id) before the pool forks;
+2. child:  ``worker_process_init``   build the runtime, write the heartbeat row ``ready=False``, load
+   the pipeline of every ``edits.<model>`` queue this worker consumes, run the warm-up edit, write
+   ``ready=True`` and start the heartbeat thread;
+3. child:  ``worker_process_shutdown``  write ``ready=False``.
+
+A light worker (``-Q webhooks,maintenance``) consumes no edits queue and loads nothing.
+
+If loading fails the child asks its parent to shut down (warm shutdown) instead of serving: a worker
+that cannot run its model must not claim jobs. Messages it received are not claimed, so their jobs stay
+``queued`` and are picked up by a healthy worker.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+import structlog
+from celery import current_app
+from celery.signals import celeryd_init, setup_logging, worker_process_init, worker_process_shutdown
+
+from jobs.logging import configure_logging
+from jobs.queue import queue_name
+from jobs.settings import get_settings
+from worker import heartbeat
+from worker.pool import POOL
+from worker.runtime import get_runtime, reset_runtime, set_nodename
+
+log = structlog.get_logger(__name__)
+
+EDITS_PREFIX = queue_name("")  # "edits."
+
+_heartbeat_thread: heartbeat.HeartbeatThread | None = None
+
+
+@setup_logging.connect
+def _setup_logging(**_: Any) -> None:
+    # Connecting this signal stops Celery from configuring logging itself; structlog renders JSON.
+    settings = get_settings()
+    configure_logging(level=settings.log_level, json=settings.log_json)
+
+
+@celeryd_init.connect
+def _remember_nodename(sender: str | None = None, **_: Any) -> None:
+    set_nodename(sender)
+
+
+def served_models(queue_names: list[str]) -> list[str]:
+    """Models whose edits queue is among `queue_names` (`edits.tiny` -> `tiny`)."""
+    return sorted(q[len(EDITS_PREFIX):] for q in queue_names if q.startswith(EDITS_PREFIX))
+
+
+def heartbeat_rows(worker_id: str, models: list[str]) -> list[tuple[str, str]]:
+    # One row per (worker, model); a worker serving one model keeps its plain id.
+    if len(models) == 1:
+        return [(worker_id, models[0])]
+    return [(f"{worker_id}:{m}", m) for m in models]
+
+
+@worker_process_init.connect
+def _init_pool_child(sender: str | None = None, **_: Any) -> None:
+    global _heartbeat_thread
+    reset_runtime()  # never reuse anything built in the parent
+    POOL.clear()
+    models = served_models(list(current_app.amqp.queues.consume_from))
+    if not models:
+        return
+    rt = get_runtime()
+    structlog.contextvars.bind_contextvars(worker_id=rt.worker_id)
+    rows = heartbeat_rows(rt.worker_id, models)
+    beats = heartbeat.HeartbeatThread(rt.sessions, rows=rows, hostname=rt.hostname,
+                                      interval_s=rt.settings.heartbeat_s)
+    beats.beat(ready=False)
+    try:
+        for model in models:
+            load_model(model)
+    except Exception:
+        log.exception("model_load_failed", models=models)
+        POOL.clear()
+        os.kill(os.getppid(), signal.SIGTERM)  # warm shutdown of the whole worker; tasks won't claim
+        return
+    beats.beat(ready=True)
+    beats.start()
+    _heartbeat_thread = beats
+    log.info("worker_ready", models=models, pid=os.getpid())
+
+
+def load_model(model: str) -> None:
+    settings = get_runtime().settings
+    path = model_path_for(model)
+    POOL.load(model, path, variant=None if path.startswith("fake:") else model,
+              device=os.environ.get("VAREDIT_DEVICE") or None, dtype=os.environ.get("VAREDIT_DTYPE") or None)
+    del settings
+
+
+def model_path_for(model: str) -> str:
+    settings = get_runtime().settings
+    if settings.model_path is not None:
+        return str(settings.model_path)
+    from varedit import default_model_path  # noqa: PLC0415 - the bundled small model
+
+    return str(default_model_path(model))
+
+
+@worker_process_shutdown.connect
+def _shutdown_pool_child(**_: Any) -> None:
+    global _heartbeat_thread
+    if _heartbeat_thread is None:
+        return
+    _heartbeat_thread.stop()
+    _heartbeat_thread.beat(ready=False)
+    _heartbeat_thread = None
