@@ -1,0 +1,159 @@
+"""Train the BSQ multi-scale VAE of the small model on generated shape images.
+
+Loss = L1 + MSE reconstruction through the multi-scale quantizer (straight-through), plus the
+quantizer's own terms: a commitment loss pulling each normalised residual towards its binary
+corner, and the BSQ entropy term (confident bits per token, balanced bits over the batch).
+The official BSQ module stubs these losses out at inference; they only matter for training.
+
+    python -m varedit.train.vae --steps 2500 --out runs/vae
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from ..vae.autoencoder import Decoder, Encoder
+from ..vae.config import VAEConfig
+from ..vae.quantizer import BSQ, DOWN_MODE, UP_MODE
+from .common import LossLog, device, load_checkpoint, lr_at, records_for_step, save_checkpoint, to_tensor
+from .data import make_record
+
+# The shipped small model: 64 px images, 8 px per token -> 8x8 latent, 16 bits per latent pixel.
+SHAPES_VAE = VAEConfig(codebook_dim=16, patch_size=8, base_ch=32, ch_mult=(1, 1, 2, 2), num_res_blocks=1)
+SHAPES_SCHEDULE = [(1, 1, 1), (1, 2, 2), (1, 4, 4), (1, 6, 6), (1, 8, 8)]  # the official 1:1 template, K = 5
+
+
+@dataclass
+class VAETrainConfig:
+    steps: int = 2500
+    batch: int = 16  # images per step (source and target of batch/2 records)
+    lr: float = 1e-3
+    warmup: int = 100
+    weight_decay: float = 0.0
+    commit: float = 0.25  # commitment loss weight
+    entropy: float = 0.05  # BSQ entropy loss weight
+    entropy_temp: float = 1.0  # inverse temperature of the soft bit probabilities
+    grad_clip: float = 1.0
+    seed: int = 0
+    ckpt_every: int = 200
+    eval_every: int = 250
+    threads: int = 1
+
+
+class ShapesVAE(nn.Module):
+    """Encoder + decoder + multi-scale BSQ with training losses (same ops as `vae.quantizer`)."""
+
+    def __init__(self, cfg: VAEConfig = SHAPES_VAE):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder, self.decoder = Encoder(cfg), Decoder(cfg)
+        self.bsq = BSQ(cfg.codebook_dim)
+
+    def quantize(self, f_BdHW: torch.Tensor, schedule=SHAPES_SCHEDULE, temp: float = 1.0):
+        """Multi-scale residual BSQ -> (summed codes (B, dq, H, W), commitment loss, entropy loss)."""
+        residual = f_BdHW.unsqueeze(2)  # (B, dq, 1, H, W)
+        full = tuple(residual.shape[-3:])
+        z, commit, ent = 0.0, 0.0, 0.0
+        d = self.cfg.codebook_dim
+        for grid in schedule:
+            r = F.interpolate(residual, size=grid, mode=DOWN_MODE) if tuple(grid) != full else residual
+            q, _ = self.bsq(r)
+            u = F.normalize(r, dim=1)  # the value q straight-throughs
+            commit = commit + ((u - q.detach()) ** 2).sum(1).mean()
+            p = torch.sigmoid(2 * temp * u * d**0.5)  # soft P(bit = 1), (B, dq, 1, h, w)
+            ent = ent + _bin_entropy(p).sum(1).mean() - _bin_entropy(p.mean((0, 2, 3, 4))).sum()
+            if tuple(grid) != full:
+                q = F.interpolate(q, size=full, mode=UP_MODE)
+            residual = residual - q.detach()
+            z = z + q
+        return z.squeeze(2), commit / len(schedule), ent / len(schedule)
+
+    def forward(self, x_B3HW: torch.Tensor, temp: float = 1.0):
+        z, commit, ent = self.quantize(self.encoder(x_B3HW), temp=temp)
+        return self.decoder(z), commit, ent
+
+
+def _bin_entropy(p: torch.Tensor) -> torch.Tensor:
+    p = p.clamp(1e-6, 1 - 1e-6)
+    return -(p * p.log() + (1 - p) * (1 - p).log())
+
+
+def image_batch(seed: int, step: int, batch: int) -> torch.Tensor:
+    recs = records_for_step(seed, step, batch // 2)
+    return to_tensor(np.stack([im for r in recs for im in (r.source, r.target)]))
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB of images in [-1, 1] (peak-to-peak 2)."""
+    mse = F.mse_loss(a.clamp(-1, 1), b).item()
+    return 10 * np.log10(4 / max(mse, 1e-12))
+
+
+@torch.no_grad()
+def evaluate(model: ShapesVAE, n: int = 64) -> float:
+    model.eval()
+    recs = [make_record(12345, i, "test") for i in range(n // 2)]
+    x = to_tensor(np.stack([im for r in recs for im in (r.source, r.target)]))
+    x = x.to(next(model.parameters()).device)
+    y, _, _ = model(x)
+    model.train()
+    return psnr(y, x)
+
+
+def train(cfg: VAETrainConfig, out: Path) -> ShapesVAE:
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    dev = device()
+    model = ShapesVAE().to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+    ckpt, log = out / "ckpt.pt", LossLog(out / "log.jsonl")
+    step = 0
+    if ckpt.exists():
+        step = load_checkpoint(ckpt, {"vae": model}, opt)["step"]
+        print(f"resumed from {ckpt} at step {step}")
+    bar = tqdm(range(step, cfg.steps), initial=step, total=cfg.steps, desc="vae")
+    t0 = time.time()
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg.steps, cfg.lr, cfg.warmup)
+        x = image_batch(cfg.seed, step, cfg.batch).to(dev)
+        y, commit, ent = model(x, cfg.entropy_temp)
+        rec = F.l1_loss(y, x) + F.mse_loss(y, x)
+        loss = rec + cfg.commit * commit + cfg.entropy * ent
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        bar.set_postfix(rec=f"{rec.item():.4f}", psnr=f"{psnr(y.detach(), x):.1f}")
+        values = {"loss": loss.item(), "rec": rec.item(),
+                  "commit": float(commit.detach()), "ent": float(ent.detach())}
+        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+            values["test_psnr"] = evaluate(model)
+        if step % 10 == 0 or "test_psnr" in values:
+            log.write(step, **values, sec=time.time() - t0)
+        if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps:
+            save_checkpoint(ckpt, step + 1, {"vae": model}, opt, {"config": asdict(cfg)})
+    return model
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("runs/vae"))
+    for name, value in asdict(VAETrainConfig()).items():
+        p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+    args = vars(p.parse_args(argv))
+    out = args.pop("out")
+    train(VAETrainConfig(**args), out)
+
+
+if __name__ == "__main__":
+    main()
