@@ -62,6 +62,7 @@ def _status_column() -> Enum:
         length=16,
         values_callable=lambda e: [m.value for m in e],
         validate_strings=True,
+        create_constraint=True,
     )
 
 

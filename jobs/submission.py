@@ -1,0 +1,109 @@
+"""Accepting an edit: store the source, insert the job (and idempotency record) atomically, then publish.
+
+Order matters (DESIGN section 2): the object is written first under the job's key; the job row and
+the idempotency response commit together; only after the commit is ``run_edit`` published, and a
+failed publish leaves the job ``queued`` for the dispatcher. Any failure before the commit removes
+the object and the reservation, so nothing is left half-stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from sqlalchemy.orm import Session, sessionmaker
+
+from jobs import idempotency, lifecycle
+from jobs.db import session_scope
+from jobs.models import Job
+from jobs.queue import Publisher, publish_quietly
+from jobs.storage import Storage, source_key
+
+ACCEPTED = 202
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """The response to send: the first one for this request (``replayed`` when it was stored before)."""
+
+    job_id: str
+    status_code: int
+    body: dict[str, Any]
+    replayed: bool
+
+
+def request_fingerprint(fields: dict[str, Any], image: bytes) -> str:
+    """A hash of the request as the client sent it (before defaults), to recognise a retry."""
+    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode() + b"\0" + hashlib.sha256(image).digest()).hexdigest()
+
+
+def submit_edit(
+    sessions: sessionmaker[Session],
+    storage: Storage,
+    publisher: Publisher,
+    *,
+    owner: str,
+    spec: lifecycle.EditSpec,
+    image: bytes,
+    content_type: str,
+    render: Callable[[Job], dict[str, Any]],
+    idempotency_key: str | None = None,
+    fingerprint: str = "",
+) -> Submitted:
+    """Accept one validated edit; ``render`` turns the new job into the response body that is stored
+    for idempotent replays. Raises the idempotency errors, `StorageError` or database errors."""
+    if idempotency_key is not None:
+        with session_scope(sessions) as session:
+            record = idempotency.reserve(session, owner, idempotency_key, fingerprint)
+        if record is not None:
+            return Submitted(
+                record.job_id or "", record.response_status or ACCEPTED, record.response_body or {}, True
+            )
+
+    job_id = lifecycle.new_job_id()
+    key = source_key(job_id, content_type)
+    try:
+        storage.put(key, image, content_type)
+        with session_scope(sessions) as session:
+            job = lifecycle.submit(
+                session,
+                job_id=job_id,
+                owner=owner,
+                spec=spec,
+                source_key=key,
+                source_content_type=content_type,
+            )
+            body = render(job)
+            if idempotency_key is not None:
+                idempotency.complete(session, owner, idempotency_key, job_id, ACCEPTED, body)
+    except BaseException:
+        log.warning("job_submit_rolled_back", job_id=job_id, exc_info=True)
+        _undo(sessions, storage, key, owner, idempotency_key)
+        raise
+
+    publish_quietly(publisher, job_id, spec.model)
+    return Submitted(job_id, ACCEPTED, body, False)
+
+
+def _undo(
+    sessions: sessionmaker[Session], storage: Storage, key: str, owner: str, idempotency_key: str | None
+) -> None:
+    """Best effort: a leftover object or reservation is harmless, the original error matters more."""
+    try:
+        storage.delete(key)
+    except Exception:
+        log.warning("job_submit_cleanup_failed", key=key, exc_info=True)
+    if idempotency_key is None:
+        return
+    try:
+        with session_scope(sessions) as session:
+            idempotency.release(session, owner, idempotency_key)
+    except Exception:
+        log.warning("idempotency_release_failed", key=idempotency_key, exc_info=True)
