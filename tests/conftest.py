@@ -1,0 +1,261 @@
+"""Shared fixtures: real PostgreSQL, SQLite, Redis and an S3 server (moto over HTTP), plus settings.
+
+Each service is the running one when reachable, otherwise a throwaway server started for the session.
+Every test gets its own fresh database (PostgreSQL: a copy of a migrated template database), so runs
+and tests never see each other's rows. Fixtures meant for reuse by other test modules:
+
+- ``postgres_url``: a fresh, migrated PostgreSQL database for one test
+- ``sqlite_url``: a fresh, migrated SQLite file for one test
+- ``db_url``: parametrized over both
+- ``redis_url``: a Redis for the session (a random logical database on the shared server)
+- ``s3_endpoint`` / ``s3_bucket``: a moto S3 server and a fresh bucket
+- ``make_settings``: `Settings` for a test, with the given overrides
+- ``submit_job``: a committed queued job in ``sessions`` (the ``db_url`` database)
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import secrets
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from jobs import lifecycle
+from jobs.db import make_engine, make_sessionmaker, migrate, session_scope
+from jobs.redis_server import RedisServer, free_port, redis_reachable
+from jobs.settings import Settings
+
+PG_HOST, PG_PORT, PG_USER = "127.0.0.1", 5432, "postgres"
+SHARED_REDIS = "redis://127.0.0.1:6379"
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------------
+
+
+def _pg_reachable(host: str, port: int) -> bool:
+    try:
+        with psycopg.connect(host=host, port=port, user=PG_USER, dbname="postgres", connect_timeout=2):
+            return True
+    except psycopg.OperationalError:
+        return False
+
+
+def _pg_bin(name: str) -> str:
+    found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))), None)
+    if not found:
+        raise RuntimeError(f"PostgreSQL is not reachable on {PG_HOST}:{PG_PORT} and {name} is not installed")
+    return found
+
+
+class _ThrowawayPostgres:
+    """initdb + pg_ctl into a temp folder (as the postgres user when running as root: initdb refuses root)."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="varedit-pg-"))
+        self.port = free_port()
+        self._as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if self._as:
+            shutil.chown(self.dir, "postgres")
+
+    def _run(self, *args: str) -> None:
+        subprocess.run([*self._as, *args], check=True, capture_output=True)
+
+    def start(self) -> None:
+        data = str(self.dir / "data")
+        self._run(_pg_bin("initdb"), "-D", data, "-U", PG_USER, "--auth=trust", "-E", "UTF8")
+        opts = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._run(_pg_bin("pg_ctl"), "-D", data, "-o", opts, "-l", str(self.dir / "log"), "-w", "start")
+
+    def stop(self) -> None:
+        self._run(_pg_bin("pg_ctl"), "-D", str(self.dir / "data"), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _admin(port: int, sql: str) -> None:
+    with psycopg.connect(host=PG_HOST, port=port, user=PG_USER, dbname="postgres", autocommit=True) as conn:
+        conn.execute(sql)
+
+
+@pytest.fixture(scope="session")
+def postgres_port() -> Iterator[int]:
+    """The port of a reachable PostgreSQL (the running one, else a throwaway server)."""
+    if _pg_reachable(PG_HOST, PG_PORT):
+        yield PG_PORT
+        return
+    server = _ThrowawayPostgres()
+    server.start()
+    try:
+        yield server.port
+    finally:
+        server.stop()
+
+
+def _pg_url(port: int, dbname: str) -> str:
+    return f"postgresql+psycopg://{PG_USER}@{PG_HOST}:{port}/{dbname}"
+
+
+@pytest.fixture(scope="session")
+def postgres_template(postgres_port: int) -> Iterator[str]:
+    """A database migrated once per session; each test copies it (CREATE DATABASE ... TEMPLATE)."""
+    name = f"varedit_test_tpl_{secrets.token_hex(4)}"
+    _admin(postgres_port, f'CREATE DATABASE "{name}"')
+    try:
+        migrate(_pg_url(postgres_port, name))
+        yield name
+    finally:
+        _admin(postgres_port, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def postgres_url(postgres_port: int, postgres_template: str) -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database for this test, dropped afterwards."""
+    name = f"varedit_test_{secrets.token_hex(6)}"
+    _admin(postgres_port, f'CREATE DATABASE "{name}" TEMPLATE "{postgres_template}"')
+    try:
+        yield _pg_url(postgres_port, name)
+    finally:
+        _admin(postgres_port, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# -- SQLite -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("sqlite-template") / "template.db"
+    migrate(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture
+def sqlite_url(sqlite_template: Path, tmp_path: Path) -> str:
+    """A fresh, migrated SQLite database file for this test."""
+    path = tmp_path / "varedit.db"
+    shutil.copyfile(sqlite_template, path)
+    return f"sqlite:///{path}"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest) -> str:
+    """A fresh migrated database, once per backend."""
+    return request.getfixturevalue(f"{request.param}_url")
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    engine = make_engine(db_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def sessions(engine: Engine) -> sessionmaker[Session]:
+    return make_sessionmaker(engine)
+
+
+# -- Redis --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """The shared Redis on 127.0.0.1:6379 (a random logical database, flushed afterwards), else a
+    throwaway redis-server for the session."""
+    if redis_reachable(SHARED_REDIS):
+        import redis
+
+        url = f"{SHARED_REDIS}/{secrets.randbelow(15) + 1}"
+        yield url
+        with redis.Redis.from_url(url) as client:
+            client.flushdb()
+        return
+    with RedisServer() as server:
+        yield server.url
+
+
+# -- S3 (moto server over HTTP) -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A real S3 HTTP endpoint (moto in server mode) on a random local port."""
+    from moto.server import ThreadedMotoServer
+
+    for var, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        os.environ.setdefault(var, value)
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint: str) -> str:
+    """A fresh, empty bucket on the S3 server."""
+    import boto3
+
+    name = f"varedit-test-{secrets.token_hex(6)}"
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket=name)
+    return name
+
+
+# -- settings -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path) -> Callable[..., Settings]:
+    """``make_settings(**overrides)``: settings rooted in this test's tmp folder, without any ``.env``."""
+
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {"data_dir": tmp_path / "data", "log_json": False, **overrides}
+        return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+    return make
+
+
+@pytest.fixture
+def submit_job(sessions: sessionmaker[Session]) -> Callable[..., str]:
+    """``submit_job(**spec_overrides) -> job_id``: a committed queued job (no source object stored)."""
+
+    def submit(owner: str = "anonymous", now: datetime | None = None, **overrides: Any) -> str:
+        fields: dict[str, Any] = {
+            "instruction": "make the sky purple",
+            "model": "tiny",
+            "resolution": 32,
+            "seed": 7,
+            "cfg": 3.0,
+            "tau": 0.1,
+            "start_timeout_s": 3600,
+            **overrides,
+        }
+        job_id = lifecycle.new_job_id()
+        with session_scope(sessions) as session:
+            lifecycle.submit(
+                session,
+                job_id=job_id,
+                owner=owner,
+                spec=lifecycle.EditSpec(**fields),
+                source_key=f"jobs/{job_id}/source.png",
+                source_content_type="image/png",
+                now=now,
+            )
+        return job_id
+
+    return submit
