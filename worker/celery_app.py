@@ -60,7 +60,8 @@ def _queue(name: str) -> Queue:
 def beat_schedule(settings: Settings) -> dict[str, dict[str, object]]:
     every = dict(MAINTENANCE_EVERY_S)
     # Reaping more often than a lease lasts keeps recovery within ~1.2 lease of a crash.
-    every["worker.reap_expired_leases"] = min(every["worker.reap_expired_leases"], max(1.0, settings.lease_s / 5))
+    reap = "worker.reap_expired_leases"
+    every[reap] = min(every[reap], max(1.0, settings.lease_s / 5))
     return {
         name.removeprefix("worker."): {
             "task": name,
@@ -100,7 +101,7 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
         timezone="UTC",
         enable_utc=True,
     )
-    app.conf.include = ["worker.tasks.edit", "worker.tasks.maintenance", "worker.tasks.webhooks"]
+    app.conf.include = ["worker.tasks.edit", "worker.tasks.maintenance"]
     return app
 
 

@@ -35,7 +35,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from PIL import Image, ImageOps
 
-FAKE_SCHEME = "fake://"
+FAKE_SCHEME = "fake:"  # `fake://?...`; a Path setting collapses it to `fake:/?...`
 
 _gate_counter = itertools.count()
 
@@ -100,7 +100,9 @@ class FakeEditPipeline:
                 self._wait_at_gate(instructions)
             if on_scale is not None and on_scale(k, n_scales) is False:
                 raise EditStopped(k, n_scales)
-        return [_edited(img, instr, seed) for img, instr, seed in zip(images, instructions, seeds, strict=True)]
+        return [
+            _edited(img, instr, seed) for img, instr, seed in zip(images, instructions, seeds, strict=True)
+        ]
 
     def _wait_at_gate(self, instructions: Sequence[str]) -> None:
         gate = Path(self.options.gate or "")

@@ -2,7 +2,7 @@
 
 A GPU worker process writes its row with ``ready=False`` when it starts loading, ``ready=True`` once
 the weights are loaded and the warm-up edit ran, refreshes ``last_seen`` every ``heartbeat_s`` from a
-daemon thread, and writes ``ready=False`` when it shuts down cleanly. A worker that dies without
+daemon thread, and deletes its row when it shuts down cleanly. A worker that dies without
 shutting down simply stops refreshing; the API counts a row as ready only while ``last_seen`` is
 younger than ``worker_stale_s``.
 """
@@ -10,13 +10,12 @@ younger than ``worker_stale_s``.
 from __future__ import annotations
 
 import threading
-from datetime import UTC, datetime
 
 import structlog
 from sqlalchemy.orm import Session, sessionmaker
 
+from jobs import lifecycle
 from jobs.db import session_scope
-from jobs.models import WorkerHeartbeat
 
 log = structlog.get_logger(__name__)
 
@@ -24,17 +23,13 @@ log = structlog.get_logger(__name__)
 def record(
     sessions: sessionmaker[Session], *, worker_id: str, model: str, hostname: str, ready: bool
 ) -> None:
-    """Insert or update this worker's row (one writer per worker_id, so no upsert race)."""
-    now = datetime.now(UTC)
     with session_scope(sessions) as session:
-        row = session.get(WorkerHeartbeat, worker_id)
-        if row is None:
-            session.add(WorkerHeartbeat(worker_id=worker_id, model=model, hostname=hostname, ready=ready,
-                                        started_at=now, last_seen=now))
-        else:
-            if not row.ready and ready or row.model != model:
-                row.started_at = now
-            row.model, row.hostname, row.ready, row.last_seen = model, hostname, ready, now
+        lifecycle.record_worker(session, worker_id, model, hostname, ready)
+
+
+def remove(sessions: sessionmaker[Session], worker_id: str) -> None:
+    with session_scope(sessions) as session:
+        lifecycle.remove_worker(session, worker_id)
 
 
 class HeartbeatThread(threading.Thread):
@@ -62,3 +57,11 @@ class HeartbeatThread(threading.Thread):
 
     def stop(self) -> None:
         self._stop_event.set()
+
+    def goodbye(self) -> None:
+        """Clean shutdown: forget the rows (a crashed worker's rows go stale instead)."""
+        for worker_id, _ in self.rows:
+            try:
+                remove(self.sessions, worker_id)
+            except Exception:
+                log.warning("worker_goodbye_failed", worker_id=worker_id, exc_info=True)

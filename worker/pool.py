@@ -117,7 +117,9 @@ def warm_up(pipeline: Any) -> float:
     return time.perf_counter() - t0
 
 
-def _build_pipeline(path: str, *, variant: str | None, device: str | None, dtype: str | None) -> tuple[Any, str]:
+def _build_pipeline(
+    path: str, *, variant: str | None, device: str | None, dtype: str | None
+) -> tuple[Any, str]:
     if is_fake_path(path):
         return FakeEditPipeline.from_pretrained(path), "none"
     import torch  # noqa: PLC0415 - torch only in processes that run a real model

@@ -6,7 +6,7 @@ Order of events in a GPU worker (``-Q edits.<model> -c 1``):
 2. child:  ``worker_process_init``   build the runtime, write the heartbeat row ``ready=False``, load
    the pipeline of every ``edits.<model>`` queue this worker consumes, run the warm-up edit, write
    ``ready=True`` and start the heartbeat thread;
-3. child:  ``worker_process_shutdown``  write ``ready=False``.
+3. child:  ``worker_process_shutdown``  delete the heartbeat row.
 
 A light worker (``-Q webhooks,maintenance``) consumes no edits queue and loads nothing.
 
@@ -92,11 +92,9 @@ def _init_pool_child(sender: str | None = None, **_: Any) -> None:
 
 
 def load_model(model: str) -> None:
-    settings = get_runtime().settings
     path = model_path_for(model)
     POOL.load(model, path, variant=None if path.startswith("fake:") else model,
               device=os.environ.get("VAREDIT_DEVICE") or None, dtype=os.environ.get("VAREDIT_DTYPE") or None)
-    del settings
 
 
 def model_path_for(model: str) -> str:
@@ -114,5 +112,5 @@ def _shutdown_pool_child(**_: Any) -> None:
     if _heartbeat_thread is None:
         return
     _heartbeat_thread.stop()
-    _heartbeat_thread.beat(ready=False)
+    _heartbeat_thread.goodbye()
     _heartbeat_thread = None

@@ -1,0 +1,301 @@
+"""One run of the warm pipeline over a claimed batch of jobs, from source images to fenced results.
+
+`run_edit` (worker/tasks/edit.py) claims, then hands the claimed jobs to `EditRun`:
+
+1. `load_sources`   read each source image from storage; a missing or undecodable one fails its job.
+2. `generate`       run the pipeline, one call per group of jobs sharing (cfg, tau); `on_scale` heartbeats
+                    every job (lease + progress) and confirms cancellations at the scale boundary.
+3. `deliver`        per job: a last fenced heartbeat, upload ``result-<attempt>.png``, fenced `finish`;
+                    an upload whose finish is fenced out is deleted again.
+
+Every state change goes through `jobs.lifecycle` (one conditional UPDATE each) and is followed, after
+its commit, by a "job changed" notification. A job canceled or taken away (lease lost) in the middle
+stops being heartbeated, and no result is ever stored for it. Errors become recorded outcomes
+(``fail`` with a code); transient faults (storage, database) give the job back to the queue while it has
+attempts left. Nothing here raises out of the task: the worker process must outlive any job.
+"""
+
+from __future__ import annotations
+
+import enum
+import io
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from PIL import Image, UnidentifiedImageError
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from jobs import lifecycle
+from jobs.db import session_scope
+from jobs.errors import StorageError
+from jobs.models import Job
+from jobs.notify import Notifier
+from jobs.storage import result_key
+from worker.runtime import Runtime
+
+log = structlog.get_logger(__name__)
+
+RESULT_CONTENT_TYPE = "image/png"
+
+
+class JobState(enum.StrEnum):
+    ACTIVE = "active"  # claimed, generating
+    CANCELED = "canceled"  # cancel confirmed (mark_canceled)
+    LOST = "lost"  # fenced out: lease expired and the job went to someone else, or it was finished
+    FAILED = "failed"
+    RELEASED = "released"  # given back to the queue after a transient fault
+    SUCCEEDED = "succeeded"
+
+
+@dataclass
+class ClaimedJob:
+    """The fields of a claimed job row that the run needs (rows are not used across sessions)."""
+
+    id: str
+    attempt: int
+    model: str
+    resolution: int
+    instruction: str
+    seed: int
+    cfg: float
+    tau: float
+    source_key: str | None
+    image: Image.Image | None = None
+    output: Image.Image | None = None
+    state: JobState = JobState.ACTIVE
+
+    @classmethod
+    def from_row(cls, job: Job) -> ClaimedJob:
+        return cls(id=job.id, attempt=job.attempts, model=job.model, resolution=job.resolution,
+                   instruction=job.instruction, seed=job.seed, cfg=job.cfg, tau=job.tau,
+                   source_key=job.source_key)
+
+
+class TransientFault(Exception):
+    """Storage or database trouble that a later attempt may not meet."""
+
+
+@dataclass
+class EditRun:
+    rt: Runtime
+    pipeline: Any
+    jobs: list[ClaimedJob]
+    notifier: Notifier
+    republish: Callable[[str, str], None]  # (job_id, model) -> send run_edit again
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    # -- helpers ------------------------------------------------------------------------------------
+
+    def active(self) -> list[ClaimedJob]:
+        with self._lock:
+            return [j for j in self.jobs if j.state is JobState.ACTIVE]
+
+    def _tx(self, fn: Callable[[Session], bool], job: ClaimedJob) -> bool:
+        """Run one lifecycle call in its own transaction, then notify listeners if it applied."""
+        with session_scope(self.rt.sessions) as session:
+            applied = fn(session)
+        if applied:
+            self.notifier.job_changed(job.id)
+        return applied
+
+    def _set(self, job: ClaimedJob, state: JobState) -> None:
+        with self._lock:
+            job.state = state
+
+    def _fail(self, job: ClaimedJob, code: str, message: str) -> None:
+        try:
+            applied = self._tx(lambda s: lifecycle.fail(s, job.id, job.attempt, code, message[:2000]), job)
+        except SQLAlchemyError:
+            log.exception("job_fail_not_recorded", job_id=job.id, code=code)  # the reaper will retry it
+            applied = False
+        self._set(job, JobState.FAILED if applied else JobState.LOST)
+        log.warning("edit_failed", job_id=job.id, attempt=job.attempt, code=code, error=message[:500])
+
+    def _stop_after_false_heartbeat(self, job: ClaimedJob) -> None:
+        """heartbeat said stop: a pending cancel (confirm it) or a lost lease (let go)."""
+        if self._tx(lambda s: lifecycle.mark_canceled(s, job.id, job.attempt), job):
+            self._set(job, JobState.CANCELED)
+            log.info("edit_canceled", job_id=job.id, attempt=job.attempt)
+        else:
+            self._set(job, JobState.LOST)
+            log.warning("edit_lease_lost", job_id=job.id, attempt=job.attempt)
+
+    def _heartbeat(self, job: ClaimedJob, progress: tuple[int, int] | None) -> bool:
+        lease_s = self.rt.settings.lease_s
+        return self._tx(lambda s: lifecycle.heartbeat(s, job.id, job.attempt, lease_s, progress), job)
+
+    def give_back(self, jobs: Iterable[ClaimedJob], reason: str) -> None:
+        """After a transient fault: requeue (and republish) while attempts remain, else fail."""
+        for job in jobs:
+            if job.state is not JobState.ACTIVE:
+                continue
+            if job.attempt >= self.rt.settings.max_attempts:
+                self._fail(job, "transient_fault", f"gave up after {job.attempt} attempts: {reason}")
+                continue
+            try:
+                released = self._tx(lambda s, job=job: lifecycle.release(s, job.id, job.attempt), job)
+            except SQLAlchemyError:
+                log.exception("job_release_failed", job_id=job.id)  # lease expiry requeues it
+                released = False
+            self._set(job, JobState.RELEASED if released else JobState.LOST)
+            if released:
+                self.republish(job.id, job.model)
+            log.warning("edit_released", job_id=job.id, attempt=job.attempt, reason=reason)
+
+    # -- 1. sources ---------------------------------------------------------------------------------
+
+    def load_sources(self) -> None:
+        for job in self.active():
+            if job.source_key is None:
+                self._fail(job, "source_missing", "the source image was purged")
+                continue
+            try:
+                data = self.rt.storage.get(job.source_key)
+            except KeyError:
+                self._fail(job, "source_missing", f"no source object {job.source_key}")
+                continue
+            except StorageError as exc:
+                raise TransientFault(f"storage: {exc}") from exc
+            try:
+                with Image.open(io.BytesIO(data)) as img:
+                    job.image = img.convert("RGB")
+            except (UnidentifiedImageError, OSError, ValueError) as exc:
+                self._fail(job, "invalid_image", f"the source image does not decode: {exc}")
+
+    # -- 2. generation ------------------------------------------------------------------------------
+
+    def on_scale(self, k: int, n_scales: int, group: list[ClaimedJob]) -> bool:
+        """Heartbeat each job of the group with its progress; False stops the pipeline when none is left."""
+        for job in group:
+            if job.state is not JobState.ACTIVE:
+                continue
+            try:
+                keep = self._heartbeat(job, (k, n_scales))
+            except SQLAlchemyError:
+                log.warning("job_heartbeat_failed", job_id=job.id, exc_info=True)
+                continue  # the lease still runs; the next scale tries again
+            if not keep:
+                self._stop_after_false_heartbeat(job)
+        return any(j.state is JobState.ACTIVE for j in group)
+
+    def generate(self) -> None:
+        groups: dict[tuple[float, float], list[ClaimedJob]] = {}
+        for job in self.active():
+            groups.setdefault((job.cfg, job.tau), []).append(job)
+        for (cfg, tau), group in groups.items():
+            group = [j for j in group if j.state is JobState.ACTIVE]
+            if not group:
+                continue
+            self._generate_group(group, cfg, tau)
+
+    def _generate_group(self, group: list[ClaimedJob], cfg: float, tau: float) -> None:
+        t0 = time.perf_counter()
+        log.info("edit_started", job_ids=[j.id for j in group], cfg=cfg, tau=tau)
+        try:
+            outputs = self.pipeline.edit(
+                [j.image for j in group],
+                [j.instruction for j in group],
+                seeds=[j.seed for j in group],
+                cfg=cfg,
+                tau=tau,
+                on_scale=lambda k, n: self.on_scale(k, n, group),
+            )
+        except Exception as exc:
+            if not any(j.state is JobState.ACTIVE for j in group):
+                return  # we stopped it (all canceled or lost); not an error
+            code = "out_of_memory" if "OutOfMemory" in type(exc).__name__ else "edit_failed"
+            log.exception("pipeline_error", job_ids=[j.id for j in group])
+            for job in group:
+                if job.state is JobState.ACTIVE:
+                    self._fail(job, code, f"{type(exc).__name__}: {exc}")
+            _free_accelerator_memory()
+            return
+        images = list(getattr(outputs, "images", outputs))
+        for job, image in zip(group, images, strict=True):
+            job.output = image
+        log.info("edit_generated", job_ids=[j.id for j in group], run_s=round(time.perf_counter() - t0, 3))
+
+    # -- 3. results ---------------------------------------------------------------------------------
+
+    def deliver(self) -> None:
+        for job in self.active():
+            if job.output is None:
+                self._fail(job, "edit_failed", "the pipeline returned no image")
+                continue
+            # A last fenced check right before storing: a cancel that arrived after the final scale
+            # still wins, and a job that was taken away is never written.
+            if not self._heartbeat(job, None):
+                self._stop_after_false_heartbeat(job)
+                continue
+            meta = self._upload(job)
+            if self._tx(lambda s, job=job, meta=meta: lifecycle.finish(s, job.id, job.attempt, meta), job):
+                self._set(job, JobState.SUCCEEDED)
+                log.info("edit_succeeded", job_id=job.id, attempt=job.attempt, bytes=meta.bytes)
+            else:
+                self._delete_quietly(meta.key)
+                self._set(job, JobState.LOST)
+                log.warning("edit_result_fenced_out", job_id=job.id, attempt=job.attempt)
+
+    def _upload(self, job: ClaimedJob) -> lifecycle.ResultMeta:
+        assert job.output is not None
+        buf = io.BytesIO()
+        job.output.save(buf, format="PNG")
+        data = buf.getvalue()
+        key = result_key(job.id, job.attempt)
+        try:
+            self.rt.storage.put(key, data, RESULT_CONTENT_TYPE)
+        except StorageError as exc:
+            raise TransientFault(f"storage: {exc}") from exc
+        return lifecycle.ResultMeta(key=key, content_type=RESULT_CONTENT_TYPE, width=job.output.width,
+                                    height=job.output.height, bytes=len(data))
+
+    def _delete_quietly(self, key: str) -> None:
+        try:
+            self.rt.storage.delete(key)
+        except Exception:
+            log.warning("result_delete_failed", key=key, exc_info=True)
+
+    def cleanup_unfinished(self) -> None:
+        """Delete the result objects of jobs that did not succeed (a fault between upload and finish)."""
+        for job in self.jobs:
+            if job.state is not JobState.SUCCEEDED and job.output is not None:
+                self._delete_quietly(result_key(job.id, job.attempt))
+
+
+class LeaseKeeper(threading.Thread):
+    """Extends the leases of a run's active jobs every heartbeat_s, also between scales (text
+    encoding, decoding, upload). Cancellation is acted on by `EditRun.on_scale`, not here."""
+
+    def __init__(self, run: EditRun) -> None:
+        super().__init__(name="lease-keeper", daemon=True)
+        self.run_ = run
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.run_.rt.settings.heartbeat_s):
+            for job in self.run_.active():
+                try:
+                    self.run_._heartbeat(job, None)
+                except Exception:
+                    log.warning("lease_keeper_heartbeat_failed", job_id=job.id, exc_info=True)
+
+    def __enter__(self) -> LeaseKeeper:
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop_event.set()
+        self.join(timeout=5)
+
+
+def _free_accelerator_memory() -> None:
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,1 @@
+"""Celery tasks, one module per concern: edit (GPU queues), maintenance (beat), webhooks."""

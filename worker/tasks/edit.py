@@ -1,0 +1,83 @@
+"""`run_edit(job_id)`: the GPU workers' task (queue ``edits.<model>``).
+
+Claim first: a message whose job cannot be claimed (already running elsewhere, finished, canceled,
+expired, unknown) is acknowledged and dropped, so duplicate deliveries are harmless. The claim may take
+companions (queued jobs of the same model and resolution, up to ``max_batch``) that then run as one
+batch; their own messages become such duplicates. The run itself is `worker.editing.EditRun`.
+"""
+
+from __future__ import annotations
+
+import structlog
+from celery import Task
+from sqlalchemy.exc import SQLAlchemyError
+
+from jobs import lifecycle
+from jobs.db import session_scope
+from jobs.notify import Notifier
+from jobs.queue import RUN_EDIT_TASK, queue_name
+from worker.celery_app import app
+from worker.editing import ClaimedJob, EditRun, LeaseKeeper, TransientFault
+from worker.pool import POOL
+from worker.runtime import get_runtime
+
+log = structlog.get_logger(__name__)
+
+CLAIM_RETRY_S = 5  # the database was unreachable while claiming: try the message again soon
+REQUEUE_DELAY_S = 5  # a job given back after a transient fault is republished after this delay
+_notifier: Notifier | None = None
+
+
+@app.task(name=RUN_EDIT_TASK, bind=True, acks_late=True, ignore_result=True, max_retries=12)
+def run_edit(self: Task, job_id: str) -> str:
+    rt = get_runtime()
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(job_id=job_id, worker_id=rt.worker_id)
+    if not POOL.models:  # this process serves no model (failed load or a light worker): leave it queued
+        log.error("run_edit_without_model", pid=rt.pid)
+        return "no_model"
+    try:
+        with session_scope(rt.sessions) as session:
+            rows = lifecycle.claim_batch(session, job_id, rt.worker_id, rt.settings.lease_s,
+                                         rt.settings.max_batch)
+            jobs = [ClaimedJob.from_row(row) for row in rows]
+    except SQLAlchemyError as exc:
+        raise self.retry(exc=exc, countdown=CLAIM_RETRY_S) from exc
+    if not jobs:
+        log.info("run_edit_dropped", reason="not_claimable")
+        return "dropped"
+    structlog.contextvars.bind_contextvars(attempt=jobs[0].attempt, batch=len(jobs))
+    run = EditRun(rt, POOL.get(jobs[0].model), jobs, notifier(), republish)
+    for job in jobs:
+        run.notifier.job_changed(job.id)  # running
+    execute(run)
+    return ",".join(f"{j.id}:{j.state}" for j in jobs)
+
+
+def execute(run: EditRun) -> None:
+    """Sources, generation, results; faults become outcomes, never exceptions out of the task."""
+    try:
+        with LeaseKeeper(run):
+            run.load_sources()
+            run.generate()
+            run.deliver()
+    except (TransientFault, SQLAlchemyError) as exc:
+        log.warning("edit_transient_fault", error=str(exc))
+        run.give_back(run.jobs, str(exc))
+    except Exception as exc:  # a bug: record it on the jobs, keep the worker alive
+        log.exception("edit_internal_error")
+        for job in run.active():
+            run._fail(job, "internal_error", f"{type(exc).__name__}: {exc}")
+    finally:
+        run.cleanup_unfinished()
+
+
+def republish(job_id: str, model: str) -> None:
+    run_edit.apply_async(args=[job_id], queue=queue_name(model), countdown=REQUEUE_DELAY_S)
+
+
+def notifier() -> Notifier:
+    global _notifier
+    if _notifier is None:
+        _notifier = Notifier(get_runtime().settings.broker_url)
+    return _notifier
