@@ -30,9 +30,7 @@ class VAEConfig:
         # The encoder halves at every level but the last and the decoder doubles at every level but
         # the first, so they agree on the latent size only with log2(patch) + 1 levels.
         if len(self.ch_mult) != n_down + 1:
-            raise ValueError(
-                f"len(ch_mult)={len(self.ch_mult)} must equal log2(patch_size)+1={n_down + 1}"
-            )
+            raise ValueError(f"len(ch_mult)={len(self.ch_mult)} must equal log2(patch_size)+1={n_down + 1}")
         for c in self.widths:
             if c % 32 and c % 24:
                 raise ValueError(f"GroupNorm needs widths divisible by 32 or 24, got {c}")
