@@ -1,0 +1,78 @@
+"""One suite for both storage backends: a folder on disk and a real S3 server (moto over HTTP)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from jobs.errors import StorageError
+from jobs.storage import LocalStorage, S3Storage, Storage, result_key, source_key, storage_from_url
+
+
+@pytest.fixture(params=["local", "s3"])
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
+    if request.param == "local":
+        return LocalStorage(tmp_path / "objects")
+    endpoint = request.getfixturevalue("s3_endpoint")
+    return S3Storage(request.getfixturevalue("s3_bucket"), "prefix/x", endpoint_url=endpoint)
+
+
+def test_put_get_exists_delete_roundtrip(storage: Storage) -> None:
+    key = source_key("job-1", "image/png")
+    assert not storage.exists(key)
+    storage.put(key, b"\x89PNG data", "image/png")
+    assert storage.exists(key)
+    assert storage.get(key) == b"\x89PNG data"
+    storage.put(key, b"replaced", "image/png")
+    assert storage.get(key) == b"replaced"
+    storage.delete(key)
+    assert not storage.exists(key)
+    storage.delete(key)  # deleting an absent object is not an error
+
+
+def test_get_missing_raises_key_error(storage: Storage) -> None:
+    with pytest.raises(KeyError):
+        storage.get("jobs/missing/source.png")
+
+
+def test_check_passes_when_reachable(storage: Storage) -> None:
+    storage.check()
+
+
+def test_keys_name_the_job_and_attempt() -> None:
+    assert source_key("abc", "image/jpeg") == "jobs/abc/source.jpg"
+    assert result_key("abc", 2) == "jobs/abc/result-2.png"
+
+
+def test_local_presigned_url_is_none(tmp_path: Path) -> None:
+    assert LocalStorage(tmp_path).presigned_url("jobs/a/result-1.png", 60) is None
+
+
+def test_local_rejects_keys_outside_root(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        LocalStorage(tmp_path / "root").put("../escape.png", b"x", "image/png")
+
+
+def test_s3_presigned_url_serves_the_object(s3_endpoint: str, s3_bucket: str) -> None:
+    storage = S3Storage(s3_bucket, "results", endpoint_url=s3_endpoint)
+    storage.put("jobs/a/result-1.png", b"edited", "image/png")
+    url = storage.presigned_url("jobs/a/result-1.png", 60)
+    assert url is not None and url.startswith(f"{s3_endpoint}/{s3_bucket}/results/jobs/a/result-1.png?")
+    response = httpx.get(url)
+    assert response.status_code == 200 and response.content == b"edited"
+    assert response.headers["content-type"] == "image/png"
+
+
+def test_s3_check_fails_for_missing_bucket(s3_endpoint: str) -> None:
+    with pytest.raises(StorageError):
+        S3Storage("no-such-bucket", endpoint_url=s3_endpoint).check()
+
+
+def test_storage_from_url_picks_backend(tmp_path: Path, s3_endpoint: str) -> None:
+    assert isinstance(storage_from_url(f"file://{tmp_path}"), LocalStorage)
+    s3 = storage_from_url("s3://bucket/some/prefix", endpoint_url=s3_endpoint)
+    assert isinstance(s3, S3Storage) and (s3.bucket, s3.prefix) == ("bucket", "some/prefix")
+    with pytest.raises(ValueError):
+        storage_from_url("ftp://host/x")
