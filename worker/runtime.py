@@ -76,6 +76,12 @@ def get_runtime() -> Runtime:
     return _runtime
 
 
+def install_runtime(runtime: Runtime) -> None:
+    """Use `runtime` in this process (tests build one from their own settings)."""
+    global _runtime
+    _runtime = runtime
+
+
 def reset_runtime() -> None:
     """Forget this process's runtime (the next `get_runtime` builds a fresh one). For tests and forks."""
     global _runtime
