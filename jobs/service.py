@@ -1,6 +1,6 @@
-"""Accepting an edit: store the source, insert the job (and idempotency record) atomically, then publish.
+"""Operations that own their transaction (what the API calls): submit an edit, cancel a job.
 
-Order matters (DESIGN section 2): the object is written first under the job's key; the job row and
+Submitting, order matters (DESIGN section 2): the object is written first under the job's key; the job row and
 the idempotency response commit together; only after the commit is ``run_edit`` published, and a
 failed publish leaves the job ``queued`` for the dispatcher. Any failure before the commit removes
 the object and the reservation, so nothing is left half-stored.
@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from jobs import idempotency, lifecycle
 from jobs.db import session_scope
 from jobs.models import Job
+from jobs.notify import Notifier
 from jobs.queue import Publisher, publish_quietly
 from jobs.storage import Storage, source_key
 
@@ -107,3 +108,12 @@ def _undo(
             idempotency.release(session, owner, idempotency_key)
     except Exception:
         log.warning("idempotency_release_failed", key=idempotency_key, exc_info=True)
+
+
+def cancel_job(sessions: sessionmaker[Session], notifier: Notifier, job_id: str, owner: str) -> Job:
+    """Cancel the owner's job (idempotent) and tell waiting clients; `JobNotFound` for others' jobs."""
+    with session_scope(sessions) as session:
+        lifecycle.get_job(session, job_id, owner)
+        job = lifecycle.cancel(session, job_id)
+    notifier.job_changed(job_id)
+    return job

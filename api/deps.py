@@ -1,0 +1,87 @@
+"""Dependencies of the routes, as ``Annotated`` aliases: settings, sessions, storage, publisher, caller."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.watch import JobWatcher
+from jobs import lifecycle
+from jobs.models import Job
+from jobs.notify import Notifier
+from jobs.queue import Publisher
+from jobs.settings import Settings
+from jobs.storage import Storage
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling; owns the jobs it submits."""
+
+    id: str
+
+
+ANONYMOUS = Principal("anonymous")
+
+
+def current_principal() -> Principal:
+    """The caller. No auth yet: everyone is ``anonymous``. API-key auth replaces this one function."""
+    return ANONYMOUS
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_sessions(request: Request) -> sessionmaker[Session]:
+    return request.app.state.sessions
+
+
+def get_session(sessions: Annotated[sessionmaker[Session], Depends(get_sessions)]) -> Iterator[Session]:
+    """A read session; writes go through `jobs.service`, which owns its transactions."""
+    with sessions() as session:
+        yield session
+
+
+def get_storage(request: Request) -> Storage:
+    return request.app.state.storage
+
+
+def get_publisher(request: Request) -> Publisher:
+    return request.app.state.publisher
+
+
+def get_notifier(request: Request) -> Notifier:
+    return request.app.state.notifier
+
+
+def get_watcher(request: Request) -> JobWatcher:
+    return request.app.state.watcher
+
+
+PrincipalDep = Annotated[Principal, Depends(current_principal)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+SessionsDep = Annotated[sessionmaker[Session], Depends(get_sessions)]
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+StorageDep = Annotated[Storage, Depends(get_storage)]
+PublisherDep = Annotated[Publisher, Depends(get_publisher)]
+NotifierDep = Annotated[Notifier, Depends(get_notifier)]
+WatcherDep = Annotated[JobWatcher, Depends(get_watcher)]
+
+
+def read_owned_job(sessions: sessionmaker[Session], job_id: str, owner: str) -> Job:
+    """The owner's job, read in a short session (long waits and streams must not hold a connection);
+    another owner's job is a 404 like a missing one."""
+    with sessions() as session:
+        return lifecycle.get_job(session, job_id, owner)
+
+
+def owned_job(job_id: str, principal: PrincipalDep, sessions: SessionsDep) -> Job:
+    return read_owned_job(sessions, job_id, principal.id)
+
+
+OwnedJobDep = Annotated[Job, Depends(owned_job)]

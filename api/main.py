@@ -1,0 +1,67 @@
+"""The FastAPI app: ``create_app(settings)`` for tests and embedding, ``app`` for ``uvicorn api.main:app``.
+
+Resources (engine, storage, publisher, notifier, watcher) are built in the lifespan, so importing this
+module connects to nothing and never imports torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api.errors import install_error_handlers
+from api.metrics import Metrics
+from api.middleware import RequestContextMiddleware
+from api.routes import edits, health, jobs, models
+from api.watch import JobWatcher
+from jobs.db import make_engine, make_sessionmaker
+from jobs.logging import configure_logging
+from jobs.notify import Notifier
+from jobs.queue import CeleryPublisher, make_celery
+from jobs.settings import Settings, get_settings
+from jobs.storage import storage_from_settings
+
+DESCRIPTION = """Instruction-guided image editing as asynchronous jobs.
+
+Submit with `POST /v1/edits` (202 + `Location`), then poll `GET /v1/jobs/{id}` (optionally with
+`Prefer: wait=N`), stream `GET /v1/jobs/{id}/events`, and fetch `GET /v1/jobs/{id}/result`.
+Every error is `{"error": {"code", "message", "details"}}`."""
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    engine = make_engine(settings.database_url)
+    app.state.sessions = make_sessionmaker(engine)
+    app.state.storage = storage_from_settings(settings)
+    app.state.celery = make_celery(settings)
+    app.state.publisher = CeleryPublisher(app.state.celery)
+    app.state.notifier = Notifier(settings.broker_url)
+    app.state.watcher = JobWatcher(settings.broker_url)
+    app.state.metrics.watch_jobs(app.state.sessions, settings)
+    await app.state.watcher.start()
+    try:
+        yield
+    finally:
+        await app.state.watcher.stop()
+        app.state.notifier.close()
+        engine.dispose()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The API for ``settings`` (default: from the environment)."""
+    settings = settings or get_settings()
+    configure_logging(settings.log_level, settings.log_json)
+    app = FastAPI(title="VAREdit Serve", version="1", description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.metrics = Metrics()
+    install_error_handlers(app)
+    app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)
+    for module in (edits, jobs, models, health):
+        app.include_router(module.router)
+    return app
+
+
+app = create_app()

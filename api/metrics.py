@@ -1,0 +1,73 @@
+"""Prometheus metrics: HTTP requests (recorded by the middleware) and job/queue/worker gauges, read from
+the database at scrape time so every API replica reports the same truth."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy.orm import Session, sessionmaker
+
+from jobs import lifecycle
+from jobs.models import JobStatus
+from jobs.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+class JobsCollector(Collector):
+    """Jobs by model and state, queue depth and oldest queued age per model, ready workers per model."""
+
+    def __init__(self, sessions: sessionmaker[Session], settings: Settings) -> None:
+        self.sessions = sessions
+        self.settings = settings
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            with self.sessions() as session:
+                counts = lifecycle.count_by_status(session)
+                queues = lifecycle.queue_stats(session)
+                ready = lifecycle.ready_workers(session, self.settings.worker_stale_s)
+        except Exception:
+            log.warning("metrics_collect_failed", exc_info=True)
+            return
+        jobs = GaugeMetricFamily("varedit_jobs", "Jobs by model and state", labels=["model", "status"])
+        depth = GaugeMetricFamily("varedit_queue_depth", "Queued jobs per model", labels=["model"])
+        oldest = GaugeMetricFamily(
+            "varedit_queue_oldest_age_seconds", "Wait of the oldest queued job per model", labels=["model"]
+        )
+        workers = GaugeMetricFamily("varedit_workers_ready", "Ready GPU workers per model", labels=["model"])
+        models = sorted({*self.settings.models, *(m for m, _ in counts), *queues})
+        for model in models:
+            for status in JobStatus:
+                jobs.add_metric([model, status.value], counts.get((model, status), 0))
+            stats = queues.get(model, lifecycle.QueueStats(0, 0.0))
+            depth.add_metric([model], stats.depth)
+            oldest.add_metric([model], stats.oldest_age_s)
+            workers.add_metric([model], ready.get(model, 0))
+        yield from (jobs, depth, oldest, workers)
+
+
+class Metrics:
+    """A registry per app (tests build many apps) with the HTTP instruments."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "varedit_http_requests",
+            "HTTP requests by method, route template and status",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "varedit_http_request_duration_seconds",
+            "HTTP request duration by method and route template",
+            ["method", "route"],
+            registry=self.registry,
+        )
+
+    def watch_jobs(self, sessions: sessionmaker[Session], settings: Settings) -> None:
+        self.registry.register(JobsCollector(sessions, settings))

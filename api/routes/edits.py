@@ -1,0 +1,87 @@
+"""``POST /v1/edits``: accept an edit job."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+
+from api.deps import PrincipalDep, PublisherDep, SessionsDep, SettingsDep, StorageDep
+from api.schemas import EditCreate, JobPublic, error_responses, job_path, render_job
+from api.validation import build_spec, inspect_image, read_edit_request
+from jobs.service import request_fingerprint, submit_edit
+
+router = APIRouter(prefix="/v1", tags=["edits"])
+
+_MULTIPART_SCHEMA = {
+    "type": "object",
+    "required": ["image", "instruction"],
+    "properties": {
+        "image": {"type": "string", "format": "binary", "description": "PNG, JPEG or WebP"},
+        **{
+            name: field
+            for name, field in EditCreate.model_json_schema()["properties"].items()
+            if name not in ("image_base64", "image_url")
+        },
+    },
+}
+_REQUEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {"schema": _MULTIPART_SCHEMA},
+            "application/json": {
+                "schema": {"$ref": "#/components/schemas/EditCreate"},
+                "examples": {
+                    "inline": {"value": EditCreate.model_config["json_schema_extra"]["examples"][0]}
+                },
+            },
+        },
+    }
+}
+
+
+@router.post(
+    "/edits",
+    status_code=202,
+    response_model=JobPublic,
+    openapi_extra=_REQUEST_BODY,
+    responses={
+        202: {"headers": {"Location": {"schema": {"type": "string"}, "description": "the job's URL"}}},
+        **error_responses(409, 413, 415, 422, 503),
+    },
+)
+async def create_edit(
+    request: Request,
+    principal: PrincipalDep,
+    settings: SettingsDep,
+    sessions: SessionsDep,
+    storage: StorageDep,
+    publisher: PublisherDep,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> JSONResponse:
+    """Submit an edit: the image and instruction are stored and the job is queued for a GPU worker."""
+    fields, image = await read_edit_request(request, settings)
+    content_type = await run_in_threadpool(inspect_image, image, settings)
+    spec = build_spec(fields, settings)
+    submitted = await run_in_threadpool(
+        submit_edit,
+        sessions,
+        storage,
+        publisher,
+        owner=principal.id,
+        spec=spec,
+        image=image,
+        content_type=content_type,
+        render=render_job,
+        idempotency_key=idempotency_key,
+        fingerprint=request_fingerprint(
+            fields.model_dump(exclude={"image_base64"}, exclude_none=True), image
+        ),
+    )
+    headers = {"Location": job_path(submitted.job_id)}
+    if submitted.replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return JSONResponse(submitted.body, status_code=submitted.status_code, headers=headers)

@@ -1,0 +1,65 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+
+from api.deps import SessionsDep, SettingsDep, StorageDep
+from api.errors import error_response
+from jobs import lifecycle
+
+router = APIRouter(tags=["health"])
+BROKER_TIMEOUT_S = 2
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    """Liveness: the process answers."""
+    return {"status": "ok"}
+
+
+def _checks(request: Request, sessions: Any, storage: Any, settings: Any) -> dict[str, Any]:
+    checks: dict[str, Any] = {}
+    try:
+        with sessions() as session:
+            session.execute(text("SELECT 1"))
+            ready = lifecycle.ready_workers(session, settings.worker_stale_s)
+        checks["database"] = "ok"
+        checks["workers"] = "ok" if sum(ready.values()) >= 1 else "no ready worker"
+    except Exception as e:
+        checks["database"] = checks["workers"] = f"error: {type(e).__name__}"
+    try:
+        with request.app.state.celery.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=BROKER_TIMEOUT_S)
+        checks["broker"] = "ok"
+    except Exception as e:
+        checks["broker"] = f"error: {type(e).__name__}"
+    try:
+        storage.check()
+        checks["storage"] = "ok"
+    except Exception as e:
+        checks["storage"] = f"error: {type(e).__name__}"
+    return checks
+
+
+@router.get("/readyz", responses={503: {"description": "a dependency is not ready; details name it"}})
+async def readyz(
+    request: Request, sessions: SessionsDep, storage: StorageDep, settings: SettingsDep
+) -> Response:
+    """Readiness: database, broker and storage reachable, and at least one GPU worker ready."""
+    checks = await run_in_threadpool(_checks, request, sessions, storage, settings)
+    if all(v == "ok" for v in checks.values()):
+        return JSONResponse({"status": "ready", "checks": checks})
+    return error_response(503, "not_ready", "a dependency is not ready", checks)
+
+
+@router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+def metrics(request: Request) -> Response:
+    """Prometheus metrics."""
+    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,165 @@
+"""Jobs: read (with ``Prefer: wait``), list, cancel, fetch the result, stream events."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import time
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import RedirectResponse
+from sqlalchemy.orm import Session, sessionmaker
+from sse_starlette import EventSourceResponse
+
+from api.deps import (
+    NotifierDep,
+    OwnedJobDep,
+    PrincipalDep,
+    SessionDep,
+    SessionsDep,
+    SettingsDep,
+    StorageDep,
+    WatcherDep,
+    read_owned_job,
+)
+from api.errors import InvalidRequest, ResultExpired, ResultNotReady
+from api.schemas import JobList, JobPublic, error_responses, render_job
+from api.watch import JobWatcher
+from jobs import lifecycle
+from jobs.models import Job, JobStatus
+from jobs.service import cancel_job
+
+router = APIRouter(prefix="/v1", tags=["jobs"])
+
+PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+)", re.IGNORECASE)
+SSE_PING_S = 15  # keeps proxies from closing an idle event stream
+
+
+async def _changes(
+    sessions: sessionmaker[Session], watcher: JobWatcher, job_id: str, owner: str, timeout_s: float
+) -> AsyncIterator[Job]:
+    """The job now and after every change, until it is terminal or ``timeout_s`` passes."""
+    deadline = time.monotonic() + timeout_s
+    async with watcher.watch(job_id) as changed:
+        while True:
+            job = await run_in_threadpool(read_owned_job, sessions, job_id, owner)
+            yield job
+            remaining = deadline - time.monotonic()
+            if job.status.terminal or remaining <= 0:
+                return
+            await watcher.wait(changed, remaining)
+
+
+@router.get("/jobs/{job_id}", response_model=JobPublic, responses=error_responses(404))
+async def get_job(
+    job: OwnedJobDep,
+    principal: PrincipalDep,
+    sessions: SessionsDep,
+    watcher: WatcherDep,
+    settings: SettingsDep,
+    response: Response,
+    prefer: Annotated[str | None, Header(description="`wait=N` holds the reply until done or N s")] = None,
+) -> dict[str, Any]:
+    """The job; `Prefer: wait=N` (N <= 60) holds the reply until the job is terminal or N seconds pass."""
+    match = PREFER_WAIT.search(prefer or "")
+    if match and not job.status.terminal:
+        wait_s = min(int(match.group(1)), settings.max_wait_s)
+        response.headers["Preference-Applied"] = f"wait={wait_s}"
+        async for latest in _changes(sessions, watcher, job.id, principal.id, wait_s):
+            job = latest
+    return render_job(job)
+
+
+def _encode_cursor(job: Job) -> str:
+    return base64.urlsafe_b64encode(f"{job.created_at.isoformat()}|{job.id}".encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        created_at, job_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
+        return datetime.fromisoformat(created_at), job_id
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidRequest("cursor is not valid", details=[{"loc": ["query", "cursor"]}]) from None
+
+
+@router.get("/jobs", response_model=JobList, responses=error_responses(422))
+def list_jobs(
+    session: SessionDep,
+    principal: PrincipalDep,
+    settings: SettingsDep,
+    status: JobStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: str | None = None,
+) -> dict[str, Any]:
+    """The caller's jobs, newest first; follow `next_cursor` for older ones."""
+    limit = min(limit, settings.page_size_max)
+    before = _decode_cursor(cursor) if cursor else None
+    jobs = lifecycle.list_jobs(session, principal.id, limit=limit + 1, status=status, before=before)
+    page, more = jobs[:limit], len(jobs) > limit
+    return {"data": [render_job(j) for j in page], "next_cursor": _encode_cursor(page[-1]) if more else None}
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=JobPublic, responses=error_responses(404))
+def cancel(
+    job_id: str, principal: PrincipalDep, sessions: SessionsDep, notifier: NotifierDep
+) -> dict[str, Any]:
+    """Cancel: a queued job at once, a running one at its next scale. Idempotent."""
+    return render_job(cancel_job(sessions, notifier, job_id, principal.id))
+
+
+@router.get(
+    "/jobs/{job_id}/result",
+    response_class=Response,
+    responses={
+        200: {"content": {"image/png": {}}, "description": "the edited image (local storage)"},
+        307: {"description": "redirect to a short-lived presigned URL (S3 storage)"},
+        **error_responses(404, 409, 410),
+    },
+)
+def get_result(job: OwnedJobDep, storage: StorageDep, settings: SettingsDep) -> Response:
+    """The edited image: the bytes, or a redirect to a presigned URL. 409 until the job succeeded."""
+    if job.status is not JobStatus.SUCCEEDED:
+        raise ResultNotReady(f"the job is {job.status.value}, not succeeded", details={"status": job.status})
+    if job.result_key is None:
+        raise ResultExpired("the result was deleted after its retention period")
+    url = storage.presigned_url(job.result_key, settings.presigned_url_s)
+    if url is not None:
+        return RedirectResponse(url, status_code=307)
+    try:
+        data = storage.get(job.result_key)
+    except KeyError:
+        raise ResultExpired("the result object is gone") from None
+    return Response(
+        data, media_type=job.result_content_type, headers={"Cache-Control": "private, max-age=3600"}
+    )
+
+
+@router.get(
+    "/jobs/{job_id}/events",
+    response_class=EventSourceResponse,
+    responses={200: {"content": {"text/event-stream": {}}}, **error_responses(404)},
+)
+async def job_events(
+    job: OwnedJobDep, principal: PrincipalDep, sessions: SessionsDep, watcher: WatcherDep
+) -> EventSourceResponse:
+    """Server-Sent Events: `status` (the job JSON) on every state change, `progress` between scales;
+    the stream ends when the job is terminal."""
+
+    async def stream() -> AsyncIterator[dict[str, str]]:
+        last: Job | None = None
+        async for current in _changes(sessions, watcher, job.id, principal.id, float("inf")):
+            if last is None or current.status != last.status:
+                yield {"event": "status", "data": json.dumps(render_job(current))}
+            elif current.progress != last.progress and current.progress is not None:
+                scale, scales = current.progress
+                data = {"id": current.id, "status": current.status.value, "scale": scale, "scales": scales}
+                yield {"event": "progress", "data": json.dumps(data)}
+            last = current
+
+    return EventSourceResponse(stream(), ping=SSE_PING_S)

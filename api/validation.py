@@ -1,0 +1,160 @@
+"""Reading and checking ``POST /v1/edits`` input before anything is stored or queued."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import secrets
+from typing import Any
+
+from fastapi import Request
+from PIL import Image, UnidentifiedImageError
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+
+from api.errors import (
+    InvalidImage,
+    InvalidRequest,
+    PayloadTooLarge,
+    UnsupportedImageFormat,
+    UnsupportedMediaType,
+)
+from api.schemas import EditCreate
+from jobs.lifecycle import EditSpec
+from jobs.settings import Settings
+
+FORM_OVERHEAD_BYTES = 64 * 1024  # room for form fields and multipart framing next to the image
+CONTENT_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
+
+
+def _check_length(request: Request, limit: int) -> None:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"the request is larger than {limit} bytes", details={"limit": limit})
+
+
+def _parse(fields: dict[str, Any]) -> EditCreate:
+    try:
+        return EditCreate.model_validate(fields)
+    except ValidationError as e:
+        details = [{"loc": ["body", *e_["loc"]], "msg": e_["msg"], "type": e_["type"]} for e_ in e.errors()]
+        raise InvalidRequest("the request is not valid", details=details) from None
+
+
+async def read_edit_request(request: Request, settings: Settings) -> tuple[EditCreate, bytes]:
+    """The fields and the raw image bytes, from multipart (``image`` file) or JSON (``image_base64``)."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    max_image = settings.max_upload_bytes
+    if content_type == "multipart/form-data":
+        _check_length(request, max_image + FORM_OVERHEAD_BYTES)
+        async with request.form(max_files=1, max_fields=32) as form:
+            upload = form.get("image")
+            fields: dict[str, Any] = {
+                k: v for k, v in form.multi_items() if k not in ("image", "webhook_events") and v != ""
+            }
+            if form.getlist("webhook_events"):
+                fields["webhook_events"] = form.getlist("webhook_events")
+            if not isinstance(upload, UploadFile):
+                raise InvalidRequest("the form needs an `image` file", details=[{"loc": ["body", "image"]}])
+            image = await upload.read(max_image + 1)
+        parsed = _parse(fields)
+    elif content_type == "application/json":
+        _check_length(request, max_image * 4 // 3 + FORM_OVERHEAD_BYTES)
+        try:
+            body = await request.json()
+        except ValueError:
+            raise InvalidRequest("the body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise InvalidRequest("the body must be a JSON object")
+        parsed = _parse(body)
+        if parsed.image_url is not None:
+            raise InvalidRequest("image_url is not supported yet; send image_base64 or a multipart upload")
+        if parsed.image_base64 is None:
+            raise InvalidRequest("image_base64 is required", details=[{"loc": ["body", "image_base64"]}])
+        try:
+            image = base64.b64decode(parsed.image_base64, validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidImage("image_base64 is not valid base64") from None
+    else:
+        raise UnsupportedMediaType("send multipart/form-data or application/json")
+    if len(image) > max_image:
+        raise PayloadTooLarge(f"the image is larger than {max_image} bytes", details={"limit": max_image})
+    return parsed, image
+
+
+def inspect_image(data: bytes, settings: Settings) -> str:
+    """The image's content type, after checking format, pixel count (decompression bombs) and decoding."""
+    try:
+        # open() reads only the header, so the pixel count is checked before anything is decoded.
+        with Image.open(io.BytesIO(data)) as img:
+            if img.format not in CONTENT_TYPES:
+                raise UnsupportedImageFormat(
+                    f"image format {img.format} is not accepted; send PNG, JPEG or WebP",
+                    details={"format": img.format},
+                )
+            width, height = img.size
+            if width * height > settings.max_pixels:
+                raise InvalidImage(
+                    f"the image has {width * height} pixels; at most {settings.max_pixels} are accepted",
+                    details={"width": width, "height": height, "max_pixels": settings.max_pixels},
+                )
+            img.load()  # decode fully: truncated or corrupt data fails here, not on the GPU
+            return CONTENT_TYPES[img.format]
+    except (UnidentifiedImageError, Image.DecompressionBombError) as e:
+        raise InvalidImage("the upload is not a decodable PNG, JPEG or WebP image") from e
+    except (OSError, SyntaxError, ValueError) as e:
+        raise InvalidImage(f"the image could not be decoded: {e}") from e
+
+
+def _range_error(name: str, value: Any, low: Any, high: Any) -> InvalidRequest:
+    return InvalidRequest(
+        f"{name} must be between {low} and {high}",
+        details=[{"loc": ["body", name], "msg": f"must be between {low} and {high}", "input": value}],
+    )
+
+
+def build_spec(fields: EditCreate, settings: Settings) -> EditSpec:
+    """Check fields against the deployment's limits and fill in defaults (a random seed included)."""
+    instruction = fields.instruction.strip()
+    if not instruction:
+        raise InvalidRequest("instruction must not be empty", details=[{"loc": ["body", "instruction"]}])
+    if len(instruction) > settings.max_instruction_chars:
+        raise _range_error("instruction length", len(instruction), 1, settings.max_instruction_chars)
+    model = fields.model or settings.default_model
+    if model not in settings.models:
+        raise InvalidRequest(
+            f"unknown model {model!r}",
+            details=[{"loc": ["body", "model"], "msg": f"one of {settings.models}", "input": model}],
+        )
+    resolutions = settings.resolutions(model)
+    resolution = fields.resolution or resolutions[0]
+    if resolution not in resolutions:
+        raise InvalidRequest(
+            f"model {model} serves resolutions {resolutions}",
+            details=[{"loc": ["body", "resolution"], "msg": f"one of {resolutions}", "input": resolution}],
+        )
+    cfg = settings.cfg_default if fields.cfg is None else fields.cfg
+    if not settings.cfg_min <= cfg <= settings.cfg_max:
+        raise _range_error("cfg", cfg, settings.cfg_min, settings.cfg_max)
+    tau = settings.tau_default if fields.tau is None else fields.tau
+    if not settings.tau_min <= tau <= settings.tau_max:
+        raise _range_error("tau", tau, settings.tau_min, settings.tau_max)
+    seed = secrets.randbelow(settings.seed_max + 1) if fields.seed is None else fields.seed
+    if not 0 <= seed <= settings.seed_max:
+        raise _range_error("seed", seed, 0, settings.seed_max)
+    start_timeout_s = fields.start_timeout_s or settings.start_timeout_s
+    if start_timeout_s > settings.start_timeout_s:
+        raise _range_error("start_timeout_s", start_timeout_s, 1, settings.start_timeout_s)
+    return EditSpec(
+        instruction=instruction,
+        model=model,
+        resolution=resolution,
+        seed=seed,
+        cfg=cfg,
+        tau=tau,
+        start_timeout_s=start_timeout_s,
+        priority=fields.priority,
+        webhook_url=fields.webhook_url,
+        webhook_events=list(fields.webhook_events) if fields.webhook_events else None,
+    )
