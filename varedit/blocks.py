@@ -1,0 +1,143 @@
+"""Building blocks of the Infinity transformer as VAREdit uses it (spec 3.2-3.8).
+
+Module and parameter names follow the official checkpoint inside a block (`sa.mat_qkv`, `ca.mat_kv`,
+`ffn.fc1`, `ada_gss`, ...), so loading only has to flatten `block_chunks.{c}.module.{j}`.
+
+Precision: the residual stream, every LayerNorm/AdaLN and RoPE are float32; the linear layers run in
+the block's weight dtype (float32 on CPU, bfloat16 on CUDA), inputs are cast to it on entry.
+Cross-attention rounds q, k, v and its output to bfloat16 even in a float32 model, because the
+official code always ran flash-attn there (errata E1); in a bfloat16 model the rounding is a no-op.
+
+Shapes: B batch, L tokens, C width, H heads, c head dim, T text tokens, D condition width (= C).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import VAREditConfig
+from .rope import apply_rope
+
+# attend(q_BHLc, k_BHLc, v_BHLc) -> o_BHLc: the self-attention pattern, chosen by the caller
+# (teacher forcing, source prefill or a cached scale step).
+AttendFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+MAX_SCALE_MUL = math.log(100)  # cap of the learned cosine-attention temperature
+
+
+def ada_layer_norm(x_BLC: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, eps: float) -> torch.Tensor:
+    """LayerNorm without affine, then x * (1 + scale) + shift, all in float32."""
+    x = F.layer_norm(x_BLC.float(), x_BLC.shape[-1:], eps=eps)
+    return x * (scale + 1) + shift
+
+
+def _bf16_round(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.bfloat16).to(t.dtype)
+
+
+class FFN(nn.Module):
+    def __init__(self, cfg: VAREditConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(cfg.width, cfg.ffn_hidden)
+        self.fc2 = nn.Linear(cfg.ffn_hidden, cfg.width)
+
+    def forward(self, x_BLC: torch.Tensor) -> torch.Tensor:
+        x = x_BLC.to(self.fc1.weight.dtype)
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+class SelfAttention(nn.Module):
+    """Cosine attention with a learned per-head temperature and 2D RoPE; the pattern is external."""
+
+    def __init__(self, cfg: VAREditConfig):
+        super().__init__()
+        C, H = cfg.width, cfg.num_heads
+        self.num_heads, self.head_dim = H, cfg.head_dim
+        self.mat_qkv = nn.Linear(C, 3 * C, bias=False)  # rows: Q, K, V; head h owns rows h*c:(h+1)*c
+        self.q_bias = nn.Parameter(torch.zeros(C))
+        self.v_bias = nn.Parameter(torch.zeros(C))  # K has no bias
+        self.scale_mul_1H11 = nn.Parameter(torch.full((1, H, 1, 1), math.log(4.0)))
+        self.proj = nn.Linear(C, C)
+
+    def qkv(self, x_BLC: torch.Tensor, rope_2Lc: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Project, normalise q and k (q times the temperature), rotate them. Returns (B, H, L, c) x3."""
+        B, L, _ = x_BLC.shape
+        w = self.mat_qkv.weight
+        bias = torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
+        qkv = F.linear(x_BLC.to(w.dtype), w, bias).view(B, L, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, L, c) each
+        scale_mul = self.scale_mul_1H11.float().clamp_max(MAX_SCALE_MUL).exp()
+        q = F.normalize(q.float(), dim=-1) * scale_mul
+        k = F.normalize(k.float(), dim=-1)
+        q, k = apply_rope(q, rope_2Lc), apply_rope(k, rope_2Lc)
+        return q.to(v.dtype), k.to(v.dtype), v
+
+    def out(self, o_BHLc: torch.Tensor) -> torch.Tensor:
+        B, H, L, c = o_BHLc.shape
+        return self.proj(o_BHLc.transpose(1, 2).reshape(B, L, H * c))  # (B, L, C)
+
+
+class CrossAttention(nn.Module):
+    """Attention from image tokens (or one learned query per head, `pool=True`) to text tokens."""
+
+    def __init__(self, cfg: VAREditConfig, kv_dim: int, num_heads: int, pool: bool = False):
+        super().__init__()
+        C = cfg.width
+        self.num_heads, self.head_dim = num_heads, C // num_heads
+        if pool:
+            self.mat_q = nn.Parameter(torch.randn(1, num_heads, self.head_dim) * 0.02)
+        else:
+            self.mat_q = nn.Linear(C, C)
+        self.mat_kv = nn.Linear(kv_dim, 2 * C, bias=False)  # rows: K, V
+        self.v_bias = nn.Parameter(torch.zeros(C))
+        self.proj = nn.Linear(C, C)
+
+    def kv(self, text_BTC: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Text keys and values, (B, H, T, c) each, rounded to bfloat16 precision."""
+        B, T, _ = text_BTC.shape
+        w = self.mat_kv.weight
+        bias = torch.cat([torch.zeros_like(self.v_bias), self.v_bias])
+        kv = F.linear(text_BTC.to(w.dtype), w, bias).view(B, T, 2, self.num_heads, self.head_dim)
+        k, v = _bf16_round(kv).permute(2, 0, 3, 1, 4).unbind(0)
+        return k, v
+
+    def forward(self, x_BLC: torch.Tensor | None, k_BHTc: torch.Tensor, v_BHTc: torch.Tensor,
+                mask_B11T: torch.Tensor) -> torch.Tensor:
+        """Attend to each sample's own text (mask_B11T: True = real token). x None: pooling."""
+        B = k_BHTc.shape[0]
+        if x_BLC is None:
+            q = self.mat_q.to(k_BHTc.dtype).expand(B, -1, -1).unsqueeze(2)  # (B, H, 1, c)
+        else:
+            w = self.mat_q.weight
+            q = self.mat_q(x_BLC.to(w.dtype)).unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
+        o = F.scaled_dot_product_attention(_bf16_round(q), k_BHTc, v_BHTc, attn_mask=mask_B11T)
+        o = _bf16_round(o).transpose(1, 2).flatten(2)  # (B, L, C)
+        return self.proj(o)
+
+
+class Block(nn.Module):
+    """AdaLN self-attention, plain cross-attention to the text, AdaLN FFN (spec 3.4)."""
+
+    def __init__(self, cfg: VAREditConfig):
+        super().__init__()
+        self.eps = cfg.norm_eps
+        self.ada_gss = nn.Parameter(torch.randn(1, 1, 6, cfg.width) / cfg.width**0.5)  # per-block AdaLN offset
+        self.sa = SelfAttention(cfg)
+        self.ca = CrossAttention(cfg, kv_dim=cfg.width, num_heads=cfg.num_heads)
+        self.ca_norm = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
+        self.ffn = FFN(cfg)
+
+    def forward(self, x_BLC: torch.Tensor, gss_B16C: torch.Tensor, text_kv: tuple[torch.Tensor, ...],
+                rope_2Lc: torch.Tensor, attend: AttendFn) -> torch.Tensor:
+        """x_BLC: float32 stream; gss_B16C: shared AdaLN output; text_kv: (k, v, mask) of this block."""
+        gamma1, gamma2, scale1, scale2, shift1, shift2 = (self.ada_gss + gss_B16C).unbind(2)  # (B, 1, C)
+        q, k, v = self.sa.qkv(ada_layer_norm(x_BLC, scale1, shift1, self.eps), rope_2Lc)
+        x = x_BLC + self.sa.out(attend(q, k, v)).float() * gamma1
+        ln = self.ca_norm
+        x = x + self.ca(F.layer_norm(x, ln.normalized_shape, ln.weight.float(), ln.bias.float(), ln.eps),
+                        *text_kv).float()
+        return x + self.ffn(ada_layer_norm(x, scale2, shift2, self.eps)).float() * gamma2

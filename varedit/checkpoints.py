@@ -1,0 +1,271 @@
+"""Checkpoints: the official release files, our folder format, and conversion between them.
+
+Official transformer file (`2B-512.pth`, ...): a plain state dict. Key mapping to this model:
+  block_chunks.{c}.module.{j}.<rest>  ->  blocks.{c * depth/block_chunks + j}.<rest>
+  *.zero_k_bias                       ->  dropped (constant zero buffers; refused unless all zero)
+  lvl_1L, attn_bias_for_masking, Infinity_visible_kvlen, Infinity_invisible_qlen -> dropped (legacy)
+  cfg_uncond                          ->  cut to text_maxlen rows, or padded with the model's own
+                                          initial rows (as the official load_state_dict does)
+  every other key                     ->  itself
+Anything else (an unknown key, a missing tensor, a shape mismatch such as a checkpoint of another
+variant) raises `CheckpointError` naming the keys. Official VAE files go through `varedit.vae`.
+
+Our folder format (written by `save_pretrained`, read by `load_pretrained`):
+  config.json              {"format": "varedit", "format_version": 1, "config": VAREditConfig fields}
+  transformer.safetensors  this model's keys (blocks.{i}.*), float32 or bfloat16
+  vae.safetensors          the VAE's keys (official spelling)
+  text_encoder/            Hugging Face T5EncoderModel folder
+  tokenizer/               Hugging Face tokenizer folder
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from .config import VAREditConfig, get_config
+from .transformer import VAREditTransformer, _null_text_init
+from .vae import VAE, VAECheckpointError, load_official_vae
+
+log = logging.getLogger(__name__)
+
+FORMAT = "varedit"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+TRANSFORMER_FILE = "transformer.safetensors"
+VAE_FILE = "vae.safetensors"
+TEXT_ENCODER_DIR = "text_encoder"
+TOKENIZER_DIR = "tokenizer"
+OFFICIAL_VAE_FILES = {False: "infinity_vae_d32reg.pth", True: "infinity_vae_d56_f8_14_patchify.pth"}
+_LEGACY_KEYS = {"lvl_1L", "attn_bias_for_masking", "Infinity_visible_kvlen", "Infinity_invisible_qlen"}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or folder that does not fit: wrong layout, missing file, unmapped or mis-shaped keys."""
+
+
+# ---- official transformer state dict ----------------------------------------------------------
+
+
+def official_to_ours(state: Mapping[str, torch.Tensor], cfg: VAREditConfig) -> dict[str, torch.Tensor]:
+    """Rename an official transformer state dict to this model's keys (mapping in the module doc)."""
+    per_chunk = cfg.depth // cfg.block_chunks
+    out: dict[str, torch.Tensor] = {}
+    unmapped, nonzero = [], []
+    for key, t in state.items():
+        if key in _LEGACY_KEYS:
+            continue
+        if key.endswith("zero_k_bias"):
+            if torch.count_nonzero(t):
+                nonzero.append(key)
+            continue
+        m = re.fullmatch(r"block_chunks\.(\d+)\.module\.(\d+)\.(.+)", key)
+        if m:
+            c, j, rest = int(m[1]), int(m[2]), m[3]
+            if j >= per_chunk or c >= cfg.block_chunks:
+                unmapped.append(key)
+                continue
+            key = f"blocks.{c * per_chunk + j}.{rest}"
+        elif key.startswith("blocks."):
+            unmapped.append(key)  # a flat layout is ours, not official
+            continue
+        out[key] = t
+    if unmapped or nonzero:
+        raise CheckpointError(f"official transformer keys that do not map: {unmapped[:20]}; "
+                              f"non-zero zero_k_bias buffers: {nonzero[:20]}")
+    if "cfg_uncond" in out:
+        out["cfg_uncond"] = _fit_null_text(out["cfg_uncond"], cfg)
+    return out
+
+
+def _fit_null_text(t: torch.Tensor, cfg: VAREditConfig) -> torch.Tensor:
+    rows, ch = t.shape
+    if ch != cfg.text_channels:
+        raise CheckpointError(f"cfg_uncond: checkpoint {tuple(t.shape)} vs text_channels {cfg.text_channels}")
+    if rows >= cfg.text_maxlen:
+        return t[: cfg.text_maxlen]
+    pad = _null_text_init(cfg.text_maxlen, ch)[rows:].to(t.dtype)
+    return torch.cat([t, pad])
+
+
+def check_state_dict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], what: str) -> None:
+    """Refuse missing keys, unexpected keys and shape mismatches, naming them."""
+    target = model.state_dict()
+    missing = sorted(set(target) - set(state))
+    unexpected = sorted(set(state) - set(target))
+    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+              for k, v in target.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or unexpected or shapes:
+        raise CheckpointError(
+            f"{what} does not fit config {getattr(model, 'cfg', None) and model.cfg.name!r}: "
+            f"missing {missing[:20]}, unexpected {unexpected[:20]}, shape mismatches {shapes[:20]}")
+
+
+def build_transformer(cfg: VAREditConfig, state: Mapping[str, torch.Tensor], device: torch.device | str = "cpu",
+                      dtype: torch.dtype | None = None, what: str = "transformer checkpoint") -> VAREditTransformer:
+    """Build on the meta device and adopt the checkpoint tensors (no double allocation).
+
+    dtype: the blocks' dtype (float32, or bfloat16 on CUDA); the rest stays float32 as official."""
+    with torch.device("meta"):
+        model = VAREditTransformer(cfg)
+    check_state_dict(model, state, what)
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()},
+                          strict=True, assign=True)
+    model = model.to(device)
+    if dtype is not None and dtype != torch.float32:
+        model.blocks.to(dtype)
+    return model.eval().requires_grad_(False)
+
+
+def load_official_transformer(path: str | Path, cfg: VAREditConfig, device: torch.device | str = "cpu",
+                              dtype: torch.dtype | None = None) -> VAREditTransformer:
+    """Load an official transformer `.pth` (plain state dict, or the {'trainer': {'gpt_fsdp': ...}} form)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"transformer checkpoint not found: {path}")
+    raw = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    if isinstance(raw, Mapping) and "trainer" in raw:
+        raw = raw["trainer"]["gpt_fsdp"]
+    if not isinstance(raw, Mapping) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
+        raise CheckpointError(f"{path} is not a transformer state dict")
+    return build_transformer(cfg, official_to_ours(raw, cfg), device, dtype, what=str(path))
+
+
+def load_vae(path: str | Path, cfg: VAREditConfig, device: torch.device | str = "cpu") -> VAE:
+    """Load a VAE file: official `.pth` ({'vae': state dict}) or our `vae.safetensors`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"VAE checkpoint not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            vae = VAE(cfg.vae)
+            state = load_file(path)
+            check_state_dict(vae, state, str(path))
+            vae.load_state_dict(state, strict=True)
+            return vae.to(device).eval().requires_grad_(False)
+        return load_official_vae(path, cfg.vae, device).requires_grad_(False)
+    except VAECheckpointError as e:
+        raise CheckpointError(str(e)) from e
+
+
+def load_official_golden(folder: str | Path, device: torch.device | str = "cpu"
+                         ) -> tuple[VAREditConfig, VAREditTransformer, VAE]:
+    """Load an official-format test folder: config.json with the official constructor arguments,
+    infinity_*.pth and vae_*.pth (the layout of tests/data/golden/T1, T2)."""
+    folder = Path(folder)
+    cfg = VAREditConfig.from_official(json.loads((folder / CONFIG_FILE).read_text()), name=folder.name)
+    model = load_official_transformer(_one(folder, "infinity_*.pth"), cfg, device)
+    return cfg, model, load_vae(_one(folder, "vae_*.pth"), cfg, device)
+
+
+def _one(folder: Path, pattern: str) -> Path:
+    found = sorted(folder.glob(pattern))
+    if len(found) != 1:
+        raise CheckpointError(f"expected one {pattern} in {folder}, found {[p.name for p in found]}")
+    return found[0]
+
+
+# ---- our folder format ------------------------------------------------------------------------
+
+
+def is_our_folder(path: Path) -> bool:
+    cfg_file = path / CONFIG_FILE
+    if not cfg_file.is_file():
+        return False
+    try:
+        return json.loads(cfg_file.read_text()).get("format") == FORMAT
+    except (json.JSONDecodeError, AttributeError):
+        return False
+
+
+def read_config(path: Path) -> VAREditConfig:
+    meta = json.loads((path / CONFIG_FILE).read_text())
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path / CONFIG_FILE} is not a {FORMAT} config")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"unsupported format_version {meta.get('format_version')} in {path}")
+    return VAREditConfig.from_dict(meta["config"])
+
+
+def save_pretrained(folder: str | Path, cfg: VAREditConfig, transformer: VAREditTransformer, vae: VAE,
+                    text_encoder: str | Path | None = None, tokenizer: str | Path | None = None,
+                    dtype: torch.dtype | None = None) -> Path:
+    """Write our folder format. text_encoder / tokenizer: HF folders to copy (optional).
+
+    dtype: store the transformer's blocks in this dtype (e.g. bfloat16 to halve the file)."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": cfg.to_dict()}
+    (folder / CONFIG_FILE).write_text(json.dumps(meta, indent=1))
+    state = {}
+    for k, v in transformer.state_dict().items():
+        v = v.detach()
+        if dtype is not None and k.startswith("blocks.") and v.is_floating_point():
+            v = v.to(dtype)
+        state[k] = v.contiguous().cpu()
+    save_file(state, folder / TRANSFORMER_FILE)
+    vae_state = {k: v.detach().contiguous().cpu() for k, v in vae.state_dict().items()}
+    save_file(vae_state, folder / VAE_FILE)
+    for src, name in ((text_encoder, TEXT_ENCODER_DIR), (tokenizer, TOKENIZER_DIR)):
+        if src is not None and Path(src).resolve() != (folder / name).resolve():
+            shutil.copytree(src, folder / name, dirs_exist_ok=True)
+    return folder
+
+
+def load_transformer_safetensors(folder: Path, cfg: VAREditConfig, device: torch.device | str = "cpu",
+                                 dtype: torch.dtype | None = None) -> VAREditTransformer:
+    from safetensors.torch import load_file
+
+    path = folder / TRANSFORMER_FILE
+    if not path.is_file():
+        raise CheckpointError(f"missing {path}")
+    return build_transformer(cfg, load_file(path), device, dtype, what=str(path))
+
+
+def write_random_checkpoint(folder: str | Path, config_name: str | VAREditConfig = "tiny", seed: int = 0) -> Path:
+    """Write a randomly initialised model in our folder format, with a random tiny T5 and a
+    character-level tokenizer built offline. For tests and demos of the serving stack."""
+    cfg = config_name if isinstance(config_name, VAREditConfig) else get_config(config_name)
+    torch.manual_seed(seed)
+    transformer = VAREditTransformer(cfg)
+    vae = VAE(cfg.vae)
+    folder = Path(folder)
+    save_pretrained(folder, cfg, transformer, vae)
+    _write_random_t5(folder / TEXT_ENCODER_DIR, cfg.text_channels, seed)
+    _write_char_tokenizer(folder / TOKENIZER_DIR, cfg.text_maxlen)
+    return folder
+
+
+def _write_random_t5(folder: Path, d_model: int, seed: int) -> None:
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    t5 = T5EncoderModel(T5Config(vocab_size=128, d_model=d_model, d_kv=32, d_ff=64, num_layers=2, num_heads=2,
+                                 feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False))
+    t5.save_pretrained(folder)
+
+
+def _write_char_tokenizer(folder: Path, max_length: int) -> None:
+    """A T5-style tokenizer over printable ASCII (pad 0, </s> 1, unk 2), built without the network."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
+    for ch in map(chr, range(32, 127)):
+        vocab.setdefault(ch, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+                                   model_max_length=max_length)
+    fast.save_pretrained(folder)

@@ -1,0 +1,143 @@
+"""Next-scale generation: source prefill, then one transformer step per scale (spec 5.4-5.6).
+
+Per scale k: hidden states -> logits x (1/tau) -> CFG on logits -> top-k / top-p on each bit's two
+logits -> one categorical draw per bit from that sample's own generator -> the bits' codes are added
+to the running latent, which resized to grid k+1 is the next input.
+
+Randomness: one CPU `torch.Generator` per sample, consumed only by one `torch.multinomial` call per
+scale over that sample's (l_k * d, 2) probability rows, in the official order. So a sample's bits
+depend on its seed and inputs, not on the batch it runs in or on the device (the official CPU
+reference stream; the official GPU code used a CUDA generator instead, errata E6/E14).
+
+Shapes: B samples, bs = 2B with CFG ([cond; uncond]) else B, l tokens of scale k, d bits per token,
+V = 2d logits per token, dq latent channels, H/W latent size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from .text import TextFeatures
+from .transformer import VAREditTransformer
+from .vae import VAE
+
+# on_scale(k, K) after scale k (1-based) of K; returning False stops the generation.
+OnScale = Callable[[int, int], "bool | None"]
+
+
+class EditCancelled(Exception):
+    """Raised when `on_scale` returns False: the edit stopped after `done` of `total` scales."""
+
+    def __init__(self, done: int, total: int):
+        super().__init__(f"edit cancelled after scale {done} of {total}")
+        self.done, self.total = done, total
+
+
+@dataclass
+class Generation:
+    f_hat: torch.Tensor  # (B, dq, 1, H, W) summed codes: the decoder input
+    bits: list[torch.Tensor] = field(default_factory=list)  # per scale (B, l, d) int64
+    logits: list[torch.Tensor] = field(default_factory=list)  # per scale raw head output (bs, l, V), if kept
+
+
+def per_scale(value: float | Sequence[float], K: int, name: str) -> list[float]:
+    """A scalar or a per-scale list -> a list of K floats."""
+    values = [float(value)] * K if isinstance(value, int | float) else [float(v) for v in value]
+    if len(values) != K:
+        raise ValueError(f"{name} needs {K} values (one per scale), got {len(values)}")
+    return values
+
+
+def top_k_top_p_(logits_BNV: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Set to -inf, in place, the logits outside the top-k and the low tail of mass <= 1 - top_p.
+
+    The official rule: sort ascending, softmax, cut the entries whose cumulative probability is
+    <= 1 - top_p, never the largest (errata E5). With two logits per bit, top-k never cuts and
+    top-p cuts the minority value when its probability is <= 0.03."""
+    V = logits_BNV.shape[-1]
+    if 0 < top_k < V:
+        kth = logits_BNV.topk(top_k, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
+        logits_BNV.masked_fill_(logits_BNV < kth, -torch.inf)
+    if top_p > 0:
+        sorted_logits, sorted_idx = logits_BNV.sort(dim=-1, descending=False)
+        cut = sorted_logits.softmax(dim=-1).cumsum(dim=-1) <= (1 - top_p)
+        cut[..., -1:] = False
+        logits_BNV.masked_fill_(cut.scatter(-1, sorted_idx, cut), -torch.inf)
+    return logits_BNV
+
+
+def sample_bits(logits_BlV: torch.Tensor, generators: Sequence[torch.Generator], top_k: int,
+                top_p: float) -> torch.Tensor:
+    """One draw per bit from softmax of its two logits (after top-k/top-p): (B, l, d) int64."""
+    B, l, V = logits_BlV.shape
+    logits = top_k_top_p_(logits_BlV.float().reshape(B, l * V // 2, 2), top_k, top_p)
+    probs = logits.softmax(dim=-1).cpu()  # (B, l*d, 2)
+    bits = torch.stack([torch.multinomial(probs[b], 1, replacement=True, generator=g)[:, 0]
+                        for b, g in enumerate(generators)])  # (B, l*d)
+    return bits.view(B, l, V // 2).to(logits_BlV.device)
+
+
+@torch.inference_mode()
+def generate(
+    model: VAREditTransformer,
+    vae: VAE,
+    text: TextFeatures,
+    source_BLd: torch.Tensor,
+    schedule: list[tuple[int, int]],
+    generators: Sequence[torch.Generator],
+    cfg: float | Sequence[float] = 3.0,
+    tau: float | Sequence[float] = 0.5,
+    top_k: int = 900,
+    top_p: float = 0.97,
+    on_scale: OnScale | None = None,
+    forced_bits: Sequence[torch.Tensor] | None = None,
+    keep_logits: bool = False,
+) -> Generation:
+    """Sample the target's bits scale by scale; returns the summed codes and every scale's bits.
+
+    text: one prompt per sample; source_BLd: the source prefix (B, h_K*w_K, d).
+    cfg, tau: scalars or per-scale lists; a scale with cfg 1 uses the conditional logits only, and
+    with cfg 1 everywhere the unconditional half is never computed.
+    forced_bits: per-scale (B, l, d) bits to use instead of sampling (teacher forcing through the
+    cached path, for tests); keep_logits: also return every scale's raw head output.
+    """
+    K, B = len(schedule), source_BLd.shape[0]
+    cfg_k, tau_k = per_scale(cfg, K, "cfg"), per_scale(tau, K, "tau")
+    if len(generators) != B:
+        raise ValueError(f"need one generator per sample: {len(generators)} for {B}")
+    use_cfg = any(c != 1 for c in cfg_k)
+    if use_cfg:  # rows [cond; uncond]: the uncond text is the null text of the same length
+        text = TextFeatures(text.feats_BTC.repeat(2, 1, 1), text.lens_B.repeat(2))
+        null_B = torch.arange(2 * B) >= B
+    else:
+        null_B = None
+    cond = model.condition(text, null_B)
+    cache = model.prefill(cond, source_BLd, schedule)
+
+    out = Generation(f_hat=None)  # type: ignore[arg-type]
+    f_hat, x_BlC = None, model.sos(cond)
+    for k in range(K):
+        h_BlC = model.step(cond, x_BlC, k, schedule, cache)
+        rows = slice(None) if cfg_k[k] != 1 else slice(0, B)  # cfg 1: the cond half suffices
+        raw = model.logits(h_BlC[rows], cond.cond_BD[rows])
+        if keep_logits:
+            out.logits.append(raw)
+        logits = raw * (1 / tau_k[k])
+        if cfg_k[k] != 1:
+            logits = cfg_k[k] * logits[:B] + (1 - cfg_k[k]) * logits[B:]
+        if forced_bits is not None:
+            bits = forced_bits[k].to(logits.device, torch.int64)
+        else:
+            bits = sample_bits(logits, generators, top_k, top_p)
+        out.bits.append(bits)
+        f_hat, nxt_Bld = vae.next_scale_input(k, bits, f_hat, schedule)
+        if nxt_Bld is not None:
+            x_BlC = model.embed_scale(nxt_Bld, k + 1)
+            x_BlC = x_BlC.repeat(2 if use_cfg else 1, 1, 1)  # (bs, l, C)
+        if on_scale is not None and on_scale(k + 1, K) is False:
+            raise EditCancelled(k + 1, K)
+    out.f_hat = f_hat
+    return out
