@@ -27,7 +27,7 @@ RUN pip install --no-deps -e . && python -c "import api, jobs, worker.celery_app
     && python -c "import sys; assert 'torch' not in sys.modules"
 USER varedit
 EXPOSE 8000
-CMD ["uvicorn", "api.app:create_app", "--factory", "--host", "0.0.0.0", "--port", "8000"]
+CMD ["uvicorn", "api.main:app", "--host", "0.0.0.0", "--port", "8000"]
 
 FROM base AS worker
 # torch first and pinned, so nothing else decides which build is installed.

@@ -99,8 +99,9 @@ class EmbeddedPlatform:
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 8000, data_dir: Path | None = None,
                  model_path: str | None = None, log_to_console: bool = False,
-                 extra_env: dict[str, str] | None = None) -> None:
+                 extra_env: dict[str, str] | None = None, edit_workers: int = 1) -> None:
         self.host = host
+        self.edit_workers = edit_workers
         self.port = port or free_port()
         self.extra_env = dict(extra_env or {})
         if model_path:
@@ -153,16 +154,18 @@ class EmbeddedPlatform:
         celery = [py, "-m", "celery", "-A", "worker.celery_app"]
         quiet = ["--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel", "INFO"]
         for model in settings.models:
-            self.children.append(Child(f"worker-{model}", [
-                *celery, "worker", "-Q", f"edits.{model}", "-c", "1", "-O", "fair",
-                "--prefetch-multiplier", "1", "-n", f"edit-{model}@%h", *quiet,
-            ]))  # fmt: skip
+            for i in range(self.edit_workers):
+                name = f"edit{i}-{model}"
+                self.children.append(Child(name, [
+                    *celery, "worker", "-Q", f"edits.{model}", "-c", "1", "-O", "fair",
+                    "--prefetch-multiplier", "1", "-n", f"{name}@%h", *quiet,
+                ]))  # fmt: skip
         self.children.append(Child("light-worker", [
             *celery, "worker", "-Q", "webhooks,maintenance", "-c", "1", "-O", "fair", "-n", "light@%h",
             "-B", "-s", str(data_dir / "celerybeat-schedule"), *quiet,
         ]))  # fmt: skip
         self.children.append(Child("api", [
-            py, "-m", "uvicorn", "api.app:create_app", "--factory", "--host", self.host,
+            py, "-m", "uvicorn", "api.main:app", "--host", self.host,
             "--port", str(self.port), "--no-access-log",
         ]))  # fmt: skip
         for child in self.children:
@@ -177,11 +180,17 @@ class EmbeddedPlatform:
         while True:
             self.check_children()
             api_up = api_up or _http_ok(f"{self.url}/healthz")
-            if api_up and _models_ready(settings):
+            if api_up and _models_ready(settings, self.edit_workers):
                 return
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the platform was not ready within {timeout_s:.0f}s")
             time.sleep(POLL_S)  # polling real readiness conditions, bounded by the deadline
+
+    def child(self, name: str) -> Child:
+        return next(c for c in self.children if c.name == name)
+
+    def edit_children(self) -> list[Child]:
+        return [c for c in self.children if c.name.startswith("edit")]
 
     def check_children(self) -> None:
         for child in self.children:
@@ -241,7 +250,7 @@ def _http_ok(url: str) -> bool:
         return False
 
 
-def _models_ready(settings) -> bool:  # type: ignore[no-untyped-def]
+def _models_ready(settings, workers: int = 1) -> bool:  # type: ignore[no-untyped-def]
     from jobs import lifecycle
     from jobs.db import make_engine, make_sessionmaker
 
@@ -251,7 +260,7 @@ def _models_ready(settings) -> bool:  # type: ignore[no-untyped-def]
             ready = lifecycle.ready_workers(session, settings.worker_stale_s)
     finally:
         engine.dispose()
-    return all(ready.get(m, 0) > 0 for m in settings.models)
+    return all(ready.get(m, 0) >= workers for m in settings.models)
 
 
 # -- command line ---------------------------------------------------------------------------------

@@ -10,11 +10,12 @@ It is selected by a model path of the form ``fake://?scales=4&scale_ms=0&gate=/d
 
 ``scales``      scales per edit (on_scale is called after each one), default 4.
 ``scale_ms``    time spent "generating" each scale, default 0.
-``gate``        a folder used as a synchronisation point by tests. When set, on reaching scale
-                ``gate_scale`` the pipeline writes ``<gate>/blocked-<pid>-<n>`` (its content is the
-                instruction) and waits until ``<gate>/open`` exists. A test can therefore catch a job
-                in the middle of generation without sleeping: it waits for the ``blocked-*`` file,
-                acts (cancel, kill -9), then creates ``open``.
+``gate``        a folder used as a synchronisation point by tests. An instruction containing
+                ``gate:<token>`` blocks on reaching scale ``gate_scale``: the pipeline writes
+                ``<gate>/blocked-<token>`` (its content is the pid of the process running it) and waits
+                until ``<gate>/open-<token>`` exists. A test can therefore catch a job in the middle of
+                generation without sleeping: it waits for the ``blocked-`` file, acts (cancel, kill -9),
+                then creates the ``open-`` file. Instructions without a token never block.
 ``gate_timeout_s``  give up waiting after this long (default 120) and raise, so a broken test never
                 hangs a worker forever.
 
@@ -25,7 +26,6 @@ with inverted colours, tinted by the seed), so tests can check that results belo
 from __future__ import annotations
 
 import hashlib
-import itertools
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -36,8 +36,6 @@ from urllib.parse import parse_qs, urlsplit
 from PIL import Image, ImageOps
 
 FAKE_SCHEME = "fake:"  # `fake://?...`; a Path setting collapses it to `fake:/?...`
-
-_gate_counter = itertools.count()
 
 
 def is_fake_path(path: str | None) -> bool:
@@ -97,23 +95,31 @@ class FakeEditPipeline:
             if self.options.scale_ms:
                 time.sleep(self.options.scale_ms / 1000.0)  # simulated GPU work, not synchronisation
             if self.options.gate and k == self.options.gate_scale:
-                self._wait_at_gate(instructions)
+                for token in gate_tokens(instructions):
+                    self._wait_at_gate(token)
             if on_scale is not None and on_scale(k, n_scales) is False:
                 raise EditStopped(k, n_scales)
         return [
             _edited(img, instr, seed) for img, instr, seed in zip(images, instructions, seeds, strict=True)
         ]
 
-    def _wait_at_gate(self, instructions: Sequence[str]) -> None:
+    def _wait_at_gate(self, token: str) -> None:
         gate = Path(self.options.gate or "")
         gate.mkdir(parents=True, exist_ok=True)
-        marker = gate / f"blocked-{os.getpid()}-{next(_gate_counter)}"
-        marker.write_text("\n".join(instructions))
+        blocked = gate / f"blocked-{token}"
+        tmp = gate / f".blocked-{token}.tmp"
+        tmp.write_text(str(os.getpid()))
+        tmp.replace(blocked)  # atomic: a reader never sees an empty file
         deadline = time.monotonic() + self.options.gate_timeout_s
-        while not (gate / "open").exists():
+        while not (gate / f"open-{token}").exists():
             if time.monotonic() > deadline:
-                raise TimeoutError(f"fake pipeline gate {gate} was never opened")
+                raise TimeoutError(f"fake pipeline gate {gate}/open-{token} was never created")
             time.sleep(0.01)  # polling the sync point; the gate file is the synchronisation
+
+
+def gate_tokens(instructions: Sequence[str]) -> list[str]:
+    """The ``gate:<token>`` words of the instructions, in order."""
+    return [w.split(":", 1)[1] for text in instructions for w in text.split() if w.startswith("gate:")]
 
 
 class EditStopped(Exception):
