@@ -226,6 +226,8 @@ def test_tiny_vae_api_shapes(cfg: VAEConfig):
         tf = vae.teacher_forcing(vae.encode_features(x), sched, flip=SelfCorrection(3, 0.3))
         assert tf.x_BLd.shape == (2, 4 + 9 + 16 + 36 + 64, d)
         assert [t.shape for t in tf.labels] == [(2, h * w, d) for h, w in sched]
+        clean = vae.teacher_forcing(vae.encode_features(x), sched).labels
+        assert all(torch.equal(a, b) for a, b in zip(vae.img_to_labels(x, sched), clean, strict=True))
         f_hat = None
         for si, bits in enumerate(tf.labels):
             f_hat, nxt = vae.next_scale_input(si, bits, f_hat, sched)

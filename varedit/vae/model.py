@@ -4,9 +4,9 @@ Shape legend: B batch, H/W image or latent size, dq = codebook_dim (bits per lat
 d = d_vae (bits / features per transformer token: dq, or 4*dq with spatial patchify),
 K scales, (h_k, w_k) token grid of scale k, l = h_k*w_k tokens of one scale, L tokens of several.
 
-Schedules: every `scale_schedule` argument is the transformer's list of (1, h, w) token grids (the
-official `scale_schedule`). The VAE works on `vae_schedule(scale_schedule)`: the same grids, doubled
-with spatial patchify. The last grid is the latent size of the image.
+Schedules: every `scale_schedule` argument is the transformer's list of token grids, (1, h, w) as in
+the official `scale_schedule` or plain (h, w). The VAE works on `vae_schedule(scale_schedule)`: the
+same grids, doubled with spatial patchify. The last grid is the latent size of the image.
 
 f_hat (the running sum of codes, official `summed_codes`) is kept as (B, dq, 1, H, W) and in the
 memory layout the official op sequence produces, so every resize rounds like the official one.
@@ -28,7 +28,7 @@ from .quantizer import DOWN_MODE, UP_MODE, Grid, MultiScaleBSQ
 
 # A bit-flip hook for bitwise self-correction: (scale index, clean bits (B, 1, h, w, dq)) ->
 # the corrupted bits to feed forward, or None to leave that scale alone. See teacher.SelfCorrection.
-BitFlip = Callable[[int, torch.Tensor], "torch.Tensor | None"]
+BitFlip = Callable[[int, torch.Tensor], torch.Tensor | None]
 
 
 @dataclass
@@ -47,7 +47,7 @@ class TeacherForcing:
 
     x_BLd: torch.Tensor  # transformer inputs of scales 1..K-1, concatenated: (B, sum_{k>=1} l_k, d)
     labels: list[torch.Tensor]  # per scale: (B, l_k, d) int64 0/1, token layout
-    input_bits: list[torch.Tensor]  # per scale, VAE layout: the bits actually accumulated (flipped or clean)
+    input_bits: list[torch.Tensor]  # per scale, VAE layout: the bits after self-correction flips
 
 
 class VAE(nn.Module):
@@ -158,6 +158,12 @@ class VAE(nn.Module):
                     nxt = F.interpolate(acc, size=vae_sched[k + 1], mode=UP_MODE).contiguous()
                     inputs.append(map_to_tokens(nxt.squeeze(2), self.config.spatial_patchify))
         return TeacherForcing(torch.cat(inputs, dim=1), labels, input_bits)
+
+    def img_to_labels(
+        self, x_B3HW: torch.Tensor, scale_schedule: Sequence[Sequence[int]]
+    ) -> list[torch.Tensor]:
+        """Target image in [-1, 1] -> clean per-scale bit labels [(B, l_k, d) int64], no flips."""
+        return self.teacher_forcing(self.encode_features(x_B3HW), scale_schedule).labels
 
     # ----- inference: next-scale input -----
 
