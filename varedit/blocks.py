@@ -125,7 +125,8 @@ class Block(nn.Module):
     def __init__(self, cfg: VAREditConfig):
         super().__init__()
         self.eps = cfg.norm_eps
-        self.ada_gss = nn.Parameter(torch.randn(1, 1, 6, cfg.width) / cfg.width**0.5)  # per-block AdaLN offset
+        # per-block offset of the shared AdaLN output
+        self.ada_gss = nn.Parameter(torch.randn(1, 1, 6, cfg.width) / cfg.width**0.5)
         self.sa = SelfAttention(cfg)
         self.ca = CrossAttention(cfg, kv_dim=cfg.width, num_heads=cfg.num_heads)
         self.ca_norm = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)

@@ -14,8 +14,7 @@ Our folder format (written by `save_pretrained`, read by `load_pretrained`):
   config.json              {"format": "varedit", "format_version": 1, "config": VAREditConfig fields}
   transformer.safetensors  this model's keys (blocks.{i}.*), float32 or bfloat16
   vae.safetensors          the VAE's keys (official spelling)
-  text_encoder/            Hugging Face T5EncoderModel folder
-  tokenizer/               Hugging Face tokenizer folder
+  text_encoder/            Hugging Face folder: T5EncoderModel weights and its tokenizer
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ import torch
 
 from .config import VAREditConfig, get_config
 from .transformer import VAREditTransformer, _null_text_init
-from .vae import VAE, VAECheckpointError, load_official_vae
+from .vae import VAE, VAECheckpointError, load_official_vae, remap_official_keys
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +40,8 @@ CONFIG_FILE = "config.json"
 TRANSFORMER_FILE = "transformer.safetensors"
 VAE_FILE = "vae.safetensors"
 TEXT_ENCODER_DIR = "text_encoder"
-TOKENIZER_DIR = "tokenizer"
 OFFICIAL_VAE_FILES = {False: "infinity_vae_d32reg.pth", True: "infinity_vae_d56_f8_14_patchify.pth"}
+Device = torch.device | str
 _LEGACY_KEYS = {"lvl_1L", "attn_bias_for_masking", "Infinity_visible_kvlen", "Infinity_invisible_qlen"}
 
 
@@ -107,23 +106,22 @@ def check_state_dict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], 
             f"missing {missing[:20]}, unexpected {unexpected[:20]}, shape mismatches {shapes[:20]}")
 
 
-def build_transformer(cfg: VAREditConfig, state: Mapping[str, torch.Tensor], device: torch.device | str = "cpu",
-                      dtype: torch.dtype | None = None, what: str = "transformer checkpoint") -> VAREditTransformer:
-    """Build on the meta device and adopt the checkpoint tensors (no double allocation).
-
-    dtype: the blocks' dtype (float32, or bfloat16 on CUDA); the rest stays float32 as official."""
+def build_transformer(cfg: VAREditConfig, state: Mapping[str, torch.Tensor], device: Device = "cpu",
+                      dtype: torch.dtype | None = None, what: str = "transformer checkpoint"
+                      ) -> VAREditTransformer:
+    """Build on the meta device and adopt the checkpoint tensors, each cast once to its final
+    device and dtype. dtype: the blocks' dtype (float32, or bfloat16 on CUDA); everything outside
+    the blocks stays float32, as in the official model."""
     with torch.device("meta"):
         model = VAREditTransformer(cfg)
     check_state_dict(model, state, what)
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()},
-                          strict=True, assign=True)
-    model = model.to(device)
-    if dtype is not None and dtype != torch.float32:
-        model.blocks.to(dtype)
+    block_dtype = dtype or torch.float32
+    model.load_state_dict({k: v.to(device, block_dtype if k.startswith("blocks.") else torch.float32)
+                           for k, v in state.items()}, strict=True, assign=True)
     return model.eval().requires_grad_(False)
 
 
-def load_official_transformer(path: str | Path, cfg: VAREditConfig, device: torch.device | str = "cpu",
+def load_official_transformer(path: str | Path, cfg: VAREditConfig, device: Device = "cpu",
                               dtype: torch.dtype | None = None) -> VAREditTransformer:
     """Load an official transformer `.pth` (plain state dict, or the {'trainer': {'gpt_fsdp': ...}} form)."""
     path = Path(path)
@@ -137,7 +135,7 @@ def load_official_transformer(path: str | Path, cfg: VAREditConfig, device: torc
     return build_transformer(cfg, official_to_ours(raw, cfg), device, dtype, what=str(path))
 
 
-def load_vae(path: str | Path, cfg: VAREditConfig, device: torch.device | str = "cpu") -> VAE:
+def load_vae(path: str | Path, cfg: VAREditConfig, device: Device = "cpu") -> VAE:
     """Load a VAE file: official `.pth` ({'vae': state dict}) or our `vae.safetensors`."""
     path = Path(path)
     if not path.is_file():
@@ -147,16 +145,14 @@ def load_vae(path: str | Path, cfg: VAREditConfig, device: torch.device | str = 
             from safetensors.torch import load_file
 
             vae = VAE(cfg.vae)
-            state = load_file(path)
-            check_state_dict(vae, state, str(path))
-            vae.load_state_dict(state, strict=True)
+            vae.load_state_dict(remap_official_keys(load_file(path), vae), strict=True)
             return vae.to(device).eval().requires_grad_(False)
         return load_official_vae(path, cfg.vae, device).requires_grad_(False)
     except VAECheckpointError as e:
         raise CheckpointError(str(e)) from e
 
 
-def load_official_golden(folder: str | Path, device: torch.device | str = "cpu"
+def load_official_golden(folder: str | Path, device: Device = "cpu"
                          ) -> tuple[VAREditConfig, VAREditTransformer, VAE]:
     """Load an official-format test folder: config.json with the official constructor arguments,
     infinity_*.pth and vae_*.pth (the layout of tests/data/golden/T1, T2)."""
@@ -182,90 +178,167 @@ def is_our_folder(path: Path) -> bool:
         return False
     try:
         return json.loads(cfg_file.read_text()).get("format") == FORMAT
-    except (json.JSONDecodeError, AttributeError):
+    except (json.JSONDecodeError, AttributeError, UnicodeDecodeError):
         return False
 
 
-def read_config(path: Path) -> VAREditConfig:
-    meta = json.loads((path / CONFIG_FILE).read_text())
+def read_config(folder: Path) -> VAREditConfig:
+    meta = json.loads((folder / CONFIG_FILE).read_text())
     if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path / CONFIG_FILE} is not a {FORMAT} config")
+        raise CheckpointError(f"{folder / CONFIG_FILE} is not a {FORMAT} config")
     if meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"unsupported format_version {meta.get('format_version')} in {path}")
+        raise CheckpointError(f"unsupported format_version {meta.get('format_version')} in {folder}")
     return VAREditConfig.from_dict(meta["config"])
 
 
-def save_pretrained(folder: str | Path, cfg: VAREditConfig, transformer: VAREditTransformer, vae: VAE,
-                    text_encoder: str | Path | None = None, tokenizer: str | Path | None = None,
-                    dtype: torch.dtype | None = None) -> Path:
-    """Write our folder format. text_encoder / tokenizer: HF folders to copy (optional).
-
-    dtype: store the transformer's blocks in this dtype (e.g. bfloat16 to halve the file)."""
-    from safetensors.torch import save_file
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+def write_config(folder: Path, cfg: VAREditConfig) -> None:
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": cfg.to_dict()}
     (folder / CONFIG_FILE).write_text(json.dumps(meta, indent=1))
-    state = {}
-    for k, v in transformer.state_dict().items():
+
+
+def save_transformer_state(path: Path, state: Mapping[str, torch.Tensor],
+                           dtype: torch.dtype | None = None) -> None:
+    """Write this model's keys; dtype (e.g. bfloat16) applies to the blocks only."""
+    from safetensors.torch import save_file
+
+    out = {}
+    for k, v in state.items():
         v = v.detach()
         if dtype is not None and k.startswith("blocks.") and v.is_floating_point():
             v = v.to(dtype)
-        state[k] = v.contiguous().cpu()
-    save_file(state, folder / TRANSFORMER_FILE)
-    vae_state = {k: v.detach().contiguous().cpu() for k, v in vae.state_dict().items()}
-    save_file(vae_state, folder / VAE_FILE)
-    for src, name in ((text_encoder, TEXT_ENCODER_DIR), (tokenizer, TOKENIZER_DIR)):
-        if src is not None and Path(src).resolve() != (folder / name).resolve():
-            shutil.copytree(src, folder / name, dirs_exist_ok=True)
+        out[k] = v.contiguous().cpu()
+    save_file(out, path)
+
+
+def save_vae_state(path: Path, vae: VAE) -> None:
+    """The VAE's tensors without the constant bit-mask buffers (registered twice, restored on load)."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().contiguous().cpu() for k, v in vae.state_dict().items()
+             if not k.endswith("lfq.mask")}
+    save_file(state, path)
+
+
+def save_pretrained(folder: str | Path, cfg: VAREditConfig, transformer: VAREditTransformer, vae: VAE,
+                    text_encoder: str | Path | None = None, dtype: torch.dtype | None = None) -> Path:
+    """Write our folder format. text_encoder: an HF folder (T5 encoder + tokenizer) to copy in.
+
+    dtype: store the transformer's blocks in this dtype (bfloat16 halves the file)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_config(folder, cfg)
+    save_transformer_state(folder / TRANSFORMER_FILE, transformer.state_dict(), dtype)
+    save_vae_state(folder / VAE_FILE, vae)
+    if text_encoder is not None and Path(text_encoder).resolve() != (folder / TEXT_ENCODER_DIR).resolve():
+        shutil.copytree(text_encoder, folder / TEXT_ENCODER_DIR, dirs_exist_ok=True)
     return folder
 
 
-def load_transformer_safetensors(folder: Path, cfg: VAREditConfig, device: torch.device | str = "cpu",
+def load_transformer_safetensors(path: Path, cfg: VAREditConfig, device: Device = "cpu",
                                  dtype: torch.dtype | None = None) -> VAREditTransformer:
     from safetensors.torch import load_file
 
-    path = folder / TRANSFORMER_FILE
     if not path.is_file():
-        raise CheckpointError(f"missing {path}")
+        raise CheckpointError(f"transformer checkpoint not found: {path}")
     return build_transformer(cfg, load_file(path), device, dtype, what=str(path))
 
 
-def write_random_checkpoint(folder: str | Path, config_name: str | VAREditConfig = "tiny", seed: int = 0) -> Path:
+# ---- the official release folder -------------------------------------------------------------
+
+OFFICIAL_VARIANTS = ("2B-512", "8B-512", "8B-1024")
+
+
+def official_variant(folder: Path, variant: str | None) -> str:
+    """The variant to load from an official release folder: the one named, or the only one present."""
+    present = [v for v in OFFICIAL_VARIANTS if (folder / f"{v}.pth").is_file()]
+    if variant is not None:
+        if variant not in OFFICIAL_VARIANTS:
+            raise CheckpointError(f"unknown official variant {variant!r}; known: {list(OFFICIAL_VARIANTS)}")
+        if variant not in present:
+            raise CheckpointError(f"{folder} has no {variant}.pth (found {[f'{v}.pth' for v in present]})")
+        return variant
+    if len(present) == 1:
+        return present[0]
+    if not present:
+        raise CheckpointError(f"{folder} is neither a varedit folder (config.json) nor an official release "
+                              f"(one of {[f'{v}.pth' for v in OFFICIAL_VARIANTS]})")
+    raise CheckpointError(f"{folder} holds several variants {present}: pass variant=")
+
+
+def official_files(folder: Path, cfg: VAREditConfig) -> tuple[Path, Path, Path]:
+    """(transformer .pth, VAE .pth, text encoder folder) of a variant in an official release folder."""
+    files = (folder / f"{cfg.name}.pth", folder / OFFICIAL_VAE_FILES[cfg.vae.spatial_patchify],
+             folder / cfg.text_encoder)
+    for f in files:
+        if not f.exists():
+            raise CheckpointError(f"missing {f.name} in the official release folder {folder}")
+    return files
+
+
+def convert_official(src: str | Path, dst: str | Path, variant: str | None = None,
+                     dtype: torch.dtype | None = None) -> Path:
+    """Official release folder -> our folder format (optionally bfloat16 blocks).
+
+    Streams the tensors (memory-mapped) without building the model; keys and shapes are checked
+    against a meta-device model of the variant."""
+    src, dst = Path(src), Path(dst)
+    cfg = get_config(official_variant(src, variant))
+    tf_path, vae_path, t5_dir = official_files(src, cfg)
+    raw = torch.load(tf_path, map_location="cpu", weights_only=True, mmap=True)
+    if isinstance(raw, Mapping) and "trainer" in raw:
+        raw = raw["trainer"]["gpt_fsdp"]
+    state = official_to_ours(raw, cfg)
+    with torch.device("meta"):
+        check_state_dict(VAREditTransformer(cfg), state, str(tf_path))
+    vae = load_vae(vae_path, cfg)
+    dst.mkdir(parents=True, exist_ok=True)
+    write_config(dst, cfg)
+    save_transformer_state(dst / TRANSFORMER_FILE, {k: v.float() if k == "cfg_uncond" else v
+                                                    for k, v in state.items()}, dtype)
+    save_vae_state(dst / VAE_FILE, vae)
+    shutil.copytree(t5_dir, dst / TEXT_ENCODER_DIR, dirs_exist_ok=True)
+    return dst
+
+
+# ---- tiny random checkpoints ------------------------------------------------------------------
+
+
+def write_random_checkpoint(folder: str | Path, config_name: str | VAREditConfig = "tiny",
+                            seed: int = 0) -> Path:
     """Write a randomly initialised model in our folder format, with a random tiny T5 and a
-    character-level tokenizer built offline. For tests and demos of the serving stack."""
+    character-level tokenizer, built offline. For tests and demos of the serving stack: edits run
+    in well under a second on a CPU with "tiny" and produce noise-like images."""
     cfg = config_name if isinstance(config_name, VAREditConfig) else get_config(config_name)
     torch.manual_seed(seed)
-    transformer = VAREditTransformer(cfg)
-    vae = VAE(cfg.vae)
-    folder = Path(folder)
-    save_pretrained(folder, cfg, transformer, vae)
-    _write_random_t5(folder / TEXT_ENCODER_DIR, cfg.text_channels, seed)
-    _write_char_tokenizer(folder / TOKENIZER_DIR, cfg.text_maxlen)
+    transformer, vae = VAREditTransformer(cfg), VAE(cfg.vae)
+    folder = save_pretrained(folder, cfg, transformer, vae)
+    _write_random_t5(folder / TEXT_ENCODER_DIR, cfg.text_channels, cfg.text_maxlen, seed)
     return folder
 
 
-def _write_random_t5(folder: Path, d_model: int, seed: int) -> None:
+def _write_random_t5(folder: Path, d_model: int, max_length: int, seed: int) -> None:
+    """A random 2-layer T5 encoder over a character vocabulary, and its tokenizer."""
     from transformers import T5Config, T5EncoderModel
 
+    tokenizer = _char_tokenizer(max_length)
     torch.manual_seed(seed)
-    t5 = T5EncoderModel(T5Config(vocab_size=128, d_model=d_model, d_kv=32, d_ff=64, num_layers=2, num_heads=2,
-                                 feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False))
+    t5 = T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=d_model, d_kv=32, d_ff=64, num_layers=2,
+                                 num_heads=2, feed_forward_proj="gated-gelu", is_encoder_decoder=False,
+                                 use_cache=False, pad_token_id=0, eos_token_id=1))
     t5.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
 
 
-def _write_char_tokenizer(folder: Path, max_length: int) -> None:
+def _char_tokenizer(max_length: int):
     """A T5-style tokenizer over printable ASCII (pad 0, </s> 1, unk 2), built without the network."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
     for ch in map(chr, range(32, 127)):
         vocab.setdefault(ch, len(vocab))
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
-                                   model_max_length=max_length)
-    fast.save_pretrained(folder)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
+                                   unk_token="<unk>", model_max_length=max_length)

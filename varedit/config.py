@@ -91,7 +91,7 @@ class VAREditConfig:
 
     def __post_init__(self) -> None:
         if self.width % self.num_heads or self.head_dim % 4:
-            raise ValueError(f"head dim {self.width}/{self.num_heads} must be an integer divisible by 4 (RoPE)")
+            raise ValueError(f"head dim {self.width}/{self.num_heads} must be a multiple of 4 (RoPE)")
         if self.depth % self.block_chunks:
             raise ValueError(f"depth {self.depth} must be a multiple of block_chunks {self.block_chunks}")
         if self.text_channels % self.text_pool_heads or self.width % self.text_pool_heads:
@@ -203,9 +203,10 @@ _VAE_TINY_PATCHIFY = VAEConfig(codebook_dim=14, patch_size=8, base_ch=32, ch_mul
                                num_res_blocks=1, spatial_patchify=True)
 
 VARIANTS: dict[str, VAREditConfig] = {
-    "2B-512": VAREditConfig(name="2B-512", depth=32, width=2048, num_heads=16, vae=_VAE_2B, resolution=512),
-    "8B-512": VAREditConfig(name="8B-512", depth=40, width=3584, num_heads=28, vae=_VAE_8B, resolution=512),
-    "8B-1024": VAREditConfig(name="8B-1024", depth=40, width=3584, num_heads=28, vae=_VAE_8B, resolution=1024),
+    "2B-512": VAREditConfig(name="2B-512", depth=32, width=2048, num_heads=16, vae=_VAE_2B),
+    "8B-512": VAREditConfig(name="8B-512", depth=40, width=3584, num_heads=28, vae=_VAE_8B),
+    "8B-1024": VAREditConfig(name="8B-1024", depth=40, width=3584, num_heads=28, vae=_VAE_8B,
+                             resolution=1024),
     # CPU test variants: the golden T1 (2B recipe) and T2 (8B recipe, spatial patchify) shapes.
     "tiny": VAREditConfig(name="tiny", depth=2, width=128, num_heads=2, text_channels=256, block_chunks=2,
                           vae=_VAE_TINY, resolution=128, text_encoder="t5-tiny"),

@@ -72,12 +72,12 @@ def top_k_top_p_(logits_BNV: torch.Tensor, top_k: int, top_p: float) -> torch.Te
 def sample_bits(logits_BlV: torch.Tensor, generators: Sequence[torch.Generator], top_k: int,
                 top_p: float) -> torch.Tensor:
     """One draw per bit from softmax of its two logits (after top-k/top-p): (B, l, d) int64."""
-    B, l, V = logits_BlV.shape
-    logits = top_k_top_p_(logits_BlV.float().reshape(B, l * V // 2, 2), top_k, top_p)
+    B, n, V = logits_BlV.shape
+    logits = top_k_top_p_(logits_BlV.float().reshape(B, n * V // 2, 2), top_k, top_p)
     probs = logits.softmax(dim=-1).cpu()  # (B, l*d, 2)
     bits = torch.stack([torch.multinomial(probs[b], 1, replacement=True, generator=g)[:, 0]
                         for b, g in enumerate(generators)])  # (B, l*d)
-    return bits.view(B, l, V // 2).to(logits_BlV.device)
+    return bits.view(B, n, V // 2).to(logits_BlV.device)
 
 
 @torch.inference_mode()

@@ -100,7 +100,8 @@ def _area_pool(t_BHLc: torch.Tensor, src_hw: tuple[int, int], dst_hw: tuple[int,
     return img.reshape(B, H, c, -1).permute(0, 1, 3, 2)  # (B, H, h'*w', c)
 
 
-def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
+          ) -> torch.Tensor:
     """Cosine attention has its temperature inside q already: softmax scale 1."""
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
 
@@ -142,12 +143,12 @@ class VAREditTransformer(nn.Module):
         `cfg_uncond[:len]` (same length as the prompt), for CFG and training-time text dropout.
         """
         feats = text.feats_BTC.to(self.cfg_uncond.device, torch.float32)
-        T = feats.shape[1]
-        if T > self.cfg.text_maxlen:
-            raise ValueError(f"text has {T} tokens, more than text_maxlen={self.cfg.text_maxlen}")
+        n_text = feats.shape[1]
+        if n_text > self.cfg.text_maxlen:
+            raise ValueError(f"text has {n_text} tokens, more than text_maxlen={self.cfg.text_maxlen}")
         mask_BT = text.mask_BT.to(feats.device)
         if null_B is not None and bool(null_B.any()):
-            null = self.cfg_uncond[:T].unsqueeze(0).expand_as(feats)
+            null = self.cfg_uncond[:n_text].unsqueeze(0).expand_as(feats)
             feats = torch.where((null_B.to(feats.device)[:, None] & mask_BT)[..., None], null, feats)
         feats = self.text_norm(feats)
         mask_B11T = mask_BT[:, None, None, :]
@@ -204,13 +205,13 @@ class VAREditTransformer(nn.Module):
         def attend_sar(q, k, v):
             outs = [_sdpa(q[:, :, :n_src], k[:, :, :n_src], v[:, :, :n_src])]
             start = n_src
-            for hw, l in zip(schedule, n, strict=True):
+            for hw, n_k in zip(schedule, n, strict=True):
                 k_ref = _area_pool(k[:, :, :n_src], schedule[-1], hw)
                 v_ref = _area_pool(v[:, :, :n_src], schedule[-1], hw)
-                keys = torch.cat([k_ref, k[:, :, n_src : start + l]], dim=2)
-                vals = torch.cat([v_ref, v[:, :, n_src : start + l]], dim=2)
-                outs.append(_sdpa(q[:, :, start : start + l], keys, vals))
-                start += l
+                keys = torch.cat([k_ref, k[:, :, n_src : start + n_k]], dim=2)
+                vals = torch.cat([v_ref, v[:, :, n_src : start + n_k]], dim=2)
+                outs.append(_sdpa(q[:, :, start : start + n_k], keys, vals))
+                start += n_k
             return torch.cat(outs, dim=2)
 
         attend = [attend_sar] + [lambda q, k, v: _sdpa(q, k, v, causal_LL)] * (self.cfg.depth - 1)

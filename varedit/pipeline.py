@@ -1,0 +1,220 @@
+"""EditPipeline: load a VAREdit model once, then edit batches of (image, instruction) pairs.
+
+    from varedit import EditPipeline
+    pipe = EditPipeline.from_pretrained("/models/VAREdit", variant="8B-512")   # or our folder format
+    [out] = pipe.edit([Image.open("cat.png")], ["make the cat wear a hat"], seeds=[42])
+
+Pre- and post-processing are the official ones: the image is padded to a square with white at the
+bottom/right (the original sits top-left), resized with LANCZOS to the model resolution, mapped to
+[-1, 1]; the output is resized back to the padded square (LANCZOS) and cropped to the input size.
+
+Shapes: B images, S model resolution (pixels), d bits per token.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from . import checkpoints as ckpt
+from .config import VAREditConfig
+from .sampling import EditCancelled, OnScale, generate
+from .text import TextEncoder
+from .transformer import VAREditTransformer
+from .vae import VAE
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CFG = 3.0  # classifier-free guidance on logits (README and app default)
+DEFAULT_TAU = 0.5  # logit temperature (infer.generate_image default)
+ImageInput = Image.Image | str | Path
+
+
+def load_image(image: ImageInput) -> Image.Image:
+    """A PIL image (or a path to one) as RGB; anything else raises ValueError."""
+    if isinstance(image, str | Path):
+        try:
+            with Image.open(image) as im:
+                im.load()
+                image = im.copy()
+        except (UnidentifiedImageError, OSError) as e:
+            raise ValueError(f"not a readable image: {image} ({e})") from e
+    if not isinstance(image, Image.Image):
+        raise ValueError(f"expected a PIL image or an image path, got {type(image).__name__}")
+    return image.convert("RGB")
+
+
+def preprocess(image: Image.Image, size: int) -> torch.Tensor:
+    """Official `infer.transform`: white top-left square pad, LANCZOS to size, [-1, 1]. (3, S, S)."""
+    side = max(image.size)
+    square = Image.new("RGB", (side, side), (255, 255, 255))
+    square.paste(image, (0, 0))
+    square = square.resize((size, size), resample=Image.LANCZOS)
+    x = torch.from_numpy(np.array(square)).permute(2, 0, 1).float().div(255)  # (3, S, S), like to_tensor
+    return x + x - 1
+
+
+def postprocess(img_3SS: torch.Tensor, size: tuple[int, int]) -> Image.Image:
+    """[-1, 1] -> uint8 (truncated, as official), back to the padded square, cropped to `size` (w, h)."""
+    u8 = ((img_3SS.float().clamp(-1, 1) + 1) / 2).permute(1, 2, 0).mul(255).to(torch.uint8)
+    out = Image.fromarray(u8.cpu().numpy())
+    side = max(size)
+    return out.resize((side, side), resample=Image.LANCZOS).crop((0, 0, *size))
+
+
+class EditPipeline:
+    """A loaded model: transformer, VAE and T5 text encoder on one device."""
+
+    def __init__(self, config: VAREditConfig, transformer: VAREditTransformer, vae: VAE,
+                 text_encoder: TextEncoder, device: torch.device | str = "cpu"):
+        self.config, self.transformer, self.vae, self.text_encoder = config, transformer, vae, text_encoder
+        self.device = torch.device(device)
+
+    # ---- loading ---------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, variant: str | None = None,
+                        device: torch.device | str | None = None, dtype: torch.dtype | None = None
+                        ) -> EditPipeline:
+        """Load a model folder.
+
+        path: our folder format (config.json + transformer.safetensors + vae.safetensors +
+            text_encoder/), or an official release folder (2B-512.pth / 8B-512.pth / 8B-1024.pth,
+            infinity_vae_*.pth, flan-t5-xl/), or one official `<variant>.pth` inside such a folder.
+        variant: "2B-512", "8B-512" or "8B-1024"; needed when an official folder holds several.
+            For our format it is optional and, if given, must match the folder's config.
+        device: default CUDA when available, else CPU.
+        dtype: the transformer blocks' dtype; default bfloat16 on CUDA, float32 on CPU. The rest of
+            the transformer stays float32, the VAE float32, the T5 encoder float16 (official).
+        Raises `CheckpointError` for a wrong folder, a missing file or a checkpoint of another variant.
+        """
+        path = Path(path)
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if dtype is None:
+            dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        if path.is_file() and path.suffix == ".pth":
+            path, variant = path.parent, variant or path.stem
+        if not path.is_dir():
+            raise ckpt.CheckpointError(f"model folder not found: {path}")
+        if ckpt.is_our_folder(path):
+            config = ckpt.read_config(path)
+            if variant is not None and variant != config.name:
+                raise ckpt.CheckpointError(f"{path} holds variant {config.name!r}, not {variant!r}")
+            transformer = ckpt.load_transformer_safetensors(path / ckpt.TRANSFORMER_FILE, config, device,
+                                                            dtype)
+            vae = ckpt.load_vae(path / ckpt.VAE_FILE, config, device)
+            t5_dir = path / ckpt.TEXT_ENCODER_DIR
+        else:
+            from .config import get_config
+
+            config = get_config(ckpt.official_variant(path, variant))
+            tf_path, vae_path, t5_dir = ckpt.official_files(path, config)
+            transformer = ckpt.load_official_transformer(tf_path, config, device, dtype)
+            vae = ckpt.load_vae(vae_path, config, device)
+        if not t5_dir.is_dir():
+            raise ckpt.CheckpointError(f"missing text encoder folder {t5_dir}")
+        text_encoder = TextEncoder.from_pretrained(t5_dir, device=device, max_length=config.text_maxlen)
+        log.info("loaded %s from %s on %s (blocks %s)", config.name, path, device, dtype)
+        return cls(config, transformer, vae, text_encoder, device)
+
+    def save_pretrained(self, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
+        """Write this model in our folder format (dtype: optional dtype of the stored blocks)."""
+        folder = ckpt.save_pretrained(folder, self.config, self.transformer, self.vae, dtype=dtype)
+        t5_dir = folder / ckpt.TEXT_ENCODER_DIR
+        self.text_encoder.model.save_pretrained(t5_dir)
+        self.text_encoder.tokenizer.save_pretrained(t5_dir)
+        return folder
+
+    # ---- facts for a server ----------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """Variant name, e.g. "8B-512"."""
+        return self.config.name
+
+    @property
+    def resolution(self) -> int:
+        """The square side the model was trained at and edits at by default."""
+        return self.config.resolution
+
+    @property
+    def resolutions(self) -> tuple[int, ...]:
+        """Resolutions to offer: the trained one (others in `config.resolutions` run, untrained)."""
+        return (self.config.resolution,)
+
+    def num_scales(self, resolution: int | None = None) -> int:
+        """K, the number of `on_scale` calls of one edit at this resolution."""
+        return self.config.num_scales(resolution or self.resolution)
+
+    # ---- editing ---------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def edit(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        instructions: str | Sequence[str],
+        seeds: int | Sequence[int] | None = None,
+        cfg: float | Sequence[float] = DEFAULT_CFG,
+        tau: float | Sequence[float] = DEFAULT_TAU,
+        on_scale: OnScale | None = None,
+        resolution: int | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+    ) -> list[Image.Image]:
+        """Edit each image by its instruction; returns one RGB image per input, each of its input's size.
+
+        images: PIL images or paths (any size and mode; one per instruction).
+        instructions: one text per image, used verbatim.
+        seeds: one per image (int), or None for random seeds. Same seed and inputs -> same output,
+            whatever else is in the batch. The seed used is in `out.info["seed"]`.
+        cfg: classifier-free guidance on logits (1 = off, 3 = default); a scalar or one per scale.
+        tau: logit temperature (default 0.5; lower is closer to greedy); scalar or per scale.
+        on_scale: called as on_scale(k, K) after scale k (1-based) of K; returning False stops the
+            edit by raising `EditCancelled`.
+        resolution: square side to generate at (default: the model's own).
+        top_k, top_p: sampler settings (default: the official 900 and 0.97).
+        Example: pipe.edit([img], ["make it snowy"], seeds=[0], on_scale=lambda k, K: print(k, K))
+        """
+        # 1. check inputs
+        single = isinstance(images, Image.Image | str | Path)
+        images = [images] if single else list(images)
+        instructions = [instructions] if isinstance(instructions, str) else list(instructions)
+        if len(images) != len(instructions) or not images:
+            raise ValueError(f"need one instruction per image: {len(images)} images, "
+                             f"{len(instructions)} instructions")
+        if seeds is None:
+            seeds = [random.SystemRandom().randrange(2**31) for _ in images]
+        seeds = [seeds] if isinstance(seeds, int) else [int(s) for s in seeds]
+        if len(seeds) != len(images):
+            raise ValueError(f"need one seed per image: {len(seeds)} seeds, {len(images)} images")
+        pils = [load_image(im) for im in images]
+        size = resolution or self.resolution
+        schedule = self.config.schedule(size)
+        # 2. encode text
+        text = self.text_encoder.encode(instructions).to(self.device)
+        # 3. encode the sources (one by one, so an image's tokens do not depend on its batch)
+        x_B3SS = [preprocess(im, size)[None].to(self.device) for im in pils]
+        source_BLd = torch.cat([self.vae.img_to_source_tokens(x, schedule) for x in x_B3SS])
+        # 4-5. prefill and scale loop
+        gens = [torch.Generator().manual_seed(s) for s in seeds]
+        out = generate(self.transformer, self.vae, text, source_BLd, schedule, gens, cfg=cfg, tau=tau,
+                       top_k=self.config.top_k if top_k is None else top_k,
+                       top_p=self.config.top_p if top_p is None else top_p, on_scale=on_scale)
+        # 6. decode and return
+        results = []
+        for b, im in enumerate(pils):
+            with torch.autocast(self.device.type, torch.bfloat16, enabled=self.device.type == "cuda"):
+                img = self.vae.decode(out.f_hat[b : b + 1])[0]
+            res = postprocess(img, im.size)
+            res.info.update(seed=seeds[b], instruction=instructions[b], model=self.name)
+            results.append(res)
+        return results
+
+
+__all__ = ["EditCancelled", "EditPipeline", "load_image", "postprocess", "preprocess"]
