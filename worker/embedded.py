@@ -79,6 +79,23 @@ class Child:
         except subprocess.TimeoutExpired:
             return False
 
+    def group_alive(self) -> bool:
+        if self.process is None:
+            return False
+        try:
+            os.killpg(self.process.pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def wait_group_gone(self, deadline: float) -> bool:
+        """Until no process of the group is left (killed pool children take a moment to be reaped)."""
+        while self.group_alive():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)  # polling the kernel's view of the group, bounded by the deadline
+        return True
+
     def close_log(self) -> None:
         if self._log is not None:
             self._log.close()
@@ -211,6 +228,7 @@ class EmbeddedPlatform:
                 child.wait(time.monotonic() + 5)
             # Pool children and beat live in the group too; make sure none outlives its parent.
             child.signal_group(signal.SIGKILL)
+            child.wait_group_gone(time.monotonic() + 10)
             child.close_log()
         self.children.clear()
         if self.redis is not None:
