@@ -16,7 +16,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from .vae.config import VAEConfig
+from .vae.config import PRESETS, VAEConfig
 
 # h/w ratio -> the 13 (h, w) token grids of that template (official `ratio2hws`, as data).
 _RATIO_TEMPLATES: dict[float, list[tuple[int, int]]] = {
@@ -173,7 +173,12 @@ class VAREditConfig:
         bad = {k: kw[k] for k, v in fixed.items() if k in kw and kw[k] != v}
         if bad:
             raise ValueError(f"unsupported official transformer settings: {bad}")
-        vae = VAEConfig.from_official(args, spatial_patchify=bool(kw.get("apply_spatial_patchify", 0)))
+        patchify = bool(kw.get("apply_spatial_patchify", 0))
+        vae_file = args.get("infer_args", {}).get("vae_filename", "")
+        if vae_file.removesuffix(".pth") in PRESETS and not any(k in args for k in ("vae", "autoencoder_args")):
+            vae = VAEConfig.preset(vae_file.removesuffix(".pth")).with_patchify(patchify)
+        else:
+            vae = VAEConfig.from_official(args, spatial_patchify=patchify)
         image_size = args.get("image_size")
         if image_size:
             resolution = int(image_size[0])

@@ -1,0 +1,97 @@
+"""Command line: `varedit edit`, `varedit convert`, `varedit random`.
+
+    varedit edit cat.png "give the cat a red hat" -o out.png --model /models/VAREdit --variant 2B-512
+    varedit convert /models/VAREdit /models/varedit-2b --variant 2B-512 --bf16
+    varedit random /tmp/tiny-model --config tiny
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("varedit")
+
+
+def _edit(args: argparse.Namespace) -> int:
+    from .pipeline import EditPipeline, load_image
+
+    image = load_image(args.image)  # fail on a bad input before loading a model
+    dtype = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    pipe = EditPipeline.from_pretrained(args.model, variant=args.variant, device=args.device, dtype=dtype)
+    t0 = time.perf_counter()
+    [out] = pipe.edit([image], [args.instruction], seeds=None if args.seed is None else [args.seed],
+                      cfg=args.cfg, tau=args.tau, resolution=args.resolution)
+    out.save(args.output)
+    print(f"wrote {args.output} ({out.size[0]}x{out.size[1]}, seed {out.info['seed']}, "
+          f"{time.perf_counter() - t0:.2f} s)")
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from .checkpoints import convert_official
+
+    dst = convert_official(args.src, args.dst, variant=args.variant,
+                           dtype=torch.bfloat16 if args.bf16 else None)
+    print(f"wrote {dst}")
+    return 0
+
+
+def _random(args: argparse.Namespace) -> int:
+    from .checkpoints import write_random_checkpoint
+
+    print(f"wrote {write_random_checkpoint(args.dst, args.config, seed=args.seed)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="varedit", description="VAREdit instruction-guided image editing")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    e = sub.add_parser("edit", help="edit one image")
+    e.add_argument("image", type=Path)
+    e.add_argument("instruction")
+    e.add_argument("-o", "--output", type=Path, required=True, help="output image file (PNG, JPEG, ...)")
+    e.add_argument("--model", type=Path, required=True, help="official release folder or our folder format")
+    e.add_argument("--variant", help="2B-512, 8B-512 or 8B-1024 (needed if the folder holds several)")
+    e.add_argument("--seed", type=int, help="default: random (printed)")
+    e.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance (default 3)")
+    e.add_argument("--tau", type=float, default=0.5, help="temperature (default 0.5)")
+    e.add_argument("--resolution", type=int, help="square side to generate at (default: the model's)")
+    e.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    e.add_argument("--dtype", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="transformer block dtype (auto: bf16 on CUDA, fp32 on CPU)")
+    e.set_defaults(func=_edit)
+
+    c = sub.add_parser("convert", help="official release folder -> our folder format")
+    c.add_argument("src", type=Path)
+    c.add_argument("dst", type=Path)
+    c.add_argument("--variant", help="2B-512, 8B-512 or 8B-1024 (needed if the folder holds several)")
+    c.add_argument("--bf16", action="store_true", help="store the transformer blocks in bfloat16")
+    c.set_defaults(func=_convert)
+
+    r = sub.add_parser("random", help="write a randomly initialised model (for tests and demos)")
+    r.add_argument("dst", type=Path)
+    r.add_argument("--config", default="tiny", help="variant name (default tiny)")
+    r.add_argument("--seed", type=int, default=0)
+    r.set_defaults(func=_random)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, KeyError) as e:  # CheckpointError is a ValueError
+        print(f"varedit: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
