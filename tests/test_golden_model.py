@@ -4,12 +4,12 @@ Every model here is loaded from the official-format files (infinity_T*.pth, vae_
 through varedit's official loader.
 
 Tolerance for float stages: 1e-5 everywhere except isolated tokens that sit on a bfloat16 rounding
-tie in cross-attention. The official code rounds q, k, v and the output of every cross-attention to
-bf16 even in float32 (errata E1), so a 1-ulp difference upstream (another SDPA kernel, another
-summation order) can move one token's value by one bf16 step; the golden README (section 5) sees the
-same ~1e-3 outliers when the official code itself runs with 2 threads instead of 1. We allow at most
-two such token rows per tensor, each below 5e-3 (observed: 2.2e-3); bits, codes and pixels must match exactly (on one
-thread, like the references).
+tie in cross-attention. The official code rounds q, k, v and the output of every cross-attention
+to bf16 even in float32 (errata E1), so a 1-ulp difference upstream (another SDPA kernel, another
+summation order) can move one token's value by one bf16 step; the golden README (section 5) sees
+the same ~1e-3 outliers when the official code itself runs with 2 threads instead of 1. We allow at
+most two such token rows per tensor, each below 5e-3 (observed: 2.2e-3). Bits, codes and pixels
+must match exactly (on one thread, like the references).
 """
 
 import json
@@ -68,7 +68,8 @@ def test_teacher_forced_logits_match_official(golden_model, prefix):
     g, meta = read_golden(name, "golden_forward")
     text = TextFeatures.from_compact(g["input.text.kv_compact"], meta["lens"])
     with torch.no_grad():
-        logits = model(text, g["source_x_BLC_wo_prefix"], g[prefix + "target_x_BLC_wo_prefix"], schedule_of(meta))
+        logits = model(text, g["source_x_BLC_wo_prefix"], g[prefix + "target_x_BLC_wo_prefix"],
+                       schedule_of(meta))
     assert logits.shape == g[prefix + "logits"].shape
     assert_close_but_isolated(logits, g[prefix + "logits"])
 
@@ -83,7 +84,8 @@ def test_teacher_forcing_inputs_come_from_the_vae(golden_model):
 
 
 def _infer_cases():
-    return [("T1", "golden_infer_cfg3_tau0.5"), ("T2", "golden_infer_cfg3_tau0.5"), ("T2", "golden_infer_cfg1_tau1")]
+    return [("T1", "golden_infer_cfg3_tau0.5"), ("T2", "golden_infer_cfg3_tau0.5"),
+            ("T2", "golden_infer_cfg1_tau1")]
 
 
 @pytest.mark.parametrize(("name", "case"), _infer_cases())

@@ -64,7 +64,8 @@ def test_official_keys_that_do_not_map_are_refused(bad):
 
 def test_checkpoint_of_another_variant_is_refused_naming_the_key():
     small = get_config("2B-512")
-    state = {k: torch.zeros(v.shape, device="meta") for k, v in _meta_model(get_config("8B-512")).state_dict().items()}
+    big = _meta_model(get_config("8B-512")).state_dict()
+    state = {k: torch.zeros(v.shape, device="meta") for k, v in big.items()}
     with pytest.raises(CheckpointError, match="shape mismatches.*head.weight|missing"):
         check_state_dict(_meta_model(small), state, "8B-512.pth")
 

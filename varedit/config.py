@@ -175,8 +175,9 @@ class VAREditConfig:
             raise ValueError(f"unsupported official transformer settings: {bad}")
         patchify = bool(kw.get("apply_spatial_patchify", 0))
         vae_file = args.get("infer_args", {}).get("vae_filename", "")
-        if vae_file.removesuffix(".pth") in PRESETS and not any(k in args for k in ("vae", "autoencoder_args")):
-            vae = VAEConfig.preset(vae_file.removesuffix(".pth")).with_patchify(patchify)
+        vae_stem = vae_file.removesuffix(".pth")
+        if vae_stem in PRESETS and not any(k in args for k in ("vae", "autoencoder_args")):
+            vae = VAEConfig.preset(vae_stem).with_patchify(patchify)
         else:
             vae = VAEConfig.from_official(args, spatial_patchify=patchify)
         image_size = args.get("image_size")
