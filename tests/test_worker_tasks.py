@@ -41,13 +41,16 @@ class RecordingPipeline(FakeEditPipeline):
     def __init__(self, hook: Callable[[int, int], None] | None = None, fail: Exception | None = None) -> None:
         super().__init__(FakeOptions(scales=4))
         self.calls: list[dict[str, Any]] = []
+        self.resolutions: list[int | None] = []
         self.hook = hook
         self.fail = fail
 
-    def edit(self, images, instructions, seeds=None, cfg=4.0, tau=0.5, on_scale=None):  # type: ignore[no-untyped-def]
+    def edit(self, images, instructions, seeds=None, cfg=4.0, tau=0.5, on_scale=None,  # type: ignore[no-untyped-def]
+             resolution=None):
         self.calls.append(
             {"instructions": list(instructions), "seeds": list(seeds or []), "cfg": cfg, "tau": tau}
         )
+        self.resolutions.append(resolution)
         if self.fail is not None:
             raise self.fail
 
@@ -128,6 +131,7 @@ def test_run_edit_succeeds_and_stores_a_decodable_result(runtime, pipeline, subm
     assert image.size == (32, 32) and (job.result_width, job.result_height) == (32, 32)
     assert job.result_bytes == len(runtime.storage.get(job.result_key))
     assert pipeline.calls == [{"instructions": ["invert it"], "seeds": [11], "cfg": 2.5, "tau": 0.3}]
+    assert pipeline.resolutions == [32]
     assert outcome == f"{job_id}:succeeded"
 
 

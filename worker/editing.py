@@ -184,18 +184,19 @@ class EditRun:
         return any(j.state is JobState.ACTIVE for j in group)
 
     def generate(self) -> None:
-        groups: dict[tuple[float, float], list[ClaimedJob]] = {}
+        # One pipeline call per (resolution, cfg, tau): the sampler takes them per call, seeds per image.
+        groups: dict[tuple[int, float, float], list[ClaimedJob]] = {}
         for job in self.active():
-            groups.setdefault((job.cfg, job.tau), []).append(job)
-        for (cfg, tau), group in groups.items():
+            groups.setdefault((job.resolution, job.cfg, job.tau), []).append(job)
+        for (resolution, cfg, tau), group in groups.items():
             group = [j for j in group if j.state is JobState.ACTIVE]
             if not group:
                 continue
-            self._generate_group(group, cfg, tau)
+            self._generate_group(group, resolution, cfg, tau)
 
-    def _generate_group(self, group: list[ClaimedJob], cfg: float, tau: float) -> None:
+    def _generate_group(self, group: list[ClaimedJob], resolution: int, cfg: float, tau: float) -> None:
         t0 = time.perf_counter()
-        log.info("edit_started", job_ids=[j.id for j in group], cfg=cfg, tau=tau)
+        log.info("edit_started", job_ids=[j.id for j in group], resolution=resolution, cfg=cfg, tau=tau)
         try:
             outputs = self.pipeline.edit(
                 [j.image for j in group],
@@ -204,6 +205,7 @@ class EditRun:
                 cfg=cfg,
                 tau=tau,
                 on_scale=lambda k, n: self.on_scale(k, n, group),
+                resolution=resolution,
             )
         except Exception as exc:
             if not any(j.state is JobState.ACTIVE for j in group):

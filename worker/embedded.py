@@ -14,7 +14,7 @@ What it starts, each child in its own process group, all stopped on Ctrl-C / SIG
 5. the API under uvicorn.
 
 It prints the URL once the API answers and a worker has loaded its model and run the warm-up edit.
-``--ready-file PATH`` also writes ``{"url": ..., "pid": ...}`` there at that moment, for scripts.
+``--ready-file PATH`` also writes ``{"url", "pid", "children"}`` there at that moment, for scripts.
 Child logs go to ``<data_dir>/logs/<name>.log`` (``--log-to-console`` streams them instead).
 """
 
@@ -163,6 +163,9 @@ class EmbeddedPlatform:
             "VAREDIT_STORAGE_URL": settings.storage_url,
             "PYTHONUNBUFFERED": "1",
         }
+        model_path = _model_path(settings, data_dir)
+        if model_path is not None:
+            self.env["VAREDIT_MODEL_PATH"] = model_path
         from jobs.db import migrate
 
         migrate(settings.database_url)
@@ -246,6 +249,29 @@ class EmbeddedPlatform:
         self.stop()
 
 
+def _model_path(settings, data_dir: Path) -> str | None:  # type: ignore[no-untyped-def]
+    """The model the workers load: VAREDIT_MODEL_PATH, else the bundled one, else (for the tiny
+    variant only) a randomly initialised tiny model written once under the data folder, so the
+    platform runs end to end on any machine. Its edits are noise: it has never been trained."""
+    from worker.pool import bundled_model
+
+    if settings.model_path is not None:
+        return None  # the children read it from the environment already
+    model = settings.default_model
+    if bundled_model(model) is not None:
+        return None
+    if model != "tiny":
+        raise RuntimeError(f"no bundled model for {model!r}: pass --model-path or set VAREDIT_MODEL_PATH")
+    folder = data_dir / "models" / "random-tiny"
+    if not (folder / "config.json").exists():
+        _say(f"no trained model is bundled: writing a random tiny model to {folder} (its edits are noise)")
+        cmd = [sys.executable, "-m", "varedit.cli", "random", str(folder), "--config", "tiny"]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"writing the random tiny model failed:\n{done.stderr[-2000:]}")
+    return str(folder)
+
+
 def _settings_for(env: dict[str, str]):  # type: ignore[no-untyped-def]
     """Settings as a child with environment `env` would read them."""
     from jobs.settings import Settings
@@ -311,7 +337,8 @@ def serve(argv: Sequence[str]) -> int:
         _say(f"ready: {platform.url}  (web page {platform.url}/ , API {platform.url}/v1 ; Ctrl-C stops)")
         if args.ready_file:
             tmp = args.ready_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"url": platform.url, "pid": os.getpid()}))
+            children = [c.process.pid for c in platform.children if c.process]
+            tmp.write_text(json.dumps({"url": platform.url, "pid": os.getpid(), "children": children}))
             tmp.replace(args.ready_file)
         while True:
             platform.check_children()

@@ -86,6 +86,7 @@ class FakeEditPipeline:
         cfg: float | Sequence[float] = 4.0,
         tau: float | Sequence[float] = 0.5,
         on_scale: Callable[[int, int], bool | None] | None = None,
+        resolution: int | None = None,
     ) -> list[Image.Image]:
         if len(images) != len(instructions):
             raise ValueError(f"got {len(images)} images but {len(instructions)} instructions")

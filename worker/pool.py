@@ -16,10 +16,12 @@ torch and varedit are imported only when a real pipeline is loaded.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import structlog
@@ -32,6 +34,8 @@ log = structlog.get_logger(__name__)
 # Edge of the warm-up image. Small: it only has to walk every code path once.
 WARMUP_SIZE = 64
 WARMUP_INSTRUCTION = "make the square blue"
+# Model folders shipped with the project (our folder format); searched when no model path is set.
+BUNDLED_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 
 
 class Pipeline(Protocol):
@@ -43,6 +47,7 @@ class Pipeline(Protocol):
         cfg: Any = ...,
         tau: Any = ...,
         on_scale: Callable[[int, int], bool | None] | None = None,
+        resolution: int | None = None,
     ) -> Any: ...
 
 
@@ -72,6 +77,7 @@ class ModelPool:
         device: str | None = None,
         dtype: str | None = None,
         warmup: bool = True,
+        warmup_resolutions: list[int] | None = None,
     ) -> LoadedModel:
         """Load (once) and warm up the pipeline serving `name`."""
         with self._lock:
@@ -84,7 +90,7 @@ class ModelPool:
             log.info("model_loaded", model=name, path=_redact(path), device=used_device,
                      load_s=round(loaded.load_s, 3))
             if warmup:
-                loaded.warmup_s = warm_up(pipeline)
+                loaded.warmup_s = warm_up(pipeline, warmup_resolutions)
                 log.info("model_warmed_up", model=name, warmup_s=round(loaded.warmup_s, 3))
             self.models[name] = loaded
             return loaded
@@ -109,12 +115,43 @@ class ModelNotLoaded(LookupError):
         self.name = name
 
 
-def warm_up(pipeline: Any) -> float:
-    """Run one small edit through `pipeline`; returns the seconds it took."""
+def warm_up(pipeline: Any, resolutions: list[int] | None = None) -> float:
+    """Run one small edit through `pipeline` per served resolution; returns the seconds it took."""
     image = Image.new("RGB", (WARMUP_SIZE, WARMUP_SIZE), (200, 30, 30))
     t0 = time.perf_counter()
-    pipeline.edit([image], [WARMUP_INSTRUCTION], seeds=[0])
+    for resolution in resolutions or [None]:
+        kwargs = {} if resolution is None else {"resolution": resolution}
+        pipeline.edit([image], [WARMUP_INSTRUCTION], seeds=[0], **kwargs)
     return time.perf_counter() - t0
+
+
+class ModelNotFound(LookupError):
+    pass
+
+
+def bundled_model(model: str) -> Path | None:
+    """A shipped model folder (models/*/config.json) whose variant is `model`, if any."""
+    for config in sorted(BUNDLED_MODELS_DIR.glob("*/config.json")):
+        try:
+            name = json.loads(config.read_text()).get("config", {}).get("name")
+        except (OSError, ValueError):
+            continue
+        if name == model:
+            return config.parent
+    return None
+
+
+def resolve_model_path(configured: str | Path | None, model: str) -> str:
+    """VAREDIT_MODEL_PATH when set, else the bundled folder for `model`."""
+    if configured is not None and str(configured):
+        return str(configured)
+    bundled = bundled_model(model)
+    if bundled is None:
+        raise ModelNotFound(
+            f"no model for {model!r}: set VAREDIT_MODEL_PATH to a model folder (or fake:// for the "
+            f"instant stand-in); nothing for it is bundled in {BUNDLED_MODELS_DIR}"
+        )
+    return str(bundled)
 
 
 def _build_pipeline(

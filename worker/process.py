@@ -29,7 +29,8 @@ from jobs.logging import configure_logging
 from jobs.queue import queue_name
 from jobs.settings import get_settings
 from worker import heartbeat
-from worker.pool import POOL
+from worker.fake import is_fake_path
+from worker.pool import POOL, resolve_model_path
 from worker.runtime import get_runtime, reset_runtime, set_nodename
 
 log = structlog.get_logger(__name__)
@@ -92,18 +93,11 @@ def _init_pool_child(sender: str | None = None, **_: Any) -> None:
 
 
 def load_model(model: str) -> None:
-    path = model_path_for(model)
-    POOL.load(model, path, variant=None if path.startswith("fake:") else model,
-              device=os.environ.get("VAREDIT_DEVICE") or None, dtype=os.environ.get("VAREDIT_DTYPE") or None)
-
-
-def model_path_for(model: str) -> str:
     settings = get_runtime().settings
-    if settings.model_path is not None:
-        return str(settings.model_path)
-    from varedit import default_model_path  # noqa: PLC0415 - the bundled small model
-
-    return str(default_model_path(model))
+    path = resolve_model_path(settings.model_path, model)
+    POOL.load(model, path, variant=None if is_fake_path(path) else model,
+              device=os.environ.get("VAREDIT_DEVICE") or None, dtype=os.environ.get("VAREDIT_DTYPE") or None,
+              warmup_resolutions=settings.resolutions(model))
 
 
 @worker_process_shutdown.connect
