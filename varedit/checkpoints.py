@@ -86,14 +86,15 @@ def official_to_ours(state: Mapping[str, torch.Tensor], cfg: VAREditConfig) -> d
 def _fit_null_text(t: torch.Tensor, cfg: VAREditConfig) -> torch.Tensor:
     rows, ch = t.shape
     if ch != cfg.text_channels:
-        raise CheckpointError(f"cfg_uncond: checkpoint {tuple(t.shape)} vs text_channels {cfg.text_channels}")
+        raise CheckpointError(f"checkpoint does not fit config {cfg.name!r} (another variant?): cfg_uncond "
+                              f"{tuple(t.shape)} vs text_channels {cfg.text_channels}")
     if rows >= cfg.text_maxlen:
         return t[: cfg.text_maxlen]
     pad = _null_text_init(cfg.text_maxlen, ch)[rows:].to(t.dtype)
     return torch.cat([t, pad])
 
 
-def check_state_dict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], what: str) -> None:
+def check_state_dict(model: VAREditTransformer, state: Mapping[str, torch.Tensor], what: str) -> None:
     """Refuse missing keys, unexpected keys and shape mismatches, naming them."""
     target = model.state_dict()
     missing = sorted(set(target) - set(state))
@@ -102,7 +103,7 @@ def check_state_dict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], 
               for k, v in target.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
     if missing or unexpected or shapes:
         raise CheckpointError(
-            f"{what} does not fit config {getattr(model, 'cfg', None) and model.cfg.name!r}: "
+            f"{what} does not fit config {model.cfg.name!r} (another variant?): "
             f"missing {missing[:20]}, unexpected {unexpected[:20]}, shape mismatches {shapes[:20]}")
 
 
