@@ -62,4 +62,7 @@ URL=$(python -c 'import json, sys; print(json.load(open(sys.argv[1]))["url"])' "
 # 3. one edit through the HTTP API, like any client would
 echo "demo: submitting $IMAGE with \"$INSTRUCTION\" to $URL"
 python -m worker.client submit "$IMAGE" "$INSTRUCTION" --url "$URL" --wait -o "$OUT" >/dev/null
+
+# 4. stop everything, then say where the result is
+stop_platform
 echo "demo: result saved to $(cd "$(dirname "$OUT")" && pwd)/$(basename "$OUT")"

@@ -1,0 +1,170 @@
+"""End to end on the embedded default (DESIGN section 5): `varedit-serve` (python -m worker.embedded)
+starts SQLite, local storage, its own Redis, a worker running the REAL tiny VAREdit pipeline (random
+weights written by varedit.write_random_checkpoint), beat and the API; clients talk HTTP to it.
+Also runs scripts/demo.sh, the README's "run the main job" command, the same way a person would."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from worker.client import Client
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "assets" / "sample.png"
+JOBS = 20
+READY_S = 180.0
+DEADLINE_S = 120.0
+
+
+def _env(data_dir: Path, model_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VAREDIT_")}
+    env.update({"VAREDIT_DATA_DIR": str(data_dir), "VAREDIT_MODEL_PATH": str(model_dir),
+                "VAREDIT_LOG_JSON": "true", "PYTHONUNBUFFERED": "1"})
+    return env
+
+
+def _processes_with(marker: str) -> list[int]:
+    """Pids of live processes whose environment contains `marker` (our unique data folder)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if marker.encode() in environ and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def _wait_gone(marker: str, timeout_s: float = 30.0) -> list[int]:
+    deadline = time.monotonic() + timeout_s
+    while (left := _processes_with(marker)) and time.monotonic() < deadline:
+        time.sleep(0.1)  # polling /proc for stragglers, bounded by the deadline
+    return left
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny-model") / "tiny"
+    subprocess.run([sys.executable, "-m", "varedit.cli", "random", str(folder), "--config", "tiny"],
+                   check=True, capture_output=True)
+    assert (folder / "config.json").exists()
+    return folder
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[dict]:
+    """`python -m worker.embedded` as a person runs it, stopped with SIGTERM at the end."""
+    data_dir = tmp_path_factory.mktemp("embedded") / "data"
+    ready_file = data_dir.parent / "ready.json"
+    out = open(data_dir.parent / "stdout.txt", "wb")  # noqa: SIM115
+    cmd = [sys.executable, "-m", "worker.embedded", "--port", "0", "--data-dir", str(data_dir),
+           "--ready-file", str(ready_file)]
+    proc = subprocess.Popen(cmd, env=_env(data_dir, tiny_model), cwd=ROOT, stdout=out,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    info: dict = {"proc": proc, "data_dir": data_dir, "stdout": data_dir.parent / "stdout.txt"}
+    try:
+        deadline = time.monotonic() + READY_S
+        while not ready_file.exists():
+            assert proc.poll() is None, info["stdout"].read_text()
+            assert time.monotonic() < deadline, "varedit-serve was not ready in time"
+            time.sleep(0.1)  # polling the ready file under a deadline
+        info.update(json.loads(ready_file.read_text()))
+        yield info
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                info["exit_code"] = proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        out.close()
+        for pid in _processes_with(str(data_dir)):  # never leave anything behind, even on failure
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_embedded_default_runs_twenty_http_jobs_with_the_real_tiny_model(embedded: dict) -> None:
+    # given the embedded platform (its own Redis, SQLite, local storage, real tiny pipeline)
+    data_dir: Path = embedded["data_dir"]
+    assert (data_dir / "varedit.db").exists()
+    source = SAMPLE.read_bytes()
+    with Client(embedded["url"]) as client:
+        models = client.http.get("/v1/models").json()
+        assert any(m["ready_workers"] >= 1 for m in models["data"]), models
+        # when 20 jobs are submitted over HTTP
+        ids = [client.submit(source, f"edit number {i}", seed=i)["id"] for i in range(JOBS)]
+        # then each succeeds once and its result decodes, at the input's size
+        for job_id in ids:
+            job = client.wait(job_id, timeout_s=DEADLINE_S)
+            assert job["status"] == "succeeded", job
+            assert job["attempts"] == 1
+            assert job["progress"]["scale"] == job["progress"]["scales"] >= 2
+            image = Image.open(io.BytesIO(client.result(job_id)))
+            image.load()
+            assert image.size == Image.open(SAMPLE).size
+    # results are files in the local storage folder, one per job
+    assert len(list((data_dir / "objects" / "jobs").glob("*/result-1.png"))) == JOBS
+    # the worker log shows each job generated exactly once
+    succeeded = Counter()
+    for line in (data_dir / "logs" / "edit0-tiny.log").read_text().splitlines():
+        if line.startswith("{") and '"edit_succeeded"' in line:
+            succeeded[json.loads(line)["job_id"]] += 1
+    assert [succeeded[j] for j in ids] == [1] * JOBS
+
+
+def test_varedit_serve_submit_command_waits_and_saves_the_result(embedded: dict, tmp_path: Path) -> None:
+    out = tmp_path / "edited.png"
+    cmd = [sys.executable, "-m", "worker.embedded", "submit", str(SAMPLE), "make the circle blue", "--wait",
+           "-o", str(out), "--url", embedded["url"], "--seed", "3"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=DEADLINE_S, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(out)
+    assert "succeeded" in done.stderr
+    Image.open(out).load()
+
+
+def test_sigterm_stops_every_child(embedded: dict) -> None:
+    # runs last in this module: stop the platform the way Ctrl-C/systemd would
+    proc: subprocess.Popen = embedded["proc"]
+    children = embedded["children"]
+    assert len(children) == 3  # edit worker, light worker (+beat), api
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
+    assert "stopped" in embedded["stdout"].read_text()
+    assert _wait_gone(str(embedded["data_dir"])) == []
+
+
+def test_demo_script_edits_the_sample_through_the_api(tmp_path: Path, tiny_model: Path) -> None:
+    data_dir = tmp_path / "demo-data"
+    out = tmp_path / "out" / "demo.png"
+    env = _env(data_dir, tiny_model) | {"DEMO_OUT": str(out)}
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "demo.sh")], env=env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    # the last line says where the result is, after the platform has stopped
+    lines = done.stdout.strip().splitlines()
+    assert lines[-1] == f"demo: result saved to {out}", lines
+    assert "varedit-serve: stopped" in lines
+    result = Image.open(out)
+    result.load()
+    assert result.size == Image.open(SAMPLE).size
+    assert "ready: http://127.0.0.1:" in done.stdout
+    assert _wait_gone(str(data_dir)) == []  # the demo stopped everything it started
