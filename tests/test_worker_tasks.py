@@ -366,20 +366,41 @@ def test_expire_and_purge_tasks_return_counts(runtime, submit, sessions) -> None
 
 def test_pool_loads_the_fake_once_and_warms_it_up(monkeypatch) -> None:
     calls: list[int] = []
-    monkeypatch.setattr(pool_mod, "warm_up", lambda pipe: calls.append(1) or 0.0)
+    monkeypatch.setattr(pool_mod, "warm_up", lambda pipe, resolutions: calls.append(resolutions) or 0.0)
     pool = pool_mod.ModelPool()
-    first = pool.load("tiny", "fake://?scales=7")
+    first = pool.load("tiny", "fake://?scales=7", warmup_resolutions=[32, 64])
     again = pool.load("tiny", "fake://?scales=7")
-    assert first is again and calls == [1]
+    assert first is again and calls == [[32, 64]]
     assert pool.get("tiny").options.scales == 7
     with pytest.raises(pool_mod.ModelNotLoaded):
         pool.get("8B-1024")
 
 
-def test_warm_up_runs_a_real_edit_through_the_pipeline() -> None:
+def test_warm_up_runs_one_edit_per_served_resolution() -> None:
     pipe = RecordingPipeline()
-    assert pool_mod.warm_up(pipe) >= 0.0
-    assert pipe.calls and pipe.calls[0]["instructions"] == [pool_mod.WARMUP_INSTRUCTION]
+    assert pool_mod.warm_up(pipe, [32, 128]) >= 0.0
+    assert [c["instructions"] for c in pipe.calls] == [[pool_mod.WARMUP_INSTRUCTION]] * 2
+    assert pipe.resolutions == [32, 128]
+
+
+def test_model_path_is_the_setting_or_a_bundled_folder(tmp_path, monkeypatch) -> None:
+    assert pool_mod.resolve_model_path("fake://", "tiny") == "fake://"
+    monkeypatch.setattr(pool_mod, "BUNDLED_MODELS_DIR", tmp_path)
+    with pytest.raises(pool_mod.ModelNotFound, match="VAREDIT_MODEL_PATH"):
+        pool_mod.resolve_model_path(None, "tiny")
+    (tmp_path / "shipped").mkdir()
+    (tmp_path / "shipped" / "config.json").write_text('{"format": "varedit", "config": {"name": "tiny"}}')
+    assert pool_mod.resolve_model_path(None, "tiny") == str(tmp_path / "shipped")
+    with pytest.raises(pool_mod.ModelNotFound):
+        pool_mod.resolve_model_path(None, "8B-1024")
+
+
+def test_misrouted_message_hands_the_job_back(runtime, pipeline, submit, sessions, republished) -> None:
+    job_id = submit(model="2B-512", resolution=512)
+    assert edit_tasks.run_edit(job_id) == "misrouted"
+    assert _job(sessions, job_id).status is JobStatus.QUEUED
+    assert republished == [(job_id, "2B-512")]
+    assert pipeline.calls == []
 
 
 def test_fake_path_survives_being_a_path_setting(make_settings) -> None:

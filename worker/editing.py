@@ -68,6 +68,7 @@ class ClaimedJob:
     image: Image.Image | None = None
     output: Image.Image | None = None
     state: JobState = JobState.ACTIVE
+    generated_at: float | None = None  # perf_counter when the pipeline returned its image
 
     @classmethod
     def from_row(cls, job: Job) -> ClaimedJob:
@@ -218,8 +219,9 @@ class EditRun:
             _free_accelerator_memory()
             return
         images = list(getattr(outputs, "images", outputs))
+        now = time.perf_counter()
         for job, image in zip(group, images, strict=True):
-            job.output = image
+            job.output, job.generated_at = image, now
         log.info("edit_generated", job_ids=[j.id for j in group], run_s=round(time.perf_counter() - t0, 3))
 
     # -- 3. results ---------------------------------------------------------------------------------
@@ -237,7 +239,10 @@ class EditRun:
             meta = self._upload(job)
             if self._tx(lambda s, job=job, meta=meta: lifecycle.finish(s, job.id, job.attempt, meta), job):
                 self._set(job, JobState.SUCCEEDED)
-                log.info("edit_succeeded", job_id=job.id, attempt=job.attempt, bytes=meta.bytes)
+                # deliver_ms: the platform's bookkeeping after generation (encode, upload, fenced finish)
+                deliver_ms = (time.perf_counter() - (job.generated_at or 0.0)) * 1000
+                log.info("edit_succeeded", job_id=job.id, attempt=job.attempt, bytes=meta.bytes,
+                         deliver_ms=round(deliver_ms, 2))
             else:
                 self._delete_quietly(meta.key)
                 self._set(job, JobState.LOST)

@@ -8,6 +8,8 @@ batch; their own messages become such duplicates. The run itself is `worker.edit
 
 from __future__ import annotations
 
+import time
+
 import structlog
 from celery import Task
 from sqlalchemy.exc import SQLAlchemyError
@@ -30,6 +32,7 @@ _notifier: Notifier | None = None
 
 @app.task(name=RUN_EDIT_TASK, bind=True, acks_late=True, ignore_result=True, max_retries=12)
 def run_edit(self: Task, job_id: str) -> str:
+    t0 = time.perf_counter()
     rt = get_runtime()
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(job_id=job_id, worker_id=rt.worker_id)
@@ -47,6 +50,11 @@ def run_edit(self: Task, job_id: str) -> str:
         log.info("run_edit_dropped", reason="not_claimable")
         return "dropped"
     structlog.contextvars.bind_contextvars(attempt=jobs[0].attempt, batch=len(jobs))
+    claim_ms = round((time.perf_counter() - t0) * 1000, 2)
+    log.info("run_edit_claimed", job_ids=[j.id for j in jobs], claim_ms=claim_ms)
+    if jobs[0].model not in POOL.models:  # a message on the wrong queue: hand the jobs back at once
+        EditRun(rt, None, jobs, notifier(), republish).give_back(jobs, f"{jobs[0].model} is not served here")
+        return "misrouted"
     run = EditRun(rt, POOL.get(jobs[0].model), jobs, notifier(), republish)
     for job in jobs:
         run.notifier.job_changed(job.id)  # running
