@@ -96,6 +96,7 @@ def test_dockerfile_has_both_targets_and_api_skips_torch() -> None:
     assert " AS api" in text and " AS worker" in text
     api_stage = text.split(" AS api", 1)[1].split(" AS worker", 1)[0]
     assert "torch" not in api_stage.replace("'torch' not in sys.modules", "")
-    req = subprocess.run([sys.executable, str(ROOT / "scripts" / "requirements_for.py"), "api"], capture_output=True,
-                 text=True, check=True).stdout.split()
+    script = ROOT / "scripts" / "requirements_for.py"
+    req = subprocess.run([sys.executable, str(script), "api"], capture_output=True, text=True,
+                         check=True).stdout.split()
     assert req and not any(r.startswith(("torch", "transformers", "safetensors")) for r in req)
