@@ -23,12 +23,15 @@ from tqdm import tqdm
 
 from ..vae.autoencoder import Decoder, Encoder
 from ..vae.config import VAEConfig
+from ..vae.layers import ResnetBlock
 from ..vae.quantizer import BSQ, DOWN_MODE, UP_MODE
 from .common import LossLog, device, load_checkpoint, lr_at, records_for_step, save_checkpoint, to_tensor
 from .data import make_record
 
 # The shipped small model: 64 px images, 8 px per token -> 8x8 latent, 16 bits per latent pixel.
-SHAPES_VAE = VAEConfig(codebook_dim=16, patch_size=8, base_ch=32, ch_mult=(1, 1, 2, 2), num_res_blocks=1)
+# Width 48 (GroupNorm: 24 groups of 2 channels) rather than 32 (groups of one channel): a one-channel
+# group normalises a flat background to zero, so flat-colour images lose their colour at every norm.
+SHAPES_VAE = VAEConfig(codebook_dim=16, patch_size=8, base_ch=48, ch_mult=(1, 1, 2, 2), num_res_blocks=1)
 SHAPES_SCHEDULE = [(1, 1, 1), (1, 2, 2), (1, 4, 4), (1, 6, 6), (1, 8, 8)]  # the official 1:1 template, K = 5
 
 
@@ -40,7 +43,7 @@ class VAETrainConfig:
     warmup: int = 100
     weight_decay: float = 0.0
     commit: float = 0.25  # commitment loss weight
-    entropy: float = 0.05  # BSQ entropy loss weight
+    entropy: float = 0.02  # BSQ entropy loss weight
     entropy_temp: float = 1.0  # inverse temperature of the soft bit probabilities
     grad_clip: float = 1.0
     seed: int = 0
@@ -57,6 +60,10 @@ class ShapesVAE(nn.Module):
         self.cfg = cfg
         self.encoder, self.decoder = Encoder(cfg), Decoder(cfg)
         self.bsq = BSQ(cfg.codebook_dim)
+        for m in self.modules():  # residual branches start as identities: much faster early training
+            if isinstance(m, ResnetBlock):
+                nn.init.zeros_(m.conv2.conv.weight)
+                nn.init.zeros_(m.conv2.conv.bias)
 
     def quantize(self, f_BdHW: torch.Tensor, schedule=SHAPES_SCHEDULE, temp: float = 1.0):
         """Multi-scale residual BSQ -> (summed codes (B, dq, H, W), commitment loss, entropy loss)."""

@@ -1,0 +1,39 @@
+"""Write a trained VAE + transformer + frozen T5 as a model folder (our format, `checkpoints.py`).
+
+    python -m varedit.train.export --vae runs/vae/ckpt.pt --transformer runs/tf/ckpt.pt \\
+        --text-encoder runs/text_encoder --out models/varedit-shapes-64
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from ..checkpoints import save_pretrained
+from ..transformer import VAREditTransformer
+from .transformer import TrainConfig, load_trained_vae, shapes_config
+
+
+def export(vae_ckpt: Path, tf_ckpt: Path, text_encoder: Path, out: Path) -> Path:
+    state = torch.load(tf_ckpt, map_location="cpu", weights_only=False)
+    tc = TrainConfig(**state["extra"]["config"])
+    cfg = shapes_config(tc.depth, tc.width, tc.heads)
+    model = VAREditTransformer(cfg)
+    model.load_state_dict(state["modules"]["model"])
+    return save_pretrained(out, cfg, model, load_trained_vae(vae_ckpt), text_encoder=text_encoder)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--vae", type=Path, default=Path("runs/vae/ckpt.pt"))
+    p.add_argument("--transformer", type=Path, default=Path("runs/tf/ckpt.pt"))
+    p.add_argument("--text-encoder", type=Path, default=Path("runs/text_encoder"))
+    p.add_argument("--out", type=Path, default=Path("models/varedit-shapes-64"))
+    a = p.parse_args(argv)
+    print(export(a.vae, a.transformer, a.text_encoder, a.out))
+
+
+if __name__ == "__main__":
+    main()

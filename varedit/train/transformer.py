@@ -1,0 +1,209 @@
+"""Train the VAREdit transformer of the small model (teacher forcing, spec section 6).
+
+One step, for a batch of generated records:
+  1. source image -> raw VAE features at the finest grid (the reference tokens, unquantized);
+  2. target image -> per-scale clean bit labels and the inputs of scales 1..K-1, built with bitwise
+     self-correction: the bits of the first scales are randomly flipped before they are accumulated,
+     so later residuals (and labels) are computed against a corrupted sum and the model learns to
+     repair its own sampling mistakes;
+  3. instruction -> frozen T5 features; with probability `text_drop` a sample's text is replaced by
+     the learned null text (what CFG uses as the unconditional branch at inference);
+  4. the transformer's teacher-forced forward ([source | SOS | scales 1..K-1], SAR in block 0);
+  5. loss = per-bit 2-way cross-entropy, averaged over a token's bits, tokens weighted by
+     1/sqrt(tokens of their scale) and normalised per sequence (coarse scales count more per token).
+
+The T5 encoder stays frozen at its random initialisation, like the frozen flan-t5-xl of VAREdit:
+its word-level vocabulary is tiny, a random T5 already maps every word and word order to distinct
+features, and training it would only add a way to overfit the training phrasings.
+
+    python -m varedit.train.transformer --vae runs/vae/ckpt.pt --out runs/tf --steps 6000
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ..config import VAREditConfig
+from ..text import TextEncoder, TextFeatures
+from ..transformer import VAREditTransformer
+from ..vae import VAE, SelfCorrection
+from .common import LossLog, device, load_checkpoint, lr_at, records_for_step, save_checkpoint, to_tensor
+from .data import Record, make_record
+from .text import build_text_encoder, build_tokenizer, save_text
+from .vae import SHAPES_VAE
+
+SCHEDULE = [(1, 1), (2, 2), (4, 4), (6, 6), (8, 8)]  # token grids of 64 px at 8 px per token
+T5_WIDTH = 128
+
+
+def shapes_config(depth: int = 4, width: int = 128, heads: int = 4) -> VAREditConfig:
+    """The small model: the 2B recipe (no patchify) at 64 px, T5 width 128."""
+    return VAREditConfig(name="shapes-64", depth=depth, width=width, num_heads=heads,
+                         text_channels=T5_WIDTH, text_maxlen=32, block_chunks=depth,
+                         vae=SHAPES_VAE, resolution=64, text_encoder="text_encoder")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 6000
+    batch: int = 32
+    lr: float = 1e-3
+    warmup: int = 200
+    weight_decay: float = 0.01
+    grad_clip: float = 2.0
+    text_drop: float = 0.1  # cond_drop_rate: null text for CFG
+    flip_layers: int = 4  # bitwise self-correction on scales 0..flip_layers-1
+    flip_strength: float = 0.2  # max flip probability
+    reweight: bool = True  # per-scale token weights 1/sqrt(l_k)
+    depth: int = 4
+    width: int = 128
+    heads: int = 4
+    seed: int = 0
+    text_encoder: str = "runs/text_encoder"  # HF folder of the frozen T5 (created if missing)
+    ckpt_every: int = 200
+    eval_every: int = 250
+    threads: int = 1
+
+
+def load_trained_vae(path: str | Path) -> VAE:
+    """A VAE from a `varedit.train.vae` checkpoint (or a plain VAE state dict)."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    sd = state["modules"]["vae"] if "modules" in state else state
+    sd = {k: v for k, v in sd.items() if not k.startswith("bsq.")}
+    vae = VAE(SHAPES_VAE)
+    missing, unexpected = vae.load_state_dict(sd, strict=False)
+    assert not unexpected and all(k.endswith("lfq.mask") for k in missing), (missing, unexpected)
+    return vae.eval().requires_grad_(False)
+
+
+class TextCache:
+    """Frozen T5 features per instruction, computed once (the vocabulary of instructions is finite)."""
+
+    def __init__(self, encoder: TextEncoder):
+        self.encoder, self.cache = encoder, {}
+
+    def __call__(self, prompts: list[str]) -> TextFeatures:
+        for p in prompts:
+            if p not in self.cache:
+                self.cache[p] = self.encoder.encode([p]).feats_BTC[0].clone()
+        return TextFeatures.from_list([self.cache[p] for p in prompts])
+
+
+def make_text_encoder(folder: str | Path = "runs/text_encoder", seed: int = 0) -> TextEncoder:
+    """The frozen T5 + tokenizer, written once as an HF folder and loaded exactly as the pipeline
+    loads it (local folder, float16 weights), so training sees the features inference will see."""
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        tok = build_tokenizer()
+        save_text(tok, build_text_encoder(len(tok), d_model=T5_WIDTH, seed=seed), folder)
+    return TextEncoder.from_pretrained(folder, max_length=32)
+
+
+def token_weights(schedule=SCHEDULE, reweight: bool = True) -> torch.Tensor:
+    """(L,) weights of the target tokens, summing to 1."""
+    n = [h * w for h, w in schedule]
+    w = torch.cat([torch.full((n_k,), (n[-1] / n_k) ** 0.5 if reweight else 1.0) for n_k in n])
+    return w / w.sum()
+
+
+def batch_tensors(records: list[Record], vae: VAE, text: TextCache, flip: SelfCorrection | None):
+    """Records -> (text features, source tokens, target inputs, labels (B, L, d))."""
+    dev = next(vae.parameters()).device
+    with torch.no_grad():
+        src = vae.img_to_source_tokens(to_tensor(np.stack([r.source for r in records])).to(dev))
+        tgt = vae.encode_features(to_tensor(np.stack([r.target for r in records])).to(dev))
+        tf = vae.teacher_forcing(tgt, [(1, h, w) for h, w in SCHEDULE], flip=flip)
+    return text([r.instruction for r in records]).to(dev), src, tf.x_BLd, torch.cat(tf.labels, dim=1)
+
+
+def bit_loss(logits_BLV: torch.Tensor, labels_BLd: torch.Tensor, weights_L: torch.Tensor) -> torch.Tensor:
+    B, L, d = labels_BLd.shape
+    ce = F.cross_entropy(logits_BLV.reshape(B * L * d, 2), labels_BLd.reshape(-1), reduction="none")
+    return (ce.view(B, L, d).mean(-1) * weights_L).sum(-1).mean()
+
+
+@torch.no_grad()
+def evaluate(model, vae, text, n: int = 64) -> dict[str, float]:
+    """Teacher-forced bit accuracy on held-out records: overall and at the finest scale."""
+    model.eval()
+    recs = [make_record(999, i, "test") for i in range(n)]
+    t, src, x, labels = batch_tensors(recs, vae, text, None)
+    logits = model(t, src, x, SCHEDULE)
+    pred = logits.view(*labels.shape, 2).argmax(-1)
+    model.train()
+    ok = (pred == labels).float()
+    tok_ok = ok.min(-1).values  # every bit of a token right
+    return {"bit_acc": ok.mean().item(), "tok_acc": tok_ok.mean().item(),
+            "last_tok_acc": tok_ok[:, -64:].mean().item()}
+
+
+def train(cfg: TrainConfig, vae_path: Path, out: Path) -> VAREditTransformer:
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    dev = device()
+    vae = load_trained_vae(vae_path).to(dev)
+    text = TextCache(make_text_encoder(cfg.text_encoder))
+    model = VAREditTransformer(shapes_config(cfg.depth, cfg.width, cfg.heads)).to(dev).train()
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embed" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.97))
+    ckpt, log = out / "ckpt.pt", LossLog(out / "log.jsonl")
+    step = 0
+    if ckpt.exists():
+        step = load_checkpoint(ckpt, {"model": model}, opt)["step"]
+        print(f"resumed from {ckpt} at step {step}")
+    weights = token_weights(reweight=cfg.reweight).to(dev)
+    flip = SelfCorrection(cfg.flip_layers, cfg.flip_strength) if cfg.flip_layers > 0 else None
+    bar = tqdm(range(step, cfg.steps), initial=step, total=cfg.steps, desc="transformer")
+    t0 = time.time()
+    for step in bar:
+        loss = train_step(model, opt, vae, text, flip, weights, records_for_step(cfg.seed, step, cfg.batch),
+                          lr_at(step, cfg.steps, cfg.lr, cfg.warmup), cfg)
+        bar.set_postfix(loss=f"{loss:.4f}")
+        values = {"loss": loss}
+        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+            values.update(evaluate(model, vae, text))
+        if step % 10 == 0 or len(values) > 1:
+            log.write(step, **values, sec=time.time() - t0)
+        if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps:
+            save_checkpoint(ckpt, step + 1, {"model": model}, opt, {"config": asdict(cfg)})
+    return model
+
+
+def train_step(model, opt, vae, text, flip, weights, records, lr, cfg: TrainConfig) -> float:
+    """One optimisation step on `records`; returns the loss before the update."""
+    for g in opt.param_groups:
+        g["lr"] = lr
+    t, src, x, labels = batch_tensors(records, vae, text, flip)
+    null_B = torch.rand(len(records)) < cfg.text_drop
+    loss = bit_loss(model(t, src, x, SCHEDULE, null_B), labels, weights)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    opt.step()
+    return loss.item()
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--vae", type=Path, default=Path("runs/vae/ckpt.pt"))
+    p.add_argument("--out", type=Path, default=Path("runs/tf"))
+    for name, value in asdict(TrainConfig()).items():
+        kind = (lambda s: s.lower() in ("1", "true", "yes")) if isinstance(value, bool) else type(value)
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=value)
+    args = vars(p.parse_args(argv))
+    vae_path, out = args.pop("vae"), args.pop("out")
+    train(TrainConfig(**args), vae_path, out)
+
+
+if __name__ == "__main__":
+    main()
