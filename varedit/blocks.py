@@ -132,6 +132,12 @@ class Block(nn.Module):
         self.ca_norm = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
         self.ffn = FFN(cfg)
 
+    def qkv(self, x_BLC: torch.Tensor, gss_B16C: torch.Tensor, rope_2Lc: torch.Tensor
+            ) -> tuple[torch.Tensor, ...]:
+        """Self-attention q, k, v of the stream: all a source token contributes to the last block."""
+        _, _, scale1, _, shift1, _ = (self.ada_gss + gss_B16C).unbind(2)
+        return self.sa.qkv(ada_layer_norm(x_BLC, scale1, shift1, self.eps), rope_2Lc)
+
     def forward(self, x_BLC: torch.Tensor, gss_B16C: torch.Tensor, text_kv: tuple[torch.Tensor, ...],
                 rope_2Lc: torch.Tensor, attend: AttendFn) -> torch.Tensor:
         """x_BLC: float32 stream; gss_B16C: shared AdaLN output; text_kv: (k, v, mask) of this block."""

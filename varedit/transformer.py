@@ -244,7 +244,12 @@ class VAREditTransformer(nn.Module):
                 return _sdpa(q, k, v)
             return fn
 
-        self._run_blocks(x_BLC, cond, self.rope(0, n_src), [attend(i) for i in range(self.cfg.depth)])
+        rope = self.rope(0, n_src)
+        for i, (blk, text_kv) in enumerate(zip(self.blocks[:-1], cond.text_kv, strict=False)):
+            x_BLC = blk(x_BLC, cond.gss_B16C, text_kv, rope, attend(i))
+        # the source's output of the last block is never used: only its keys and values are needed
+        _, k, v = self.blocks[-1].qkv(x_BLC, cond.gss_B16C, rope)
+        cache.k[-1, :, :, :n_src], cache.v[-1, :, :, :n_src] = k, v
         cache.len = n_src
         return cache
 
