@@ -96,6 +96,9 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
         worker_redirect_stdouts=False,
         worker_send_task_events=False,
         broker_connection_retry_on_startup=True,
+        # On a lost broker connection keep generating: the lease, not the broker, decides who may
+        # finish, and Redis redelivers the unacked message (a harmless duplicate) after the timeout.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
         beat_schedule=beat_schedule(settings),
         timezone="UTC",

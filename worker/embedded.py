@@ -311,12 +311,17 @@ def _models_ready(settings, workers: int = 1) -> bool:  # type: ignore[no-untype
 
 
 def serve(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="varedit-serve", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="varedit-serve",
+        description="Run the whole VAREdit Serve platform on this machine (Redis, SQLite, local storage, "
+        "one worker, beat, the API). Stop with Ctrl-C.",
+        epilog="Client commands: varedit-serve submit|get|wait|cancel ... (see varedit-serve submit -h).",
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     parser.add_argument("--data-dir", type=Path, help="default: VAREDIT_DATA_DIR or ./data")
     parser.add_argument("--model-path", help="default: VAREDIT_MODEL_PATH or the bundled small model")
-    parser.add_argument("--ready-file", type=Path, help="write {url, pid} here once ready")
+    parser.add_argument("--ready-file", type=Path, help="write {url, pid, children} here once ready")
     parser.add_argument("--log-to-console", action="store_true", help="children log to this terminal")
     args = parser.parse_args(argv)
 
