@@ -188,3 +188,26 @@ def test_cli_edits_a_png_end_to_end(tmp_path, capsys):
     subprocess.run([sys.executable, "-m", "varedit.cli", "edit", str(src), "add a moon", "-o", str(out2),
                     "--model", str(model), "--seed", "5"], check=True, cwd=REPO, capture_output=True)
     assert np.array_equal(np.asarray(Image.open(out2)), np.asarray(Image.open(out)))
+
+
+def test_cfg_lists_and_the_null_text():
+    _, model, vae = load_official_golden(GOLDEN / "T1")
+    sched = model.cfg.schedule()
+    text = TextFeatures(torch.randn(1, 9, 256), torch.tensor([9]))
+    src = torch.randn(1, 64, 32)
+
+    def run(cfg):
+        return generate(model, vae, text, src, sched, [torch.Generator().manual_seed(1)], cfg=cfg, tau=0.5,
+                        keep_logits=True)
+
+    mixed = run([1.0, 3.0, 1.0, 3.0, 3.0])
+    assert [lg.shape[0] for lg in mixed.logits] == [1, 2, 1, 2, 2]  # cfg-1 scales: cond half only
+    # the null text is cfg_uncond[:len] of the prompt's length, and cfg 1 never reads it
+    lens, null = torch.tensor([5, 3]), torch.tensor([True, True])
+    cond = model.condition(TextFeatures(torch.randn(2, 5, 256), lens), null)
+    again = model.condition(TextFeatures(torch.zeros(2, 5, 256), lens), null)
+    torch.testing.assert_close(cond.cond_BD, again.cond_BD)
+    assert not torch.allclose(cond.cond_BD[0], cond.cond_BD[1])  # depends on the length
+    with torch.no_grad():
+        model.cfg_uncond.fill_(float("nan"))
+    assert all(torch.isfinite(lg).all() for lg in run(1.0).logits)
