@@ -432,3 +432,38 @@ def test_heartbeat_rows_are_written_refreshed_and_removed(runtime, sessions) -> 
     beats.goodbye()
     with sessions() as session:
         assert lifecycle.ready_workers(session, 60) == {}
+
+
+def test_progress_writes_are_throttled_but_every_scale_checks_for_cancel(
+    runtime, pipeline, submit, sessions, monkeypatch
+) -> None:
+    from worker import editing
+
+    written: list[tuple[int, int] | None] = []
+    real_heartbeat = lifecycle.heartbeat
+
+    def counting_heartbeat(session, job_id, attempt, lease_s, progress=None, **kw):  # type: ignore[no-untyped-def]
+        written.append(progress)
+        return real_heartbeat(session, job_id, attempt, lease_s, progress, **kw)
+
+    monkeypatch.setattr(editing.lifecycle, "heartbeat", counting_heartbeat)
+    pipeline.options = FakeOptions(scales=10)
+    # an instant 10-scale edit writes progress on its first and last scale only
+    done = submit()
+    edit_tasks.run_edit(done)
+    assert [w for w in written if w is not None] == [(1, 10), (10, 10)]
+    assert _job(sessions, done).status is JobStatus.SUCCEEDED
+    # and a cancel between two unwritten scales is still seen at the very next boundary
+    written.clear()
+    job_id = submit()
+
+    def cancel_at_5(k: int, _: int) -> None:
+        if k == 5:
+            with session_scope(sessions) as session:
+                lifecycle.cancel(session, job_id)
+
+    pipeline.hook = cancel_at_5
+    edit_tasks.run_edit(job_id)
+    job = _job(sessions, job_id)
+    assert job.status is JobStatus.CANCELED and job.progress == (5, 10)
+    assert [w for w in written if w is not None] == [(1, 10), (5, 10)]
