@@ -39,7 +39,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.celery = make_celery(settings)
     app.state.publisher = CeleryPublisher(app.state.celery)
     app.state.notifier = Notifier(settings.broker_url)
-    app.state.watcher = JobWatcher(settings.broker_url)
+    app.state.watcher = JobWatcher(settings.broker_url, settings.wait_recheck_s)
     app.state.metrics.watch_jobs(app.state.sessions, settings)
     await app.state.watcher.start()
     try:

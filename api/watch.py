@@ -17,6 +17,7 @@ import structlog
 from jobs.notify import CHANNEL_PATTERN, CHANNEL_PREFIX, is_redis_url
 
 RECONNECT_S = 1.0  # pause before re-subscribing after Redis went away
+LISTEN_POLL_S = 1.0  # bounded reads: redis-py's blocking listen() can swallow task cancellation
 
 log = structlog.get_logger(__name__)
 
@@ -29,6 +30,7 @@ class JobWatcher:
         self.recheck_s = recheck_s
         self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     async def start(self) -> None:
         if is_redis_url(self.url):
@@ -36,9 +38,10 @@ class JobWatcher:
 
     async def stop(self) -> None:
         if self._task is not None:
+            # The flag too: redis-py can swallow a cancel that lands while it (re)connects.
+            self._stopping = True
             self._task.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.wait({self._task}, timeout=LISTEN_POLL_S * 2)
             self._task = None
 
     @asynccontextmanager
@@ -60,13 +63,14 @@ class JobWatcher:
         event.clear()
 
     async def _listen(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 client = aioredis.Redis.from_url(self.url)
                 async with client, client.pubsub() as pubsub:
                     await pubsub.psubscribe(CHANNEL_PATTERN)
-                    async for message in pubsub.listen():
-                        if message["type"] == "pmessage":
+                    while not self._stopping:
+                        message = await pubsub.get_message(timeout=LISTEN_POLL_S)
+                        if message is not None and message["type"] == "pmessage":
                             self._wake(message["channel"].decode().removeprefix(CHANNEL_PREFIX))
             except asyncio.CancelledError:
                 raise

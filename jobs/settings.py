@@ -68,6 +68,7 @@ class Settings(BaseSettings):
     tau_default: float = 0.1
     seed_max: int = 2**31 - 1
     max_wait_s: int = Field(60, gt=0)  # upper bound of `Prefer: wait=N`
+    wait_recheck_s: float = Field(2.0, gt=0)  # waiting requests re-read the job at least this often
     page_size_max: int = Field(100, gt=0)
 
     # Logging.

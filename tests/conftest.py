@@ -11,6 +11,7 @@ and tests never see each other's rows. Fixtures meant for reuse by other test mo
 - ``s3_endpoint`` / ``s3_bucket``: a moto S3 server and a fresh bucket
 - ``make_settings``: `Settings` for a test, with the given overrides
 - ``submit_job``: a committed queued job in ``sessions`` (the ``db_url`` database)
+- ``harness``: the app on a fresh SQLite database with a fake publisher (`ApiHarness`)
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from jobs import lifecycle
 from jobs.db import make_engine, make_sessionmaker, migrate, session_scope
+from jobs.models import Job
 from jobs.redis_server import RedisServer, free_port, redis_reachable
 from jobs.settings import Settings
 
@@ -259,3 +261,67 @@ def submit_job(sessions: sessionmaker[Session]) -> Callable[..., str]:
         return job_id
 
     return submit
+
+
+# -- API ----------------------------------------------------------------------------------------
+
+
+class FakePublisher:
+    """Records ``run_edit`` publishes, and what a fresh session saw at that moment (proves publish
+    happens after commit). ``fail=True`` makes the broker refuse."""
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self.sessions = sessions
+        self.fail = False
+        self.published: list[tuple[str, str]] = []
+        self.status_seen: list[str | None] = []
+
+    def publish_run_edit(self, job_id: str, model: str) -> None:
+        with self.sessions() as session:
+            job = session.get(Job, job_id)
+            self.status_seen.append(job.status.value if job else None)
+        if self.fail:
+            raise ConnectionError("broker down")
+        self.published.append((job_id, model))
+
+
+@pytest.fixture
+def api_settings(make_settings: Callable[..., Settings], sqlite_url: str, redis_url: str) -> Settings:
+    """Settings for an API test: a fresh SQLite database, the session's Redis, local storage."""
+    return make_settings(database_url=sqlite_url, broker_url=redis_url, wait_recheck_s=30)
+
+
+@pytest.fixture
+def harness(api_settings: Settings) -> Iterator[ApiHarness]:
+    """The app (lifespan running) with a `FakePublisher`; ``harness.client`` is a TestClient."""
+    with ApiHarness(api_settings) as harness:
+        yield harness
+
+
+class ApiHarness:
+    """An app for ``settings`` with its TestClient, fake publisher, sessions and storage at hand."""
+
+    def __init__(self, settings: Settings) -> None:
+        from fastapi.testclient import TestClient
+
+        from api.deps import get_publisher
+        from api.main import create_app
+
+        self.settings = settings
+        self.app = create_app(settings)
+        self.client = TestClient(self.app)
+        self._get_publisher = get_publisher
+
+    def __enter__(self) -> ApiHarness:
+        self.client.__enter__()
+        state = self.app.state
+        self.sessions: sessionmaker[Session] = state.sessions
+        self.storage = state.storage
+        self.notifier = state.notifier
+        self.watcher = state.watcher
+        self.publisher = FakePublisher(self.sessions)
+        self.app.dependency_overrides[self._get_publisher] = lambda: self.publisher
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.client.__exit__(*exc)
