@@ -1,9 +1,11 @@
 """Latency and memory of one edit with random weights: `python -m varedit.bench --config S`.
 
-Times the model part of an edit (VAE encode of the source, text conditioning, source prefill, every
-scale, VAE decode) on random weights and random text features; the T5 encoder and image file I/O
-are left out. Prints per-stage and total latency (best and median over the repeats) and the peak
-memory. Not a test: numbers depend on the machine and its load.
+Times an edit the way `EditPipeline.edit` runs it (pre-processing and VAE encode of the source, text
+conditioning, source prefill, every scale, VAE decode and post-processing) on random weights and
+random text features; the T5 encoder and image file I/O are left out. Prints per-stage and total
+latency (best and median over the repeats) and the peak memory. Not a test: numbers depend on the
+machine and its load. `--dtype bf16` runs the official GPU precision map (bfloat16 blocks, VAE
+decode under bf16 autocast), which is also fast on CPUs with AVX512-BF16/AMX.
 
     python -m varedit.bench --config S --threads 2 --repeat 4          # CPU, compute-bound small model
     python -m varedit.bench --config 8B-512 --device cuda --batch 1    # full size, random weights
@@ -16,9 +18,12 @@ import resource
 import statistics
 import time
 
+import numpy as np
 import torch
+from PIL import Image
 
 from .config import get_config
+from .pipeline import EditPipeline, postprocess
 from .sampling import generate
 from .text import TextFeatures
 from .transformer import VAREditTransformer
@@ -49,10 +54,12 @@ def build(name: str, device: torch.device, dtype: torch.dtype) -> tuple:
     return cfg, model.eval(), vae.eval()
 
 
-def run_once(cfg, model, vae, batch: int, text_len: int, cfg_scale: float, tau: float, device) -> dict:
-    """One edit; returns seconds per stage."""
+def run_once(pipe: EditPipeline, batch: int, text_len: int, cfg_scale: float, tau: float) -> dict:
+    """One edit of random images with random text features; returns seconds per stage."""
+    cfg, device = pipe.config, pipe.device
     schedule = cfg.schedule()
-    x = torch.rand(batch, 3, cfg.resolution, cfg.resolution, device=device) * 2 - 1
+    images = [Image.fromarray(np.random.default_rng(b).integers(0, 256, (cfg.resolution, cfg.resolution, 3),
+                                                              dtype=np.uint8)) for b in range(batch)]
     text = TextFeatures(torch.randn(batch, text_len, cfg.text_channels, device=device),
                         torch.full((batch,), text_len, device=device))
     marks: list[float] = []
@@ -64,13 +71,13 @@ def run_once(cfg, model, vae, batch: int, text_len: int, cfg_scale: float, tau: 
 
     with torch.inference_mode():
         tick()
-        src = vae.img_to_source_tokens(x, schedule)
+        src = pipe.encode_sources(images, schedule, cfg.resolution)
         tick()
-        gens = [torch.Generator().manual_seed(i) for i in range(batch)]
-        out = generate(model, vae, text, src, schedule, gens, cfg=cfg_scale, tau=tau, on_scale=tick)
+        gens = [torch.Generator().manual_seed(b) for b in range(batch)]
+        out = generate(pipe.transformer, pipe.vae, text, src, schedule, gens, cfg=cfg_scale, tau=tau,
+                       on_scale=tick)
         tick()
-        with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
-            vae.decode(out.f_hat)
+        [postprocess(img, im.size) for img, im in zip(pipe.decode(out.f_hat), images, strict=True)]
         tick()
     # marks: start, encoded, scale 1 .. K done (scale 1 includes text + prefill), generate returned, decoded
     K = len(schedule)
@@ -101,7 +108,8 @@ def main(argv: list[str] | None = None) -> None:
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, None: None}[args.dtype]
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     cfg, model, vae = build(args.config, device, dtype)
-    runs = [run_once(cfg, model, vae, args.batch, args.text_len, args.cfg, args.tau, device)
+    pipe = EditPipeline(cfg, model, vae, text_encoder=None, device=device)  # text features are random
+    runs = [run_once(pipe, args.batch, args.text_len, args.cfg, args.tau)
             for _ in range(args.warmup + args.repeat)][args.warmup:]
 
     print(f"config {cfg.name}: {cfg.resolution}px, K={len(cfg.schedule())}, depth {cfg.depth}, "

@@ -75,6 +75,9 @@ class EditPipeline:
                  text_encoder: TextEncoder, device: torch.device | str = "cpu"):
         self.config, self.transformer, self.vae, self.text_encoder = config, transformer, vae, text_encoder
         self.device = torch.device(device)
+        # bfloat16 blocks mean the official GPU precision map, where the VAE also decodes under
+        # bf16 autocast; float32 blocks keep the whole edit in float32.
+        self.dtype = transformer.blocks[0].sa.mat_qkv.weight.dtype
 
     # ---- loading ---------------------------------------------------------------------------
 
@@ -198,9 +201,8 @@ class EditPipeline:
         schedule = self.config.schedule(size)
         # 2. encode text
         text = self.text_encoder.encode(instructions).to(self.device)
-        # 3. encode the sources (one by one, so an image's tokens do not depend on its batch)
-        x_B3SS = [preprocess(im, size)[None].to(self.device) for im in pils]
-        source_BLd = torch.cat([self.vae.img_to_source_tokens(x, schedule) for x in x_B3SS])
+        # 3. encode the sources
+        source_BLd = self.encode_sources(pils, schedule, size)
         # 4-5. prefill and scale loop
         gens = [torch.Generator().manual_seed(s) for s in seeds]
         out = generate(self.transformer, self.vae, text, source_BLd, schedule, gens, cfg=cfg, tau=tau,
@@ -209,12 +211,22 @@ class EditPipeline:
         # 6. decode and return
         results = []
         for b, im in enumerate(pils):
-            with torch.autocast(self.device.type, torch.bfloat16, enabled=self.device.type == "cuda"):
-                img = self.vae.decode(out.f_hat[b : b + 1])[0]
-            res = postprocess(img, im.size)
+            res = postprocess(self.decode(out.f_hat[b : b + 1])[0], im.size)
             res.info.update(seed=seeds[b], instruction=instructions[b], model=self.name)
             results.append(res)
         return results
+
+
+    def encode_sources(self, images: list[Image.Image], schedule: list[tuple[int, int]], size: int
+                       ) -> torch.Tensor:
+        """Source prefix tokens (B, l_K, d), each image on its own so it does not depend on the batch."""
+        x = [preprocess(im, size)[None].to(self.device) for im in images]  # (1, 3, S, S) each
+        return torch.cat([self.vae.img_to_source_tokens(x_13SS, schedule) for x_13SS in x])
+
+    def decode(self, f_hat: torch.Tensor) -> torch.Tensor:
+        """Summed codes (B, dq, 1, H, W) -> images (B, 3, S, S) in [-1, 1]."""
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.dtype == torch.bfloat16):
+            return self.vae.decode(f_hat).float()
 
 
 __all__ = ["EditCancelled", "EditPipeline", "load_image", "postprocess", "preprocess"]
