@@ -32,10 +32,11 @@ def test_one_step_reduces_the_loss_on_a_fixed_batch(parts):
     model, opt = _model_and_opt()
     recs = records_for_step(0, 0, 4)
     w = T.token_weights()
-    t, src, x, labels = T.batch_tensors(recs, vae, text, None)
+    enc = T.encode_records(recs, vae)
+    t, src, x, labels = T.batch_tensors(enc, vae, text, None)
     before = T.bit_loss(model(t, src, x, T.SCHEDULE), labels, w).item()
     for _ in range(3):
-        T.train_step(model, opt, vae, text, None, w, recs, 3e-3, cfg)
+        T.train_step(model, opt, vae, text, None, w, enc, 3e-3, cfg)
     after = T.bit_loss(model(t, src, x, T.SCHEDULE), labels, w).item()
     assert after < before - 0.01, (before, after)
 
@@ -44,7 +45,7 @@ def test_labels_replay_through_the_sampler_update(parts):
     """The teacher-forcing inputs are exactly what inference will feed back (no flips)."""
     vae, text = parts
     recs = records_for_step(0, 1, 2)
-    _, _, x, labels = T.batch_tensors(recs, vae, text, None)
+    _, _, x, labels = T.batch_tensors(T.encode_records(recs, vae), vae, text, None)
     sched = [(1, h, w) for h, w in T.SCHEDULE]
     n = [h * w for h, w in T.SCHEDULE]
     f_hat, start, inputs = None, 0, []
@@ -62,9 +63,11 @@ def test_resume_is_exact(parts, tmp_path):
     flip = SelfCorrection(2, 0.3)
     w = T.token_weights()
 
+    batches = T.Batches(vae, seed=0, batch=2, pool=4)
+
     def run(model, opt, steps):
         for s in steps:
-            T.train_step(model, opt, vae, text, flip, w, records_for_step(0, s, 2), 1e-3, cfg)
+            T.train_step(model, opt, vae, text, flip, w, batches(s), 1e-3, cfg)
 
     torch.manual_seed(5)
     model, opt = _model_and_opt()

@@ -65,13 +65,13 @@ def novelty(rec: Record) -> str:
 
 
 def summarize(rows: list[dict], latencies: list[float]) -> str:
-    lines = [f"{'group':<14}{'n':>5}{'success':>10}{'edit dB':>10}{'preserve dB':>13}"]
+    lines = [f"{'group':<16}{'n':>5}{'success':>10}{'edit dB':>10}{'preserve dB':>13}"]
 
     def line(name: str, rs: list[dict]) -> None:
         if rs:
             succ, edit = np.mean([r["success"] for r in rs]), np.mean([r["edit_psnr"] for r in rs])
             keep = np.mean([r["preservation"] for r in rs])
-            lines.append(f"{name:<14}{len(rs):>5}{100 * succ:>9.1f}%{edit:>10.2f}{keep:>13.2f}")
+            lines.append(f"{name:<16}{len(rs):>5}{100 * succ:>9.1f}%{edit:>10.2f}{keep:>13.2f}")
 
     by_kind, by_nov = defaultdict(list), defaultdict(list)
     for r in rows:
@@ -79,10 +79,10 @@ def summarize(rows: list[dict], latencies: list[float]) -> str:
         by_nov[r["novelty"]].append(r)
     for k in EDIT_KINDS:
         line(k, by_kind[k])
-    lines.append("-" * 52)
+    lines.append("-" * 54)
     for k in ("phrasing", "combination", "both"):
         line(f"new {k}", by_nov[k])
-    lines.append("-" * 52)
+    lines.append("-" * 54)
     line("overall", rows)
     if latencies:
         lat = np.array(latencies) * 1000

@@ -55,6 +55,7 @@ def shapes_config(depth: int = 4, width: int = 128, heads: int = 4) -> VAREditCo
 class TrainConfig:
     steps: int = 6000
     batch: int = 32
+    pool: int = 16384  # records in the training pool (0: fresh records every step)
     lr: float = 1e-3
     warmup: int = 200
     weight_decay: float = 0.01
@@ -114,14 +115,49 @@ def token_weights(schedule=SCHEDULE, reweight: bool = True) -> torch.Tensor:
     return w / w.sum()
 
 
-def batch_tensors(records: list[Record], vae: VAE, text: TextCache, flip: SelfCorrection | None):
-    """Records -> (text features, source tokens, target inputs, labels (B, L, d))."""
+@dataclass
+class Encoded:
+    """A batch of records through the frozen VAE encoder."""
+
+    instructions: list[str]
+    source_BLd: torch.Tensor  # source reference tokens (raw features, finest grid)
+    target_BdHW: torch.Tensor  # raw features of the target image
+
+
+@torch.no_grad()
+def encode_records(records: list[Record], vae: VAE) -> Encoded:
     dev = next(vae.parameters()).device
+    src = vae.img_to_source_tokens(to_tensor(np.stack([r.source for r in records])).to(dev))
+    tgt = vae.encode_features(to_tensor(np.stack([r.target for r in records])).to(dev))
+    return Encoded([r.instruction for r in records], src, tgt)
+
+
+class Batches:
+    """Training batches by step. With `pool` > 0 the data is a fixed pool of `pool` records cycled
+    in the same groups every epoch, and each group's encoder features are cached after first use
+    (the encoder is frozen, so this changes nothing but the speed; self-correction flips are still
+    drawn fresh every step)."""
+
+    def __init__(self, vae: VAE, seed: int, batch: int, pool: int):
+        self.vae, self.seed, self.batch = vae, seed, batch
+        self.groups = pool // batch if pool else 0
+        self.cache: dict[int, Encoded] = {}
+
+    def __call__(self, step: int) -> Encoded:
+        key = step % self.groups if self.groups else step
+        if key not in self.cache:
+            enc = encode_records(records_for_step(self.seed, key, self.batch), self.vae)
+            if not self.groups:
+                return enc
+            self.cache[key] = enc
+        return self.cache[key]
+
+
+def batch_tensors(enc: Encoded, vae: VAE, text: TextCache, flip: SelfCorrection | None):
+    """Encoded batch -> (text features, source tokens, target inputs, labels (B, L, d))."""
     with torch.no_grad():
-        src = vae.img_to_source_tokens(to_tensor(np.stack([r.source for r in records])).to(dev))
-        tgt = vae.encode_features(to_tensor(np.stack([r.target for r in records])).to(dev))
-        tf = vae.teacher_forcing(tgt, [(1, h, w) for h, w in SCHEDULE], flip=flip)
-    return text([r.instruction for r in records]).to(dev), src, tf.x_BLd, torch.cat(tf.labels, dim=1)
+        tf = vae.teacher_forcing(enc.target_BdHW, [(1, h, w) for h, w in SCHEDULE], flip=flip)
+    return text(enc.instructions).to(enc.source_BLd.device), enc.source_BLd, tf.x_BLd, torch.cat(tf.labels, 1)
 
 
 def bit_loss(logits_BLV: torch.Tensor, labels_BLd: torch.Tensor, weights_L: torch.Tensor) -> torch.Tensor:
@@ -135,7 +171,7 @@ def evaluate(model, vae, text, n: int = 64) -> dict[str, float]:
     """Teacher-forced bit accuracy on held-out records: overall and at the finest scale."""
     model.eval()
     recs = [make_record(999, i, "test") for i in range(n)]
-    t, src, x, labels = batch_tensors(recs, vae, text, None)
+    t, src, x, labels = batch_tensors(encode_records(recs, vae), vae, text, None)
     logits = model(t, src, x, SCHEDULE)
     pred = logits.view(*labels.shape, 2).argmax(-1)
     model.train()
@@ -163,10 +199,11 @@ def train(cfg: TrainConfig, vae_path: Path, out: Path) -> VAREditTransformer:
         print(f"resumed from {ckpt} at step {step}")
     weights = token_weights(reweight=cfg.reweight).to(dev)
     flip = SelfCorrection(cfg.flip_layers, cfg.flip_strength) if cfg.flip_layers > 0 else None
+    batches = Batches(vae, cfg.seed, cfg.batch, cfg.pool)
     bar = tqdm(range(step, cfg.steps), initial=step, total=cfg.steps, desc="transformer")
     t0 = time.time()
     for step in bar:
-        loss = train_step(model, opt, vae, text, flip, weights, records_for_step(cfg.seed, step, cfg.batch),
+        loss = train_step(model, opt, vae, text, flip, weights, batches(step),
                           lr_at(step, cfg.steps, cfg.lr, cfg.warmup), cfg)
         bar.set_postfix(loss=f"{loss:.4f}")
         values = {"loss": loss}
@@ -179,12 +216,12 @@ def train(cfg: TrainConfig, vae_path: Path, out: Path) -> VAREditTransformer:
     return model
 
 
-def train_step(model, opt, vae, text, flip, weights, records, lr, cfg: TrainConfig) -> float:
-    """One optimisation step on `records`; returns the loss before the update."""
+def train_step(model, opt, vae, text, flip, weights, enc: Encoded, lr, cfg: TrainConfig) -> float:
+    """One optimisation step on an encoded batch; returns the loss before the update."""
     for g in opt.param_groups:
         g["lr"] = lr
-    t, src, x, labels = batch_tensors(records, vae, text, flip)
-    null_B = torch.rand(len(records)) < cfg.text_drop
+    t, src, x, labels = batch_tensors(enc, vae, text, flip)
+    null_B = torch.rand(len(enc.instructions)) < cfg.text_drop
     loss = bit_loss(model(t, src, x, SCHEDULE, null_B), labels, weights)
     opt.zero_grad(set_to_none=True)
     loss.backward()
