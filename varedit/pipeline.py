@@ -76,8 +76,11 @@ class EditPipeline:
         self.config, self.transformer, self.vae, self.text_encoder = config, transformer, vae, text_encoder
         self.device = torch.device(device)
         # bfloat16 blocks mean the official GPU precision map, where the VAE also decodes under
-        # bf16 autocast; float32 blocks keep the whole edit in float32.
+        # bf16 autocast (here channels-last, which bf16 convolutions prefer on CPU and GPU);
+        # float32 blocks keep the whole edit in float32 and in the reference memory layout.
         self.dtype = transformer.blocks[0].sa.mat_qkv.weight.dtype
+        if self.dtype == torch.bfloat16:
+            vae.decoder.to(memory_format=torch.channels_last)
 
     # ---- loading ---------------------------------------------------------------------------
 
@@ -225,8 +228,10 @@ class EditPipeline:
 
     def decode(self, f_hat: torch.Tensor) -> torch.Tensor:
         """Summed codes (B, dq, 1, H, W) -> images (B, 3, S, S) in [-1, 1]."""
-        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.dtype == torch.bfloat16):
-            return self.vae.decode(f_hat).float()
+        if self.dtype != torch.bfloat16:
+            return self.vae.decode(f_hat)
+        with torch.autocast(self.device.type, torch.bfloat16):
+            return self.vae.decode(f_hat.squeeze(2).contiguous(memory_format=torch.channels_last)).float()
 
 
 __all__ = ["EditCancelled", "EditPipeline", "load_image", "postprocess", "preprocess"]

@@ -38,7 +38,7 @@ class EditCancelled(Exception):
 
 @dataclass
 class Generation:
-    f_hat: torch.Tensor  # (B, dq, 1, H, W) summed codes: the decoder input
+    f_hat: torch.Tensor | None = None  # (B, dq, 1, H, W) summed codes: the decoder input
     bits: list[torch.Tensor] = field(default_factory=list)  # per scale (B, l, d) int64
     logits: list[torch.Tensor] = field(default_factory=list)  # per scale raw head output (bs, l, V), if kept
 
@@ -117,8 +117,8 @@ def generate(
     cond = model.condition(text, null_B)
     cache = model.prefill(cond, source_BLd, schedule)
 
-    out = Generation(f_hat=None)  # type: ignore[arg-type]
-    f_hat, x_BlC = None, model.sos(cond)
+    out = Generation()
+    x_BlC = model.sos(cond)
     for k in range(K):
         h_BlC = model.step(cond, x_BlC, k, schedule, cache)
         rows = slice(None) if cfg_k[k] != 1 else slice(0, B)  # cfg 1: the cond half suffices
@@ -133,11 +133,10 @@ def generate(
         else:
             bits = sample_bits(logits, generators, top_k, top_p)
         out.bits.append(bits)
-        f_hat, nxt_Bld = vae.next_scale_input(k, bits, f_hat, schedule)
+        out.f_hat, nxt_Bld = vae.next_scale_input(k, bits, out.f_hat, schedule)
         if nxt_Bld is not None:
             x_BlC = model.embed_scale(nxt_Bld, k + 1)
             x_BlC = x_BlC.repeat(2 if use_cfg else 1, 1, 1)  # (bs, l, C)
         if on_scale is not None and on_scale(k + 1, K) is False:
             raise EditCancelled(k + 1, K)
-    out.f_hat = f_hat
     return out
