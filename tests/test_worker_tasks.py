@@ -180,7 +180,7 @@ def test_cancel_during_generation_stops_at_the_next_scale_and_writes_no_result(
     edit_tasks.run_edit(job_id)
     job = _job(sessions, job_id)
     assert job.status is JobStatus.CANCELED
-    assert job.progress == (2, 4)  # the scale-2 heartbeat saw the cancel; scales 3 and 4 never ran
+    assert job.progress == (2, 4)  # scale 2's check saw the cancel; scales 3 and 4 never ran
     assert job.result_key is None
     assert _objects(runtime.storage, job_id) == ["source.png"]
 
@@ -448,10 +448,10 @@ def test_progress_writes_are_throttled_but_every_scale_checks_for_cancel(
 
     monkeypatch.setattr(editing.lifecycle, "heartbeat", counting_heartbeat)
     pipeline.options = FakeOptions(scales=10)
-    # an instant 10-scale edit writes progress on its first and last scale only
+    # an instant 10-scale edit writes progress on its last scale only (the claim wrote the lease)
     done = submit()
     edit_tasks.run_edit(done)
-    assert [w for w in written if w is not None] == [(1, 10), (10, 10)]
+    assert [w for w in written if w is not None] == [(10, 10)]
     assert _job(sessions, done).status is JobStatus.SUCCEEDED
     # and a cancel between two unwritten scales is still seen at the very next boundary
     written.clear()
@@ -466,4 +466,4 @@ def test_progress_writes_are_throttled_but_every_scale_checks_for_cancel(
     edit_tasks.run_edit(job_id)
     job = _job(sessions, job_id)
     assert job.status is JobStatus.CANCELED and job.progress == (5, 10)
-    assert [w for w in written if w is not None] == [(1, 10), (5, 10)]
+    assert [w for w in written if w is not None] == [(5, 10)]

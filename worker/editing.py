@@ -41,8 +41,9 @@ from worker.runtime import Runtime
 log = structlog.get_logger(__name__)
 
 RESULT_CONTENT_TYPE = "image/png"
-# Progress is written (lease + scale k of K, one committed UPDATE) at most this often per job, and always
-# on the first and last scale; the scales in between only read the row to see a cancel or a lost lease.
+# Progress is written (lease + scale k of K, one committed UPDATE) at most this often per job (counting
+# the claim) and always on the last scale; the other scales only read the row to see a cancel or a lost
+# lease.
 # A committed write costs a WAL flush (~5 ms on PostgreSQL here), a read well under 1 ms, and the small
 # models run many scales per second.
 PROGRESS_EVERY_S = 0.25
@@ -74,7 +75,7 @@ class ClaimedJob:
     output: Image.Image | None = None
     state: JobState = JobState.ACTIVE
     generated_at: float | None = None  # perf_counter when the pipeline returned its image
-    progress_written_at: float = float("-inf")
+    progress_written_at: float = field(default_factory=time.monotonic)  # the claim wrote the lease
 
     @classmethod
     def from_row(cls, job: Job) -> ClaimedJob:
@@ -190,7 +191,7 @@ class EditRun:
             if job.state is not JobState.ACTIVE:
                 continue
             try:
-                if k in (1, n_scales) or now - job.progress_written_at >= PROGRESS_EVERY_S:
+                if k == n_scales or now - job.progress_written_at >= PROGRESS_EVERY_S:
                     keep = self._heartbeat(job, (k, n_scales))
                     job.progress_written_at = now
                 else:
