@@ -211,3 +211,33 @@ def test_cfg_lists_and_the_null_text():
     with torch.no_grad():
         model.cfg_uncond.fill_(float("nan"))
     assert all(torch.isfinite(lg).all() for lg in run(1.0).logits)
+
+
+def test_official_release_folder_and_convert(tmp_path, monkeypatch, capsys):
+    """An official-layout folder (the golden T1 files under the release names, standing in for 2B-512)
+    loads directly, converts with `varedit convert` (float32 and bf16), and all give the same edit."""
+    from dataclasses import replace
+
+    from varedit.config import VARIANTS, get_config
+
+    stand_in = replace(get_config("tiny"), name="2B-512", text_encoder="flan-t5-xl")
+    monkeypatch.setitem(VARIANTS, "2B-512", stand_in)
+    release = tmp_path / "VAREdit"
+    release.mkdir()
+    (release / "2B-512.pth").write_bytes((GOLDEN / "T1" / "infinity_T1.pth").read_bytes())
+    (release / "infinity_vae_d32reg.pth").write_bytes((GOLDEN / "T1" / "vae_T1.pth").read_bytes())
+    (release / "flan-t5-xl").mkdir()
+    for f in (GOLDEN / "T5tiny").iterdir():
+        (release / "flan-t5-xl" / f.name).write_bytes(f.read_bytes())
+    im = image(12, 70, 90)
+    [ref] = EditPipeline.from_pretrained(release / "2B-512.pth", device="cpu").edit(im, "add a hat", seeds=3)
+    assert cli_main(["convert", str(release), str(tmp_path / "ours"), "--variant", "2B-512"]) == 0
+    ours = EditPipeline.from_pretrained(tmp_path / "ours", device="cpu")
+    assert ours.name == "2B-512"
+    assert np.array_equal(np.asarray(ours.edit(im, "add a hat", seeds=3)[0]), np.asarray(ref))
+    assert cli_main(["convert", str(release), str(tmp_path / "ours16"), "--bf16"]) == 0
+    with safe_open(tmp_path / "ours16" / "transformer.safetensors", "pt") as f:
+        assert f.get_slice("blocks.0.ffn.fc1.weight").get_dtype() == "BF16"
+        assert f.get_slice("head.weight").get_dtype() == "F32"
+    [out16] = EditPipeline.from_pretrained(tmp_path / "ours16", device="cpu").edit(im, "add a hat")
+    assert out16.size == im.size
