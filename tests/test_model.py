@@ -241,3 +241,18 @@ def test_official_release_folder_and_convert(tmp_path, monkeypatch, capsys):
         assert f.get_slice("head.weight").get_dtype() == "F32"
     [out16] = EditPipeline.from_pretrained(tmp_path / "ours16", device="cpu").edit(im, "add a hat")
     assert out16.size == im.size
+
+
+def test_sar_reference_is_the_source_area_pooled_to_each_grid():
+    import math
+
+    from varedit.transformer import _area_pool
+
+    k_BHLc = torch.randn(2, 3, 64, 4)
+    assert torch.equal(_area_pool(k_BHLc, (8, 8), (8, 8)), k_BHLc)  # finest scale: the full source
+    torch.testing.assert_close(_area_pool(k_BHLc, (8, 8), (1, 1)), k_BHLc.mean(2, keepdim=True))  # scale 0
+    grid = k_BHLc.unflatten(2, (8, 8))  # (B, H, 8, 8, c)
+    win = [(i * 8 // 6, math.ceil((i + 1) * 8 / 6)) for i in range(6)]  # overlapping windows, 8 -> 6
+    ref = torch.stack([torch.stack([grid[:, :, r0:r1, c0:c1].mean((2, 3)) for c0, c1 in win], 2)
+                       for r0, r1 in win], 2).flatten(2, 3)  # (B, H, 36, c)
+    torch.testing.assert_close(_area_pool(k_BHLc, (8, 8), (6, 6)), ref)
