@@ -30,8 +30,9 @@ def reserve(
         insert(IdempotencyRecord)
         .values(owner=owner, key=key, request_hash=request_hash, created_at=now)
         .on_conflict_do_nothing(index_elements=["owner", "key"])
-    ).rowcount
-    if inserted:
+        .returning(IdempotencyRecord.key)  # rowcount is not reliable for INSERT on every driver
+    ).scalar_one_or_none()
+    if inserted is not None:
         return None
     record = session.execute(
         select(IdempotencyRecord)
