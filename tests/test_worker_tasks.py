@@ -467,3 +467,20 @@ def test_progress_writes_are_throttled_but_every_scale_checks_for_cancel(
     job = _job(sessions, job_id)
     assert job.status is JobStatus.CANCELED and job.progress == (5, 10)
     assert [w for w in written if w is not None] == [(5, 10)]
+
+
+def test_worker_metrics_count_outcomes_scales_and_run_time(runtime, pipeline, submit, sessions) -> None:
+    from worker import metrics
+
+    def value(name: str, labels: dict[str, str]) -> float:
+        return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before_ok = value("varedit_worker_edits_total", {"model": "tiny", "outcome": "succeeded"})
+    before_scales = value("varedit_worker_scales_total", {"model": "tiny"})
+    before_runs = value("varedit_worker_run_seconds_count", {"model": "tiny"})
+    before_waits = value("varedit_worker_queue_wait_seconds_count", {"model": "tiny"})
+    edit_tasks.run_edit(submit())
+    assert value("varedit_worker_edits_total", {"model": "tiny", "outcome": "succeeded"}) == before_ok + 1
+    assert value("varedit_worker_scales_total", {"model": "tiny"}) == before_scales + 4
+    assert value("varedit_worker_run_seconds_count", {"model": "tiny"}) == before_runs + 1
+    assert value("varedit_worker_queue_wait_seconds_count", {"model": "tiny"}) == before_waits + 1

@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -36,6 +37,7 @@ from jobs.errors import StorageError
 from jobs.models import Job, JobStatus
 from jobs.notify import Notifier
 from jobs.storage import result_key
+from worker import metrics
 from worker.runtime import Runtime
 
 log = structlog.get_logger(__name__)
@@ -71,6 +73,7 @@ class ClaimedJob:
     cfg: float
     tau: float
     source_key: str | None
+    created_at: datetime | None = None
     image: Image.Image | None = None
     output: Image.Image | None = None
     state: JobState = JobState.ACTIVE
@@ -81,7 +84,7 @@ class ClaimedJob:
     def from_row(cls, job: Job) -> ClaimedJob:
         return cls(id=job.id, attempt=job.attempts, model=job.model, resolution=job.resolution,
                    instruction=job.instruction, seed=job.seed, cfg=job.cfg, tau=job.tau,
-                   source_key=job.source_key)
+                   source_key=job.source_key, created_at=job.created_at)
 
 
 class TransientFault(Exception):
@@ -114,6 +117,7 @@ class EditRun:
     def _set(self, job: ClaimedJob, state: JobState) -> None:
         with self._lock:
             job.state = state
+        metrics.EDITS.labels(job.model, state.value).inc()
 
     def _fail(self, job: ClaimedJob, code: str, message: str) -> None:
         try:
@@ -186,6 +190,7 @@ class EditRun:
 
     def on_scale(self, k: int, n_scales: int, group: list[ClaimedJob]) -> bool:
         """Heartbeat each job of the group with its progress; False stops the pipeline when none is left."""
+        metrics.SCALES.labels(group[0].model).inc()
         now = time.monotonic()
         for job in group:
             if job.state is not JobState.ACTIVE:
@@ -241,7 +246,10 @@ class EditRun:
         now = time.perf_counter()
         for job, image in zip(group, images, strict=True):
             job.output, job.generated_at = image, now
-        log.info("edit_generated", job_ids=[j.id for j in group], run_s=round(time.perf_counter() - t0, 3))
+        run_s = time.perf_counter() - t0
+        metrics.RUN_SECONDS.labels(group[0].model).observe(run_s)
+        metrics.BATCH_SIZE.labels(group[0].model).observe(len(group))
+        log.info("edit_generated", job_ids=[j.id for j in group], run_s=round(run_s, 3))
 
     # -- 3. results ---------------------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ from celery.signals import celeryd_init, setup_logging, worker_process_init, wor
 from jobs.logging import configure_logging
 from jobs.queue import queue_name
 from jobs.settings import get_settings
-from worker import heartbeat
+from worker import heartbeat, metrics
 from worker.fake import is_fake_path
 from worker.pool import POOL, resolve_model_path
 from worker.runtime import get_runtime, reset_runtime, set_nodename
@@ -88,6 +88,7 @@ def _init_pool_child(sender: str | None = None, **_: Any) -> None:
         return
     beats.beat(ready=True)
     beats.start()
+    metrics.serve_from_env()
     _heartbeat_thread = beats
     log.info("worker_ready", models=models, pid=os.getpid())
 

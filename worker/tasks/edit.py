@@ -18,6 +18,7 @@ from jobs import lifecycle
 from jobs.db import session_scope
 from jobs.notify import Notifier
 from jobs.queue import RUN_EDIT_TASK, queue_name
+from worker import metrics
 from worker.celery_app import app
 from worker.editing import ClaimedJob, EditRun, LeaseKeeper, TransientFault
 from worker.pool import POOL
@@ -51,6 +52,10 @@ def run_edit(self: Task, job_id: str) -> str:
         return "dropped"
     structlog.contextvars.bind_contextvars(attempt=jobs[0].attempt, batch=len(jobs))
     claim_ms = round((time.perf_counter() - t0) * 1000, 2)
+    for job in jobs:
+        if job.created_at is not None:
+            wait_s = (lifecycle.utcnow() - job.created_at).total_seconds()
+            metrics.QUEUE_WAIT_SECONDS.labels(job.model).observe(max(0.0, wait_s))
     log.info("run_edit_claimed", job_ids=[j.id for j in jobs], claim_ms=claim_ms)
     if jobs[0].model not in POOL.models:  # a message on the wrong queue: hand the jobs back at once
         EditRun(rt, None, jobs, notifier(), republish).give_back(jobs, f"{jobs[0].model} is not served here")

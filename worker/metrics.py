@@ -1,0 +1,41 @@
+"""Prometheus metrics of a GPU worker process: what only the worker sees (run time, scales per second,
+batch sizes, outcomes). Jobs by state, queue depth and ready workers come from the API's /metrics,
+which reads them from the database.
+
+Served from the pool child on ``VAREDIT_WORKER_METRICS_PORT`` when set (one port per worker process;
+in compose, one per GPU service). Without it the instruments still count, nobody scrapes them.
+"""
+
+from __future__ import annotations
+
+import os
+
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+
+log = structlog.get_logger(__name__)
+
+REGISTRY = CollectorRegistry()
+
+EDITS = Counter("varedit_worker_edits", "Jobs that left this worker, by outcome",
+                ["model", "outcome"], registry=REGISTRY)
+RUN_SECONDS = Histogram("varedit_worker_run_seconds", "Pipeline time of one batch (all its scales)",
+                        ["model"], registry=REGISTRY,
+                        buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300))
+QUEUE_WAIT_SECONDS = Histogram("varedit_worker_queue_wait_seconds", "From acceptance to claim",
+                               ["model"], registry=REGISTRY,
+                               buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 120, 600, 3600))
+SCALES = Counter("varedit_worker_scales", "Scales generated (rate() gives scales per second)",
+                 ["model"], registry=REGISTRY)
+BATCH_SIZE = Histogram("varedit_worker_batch_size", "Jobs per pipeline call", ["model"], registry=REGISTRY,
+                       buckets=(1, 2, 4, 8, 16, 32))
+
+
+def serve_from_env() -> int | None:
+    """Start the metrics endpoint if VAREDIT_WORKER_METRICS_PORT is set; returns the port."""
+    port = os.environ.get("VAREDIT_WORKER_METRICS_PORT")
+    if not port:
+        return None
+    start_http_server(int(port), registry=REGISTRY)
+    log.info("worker_metrics_serving", port=int(port))
+    return int(port)
