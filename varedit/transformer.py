@@ -107,6 +107,10 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor 
 
 
 class VAREditTransformer(nn.Module):
+    """Infinity with the source in front. `forward` trains (teacher forcing); `condition`, `prefill`,
+    `step` and `logits` are the inference steps `sampling.generate` strings together. Module names
+    are the official ones, except that blocks are a flat list (see checkpoints.py for the key map)."""
+
     def __init__(self, cfg: VAREditConfig):
         super().__init__()
         self.cfg = cfg
