@@ -59,6 +59,7 @@ def official_to_ours(state: Mapping[str, torch.Tensor], cfg: VAREditConfig) -> d
     unmapped, nonzero = [], []
     for key, t in state.items():
         if key in _LEGACY_KEYS:
+            log.info("official checkpoint: dropping legacy buffer %s (the official loader drops it too)", key)
             continue
         if key.endswith("zero_k_bias"):
             if torch.count_nonzero(t):
