@@ -201,11 +201,11 @@ class EditRun:
                     job.progress_written_at = now
                 else:
                     keep = self._still_ours(job) or self._heartbeat(job, (k, n_scales))
+                if not keep:
+                    self._stop_after_false_heartbeat(job)
             except SQLAlchemyError:
                 log.warning("job_heartbeat_failed", job_id=job.id, exc_info=True)
                 continue  # the lease still runs; the next scale tries again
-            if not keep:
-                self._stop_after_false_heartbeat(job)
         return any(j.state is JobState.ACTIVE for j in group)
 
     def generate(self) -> None:
