@@ -169,7 +169,12 @@ def platform(tmp_path_factory: pytest.TempPathFactory, e2e_database: str, e2e_br
 
 
 def test_twenty_jobs_over_http_each_run_once_on_two_workers(platform: Platform) -> None:
-    # given two ready workers; when 20 jobs are submitted over HTTP
+    # given two ready workers, as the API reports them
+    ready = platform.client.http.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    models = {m["id"]: m for m in platform.client.http.get("/v1/models").json()["data"]}
+    assert models["tiny"]["ready_workers"] == 2
+    # when 20 jobs are submitted over HTTP
     ids = [platform.submit(f"edit number {i}", i) for i in range(JOBS)]
     # then every one succeeds, once, and its result downloads and decodes
     for i, job_id in enumerate(ids):
