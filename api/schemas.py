@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -189,7 +189,7 @@ class JobPublic(BaseModel):
         )
 
 
-def render_job(job: Job) -> dict:
+def render_job(job: Job) -> dict[str, Any]:
     """The job JSON body (also what is stored for idempotent replays)."""
     return JobPublic.from_job(job).model_dump(mode="json")
 
@@ -224,6 +224,6 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
-def error_responses(*statuses: int) -> dict[int | str, dict]:
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses=`` entries for the error envelope."""
     return {status: {"model": ErrorBody} for status in statuses}

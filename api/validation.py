@@ -38,7 +38,9 @@ def _parse(fields: dict[str, Any]) -> EditCreate:
     try:
         return EditCreate.model_validate(fields)
     except ValidationError as e:
-        details = [{"loc": ["body", *e_["loc"]], "msg": e_["msg"], "type": e_["type"]} for e_ in e.errors()]
+        details = [
+            {"loc": ["body", *err["loc"]], "msg": err["msg"], "type": err["type"]} for err in e.errors()
+        ]
         raise InvalidRequest("the request is not valid", details=details) from None
 
 

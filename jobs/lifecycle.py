@@ -12,7 +12,7 @@ states the transition it expects, so concurrent callers cannot both win and a st
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
@@ -43,7 +43,7 @@ class EditSpec:
     start_timeout_s: int
     priority: int = 0
     webhook_url: str | None = None
-    webhook_events: list[str] | None = field(default=None)
+    webhook_events: list[str] | None = None
 
 
 @dataclass(frozen=True)

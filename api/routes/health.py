@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
+from sqlalchemy.orm import Session, sessionmaker
 
 from api.deps import SessionsDep, SettingsDep, StorageDep
 from api.errors import error_response
 from jobs import lifecycle
+from jobs.settings import Settings
+from jobs.storage import Storage
 
 router = APIRouter(tags=["health"])
 BROKER_TIMEOUT_S = 2
@@ -24,8 +25,10 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-def _checks(request: Request, sessions: Any, storage: Any, settings: Any) -> dict[str, Any]:
-    checks: dict[str, Any] = {}
+def _checks(
+    request: Request, sessions: sessionmaker[Session], storage: Storage, settings: Settings
+) -> dict[str, str]:
+    checks: dict[str, str] = {}
     try:
         with sessions() as session:
             session.execute(text("SELECT 1"))
