@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+import subprocess
+import sys
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -189,3 +191,12 @@ def test_celery_publisher_sends_run_edit_by_name_to_the_model_queue(
 def test_publish_to_a_dead_broker_reports_failure(make_settings: Callable[..., Settings]) -> None:
     settings = make_settings(broker_url=f"redis://127.0.0.1:{redis_server.free_port()}/0")
     assert not publish_quietly(CeleryPublisher(make_celery(settings)), "job-1", "tiny")
+
+
+def test_jobs_package_depends_on_nothing_of_ours() -> None:
+    modules = "db, idempotency, lifecycle, logging, models, notify, queue, redis_server, service, storage"
+    code = (
+        f"import sys; from jobs import {modules}; "
+        "bad = [m for m in ('torch', 'varedit', 'api', 'worker') if m in sys.modules]; assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent)
