@@ -62,7 +62,10 @@ class RedisServer:
             redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
             "--save", "", "--appendonly", "no", "--dir", str(self.workdir),
         ]  # fmt: skip
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # Own session: a Ctrl-C to the foreground group must not kill the broker before the workers drain.
+        self.process = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+        )
         deadline = time.monotonic() + START_TIMEOUT_S
         while not redis_reachable(self.url, timeout_s=0.2):
             if self.process.poll() is not None:

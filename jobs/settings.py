@@ -39,7 +39,9 @@ class Settings(BaseSettings):
     storage_url: str = ""  # empty: file://<data_dir>/objects ; or s3://bucket/prefix
     s3_endpoint_url: str | None = None  # MinIO or any S3-compatible endpoint
     s3_region: str = "us-east-1"
-    model_path: Path | None = None  # None: the small model shipped with the package
+    model_path: str | None = None  # a folder, or fake:// for the instant test model; None: the bundled model
+    device: str | None = None  # "cuda", "cuda:1", "cpu"; None: CUDA when available
+    dtype: str | None = None  # "bfloat16", "float32"; None: the pipeline's default for the device
     models: list[str] = Field(default_factory=lambda: ["tiny"])  # model names served by this deployment
     model_resolutions: dict[str, list[int]] = Field(default_factory=lambda: dict(KNOWN_RESOLUTIONS))
     worker_id: str = Field(default_factory=_default_worker_id)
