@@ -35,7 +35,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from PIL import Image, ImageOps
 
-FAKE_SCHEME = "fake:"  # `fake://?...`; a Path setting collapses it to `fake:/?...`
+FAKE_SCHEME = "fake:"  # `fake://?...` (also accepted: `fake:/?...`, `fake:?...`)
 
 
 def is_fake_path(path: str | None) -> bool:

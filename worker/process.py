@@ -96,9 +96,8 @@ def _init_pool_child(sender: str | None = None, **_: Any) -> None:
 def load_model(model: str) -> None:
     settings = get_runtime().settings
     path = resolve_model_path(settings.model_path, model)
-    POOL.load(model, path, variant=None if is_fake_path(path) else model,
-              device=os.environ.get("VAREDIT_DEVICE") or None, dtype=os.environ.get("VAREDIT_DTYPE") or None,
-              warmup_resolutions=settings.resolutions(model))
+    POOL.load(model, path, variant=None if is_fake_path(path) else model, device=settings.device,
+              dtype=settings.dtype, warmup_resolutions=settings.resolutions(model))
 
 
 @worker_process_shutdown.connect
