@@ -22,6 +22,15 @@ GOLDEN = Path(__file__).parent / "data" / "golden"
 REPO = Path(__file__).parent.parent
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads, and a shared CI machine makes spinning threads slow."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def assert_close_but_isolated(actual, expected, atol=1e-5, max_outlier_rows=2, outlier_atol=5e-3):
     """1e-5, except at most two token rows moved by a bf16 rounding tie in cross-attention (errata E3)."""
     err_rows = (actual - expected).abs().flatten(0, -2).amax(-1)
@@ -186,7 +195,8 @@ def test_cli_edits_a_png_end_to_end(tmp_path, capsys):
     # the module entry point in a fresh interpreter
     out2 = tmp_path / "out2.png"
     subprocess.run([sys.executable, "-m", "varedit.cli", "edit", str(src), "add a moon", "-o", str(out2),
-                    "--model", str(model), "--seed", "5"], check=True, cwd=REPO, capture_output=True)
+                    "--model", str(model), "--seed", "5", "--threads", "1"], check=True, cwd=REPO,
+                   capture_output=True)
     assert np.array_equal(np.asarray(Image.open(out2)), np.asarray(Image.open(out)))
 
 

@@ -22,6 +22,8 @@ def _edit(args: argparse.Namespace) -> int:
     from .pipeline import EditPipeline, load_image
 
     image = load_image(args.image)  # fail on a bad input before loading a model
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dtype = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     pipe = EditPipeline.from_pretrained(args.model, variant=args.variant, device=args.device, dtype=dtype)
     t0 = time.perf_counter()
@@ -66,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
     e.add_argument("--dtype", choices=["auto", "fp32", "bf16"], default="auto",
                    help="transformer block dtype (auto: bf16 on CUDA, fp32 on CPU)")
+    e.add_argument("--threads", type=int, help="CPU threads (results can differ in the last bits per count)")
     e.set_defaults(func=_edit)
 
     c = sub.add_parser("convert", help="official release folder -> our folder format")
