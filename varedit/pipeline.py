@@ -178,7 +178,8 @@ class EditPipeline:
         images: PIL images or paths (any size and mode; one per instruction).
         instructions: one text per image, used verbatim.
         seeds: one per image (int), or None for random seeds. Same seed and inputs -> same output,
-            whatever else is in the batch. The seed used is in `out.info["seed"]`.
+            whatever else is in the batch (on the same device, dtype and CPU thread count, which
+            change float rounding). The seed used is in `out.info["seed"]`.
         cfg: classifier-free guidance on logits (1 = off, 3 = default); a scalar or one per scale.
         tau: logit temperature (default 0.5; lower is closer to greedy); scalar or per scale.
         on_scale: called as on_scale(k, K) after scale k (1-based) of K; returning False stops the
