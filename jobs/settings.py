@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     stranded_after_s: int = Field(300, gt=0)  # queued with no publish for this long -> republish
     result_ttl_s: int = Field(7 * 24 * 3600, gt=0)  # results and sources are deleted after this
     idempotency_ttl_s: int = Field(24 * 3600, gt=0)
-    max_batch: int = Field(4, ge=1)
+    max_batch: int = Field(1, ge=1)  # jobs of one model+resolution run as one batch; raise it on GPUs
     worker_stale_s: int = Field(60, gt=0)  # a worker silent this long is not counted as ready
     presigned_url_s: int = Field(300, gt=0)
 
