@@ -339,7 +339,7 @@ def serve(argv: Sequence[str]) -> int:
         _say(f"starting: API {platform.url}, data in {platform.env['VAREDIT_DATA_DIR']}"
              + ("" if args.log_to_console else f", logs in {log_dir}"))
         platform.wait_ready()
-        _say(f"ready: {platform.url}  (web page {platform.url}/ , API {platform.url}/v1 ; Ctrl-C stops)")
+        _say(f"ready: {platform.url}  (API {platform.url}/v1 , docs {platform.url}/docs ; Ctrl-C stops)")
         if args.ready_file:
             tmp = args.ready_file.with_suffix(".tmp")
             children = [c.process.pid for c in platform.children if c.process]
