@@ -1,22 +1,22 @@
-"""Write assets/sample.png: the small image the demo edits (a red circle and a blue square on a
-light background, 256x256). Deterministic, no downloads; rerun to regenerate."""
+"""Write assets/sample.png, the image the demo edits: a scene from the bundled model's own world
+(varedit.train.data), a large red circle and a large blue square on white, 64x64. Deterministic;
+rerun to regenerate."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from PIL import Image, ImageDraw
+from PIL import Image
 
-SIZE = 256
+from varedit.train.data import Obj, Scene, render
 
 
 def make_sample() -> Image.Image:
-    image = Image.new("RGB", (SIZE, SIZE), (236, 232, 220))
-    draw = ImageDraw.Draw(image)
-    draw.rectangle((0, 188, SIZE, SIZE), fill=(120, 170, 90))  # grass
-    draw.ellipse((40, 60, 130, 150), fill=(210, 40, 40), outline=(90, 10, 10), width=3)  # red circle
-    draw.rectangle((150, 96, 220, 166), fill=(40, 80, 200), outline=(10, 20, 80), width=3)  # blue square
-    return image
+    scene = Scene(background="white", objects=(
+        Obj(shape="circle", color="red", size="large", cell=3),   # middle left
+        Obj(shape="square", color="blue", size="large", cell=5),  # middle right
+    ))
+    return Image.fromarray(render(scene))
 
 
 def main() -> None:
