@@ -13,6 +13,8 @@ Each held-out record (phrasings and attribute combinations never seen in trainin
   wrong colour 5-10 dB, the right colour at the wrong place or size 8-15 dB. 20 dB is an RMS error of
   26/255, i.e. the region is visibly the target's, and the "closer to target" rule rejects partial
   edits that merely blur the region;
+* closer: the weaker criterion alone (output closer to the target than to the source in the mask:
+  the edit went the right way, whatever the VAE's fidelity);
 * preservation: PSNR between output and source outside the mask (what must not change);
 * latency: wall time of one `edit` call (batch 1), after one warm-up call.
 
@@ -51,6 +53,7 @@ def score(rec: Record, out: np.ndarray) -> dict:
         "novelty": novelty(rec),
         "edit_psnr": edit,
         "success": bool(edit >= SUCCESS_DB and edit > to_src),
+        "closer": bool(edit > to_src),
         "preservation": masked_psnr(out, rec.source, ~rec.mask),
     }
 
@@ -65,13 +68,14 @@ def novelty(rec: Record) -> str:
 
 
 def summarize(rows: list[dict], latencies: list[float]) -> str:
-    lines = [f"{'group':<16}{'n':>5}{'success':>10}{'edit dB':>10}{'preserve dB':>13}"]
+    lines = [f"{'group':<16}{'n':>5}{'success':>10}{'closer':>9}{'edit dB':>10}{'preserve dB':>13}"]
 
     def line(name: str, rs: list[dict]) -> None:
         if rs:
             succ, edit = np.mean([r["success"] for r in rs]), np.mean([r["edit_psnr"] for r in rs])
-            keep = np.mean([r["preservation"] for r in rs])
-            lines.append(f"{name:<16}{len(rs):>5}{100 * succ:>9.1f}%{edit:>10.2f}{keep:>13.2f}")
+            closer, keep = np.mean([r["closer"] for r in rs]), np.mean([r["preservation"] for r in rs])
+            lines.append(f"{name:<16}{len(rs):>5}{100 * succ:>9.1f}%{100 * closer:>8.1f}%"
+                         f"{edit:>10.2f}{keep:>13.2f}")
 
     by_kind, by_nov = defaultdict(list), defaultdict(list)
     for r in rows:
@@ -79,10 +83,10 @@ def summarize(rows: list[dict], latencies: list[float]) -> str:
         by_nov[r["novelty"]].append(r)
     for k in EDIT_KINDS:
         line(k, by_kind[k])
-    lines.append("-" * 54)
+    lines.append("-" * 63)
     for k in ("phrasing", "combination", "both"):
         line(f"new {k}", by_nov[k])
-    lines.append("-" * 54)
+    lines.append("-" * 63)
     line("overall", rows)
     if latencies:
         lat = np.array(latencies) * 1000

@@ -1,8 +1,15 @@
 """Train the BSQ multi-scale VAE of the small model on generated shape images.
 
 Loss = L1 + MSE reconstruction through the multi-scale quantizer (straight-through), plus the
-quantizer's own terms: a commitment loss pulling each normalised residual towards its binary
-corner, and the BSQ entropy term (confident bits per token, balanced bits over the batch).
+quantizer's own terms: a commitment loss ||f - sg(sum of codes)||^2 on the raw encoder output, and
+the BSQ entropy term (confident bits per token, balanced bits over the batch).
+
+Why the commitment acts on the raw features: BSQ normalises every residual, so each scale adds a
+code of norm 1 per token. Nothing else bounds the encoder's output; left alone it grows (we saw
+|f| ~ 14 per token after 1600 steps), every scale then quantizes nearly the same direction (the sum
+of codes can never catch up with f), and the straight-through gradient, divided by |f| in the
+normalisation, all but vanishes: the VAE learns the background colours and never the objects.
+Keeping f at the scale of the summed codes makes each scale refine the previous one.
 The official BSQ module stubs these losses out at inference; they only matter for training.
 
     python -m varedit.train.vae --steps 2500 --out runs/vae
@@ -50,6 +57,8 @@ class VAETrainConfig:
     ckpt_every: int = 200
     eval_every: int = 250
     threads: int = 1
+    init: str = ""  # start from this checkpoint's weights (a fresh optimizer)
+    decoder_only: bool = False  # freeze encoder (and so every bit label); train the decoder only
 
 
 class ShapesVAE(nn.Module):
@@ -67,22 +76,24 @@ class ShapesVAE(nn.Module):
 
     def quantize(self, f_BdHW: torch.Tensor, schedule=SHAPES_SCHEDULE, temp: float = 1.0):
         """Multi-scale residual BSQ -> (summed codes (B, dq, H, W), commitment loss, entropy loss)."""
+        z: torch.Tensor | float
         residual = f_BdHW.unsqueeze(2)  # (B, dq, 1, H, W)
         full = tuple(residual.shape[-3:])
-        z, commit, ent = 0.0, 0.0, 0.0
+        z, ent = 0.0, 0.0
         d = self.cfg.codebook_dim
         for grid in schedule:
             r = F.interpolate(residual, size=grid, mode=DOWN_MODE) if tuple(grid) != full else residual
             q, _ = self.bsq(r)
             u = F.normalize(r, dim=1)  # the value q straight-throughs
-            commit = commit + ((u - q.detach()) ** 2).sum(1).mean()
             p = torch.sigmoid(2 * temp * u * d**0.5)  # soft P(bit = 1), (B, dq, 1, h, w)
             ent = ent + _bin_entropy(p).sum(1).mean() - _bin_entropy(p.mean((0, 2, 3, 4))).sum()
             if tuple(grid) != full:
                 q = F.interpolate(q, size=full, mode=UP_MODE)
             residual = residual - q.detach()
             z = z + q
-        return z.squeeze(2), commit / len(schedule), ent / len(schedule)
+        z = z.squeeze(2)
+        commit = ((f_BdHW - z.detach()) ** 2).sum(1).mean()  # per token, summed over bits
+        return z, commit, ent / len(schedule)
 
     def forward(self, x_B3HW: torch.Tensor, temp: float = 1.0):
         z, commit, ent = self.quantize(self.encoder(x_B3HW), temp=temp)
@@ -121,7 +132,12 @@ def train(cfg: VAETrainConfig, out: Path) -> ShapesVAE:
     torch.manual_seed(cfg.seed)
     dev = device()
     model = ShapesVAE().to(dev)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+    if cfg.init:
+        load_checkpoint(cfg.init, {"vae": model})
+    if cfg.decoder_only:  # the transformer's labels depend only on the encoder: it can keep training
+        model.encoder.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
     ckpt, log = out / "ckpt.pt", LossLog(out / "log.jsonl")
     step = 0
     if ckpt.exists():
@@ -138,7 +154,7 @@ def train(cfg: VAETrainConfig, out: Path) -> ShapesVAE:
         loss = rec + cfg.commit * commit + cfg.entropy * ent
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         bar.set_postfix(rec=f"{rec.item():.4f}", psnr=f"{psnr(y.detach(), x):.1f}")
         values = {"loss": loss.item(), "rec": rec.item(),
@@ -156,7 +172,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("runs/vae"))
     for name, value in asdict(VAETrainConfig()).items():
-        p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+        kind = (lambda s: s.lower() in ("1", "true", "yes")) if isinstance(value, bool) else type(value)
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=value)
     args = vars(p.parse_args(argv))
     out = args.pop("out")
     train(VAETrainConfig(**args), out)
