@@ -20,6 +20,7 @@ KNOWN_RESOLUTIONS: dict[str, list[int]] = {
     "8B-512": [512],
     "8B-1024": [1024],
     "tiny": [32],
+    "shapes-64": [64],  # the small model bundled in models/varedit-shapes-64
 }
 
 
@@ -42,7 +43,7 @@ class Settings(BaseSettings):
     model_path: str | None = None  # a folder, or fake:// for the instant test model; None: the bundled model
     device: str | None = None  # "cuda", "cuda:1", "cpu"; None: CUDA when available
     dtype: str | None = None  # "bfloat16", "float32"; None: the pipeline's default for the device
-    models: list[str] = Field(default_factory=lambda: ["tiny"])  # model names served by this deployment
+    models: list[str] = Field(default_factory=lambda: ["shapes-64"])  # model names served by this deployment
     model_resolutions: dict[str, list[int]] = Field(default_factory=lambda: dict(KNOWN_RESOLUTIONS))
     worker_id: str = Field(default_factory=_default_worker_id)
 

@@ -233,7 +233,9 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
     """``make_settings(**overrides)``: settings rooted in this test's tmp folder, without any ``.env``."""
 
     def make(**overrides: Any) -> Settings:
-        values: dict[str, Any] = {"data_dir": tmp_path / "data", "log_json": False, **overrides}
+        # The tests serve the "tiny" variant (32 px), whatever model the deployment default bundles.
+        values: dict[str, Any] = {"data_dir": tmp_path / "data", "log_json": False, "models": ["tiny"],
+                                  **overrides}
         return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
     return make

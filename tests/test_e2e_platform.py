@@ -186,10 +186,14 @@ def test_twenty_jobs_over_http_each_run_once_on_two_workers(platform: Platform) 
         image.load()
         assert image.size == (48, 48)
         assert image.getpixel((0, 0)) != Image.open(io.BytesIO(_png(i))).getpixel((0, 0))  # it was edited
+    # a worker logs edit_succeeded just after the commit the client saw: wait for the lines, then count
+    children = platform.embedded.edit_children()
+    _wait_for(lambda: sum(len(platform.log_events(c.name, "edit_succeeded")) for c in children) >= JOBS,
+              "every edit_succeeded log line")
     succeeded = Counter()
     started = Counter()
     by_worker = Counter()
-    for child in platform.embedded.edit_children():
+    for child in children:
         for record in platform.log_events(child.name, "edit_succeeded"):
             succeeded[record["job_id"]] += 1
             by_worker[child.name] += 1
@@ -264,8 +268,11 @@ def test_kill_9_mid_job_still_completes_the_job_exactly_once(platform: Platform,
     row = platform.row(job_id)
     assert row.result_key and row.result_key.endswith("result-2.png")
     assert platform.objects(job_id) == ["result-2.png", "source.png"]  # the dead attempt wrote nothing
-    successes = [(c.name, r["attempt"]) for c in edit_children
-                 for r in platform.log_events(c.name, "edit_succeeded") if r["job_id"] == job_id]
+    def successes_of_job() -> list[tuple[str, int]]:
+        return [(c.name, r["attempt"]) for c in edit_children
+                for r in platform.log_events(c.name, "edit_succeeded") if r["job_id"] == job_id]
+
+    successes = _wait_for(successes_of_job, "the edit_succeeded log line")
     assert successes == [(successes[0][0], 2)]  # one run completed it: the second attempt
     if target == "whole-worker":
         assert successes[0][0] != victim.name and row.worker_id.startswith(successes[0][0] + "@")

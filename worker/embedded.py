@@ -163,9 +163,7 @@ class EmbeddedPlatform:
             "VAREDIT_STORAGE_URL": settings.storage_url,
             "PYTHONUNBUFFERED": "1",
         }
-        model_path = _model_path(settings, data_dir)
-        if model_path is not None:
-            self.env["VAREDIT_MODEL_PATH"] = model_path
+        _check_model(settings)
         from jobs.db import migrate
 
         migrate(settings.database_url)
@@ -249,27 +247,13 @@ class EmbeddedPlatform:
         self.stop()
 
 
-def _model_path(settings, data_dir: Path) -> str | None:  # type: ignore[no-untyped-def]
-    """The model the workers load: VAREDIT_MODEL_PATH, else the bundled one, else (for the tiny
-    variant only) a randomly initialised tiny model written once under the data folder, so the
-    platform runs end to end on any machine. Its edits are noise: it has never been trained."""
+def _check_model(settings) -> None:  # type: ignore[no-untyped-def]
+    """Fail before starting anything when the workers would have no model to load."""
     from worker.pool import bundled_model
 
-    if settings.model_path is not None:
-        return None  # the children read it from the environment already
-    model = settings.default_model
-    if bundled_model(model) is not None:
-        return None
-    if model != "tiny":
-        raise RuntimeError(f"no bundled model for {model!r}: pass --model-path or set VAREDIT_MODEL_PATH")
-    folder = data_dir / "models" / "random-tiny"
-    if not (folder / "config.json").exists():
-        _say(f"no trained model is bundled: writing a random tiny model to {folder} (its edits are noise)")
-        cmd = [sys.executable, "-m", "varedit.cli", "random", str(folder), "--config", "tiny"]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"writing the random tiny model failed:\n{done.stderr[-2000:]}")
-    return str(folder)
+    if settings.model_path is None and bundled_model(settings.default_model) is None:
+        raise RuntimeError(f"no bundled model for {settings.default_model!r}: "
+                           "pass --model-path or set VAREDIT_MODEL_PATH")
 
 
 def _settings_for(env: dict[str, str]):  # type: ignore[no-untyped-def]
