@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-INSTRUCTION=${1:-"make the red circle blue"}
+INSTRUCTION=${1:-"remove the red circle"}
 IMAGE=${DEMO_IMAGE:-assets/sample.png}
 OUT=${DEMO_OUT:-out/demo-edit.png}
 DATA_DIR=${VAREDIT_DATA_DIR:-data/demo}
