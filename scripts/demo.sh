@@ -8,7 +8,7 @@
 #
 # Environment: PYTHON (interpreter for the venv, default python3), VAREDIT_MODEL_PATH (a model
 # folder; default: the bundled model), DEMO_IMAGE (default assets/sample.png), DEMO_OUT (default
-# out/demo-edit.png), VAREDIT_DATA_DIR (default data/demo).
+# out/demo-edit.png), VAREDIT_DATA_DIR (default data/demo), DEMO_SEED/DEMO_CFG/DEMO_TAU (1, 2, 0.3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -61,7 +61,9 @@ URL=$(python -c 'import json, sys; print(json.load(open(sys.argv[1]))["url"])' "
 
 # 3. one edit through the HTTP API, like any client would
 echo "demo: submitting $IMAGE with \"$INSTRUCTION\" to $URL"
-python -m worker.client submit "$IMAGE" "$INSTRUCTION" --url "$URL" --wait -o "$OUT" >/dev/null
+# seed, cfg and tau: a reproducible edit with the settings the bundled model's card recommends
+python -m worker.client submit "$IMAGE" "$INSTRUCTION" --url "$URL" --wait -o "$OUT" \
+  --seed "${DEMO_SEED:-1}" --cfg "${DEMO_CFG:-2}" --tau "${DEMO_TAU:-0.3}" >/dev/null
 
 # 4. stop everything, then say where the result is
 stop_platform

@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -35,6 +36,10 @@ def _env(data_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VAREDIT_")}
     env.update({"VAREDIT_DATA_DIR": str(data_dir), "VAREDIT_LOG_JSON": "true", "PYTHONUNBUFFERED": "1"})
     return env
+
+
+def _mean_rgb(image: Image.Image) -> tuple[float, ...]:
+    return tuple(np.asarray(image, dtype=np.float64).reshape(-1, 3).mean(0))
 
 
 def _processes_with(marker: str) -> list[int]:
@@ -161,8 +166,16 @@ def test_demo_script_edits_the_sample_through_the_api(tmp_path: Path) -> None:
     lines = done.stdout.strip().splitlines()
     assert lines[-1] == f"demo: result saved to {out}", lines
     assert "varedit-serve: stopped" in lines
-    result = Image.open(out)
-    result.load()
+    result = Image.open(out).convert("RGB")
     assert result.size == Image.open(SAMPLE).size
+    # and the edit is real: "remove the red circle" turned the circle's area into the white background
+    # and left the blue square where it was (regions from scripts/make_sample_image.py: cells 3 and 5)
+    circle, square = (2, 26, 20, 38), (44, 26, 62, 38)
+    red_before, red_after = (_mean_rgb(Image.open(SAMPLE).convert("RGB").crop(circle)),
+                             _mean_rgb(result.crop(circle)))
+    assert red_before[0] - red_before[1] > 100 and red_after[0] - red_after[1] < 40, (red_before, red_after)
+    assert min(red_after) > 180, red_after  # background, not a dark smear
+    blue_after = _mean_rgb(result.crop(square))
+    assert blue_after[2] - blue_after[0] > 80, blue_after
     assert "ready: http://127.0.0.1:" in done.stdout
     assert _wait_gone(str(data_dir)) == []  # the demo stopped everything it started
