@@ -61,6 +61,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     grad_clip: float = 2.0
     text_drop: float = 0.1  # cond_drop_rate: null text for CFG
+    edit_weight: float = 1.0  # loss weight multiplier of tokens inside the edit mask (1: official loss)
     flip_layers: int = 4  # bitwise self-correction on scales 0..flip_layers-1
     flip_strength: float = 0.2  # max flip probability
     reweight: bool = True  # per-scale token weights 1/sqrt(l_k)
@@ -122,6 +123,7 @@ class Encoded:
     instructions: list[str]
     source_BLd: torch.Tensor  # source reference tokens (raw features, finest grid)
     target_BdHW: torch.Tensor  # raw features of the target image
+    edit_BL: torch.Tensor  # 1 for target tokens (all scales) whose area overlaps the edit mask
 
 
 @torch.no_grad()
@@ -129,7 +131,9 @@ def encode_records(records: list[Record], vae: VAE) -> Encoded:
     dev = next(vae.parameters()).device
     src = vae.img_to_source_tokens(to_tensor(np.stack([r.source for r in records])).to(dev))
     tgt = vae.encode_features(to_tensor(np.stack([r.target for r in records])).to(dev))
-    return Encoded([r.instruction for r in records], src, tgt)
+    mask = torch.from_numpy(np.stack([r.mask for r in records])).float()[:, None]  # (B, 1, H, W)
+    edit = torch.cat([F.adaptive_max_pool2d(mask, hw).flatten(1) for hw in SCHEDULE], 1)  # (B, L)
+    return Encoded([r.instruction for r in records], src, tgt, edit.to(dev))
 
 
 class Batches:
@@ -161,6 +165,7 @@ def batch_tensors(enc: Encoded, vae: VAE, text: TextCache, flip: SelfCorrection 
 
 
 def bit_loss(logits_BLV: torch.Tensor, labels_BLd: torch.Tensor, weights_L: torch.Tensor) -> torch.Tensor:
+    """weights: (L,) or per sample (B, L), each summing to 1."""
     B, L, d = labels_BLd.shape
     ce = F.cross_entropy(logits_BLV.reshape(B * L * d, 2), labels_BLd.reshape(-1), reduction="none")
     return (ce.view(B, L, d).mean(-1) * weights_L).sum(-1).mean()
@@ -222,6 +227,9 @@ def train_step(model, opt, vae, text, flip, weights, enc: Encoded, lr, cfg: Trai
         g["lr"] = lr
     t, src, x, labels = batch_tensors(enc, vae, text, flip)
     null_B = torch.rand(len(enc.instructions)) < cfg.text_drop
+    if cfg.edit_weight != 1.0:  # the edited tokens are a small share of the loss: count them more
+        weights = weights * (1 + (cfg.edit_weight - 1) * enc.edit_BL)
+        weights = weights / weights.sum(1, keepdim=True)
     loss = bit_loss(model(t, src, x, SCHEDULE, null_B), labels, weights)
     opt.zero_grad(set_to_none=True)
     loss.backward()
