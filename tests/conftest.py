@@ -334,3 +334,15 @@ class ApiHarness:
 
     def __exit__(self, *exc: object) -> None:
         self.client.__exit__(*exc)
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """torch on one thread: the golden references ran on one (two round convolutions differently), and
+    tiny models gain nothing from threads on a shared CI machine."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

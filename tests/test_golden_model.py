@@ -27,13 +27,7 @@ from varedit.text import TextEncoder, TextFeatures
 GOLDEN = Path(__file__).parent / "data" / "golden"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The references ran on one thread; with two, convolutions round differently (pixels move by 1)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def assert_close_but_isolated(actual: torch.Tensor, expected: torch.Tensor, atol: float = 1e-5,

@@ -22,13 +22,7 @@ GOLDEN = Path(__file__).parent / "data" / "golden"
 REPO = Path(__file__).parent.parent
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and a shared CI machine makes spinning threads slow."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def assert_close_but_isolated(actual, expected, atol=1e-5, max_outlier_rows=2, outlier_atol=5e-3):
