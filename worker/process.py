@@ -86,11 +86,11 @@ def _init_pool_child(sender: str | None = None, **_: Any) -> None:
         POOL.clear()
         os.kill(os.getppid(), signal.SIGTERM)  # warm shutdown of the whole worker; tasks won't claim
         return
+    metrics.serve_from_env()
+    log.info("worker_ready", models=models, pid=os.getpid())  # logged before the row flips, never after
     beats.beat(ready=True)
     beats.start()
-    metrics.serve_from_env()
     _heartbeat_thread = beats
-    log.info("worker_ready", models=models, pid=os.getpid())
 
 
 def load_model(model: str) -> None:
