@@ -98,3 +98,20 @@ def test_vae_step_reduces_reconstruction_loss():
         losses.append(loss.item())
     assert losses[-1] < losses[0]
     assert set(m.state_dict()) - {"bsq.mask"} <= set(VAE(SHAPES_VAE).state_dict())
+
+
+def test_init_continues_an_exported_model_folder(parts, tmp_path):
+    """`--init FOLDER` starts from the folder's transformer and VAE, and refuses another variant."""
+    from varedit.checkpoints import CheckpointError, save_pretrained
+
+    vae, _ = parts
+    model, _ = _model_and_opt()
+    folder = save_pretrained(tmp_path / "model", model.cfg, model, vae)
+    cfg = T.TrainConfig(depth=1, width=64, heads=2, init=str(folder))
+    vae2, _, model2 = T.build(cfg, tmp_path / "missing-vae.pt")
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, model2.state_dict()[k]), k
+    for k, v in vae.state_dict().items():
+        assert torch.equal(v, vae2.state_dict()[k]), k
+    with pytest.raises(CheckpointError):
+        T.init_state(folder, T.shapes_config(depth=2, width=64, heads=2))

@@ -2,6 +2,9 @@
 
     python -m varedit.train.export --vae runs/vae/ckpt.pt --transformer runs/tf/ckpt.pt \\
         --text-encoder runs/text_encoder --out models/varedit-shapes-64
+
+After `--init` fine-tuning, the VAE and T5 are the folder's own: `--vae models/varedit-shapes-64
+--text-encoder models/varedit-shapes-64/text_encoder` (exporting into that folder keeps them).
 """
 
 from __future__ import annotations

@@ -17,6 +17,11 @@ its word-level vocabulary is tiny, a random T5 already maps every word and word 
 features, and training it would only add a way to overfit the training phrasings.
 
     python -m varedit.train.transformer --vae runs/vae/ckpt.pt --out runs/tf --steps 6000
+
+To continue training an exported model (the training run's optimizer state need not exist), start
+from its folder: transformer weights, VAE (so the same bit labels) and T5 (the same text features):
+
+    python -m varedit.train.transformer --init models/varedit-shapes-64 --out runs/tf-ft --edit-weight 4
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from .. import checkpoints as ckpts
 from ..config import VAREditConfig
 from ..text import TextEncoder, TextFeatures
 from ..transformer import VAREditTransformer
@@ -73,10 +79,13 @@ class TrainConfig:
     ckpt_every: int = 200
     eval_every: int = 250
     threads: int = 1
+    init: str = ""  # an exported model folder: start from its weights, VAE and T5 (a fresh optimizer)
 
 
 def load_trained_vae(path: str | Path) -> VAE:
-    """A VAE from a `varedit.train.vae` checkpoint (or a plain VAE state dict)."""
+    """A VAE from a `varedit.train.vae` checkpoint, a plain VAE state dict or an exported model folder."""
+    if Path(path).is_dir():
+        return ckpts.load_vae(Path(path) / ckpts.VAE_FILE, ckpts.read_config(Path(path)))
     state = torch.load(path, map_location="cpu", weights_only=False)
     sd = state["modules"]["vae"] if "modules" in state else state
     sd = {k: v for k, v in sd.items() if not k.startswith("bsq.")}
@@ -84,6 +93,13 @@ def load_trained_vae(path: str | Path) -> VAE:
     missing, unexpected = vae.load_state_dict(sd, strict=False)
     assert not unexpected and all(k.endswith("lfq.mask") for k in missing), (missing, unexpected)
     return vae.eval().requires_grad_(False)
+
+
+def init_state(folder: Path, cfg: VAREditConfig) -> dict[str, torch.Tensor]:
+    """Float32 transformer weights of an exported model folder, checked against `cfg` (same variant)."""
+    if ckpts.read_config(folder) != cfg:
+        raise ckpts.CheckpointError(f"{folder} holds another configuration than the one being trained")
+    return ckpts.load_transformer_safetensors(folder / ckpts.TRANSFORMER_FILE, cfg).float().state_dict()
 
 
 class TextCache:
@@ -186,13 +202,25 @@ def evaluate(model, vae, text, n: int = 64) -> dict[str, float]:
             "last_tok_acc": tok_ok[:, -64:].mean().item()}
 
 
+def build(cfg: TrainConfig, vae_path: Path) -> tuple[VAE, TextCache, VAREditTransformer]:
+    """The frozen VAE and T5 and the transformer to train. With `cfg.init` all three come from that
+    exported folder: its transformer was trained on exactly these bit labels and text features."""
+    text_dir = Path(cfg.text_encoder)
+    if cfg.init:
+        vae_path, text_dir = Path(cfg.init), Path(cfg.init) / ckpts.TEXT_ENCODER_DIR
+    vae, text = load_trained_vae(vae_path), TextCache(make_text_encoder(text_dir))
+    model = VAREditTransformer(shapes_config(cfg.depth, cfg.width, cfg.heads))
+    if cfg.init:
+        model.load_state_dict(init_state(Path(cfg.init), model.cfg))
+    return vae, text, model
+
+
 def train(cfg: TrainConfig, vae_path: Path, out: Path) -> VAREditTransformer:
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     dev = device()
-    vae = load_trained_vae(vae_path).to(dev)
-    text = TextCache(make_text_encoder(cfg.text_encoder))
-    model = VAREditTransformer(shapes_config(cfg.depth, cfg.width, cfg.heads)).to(dev).train()
+    vae, text, model = build(cfg, vae_path)
+    vae, model = vae.to(dev), model.to(dev).train()
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embed" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
