@@ -35,6 +35,14 @@ class InvalidRequest(JobsError):
     code, status = "invalid_request", 422
 
 
+class WebhookUrlNotAllowed(JobsError):
+    code, status = "webhook_url_not_allowed", 422
+
+
+class WebhooksNotConfigured(JobsError):
+    code, status = "webhooks_not_configured", 422
+
+
 class InvalidImage(JobsError):
     code, status = "invalid_image", 422
 

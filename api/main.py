@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from api.errors import install_error_handlers
 from api.metrics import Metrics
 from api.middleware import RequestContextMiddleware
-from api.routes import edits, health, jobs, models
+from api.routes import edits, health, jobs, models, webhooks
 from api.watch import JobWatcher
 from jobs.db import make_engine, make_sessionmaker
 from jobs.logging import configure_logging
@@ -59,7 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = Metrics()
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)
-    for module in (edits, jobs, models, health):
+    for module in (edits, jobs, webhooks, models, health):
         app.include_router(module.router)
     return app
 

@@ -11,15 +11,16 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy.orm import Session, sessionmaker
 
-from jobs import lifecycle
-from jobs.models import JobStatus
+from jobs import lifecycle, webhooks
+from jobs.models import DeliveryStatus, JobStatus
 from jobs.settings import Settings
 
 log = structlog.get_logger(__name__)
 
 
 class JobsCollector(Collector):
-    """Jobs by model and state, queue depth and oldest queued age per model, ready workers per model."""
+    """Jobs by model and state, queue depth and oldest queued age per model, ready workers per model,
+    webhook messages by event and outcome."""
 
     def __init__(self, sessions: sessionmaker[Session], settings: Settings) -> None:
         self.sessions = sessions
@@ -31,6 +32,7 @@ class JobsCollector(Collector):
                 counts = lifecycle.count_by_status(session)
                 queues = lifecycle.queue_stats(session)
                 ready = lifecycle.ready_workers(session, self.settings.worker_stale_s)
+                deliveries = webhooks.count_by_status(session)
         except Exception:
             log.warning("metrics_collect_failed", exc_info=True)
             return
@@ -48,7 +50,13 @@ class JobsCollector(Collector):
             depth.add_metric([model], stats.depth)
             oldest.add_metric([model], stats.oldest_age_s)
             workers.add_metric([model], ready.get(model, 0))
-        yield from (jobs, depth, oldest, workers)
+        hooks = GaugeMetricFamily(
+            "varedit_webhook_deliveries", "Webhook messages by event and outcome", labels=["event", "status"]
+        )
+        for event in webhooks.EVENTS:
+            for status in DeliveryStatus:
+                hooks.add_metric([event, status.value], deliveries.get((event, status), 0))
+        yield from (jobs, depth, oldest, workers, hooks)
 
 
 class Metrics:

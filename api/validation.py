@@ -19,9 +19,12 @@ from api.errors import (
     PayloadTooLarge,
     UnsupportedImageFormat,
     UnsupportedMediaType,
+    WebhooksNotConfigured,
+    WebhookUrlNotAllowed,
 )
 from api.schemas import EditCreate
 from jobs.lifecycle import EditSpec
+from jobs.netguard import UnsafeURL, check_url_syntax
 from jobs.settings import Settings
 
 FORM_OVERHEAD_BYTES = 64 * 1024  # room for form fields and multipart framing next to the image
@@ -145,6 +148,8 @@ def build_spec(fields: EditCreate, settings: Settings) -> EditSpec:
     seed = secrets.randbelow(settings.seed_max + 1) if fields.seed is None else fields.seed
     if not 0 <= seed <= settings.seed_max:
         raise _range_error("seed", seed, 0, settings.seed_max)
+    if fields.webhook_url is not None:
+        check_webhook_url(fields.webhook_url, settings)
     start_timeout_s = fields.start_timeout_s or settings.start_timeout_s
     if start_timeout_s > settings.start_timeout_s:
         raise _range_error("start_timeout_s", start_timeout_s, 1, settings.start_timeout_s)
@@ -160,3 +165,13 @@ def build_spec(fields: EditCreate, settings: Settings) -> EditSpec:
         webhook_url=fields.webhook_url,
         webhook_events=list(fields.webhook_events) if fields.webhook_events else None,
     )
+
+
+def check_webhook_url(url: str, settings: Settings) -> None:
+    """Refuse a webhook the deployment cannot sign or may not call (checked again at every connect)."""
+    if not settings.webhook_secrets:
+        raise WebhooksNotConfigured("this deployment has no webhook secret (VAREDIT_WEBHOOK_SECRETS)")
+    try:
+        check_url_syntax(url, settings.webhook_allow_private)
+    except UnsafeURL as e:
+        raise WebhookUrlNotAllowed(str(e), details=[{"loc": ["body", "webhook_url"], "input": url}]) from e

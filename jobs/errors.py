@@ -39,3 +39,11 @@ class IdempotencyInFlight(JobsError):
 
 class StorageError(JobsError):
     code, status = "storage_unavailable", 503
+
+
+class NoWebhook(JobsError):
+    code, status = "no_webhook", 409
+
+
+class JobNotTerminal(JobsError):
+    code, status = "job_not_terminal", 409

@@ -6,7 +6,8 @@
 Every function takes a Session and never commits: the caller owns ``with session.begin():`` and
 commits, then publishes or notifies. Every state change is ONE conditional UPDATE whose WHERE clause
 states the transition it expects, so concurrent callers cannot both win and a stale worker (an older
-``attempt``) cannot complete a job that was handed to someone else (fencing).
+``attempt``) cannot complete a job that was handed to someone else (fencing). Every change into
+running or a terminal state also writes its webhook message in the same transaction (`jobs.webhooks`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from sqlalchemy import ColumnElement, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from jobs import webhooks
 from jobs.errors import JobNotFound
 from jobs.models import TERMINAL_STATUSES, Job, JobStatus, WorkerHeartbeat, utcnow
 from jobs.storage import Storage
@@ -82,6 +84,13 @@ def _update_one(session: Session, job_id: str, where: list[ColumnElement[bool]],
         .execution_options(synchronize_session=False, populate_existing=True)
     )
     return session.execute(stmt).scalars().one_or_none()
+
+
+def _announce(session: Session, job: Job | None, now: datetime) -> bool:
+    """After a transition: write its webhook message; True when the transition applied."""
+    if job is not None:
+        webhooks.enqueue(session, job, now=now)
+    return job is not None
 
 
 # -- reading ------------------------------------------------------------------------------------
@@ -185,6 +194,7 @@ def claim(
     job = _update_one(session, job_id, _claimable(now), **_claim_values(worker_id, lease_s, now))
     if job is not None:
         log.info("job_claimed", job_id=job_id, worker_id=worker_id, attempt=job.attempts)
+        webhooks.enqueue(session, job, now=now)
     return job
 
 
@@ -227,6 +237,7 @@ def claim_batch(
         log.info(
             "job_claimed", job_id=job.id, worker_id=worker_id, attempt=job.attempts, batch_of=first_job_id
         )
+        webhooks.enqueue(session, job, now=now)
     return [first, *others]
 
 
@@ -277,7 +288,7 @@ def finish(
         updated_at=now,
     )
     log.info("job_finished" if job else "job_finish_fenced", job_id=job_id, attempt=attempt)
-    return job is not None
+    return _announce(session, job, now)
 
 
 def fail(
@@ -297,7 +308,7 @@ def fail(
         updated_at=now,
     )
     log.info("job_failed" if job else "job_fail_fenced", job_id=job_id, attempt=attempt, code=code)
-    return job is not None
+    return _announce(session, job, now)
 
 
 def release(session: Session, job_id: str, attempt: int, *, now: datetime | None = None) -> bool:
@@ -335,7 +346,9 @@ def cancel(session: Session, job_id: str, *, now: datetime | None = None) -> Job
         finished_at=now,
         updated_at=now,
     )
-    if job is None:
+    if job is not None:
+        webhooks.enqueue(session, job, now=now)
+    else:
         job = _update_one(
             session,
             job_id,
@@ -362,13 +375,19 @@ def mark_canceled(session: Session, job_id: str, attempt: int, *, now: datetime 
         updated_at=now,
     )
     log.info("job_canceled" if job else "job_cancel_fenced", job_id=job_id, attempt=attempt)
-    return job is not None
+    return _announce(session, job, now)
 
 
 # -- periodic maintenance -----------------------------------------------------------------------
 
 
 def _ids(session: Session, stmt: Any) -> list[str]:
+    return list(session.execute(stmt).scalars())
+
+
+def _jobs(session: Session, stmt: Any) -> list[Job]:
+    """Run a bulk UPDATE of jobs and return the updated rows."""
+    stmt = stmt.returning(Job).execution_options(synchronize_session=False, populate_existing=True)
     return list(session.execute(stmt).scalars())
 
 
@@ -385,13 +404,13 @@ def reap_expired_leases(
         return []
     common = {"worker_id": None, "lease_expires_at": None, "updated_at": now}
     in_batch = [Job.id.in_(ids), *expired]
-    session.execute(
+    canceled = _jobs(
+        session,
         update(Job)
         .where(*in_batch, Job.cancel_requested.is_(True))
-        .values(status=JobStatus.CANCELED, finished_at=now, **common)
-        .execution_options(synchronize_session=False)
+        .values(status=JobStatus.CANCELED, finished_at=now, **common),
     )
-    failed = _ids(
+    failed = _jobs(
         session,
         update(Job)
         .where(*in_batch, Job.attempts >= max_attempts)
@@ -401,10 +420,10 @@ def reap_expired_leases(
             error_message=f"the worker stopped responding {max_attempts} times",
             finished_at=now,
             **common,
-        )
-        .returning(Job.id)
-        .execution_options(synchronize_session=False),
+        ),
     )
+    for job in (*canceled, *failed):
+        webhooks.enqueue(session, job, now=now)
     requeued = session.execute(
         update(Job)
         .where(*in_batch)
@@ -414,8 +433,8 @@ def reap_expired_leases(
         .returning(Job.id, Job.model)
         .execution_options(synchronize_session=False)
     ).all()
-    for job_id in failed:
-        log.warning("job_lease_expired_failed", job_id=job_id)
+    for job in failed:
+        log.warning("job_lease_expired_failed", job_id=job.id)
     for job_id, _ in requeued:
         log.warning("job_lease_expired_requeued", job_id=job_id)
     return [ToPublish(job_id, model) for job_id, model in requeued]
@@ -428,7 +447,7 @@ def expire_unstarted(session: Session, *, now: datetime | None = None, limit: in
     ids = _ids(session, select(Job.id).where(*due).order_by(Job.start_deadline).limit(limit))
     if not ids:
         return []
-    expired = _ids(
+    expired = _jobs(
         session,
         update(Job)
         .where(Job.id.in_(ids), *due)
@@ -438,13 +457,12 @@ def expire_unstarted(session: Session, *, now: datetime | None = None, limit: in
             error_message="no worker started the job before its start deadline",
             finished_at=now,
             updated_at=now,
-        )
-        .returning(Job.id)
-        .execution_options(synchronize_session=False),
+        ),
     )
-    for job_id in expired:
-        log.info("job_expired", job_id=job_id)
-    return expired
+    for job in expired:
+        log.info("job_expired", job_id=job.id)
+        webhooks.enqueue(session, job, now=now)
+    return [job.id for job in expired]
 
 
 def stranded_queued(

@@ -1,4 +1,4 @@
-"""Tables of the job platform (SQLAlchemy 2). API shapes live in ``api/schemas.py``, not here."""
+"""Tables of the job platform (SQLAlchemy 2). API shapes live in ``api/schemas.py`` and ``jobs/views.py``."""
 
 from __future__ import annotations
 
@@ -54,10 +54,10 @@ class Base(DeclarativeBase):
     pass
 
 
-def _status_column() -> Enum:
+def _status_column(enum_type: type[enum.StrEnum] = JobStatus, name: str = "job_status") -> Enum:
     return Enum(
-        JobStatus,
-        name="job_status",
+        enum_type,
+        name=name,
         native_enum=False,
         length=16,
         values_callable=lambda e: [m.value for m in e],
@@ -157,3 +157,41 @@ class WorkerHeartbeat(Base):
     last_seen: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     __table_args__ = (Index("ix_worker_heartbeats_model_seen", "model", "last_seen"),)
+
+
+class DeliveryStatus(enum.StrEnum):
+    PENDING = "pending"  # waiting for its next attempt (`next_attempt_at`)
+    DELIVERED = "delivered"  # the endpoint answered 2xx
+    FAILED = "failed"  # every attempt of the retry schedule failed
+    GONE = "gone"  # the endpoint answered 410: this job's webhooks stop
+
+
+class WebhookDelivery(Base):
+    """One webhook message to send (outbox row, inserted in the transaction of the job's state change).
+
+    ``message_id`` is the Standard Webhooks ``webhook-id``: stable across retries and redeliveries, so
+    receivers can deduplicate."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    message_id: Mapped[str] = mapped_column(String(64))
+    job_id: Mapped[str] = mapped_column(String(36))
+    event: Mapped[str] = mapped_column(String(32))
+    url: Mapped[str] = mapped_column(Text)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)  # {"type", "timestamp", "data": job JSON}
+    status: Mapped[DeliveryStatus] = mapped_column(
+        _status_column(DeliveryStatus, "webhook_delivery_status"), default=DeliveryStatus.PENDING
+    )
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())  # None once settled
+    last_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+        Index("ix_webhook_deliveries_job", "job_id", "created_at"),
+    )

@@ -74,6 +74,15 @@ class Settings(BaseSettings):
     wait_recheck_s: float = Field(2.0, gt=0)  # waiting requests re-read the job at least this often
     page_size_max: int = Field(100, gt=0)
 
+    # Webhooks (Standard Webhooks 1.0). Secrets are "whsec_" + base64; list a new one first and keep the
+    # old one while receivers switch: every message is signed with each.
+    webhook_secrets: list[str] = Field(default_factory=list)  # empty: webhook_url is refused (422)
+    webhook_allow_private: bool = False  # deliver to loopback/private/link-local addresses (tests, LANs)
+    webhook_timeout_s: float = Field(10.0, gt=0)
+    # Delays between attempts after the first (the Standard Webhooks schedule: ~27 h in all), +-10% jitter.
+    webhook_retry_s: list[float] = Field(default_factory=lambda: [5, 300, 1800, 7200, 18000, 36000, 36000])
+    webhook_dispatch_s: float = Field(1.0, gt=0)  # how often due deliveries are handed to the webhook worker
+
     # Logging.
     log_level: str = "INFO"
     log_json: bool = True
@@ -99,6 +108,8 @@ class Settings(BaseSettings):
             raise ValueError("cfg_default must lie within [cfg_min, cfg_max]")
         if not (self.tau_min <= self.tau_default <= self.tau_max):
             raise ValueError("tau_default must lie within [tau_min, tau_max]")
+        if any(not secret.startswith("whsec_") for secret in self.webhook_secrets):
+            raise ValueError("webhook secrets look like whsec_<base64>")
         if self.environment == "production" and self.database_url.startswith("sqlite"):
             raise ValueError("production needs VAREDIT_DATABASE_URL pointing at PostgreSQL")
         return self

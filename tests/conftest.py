@@ -42,6 +42,8 @@ from jobs.settings import Settings
 PG_HOST, PG_PORT, PG_USER = "127.0.0.1", 5432, "postgres"
 SHARED_REDIS = "redis://127.0.0.1:6379"
 
+WEBHOOK_SECRET = "whsec_" + "dGVzdC1zZWNyZXQtb2YtdGhlLXRlc3RzLTMyLWJ5dGVz"  # base64 of 32 bytes
+
 
 @pytest.fixture(scope="session", autouse=True)
 def plain_logs() -> None:
@@ -235,7 +237,7 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
     def make(**overrides: Any) -> Settings:
         # The tests serve the "tiny" variant (32 px), whatever model the deployment default bundles.
         values: dict[str, Any] = {"data_dir": tmp_path / "data", "log_json": False, "models": ["tiny"],
-                                  **overrides}
+                                  "webhook_secrets": [WEBHOOK_SECRET], **overrides}
         return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
     return make

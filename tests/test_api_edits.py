@@ -18,6 +18,7 @@ from jobs import idempotency
 from jobs.db import session_scope
 from jobs.lifecycle import stranded_queued
 from jobs.models import IdempotencyRecord, Job, JobStatus
+from jobs.settings import Settings
 
 
 def image_bytes(fmt: str = "PNG", size: tuple[int, int] = (32, 32)) -> bytes:
@@ -102,6 +103,14 @@ def test_webp_and_webhook_fields_are_accepted(harness: ApiHarness) -> None:
     assert response.json()["webhook"] == {"url": "https://example.com/hook", "events": ["job.succeeded"]}
 
 
+def test_webhook_url_needs_a_configured_secret(api_settings: Settings) -> None:
+    with ApiHarness(api_settings.model_copy(update={"webhook_secrets": []})) as harness:
+        response = post_json(harness, image_bytes(), webhook_url="https://example.com/hook")
+        assert response.status_code == 422
+        assert response.json()["error"]["code"] == "webhooks_not_configured"
+        assert harness.publisher.published == []
+
+
 BAD_INPUTS = [
     ("not an image", dict(image=b"hello, this is text"), 422, "invalid_image"),
     ("truncated png", dict(image=image_bytes()[:60]), 422, "invalid_image"),
@@ -118,6 +127,10 @@ BAD_INPUTS = [
     ("wrong resolution", dict(resolution="512"), 422, "invalid_request"),
     ("unknown field", dict(colour="red"), 422, "invalid_request"),
     ("bad webhook url", dict(webhook_url="ftp://x"), 422, "invalid_request"),
+    ("loopback webhook", dict(webhook_url="http://127.0.0.1:8080/hook"), 422, "webhook_url_not_allowed"),
+    ("metadata webhook", dict(webhook_url="http://169.254.169.254/latest"), 422, "webhook_url_not_allowed"),
+    ("private v6 webhook", dict(webhook_url="http://[fd00::1]/hook"), 422, "webhook_url_not_allowed"),
+    ("webhook with password", dict(webhook_url="https://u:p@example.com/"), 422, "webhook_url_not_allowed"),
 ]
 
 

@@ -62,11 +62,14 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, object]]:
     # Reaping more often than a lease lasts keeps recovery within ~1.2 lease of a crash.
     reap = "worker.reap_expired_leases"
     every[reap] = min(every[reap], max(1.0, settings.lease_s / 5))
+    queues = dict.fromkeys(every, MAINTENANCE_QUEUE)
+    every["worker.dispatch_webhooks"] = settings.webhook_dispatch_s  # webhook latency is at most this
+    queues["worker.dispatch_webhooks"] = WEBHOOKS_QUEUE
     return {
         name.removeprefix("worker."): {
             "task": name,
             "schedule": timedelta(seconds=seconds),
-            "options": {"queue": MAINTENANCE_QUEUE, "expires": seconds},
+            "options": {"queue": queues[name], "expires": seconds},
         }
         for name, seconds in every.items()
     }
@@ -85,6 +88,7 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
         task_routes={
             RUN_EDIT_TASK: {"queue": queue_name(settings.default_model)},
             "worker.deliver_webhook": {"queue": WEBHOOKS_QUEUE},
+            "worker.dispatch_webhooks": {"queue": WEBHOOKS_QUEUE},
             "worker.*": {"queue": MAINTENANCE_QUEUE},
         },
         task_acks_late=True,
@@ -104,7 +108,7 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
         timezone="UTC",
         enable_utc=True,
     )
-    app.conf.include = ["worker.tasks.edit", "worker.tasks.maintenance"]
+    app.conf.include = ["worker.tasks.edit", "worker.tasks.maintenance", "worker.tasks.webhooks"]
     return app
 
 

@@ -1,0 +1,38 @@
+"""A job's webhook delivery log, and redelivery of its terminal event."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from api.deps import OwnedJobDep, SessionsDep
+from api.schemas import WebhookDeliveryList, WebhookDeliveryPublic, error_responses
+from jobs import lifecycle, webhooks
+from jobs.db import session_scope
+
+router = APIRouter(prefix="/v1", tags=["webhooks"])
+
+
+def _public(delivery: Any) -> dict[str, Any]:
+    return WebhookDeliveryPublic.model_validate(delivery).model_dump(mode="json")
+
+
+@router.get("/jobs/{job_id}/webhooks", response_model=WebhookDeliveryList, responses=error_responses(404))
+def list_deliveries(job: OwnedJobDep, sessions: SessionsDep) -> dict[str, Any]:
+    """Every webhook message of the job, oldest first, with the outcome of its latest attempt."""
+    with session_scope(sessions) as session:
+        return {"data": [_public(d) for d in webhooks.deliveries(session, job.id)]}
+
+
+@router.post(
+    "/jobs/{job_id}/webhooks/redeliver",
+    status_code=202,
+    response_model=WebhookDeliveryPublic,
+    responses=error_responses(404, 409),
+)
+def redeliver(job: OwnedJobDep, sessions: SessionsDep) -> dict[str, Any]:
+    """Send the job's terminal event again (same `webhook-id` when it was sent before). 409 while the
+    job is not terminal or when it has no webhook_url."""
+    with session_scope(sessions) as session:
+        return _public(webhooks.redeliver(session, lifecycle.get_job(session, job.id)))

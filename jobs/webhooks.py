@@ -1,0 +1,187 @@
+"""Webhook messages as an outbox: which job events go out, when each is due, and what came of it.
+
+1. A job's state change inserts its message (`enqueue`) in the same transaction, when the job has a
+   webhook_url and subscribes to the event (all events when it named none): a committed change always
+   has its message, a rolled-back one never does.
+2. `claim_due` (Celery beat) hands due messages to the webhook worker, pushing ``next_attempt_at``
+   past the delivery timeout so that one message is in one worker's hands at a time; if that worker
+   dies, the message is simply due again later.
+3. The worker sends it and `record_outcome` settles it: 2xx delivered; 410 gone (with the job's other
+   pending messages to that URL); a refused address failed at once; anything else is retried after
+   the schedule's next delay (+-10% jitter, or the endpoint's Retry-After when longer), failed after
+   the last one. Delivery is at least once; receivers deduplicate on ``webhook-id`` (``message_id``).
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from jobs.errors import JobNotTerminal, NoWebhook
+from jobs.models import DeliveryStatus, Job, JobStatus, WebhookDelivery, utcnow
+from jobs.views import render_job
+
+log = structlog.get_logger(__name__)
+
+EVENT_OF_STATUS = {
+    JobStatus.RUNNING: "job.running",
+    JobStatus.SUCCEEDED: "job.succeeded",
+    JobStatus.FAILED: "job.failed",
+    JobStatus.CANCELED: "job.canceled",
+    JobStatus.EXPIRED: "job.expired",
+}
+EVENTS = tuple(EVENT_OF_STATUS.values())
+JITTER = 0.1
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one attempt got: an HTTP status, or an error before any answer."""
+
+    status_code: int | None = None
+    error: str | None = None
+    retry_after_s: float | None = None
+    refused: bool = False  # the address may never be called (netguard): no point retrying
+
+    @property
+    def delivered(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+
+def enqueue(session: Session, job: Job, *, now: datetime | None = None) -> WebhookDelivery | None:
+    """The message for the job's current status, if it has a webhook that wants it (call right after
+    the state change, in its transaction)."""
+    event = EVENT_OF_STATUS.get(job.status)
+    if event is None or not job.webhook_url or (job.webhook_events and event not in job.webhook_events):
+        return None
+    now = now or utcnow()
+    payload = {"type": event, "timestamp": now.isoformat().replace("+00:00", "Z"), "data": render_job(job)}
+    return _add(session, job, event, f"msg_{uuid.uuid4().hex}", payload, now)
+
+
+def _add(session: Session, job: Job, event: str, message_id: str, payload: dict[str, Any],
+         now: datetime) -> WebhookDelivery:
+    delivery = WebhookDelivery(
+        id=str(uuid.uuid4()), message_id=message_id, job_id=job.id, event=event, url=job.webhook_url,
+        payload=payload, status=DeliveryStatus.PENDING, attempts=0, next_attempt_at=now, created_at=now,
+    )
+    session.add(delivery)
+    session.flush()
+    log.info("webhook_enqueued", job_id=job.id, event=event, message_id=message_id)
+    return delivery
+
+
+def claim_due(session: Session, hold_s: float, *, now: datetime | None = None, limit: int = 100) -> list[str]:
+    """Due pending messages, each held for ``hold_s`` (longer than one attempt can take)."""
+    now = now or utcnow()
+    due = [WebhookDelivery.status == DeliveryStatus.PENDING, WebhookDelivery.next_attempt_at <= now]
+    ids = list(session.scalars(
+        select(WebhookDelivery.id).where(*due).order_by(WebhookDelivery.next_attempt_at).limit(limit)
+    ))
+    if not ids:
+        return []
+    return list(session.scalars(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.id.in_(ids), *due)
+        .values(next_attempt_at=now + timedelta(seconds=hold_s))
+        .returning(WebhookDelivery.id)
+        .execution_options(synchronize_session=False)
+    ))
+
+
+def pending(session: Session, delivery_id: str) -> WebhookDelivery | None:
+    """The message if it still waits to be delivered (None: settled meanwhile, or unknown)."""
+    delivery = session.get(WebhookDelivery, delivery_id, populate_existing=True)
+    return delivery if delivery is not None and delivery.status is DeliveryStatus.PENDING else None
+
+
+def record_outcome(
+    session: Session,
+    delivery_id: str,
+    attempts_before: int,
+    outcome: Outcome,
+    retry_s: Sequence[float],
+    *,
+    now: datetime | None = None,
+    rng: random.Random | None = None,
+) -> DeliveryStatus | None:
+    """Settle or reschedule the message after attempt number ``attempts_before + 1``. Fenced on the
+    attempt count, so a duplicate attempt cannot overwrite a newer result; None when fenced out."""
+    now = now or utcnow()
+    attempts = attempts_before + 1
+    values: dict[str, Any] = {
+        "attempts": attempts, "last_attempt_at": now, "last_status_code": outcome.status_code,
+        "last_error": outcome.error, "next_attempt_at": None,
+    }
+    if outcome.delivered:
+        values.update(status=DeliveryStatus.DELIVERED, delivered_at=now)
+    elif outcome.status_code == 410:
+        values.update(status=DeliveryStatus.GONE)
+    elif outcome.refused or attempts > len(retry_s):
+        values.update(status=DeliveryStatus.FAILED)
+    else:
+        delay = retry_s[attempts - 1] * (rng or random).uniform(1 - JITTER, 1 + JITTER)
+        values["next_attempt_at"] = now + timedelta(seconds=max(delay, outcome.retry_after_s or 0.0))
+    row = session.execute(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.id == delivery_id, WebhookDelivery.status == DeliveryStatus.PENDING,
+               WebhookDelivery.attempts == attempts_before)
+        .values(**values)
+        .returning(WebhookDelivery)
+        .execution_options(synchronize_session=False, populate_existing=True)
+    ).scalars().one_or_none()
+    if row is None:
+        return None
+    if row.status is DeliveryStatus.GONE:
+        session.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.job_id == row.job_id, WebhookDelivery.url == row.url,
+                   WebhookDelivery.status == DeliveryStatus.PENDING)
+            .values(status=DeliveryStatus.GONE, next_attempt_at=None)
+            .execution_options(synchronize_session=False)
+        )
+    log.info("webhook_attempt", job_id=row.job_id, message_id=row.message_id, attempt=attempts,
+             status_code=outcome.status_code, error=outcome.error, result=row.status.value)
+    return row.status
+
+
+def deliveries(session: Session, job_id: str) -> list[WebhookDelivery]:
+    """The job's messages, oldest first (the delivery log)."""
+    return list(session.scalars(
+        select(WebhookDelivery).where(WebhookDelivery.job_id == job_id)
+        .order_by(WebhookDelivery.created_at, WebhookDelivery.id)
+    ))
+
+
+def redeliver(session: Session, job: Job, *, now: datetime | None = None) -> WebhookDelivery:
+    """Send the job's terminal event again: the same message (id and payload) when it was sent before,
+    so receivers that already have it can tell, else a new one."""
+    if not job.webhook_url:
+        raise NoWebhook(f"job {job.id} has no webhook_url", details={"id": job.id})
+    if not job.status.terminal:
+        raise JobNotTerminal(f"job {job.id} is {job.status.value}; only a terminal event is redelivered",
+                             details={"id": job.id, "status": job.status.value})
+    event = EVENT_OF_STATUS[job.status]
+    now = now or utcnow()
+    previous = next((d for d in reversed(deliveries(session, job.id)) if d.event == event), None)
+    if previous is not None:
+        return _add(session, job, event, previous.message_id, previous.payload, now)
+    payload = {"type": event, "timestamp": now.isoformat().replace("+00:00", "Z"), "data": render_job(job)}
+    return _add(session, job, event, f"msg_{uuid.uuid4().hex}", payload, now)
+
+
+def count_by_status(session: Session) -> dict[tuple[str, DeliveryStatus], int]:
+    """Messages per (event, status): the delivery-outcomes gauge."""
+    rows = session.execute(
+        select(WebhookDelivery.event, WebhookDelivery.status, func.count())
+        .group_by(WebhookDelivery.event, WebhookDelivery.status)
+    ).all()
+    return {(event, DeliveryStatus(status)): count for event, status, count in rows}

@@ -1,0 +1,67 @@
+"""Webhook tasks on the ``webhooks`` queue (the light worker; never a GPU worker).
+
+``dispatch_webhooks`` (beat, every `webhook_dispatch_s`) hands each due message to
+``deliver_webhook``, which makes one attempt and records its outcome. The database decides what is
+due, so a lost task message only delays an attempt until the message is due again.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import httpcore
+import structlog
+
+from jobs import webhooks
+from jobs.db import session_scope
+from jobs.netguard import guarded_pool
+from worker.celery_app import WEBHOOKS_QUEUE, app
+from worker.runtime import get_runtime
+from worker.webhooks import send
+
+log = structlog.get_logger(__name__)
+
+DELIVER_TASK = "worker.deliver_webhook"
+
+
+@cache
+def _pool(allow_private: bool, pid: int) -> httpcore.ConnectionPool:
+    return guarded_pool(allow_private)  # one per process (keyed by pid: never shared across a fork)
+
+
+def hold_s() -> float:
+    """How long a handed-out message stays reserved: more than one attempt can take."""
+    return 3 * get_runtime().settings.webhook_timeout_s + 30
+
+
+@app.task(name="worker.dispatch_webhooks", acks_late=True, ignore_result=True)
+def dispatch_webhooks() -> int:
+    rt = get_runtime()
+    with session_scope(rt.sessions) as session:
+        due = webhooks.claim_due(session, hold_s())
+    for delivery_id in due:
+        app.send_task(DELIVER_TASK, args=[delivery_id], queue=WEBHOOKS_QUEUE)
+    return len(due)
+
+
+@app.task(name=DELIVER_TASK, acks_late=True, ignore_result=True)
+def deliver_webhook(delivery_id: str) -> str | None:
+    """One attempt at one message; returns the message's status afterwards (None: nothing to do)."""
+    rt = get_runtime()
+    settings = rt.settings
+    with session_scope(rt.sessions) as session:
+        delivery = webhooks.pending(session, delivery_id)
+        if delivery is not None:
+            session.expunge(delivery)
+    if delivery is None:
+        return None
+    structlog.contextvars.bind_contextvars(job_id=delivery.job_id)
+    try:
+        outcome = send(_pool(settings.webhook_allow_private, rt.pid), delivery, settings.webhook_secrets,
+                       settings.webhook_timeout_s)
+        with session_scope(rt.sessions) as session:
+            status = webhooks.record_outcome(session, delivery_id, delivery.attempts, outcome,
+                                             settings.webhook_retry_s)
+    finally:
+        structlog.contextvars.unbind_contextvars("job_id")
+    return status.value if status is not None else None
