@@ -75,7 +75,7 @@ def _add(session: Session, job: Job, event: str, message_id: str, payload: dict[
     )
     session.add(delivery)
     session.flush()
-    log.info("webhook_enqueued", job_id=job.id, event=event, message_id=message_id)
+    log.info("webhook_enqueued", job_id=job.id, webhook_event=event, message_id=message_id)
     return delivery
 
 

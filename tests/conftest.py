@@ -348,3 +348,59 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+# -- webhooks -----------------------------------------------------------------------------------
+
+
+class WebhookReceiver:
+    """A real HTTP endpoint on 127.0.0.1 that records every request and answers from a script:
+    ``answers`` is a list of (status, headers) used in turn, then 204 for the rest."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        receiver = self
+        self.requests: list[tuple[str, dict[str, str], bytes]] = []
+        self.answers: list[tuple[int, dict[str, str]]] = []
+        self.arrived = threading.Condition()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (the stdlib's name)
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                with receiver.arrived:
+                    receiver.requests.append((self.path, headers, body))
+                    status, answer = receiver.answers.pop(0) if receiver.answers else (204, {})
+                    receiver.arrived.notify_all()
+                self.send_response(status)
+                for name, value in answer.items():
+                    self.send_header(name, value)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def wait_for(self, count: int, timeout_s: float = 60.0) -> list[tuple[str, dict[str, str], bytes]]:
+        """The first ``count`` requests, once they have arrived (fails after ``timeout_s``)."""
+        with self.arrived:
+            assert self.arrived.wait_for(lambda: len(self.requests) >= count, timeout_s), self.requests
+            return list(self.requests[:count])
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def webhook_receiver() -> Iterator[WebhookReceiver]:
+    receiver = WebhookReceiver()
+    yield receiver
+    receiver.close()
