@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from standardwebhooks.webhooks import Webhook
 
 from worker.client import Client
 
@@ -31,11 +32,11 @@ READY_S = 180.0
 DEADLINE_S = 120.0
 
 
-def _env(data_dir: Path) -> dict[str, str]:
+def _env(data_dir: Path, **extra: str) -> dict[str, str]:
     """The defaults a user gets: no VAREDIT_* set, so the bundled model and SQLite/local storage."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("VAREDIT_")}
     env.update({"VAREDIT_DATA_DIR": str(data_dir), "VAREDIT_LOG_JSON": "true", "PYTHONUNBUFFERED": "1"})
-    return env
+    return env | extra
 
 
 def _mean_rgb(image: Image.Image) -> tuple[float, ...]:
@@ -73,7 +74,9 @@ def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     out = open(data_dir.parent / "stdout.txt", "wb")  # noqa: SIM115
     cmd = [sys.executable, "-m", "worker.embedded", "--port", "0", "--data-dir", str(data_dir),
            "--ready-file", str(ready_file)]
-    proc = subprocess.Popen(cmd, env=_env(data_dir), cwd=ROOT, stdout=out,
+    # the one non-default: webhooks may go to the test's receiver on 127.0.0.1
+    env = _env(data_dir, VAREDIT_WEBHOOK_ALLOW_PRIVATE="true")
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out,
                             stderr=subprocess.STDOUT, start_new_session=True)
     info: dict = {"proc": proc, "data_dir": data_dir, "stdout": data_dir.parent / "stdout.txt"}
     try:
@@ -131,6 +134,22 @@ def test_embedded_default_runs_twenty_http_jobs_with_the_bundled_model(embedded:
             break
         time.sleep(0.1)  # polling the log file under a deadline
     assert [succeeded[j] for j in ids] == [1] * JOBS
+
+
+def test_webhooks_arrive_signed_with_the_data_dirs_secret(embedded: dict, webhook_receiver) -> None:
+    with Client(embedded["url"]) as client:
+        job = client.submit(SAMPLE.read_bytes(), "remove the red circle", seed=1,
+                            webhook_url=webhook_receiver.url)
+        assert client.wait(job["id"], timeout_s=DEADLINE_S)["status"] == "succeeded"
+        (_, running_headers, running), (_, headers, body) = webhook_receiver.wait_for(2, DEADLINE_S)
+        log = client.http.get(f"/v1/jobs/{job['id']}/webhooks").json()["data"]
+    secret = (embedded["data_dir"] / "webhook-secret").read_text().strip()
+    assert Webhook(secret).verify(running, running_headers)["type"] == "job.running"
+    event = Webhook(secret).verify(body, headers)
+    assert event["type"] == "job.succeeded" and event["data"]["id"] == job["id"]
+    assert event["data"]["result"]["url"] == f"/v1/jobs/{job['id']}/result"
+    # the delivery log says so once the worker has recorded the answers
+    assert [d["event"] for d in log] == ["job.running", "job.succeeded"]
 
 
 def test_varedit_serve_submit_command_waits_and_saves_the_result(embedded: dict, tmp_path: Path) -> None:

@@ -15,15 +15,18 @@ What it starts, each child in its own process group, all stopped on Ctrl-C / SIG
 
 It prints the URL once the API answers and a worker has loaded its model and run the warm-up edit.
 ``--ready-file PATH`` also writes ``{"url", "pid", "children"}`` there at that moment, for scripts.
-Child logs go to ``<data_dir>/logs/<name>.log`` (``--log-to-console`` streams them instead).
+Child logs go to ``<data_dir>/logs/<name>.log`` (``--log-to-console`` streams them instead). Webhooks
+are signed with ``<data_dir>/webhook-secret`` (made on first start) unless VAREDIT_WEBHOOK_SECRETS is set.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -163,6 +166,8 @@ class EmbeddedPlatform:
             "VAREDIT_STORAGE_URL": settings.storage_url,
             "PYTHONUNBUFFERED": "1",
         }
+        if not settings.webhook_secrets:
+            self.env["VAREDIT_WEBHOOK_SECRETS"] = json.dumps([webhook_secret(data_dir)])
         _check_model(settings)
         from jobs.db import migrate
 
@@ -245,6 +250,17 @@ class EmbeddedPlatform:
 
     def __exit__(self, *_: object) -> None:
         self.stop()
+
+
+def webhook_secret(data_dir: Path) -> str:
+    """The laptop's webhook signing secret: made once, kept in ``<data_dir>/webhook-secret`` (mode 600),
+    so receivers keep verifying across restarts. Production sets VAREDIT_WEBHOOK_SECRETS instead."""
+    path = data_dir / "webhook-secret"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write("whsec_" + base64.b64encode(secrets.token_bytes(32)).decode() + "\n")
+    return path.read_text().strip()
 
 
 def _check_model(settings) -> None:  # type: ignore[no-untyped-def]
