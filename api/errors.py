@@ -35,6 +35,14 @@ class InvalidRequest(JobsError):
     code, status = "invalid_request", 422
 
 
+class ImageUrlNotAllowed(JobsError):
+    code, status = "image_url_not_allowed", 422
+
+
+class ImageUrlFetchFailed(JobsError):
+    code, status = "image_url_fetch_failed", 422
+
+
 class WebhookUrlNotAllowed(JobsError):
     code, status = "webhook_url_not_allowed", 422
 

@@ -37,7 +37,9 @@ class EditCreate(BaseModel):
 
     instruction: str = Field(description="What to change in the image.")
     image_base64: str | None = Field(None, description="The source image (PNG, JPEG or WebP), base64.")
-    image_url: str | None = Field(None, description="Not supported yet; send the image inline.")
+    image_url: str | None = Field(
+        None, max_length=2048, description="Or: the source image's http(s) URL (public addresses only)."
+    )
     model: str | None = Field(None, description="A model from GET /v1/models; default: the first one.")
     resolution: int | None = Field(None, description="Output side in pixels; default: the model's first.")
     seed: int | None = Field(None, ge=0, description="Default: a random seed, reported in params.seed.")

@@ -9,11 +9,14 @@ import secrets
 from typing import Any
 
 from fastapi import Request
+from fastapi.concurrency import run_in_threadpool
 from PIL import Image, UnidentifiedImageError
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from api.errors import (
+    ImageUrlFetchFailed,
+    ImageUrlNotAllowed,
     InvalidImage,
     InvalidRequest,
     PayloadTooLarge,
@@ -24,7 +27,7 @@ from api.errors import (
 )
 from api.schemas import EditCreate
 from jobs.lifecycle import EditSpec
-from jobs.netguard import UnsafeURL, check_url_syntax
+from jobs.netguard import FetchFailed, ResponseTooLarge, UnsafeURL, check_url_syntax, fetch
 from jobs.settings import Settings
 
 FORM_OVERHEAD_BYTES = 64 * 1024  # room for form fields and multipart framing next to the image
@@ -48,7 +51,8 @@ def _parse(fields: dict[str, Any]) -> EditCreate:
 
 
 async def read_edit_request(request: Request, settings: Settings) -> tuple[EditCreate, bytes]:
-    """The fields and the raw image bytes, from multipart (``image`` file) or JSON (``image_base64``)."""
+    """The fields and the raw image bytes, from multipart (``image`` file) or JSON (``image_base64``, or
+    ``image_url`` fetched through the address guard)."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     max_image = settings.max_upload_bytes
     if content_type == "multipart/form-data":
@@ -73,19 +77,39 @@ async def read_edit_request(request: Request, settings: Settings) -> tuple[EditC
         if not isinstance(body, dict):
             raise InvalidRequest("the body must be a JSON object")
         parsed = _parse(body)
+        if (parsed.image_url is None) == (parsed.image_base64 is None):
+            raise InvalidRequest("send exactly one of image_base64 and image_url",
+                                 details=[{"loc": ["body", "image_base64"]}, {"loc": ["body", "image_url"]}])
         if parsed.image_url is not None:
-            raise InvalidRequest("image_url is not supported yet; send image_base64 or a multipart upload")
-        if parsed.image_base64 is None:
-            raise InvalidRequest("image_base64 is required", details=[{"loc": ["body", "image_base64"]}])
-        try:
-            image = base64.b64decode(parsed.image_base64, validate=True)
-        except (binascii.Error, ValueError):
-            raise InvalidImage("image_base64 is not valid base64") from None
+            image = await run_in_threadpool(fetch_image, parsed.image_url, settings)
+        else:
+            try:
+                image = base64.b64decode(parsed.image_base64 or "", validate=True)
+            except (binascii.Error, ValueError):
+                raise InvalidImage("image_base64 is not valid base64") from None
     else:
         raise UnsupportedMediaType("send multipart/form-data or application/json")
     if len(image) > max_image:
         raise PayloadTooLarge(f"the image is larger than {max_image} bytes", details={"limit": max_image})
     return parsed, image
+
+
+def fetch_image(url: str, settings: Settings) -> bytes:
+    """The bytes behind ``image_url``, fetched through the address guard (jobs/netguard.py)."""
+    try:
+        return fetch(
+            url,
+            max_bytes=settings.max_upload_bytes,
+            timeout_s=settings.image_url_timeout_s,
+            max_redirects=settings.image_url_max_redirects,
+            allow_private=settings.allow_private_urls,
+        )
+    except UnsafeURL as e:
+        raise ImageUrlNotAllowed(str(e), details=[{"loc": ["body", "image_url"], "input": url}]) from e
+    except ResponseTooLarge as e:
+        raise PayloadTooLarge(str(e), details={"limit": settings.max_upload_bytes}) from e
+    except FetchFailed as e:
+        raise ImageUrlFetchFailed(str(e), details=[{"loc": ["body", "image_url"], "input": url}]) from e
 
 
 def inspect_image(data: bytes, settings: Settings) -> str:
@@ -172,6 +196,6 @@ def check_webhook_url(url: str, settings: Settings) -> None:
     if not settings.webhook_secrets:
         raise WebhooksNotConfigured("this deployment has no webhook secret (VAREDIT_WEBHOOK_SECRETS)")
     try:
-        check_url_syntax(url, settings.webhook_allow_private)
+        check_url_syntax(url, settings.allow_private_urls)
     except UnsafeURL as e:
         raise WebhookUrlNotAllowed(str(e), details=[{"loc": ["body", "webhook_url"], "input": url}]) from e

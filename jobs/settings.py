@@ -74,10 +74,15 @@ class Settings(BaseSettings):
     wait_recheck_s: float = Field(2.0, gt=0)  # waiting requests re-read the job at least this often
     page_size_max: int = Field(100, gt=0)
 
+    # URLs chosen by clients (webhook_url, image_url) may reach loopback/private/link-local addresses
+    # only when this is set (tests, LANs); see jobs/netguard.py.
+    allow_private_urls: bool = False
+    image_url_timeout_s: float = Field(10.0, gt=0)
+    image_url_max_redirects: int = Field(3, ge=0)
+
     # Webhooks (Standard Webhooks 1.0). Secrets are "whsec_" + base64; list a new one first and keep the
     # old one while receivers switch: every message is signed with each.
     webhook_secrets: list[str] = Field(default_factory=list)  # empty: webhook_url is refused (422)
-    webhook_allow_private: bool = False  # deliver to loopback/private/link-local addresses (tests, LANs)
     webhook_timeout_s: float = Field(10.0, gt=0)
     # Delays between attempts after the first (the Standard Webhooks schedule: ~27 h in all), +-10% jitter.
     webhook_retry_s: list[float] = Field(default_factory=lambda: [5, 300, 1800, 7200, 18000, 36000, 36000])

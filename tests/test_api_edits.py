@@ -152,7 +152,11 @@ def test_bad_multipart_input_stores_and_queues_nothing(
     [
         ({"instruction": "x", "image_base64": "%%%not base64"}, 422, "invalid_image"),
         ({"instruction": "x"}, 422, "invalid_request"),
-        ({"instruction": "x", "image_url": "https://example.com/a.png"}, 422, "invalid_request"),
+        ({"instruction": "x", "image_url": "https://example.com/a.png", "image_base64": "AAAA"}, 422,
+         "invalid_request"),
+        ({"instruction": "x", "image_url": "http://127.0.0.1:9/a.png"}, 422, "image_url_not_allowed"),
+        ({"instruction": "x", "image_url": "http://169.254.169.254/latest"}, 422, "image_url_not_allowed"),
+        ({"instruction": "x", "image_url": "file:///etc/passwd"}, 422, "image_url_not_allowed"),
         ({"image_base64": base64.b64encode(image_bytes()).decode()}, 422, "invalid_request"),
         (["not", "an", "object"], 422, "invalid_request"),
     ],

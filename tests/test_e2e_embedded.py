@@ -74,8 +74,8 @@ def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     out = open(data_dir.parent / "stdout.txt", "wb")  # noqa: SIM115
     cmd = [sys.executable, "-m", "worker.embedded", "--port", "0", "--data-dir", str(data_dir),
            "--ready-file", str(ready_file)]
-    # the one non-default: webhooks may go to the test's receiver on 127.0.0.1
-    env = _env(data_dir, VAREDIT_WEBHOOK_ALLOW_PRIVATE="true")
+    # the one non-default: client-chosen URLs (the test's webhook receiver) may be on 127.0.0.1
+    env = _env(data_dir, VAREDIT_ALLOW_PRIVATE_URLS="true")
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out,
                             stderr=subprocess.STDOUT, start_new_session=True)
     info: dict = {"proc": proc, "data_dir": data_dir, "stdout": data_dir.parent / "stdout.txt"}

@@ -264,7 +264,7 @@ def test_an_unreachable_endpoint_is_retried_not_refused() -> None:
 
 @pytest.fixture
 def webhook_runtime(make_settings: Callable[..., Settings], db_url: str, redis_url: str) -> Iterator[Runtime]:
-    settings = make_settings(database_url=db_url, broker_url=redis_url, webhook_allow_private=True,
+    settings = make_settings(database_url=db_url, broker_url=redis_url, allow_private_urls=True,
                              webhook_retry_s=[0.0, 0.0])
     rt = Runtime(settings=settings, worker_id="light@host", hostname=socket.gethostname(), pid=os.getpid())
     install_runtime(rt)

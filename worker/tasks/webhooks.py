@@ -57,7 +57,7 @@ def deliver_webhook(delivery_id: str) -> str | None:
         return None
     structlog.contextvars.bind_contextvars(job_id=delivery.job_id)
     try:
-        outcome = send(_pool(settings.webhook_allow_private, rt.pid), delivery, settings.webhook_secrets,
+        outcome = send(_pool(settings.allow_private_urls, rt.pid), delivery, settings.webhook_secrets,
                        settings.webhook_timeout_s)
         with session_scope(rt.sessions) as session:
             status = webhooks.record_outcome(session, delivery_id, delivery.attempts, outcome,
