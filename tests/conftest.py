@@ -353,40 +353,47 @@ def one_torch_thread() -> Iterator[None]:
 # -- webhooks -----------------------------------------------------------------------------------
 
 
-class WebhookReceiver:
-    """A real HTTP endpoint on 127.0.0.1 that records every request and answers from a script:
-    ``answers`` is a list of (status, headers) used in turn, then 204 for the rest."""
+Answer = tuple[int, dict[str, str], bytes]  # status, headers, body
 
-    def __init__(self) -> None:
+
+class LocalHTTPServer:
+    """A real HTTP server on 127.0.0.1 that records every request (path, lower-cased headers, body).
+    It answers from ``answers`` (a script used in turn), else from ``routes`` by path, else ``default``."""
+
+    def __init__(self, routes: dict[str, Answer] | None = None, default: Answer = (204, {}, b"")) -> None:
         import http.server
         import threading
 
-        receiver = self
+        server = self
         self.requests: list[tuple[str, dict[str, str], bytes]] = []
-        self.answers: list[tuple[int, dict[str, str]]] = []
+        self.answers: list[Answer] = []
+        self.routes = routes or {}
         self.arrived = threading.Condition()
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (the stdlib's name)
+            def answer(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
                 headers = {k.lower(): v for k, v in self.headers.items()}
-                with receiver.arrived:
-                    receiver.requests.append((self.path, headers, body))
-                    status, answer = receiver.answers.pop(0) if receiver.answers else (204, {})
-                    receiver.arrived.notify_all()
+                with server.arrived:
+                    server.requests.append((self.path, headers, body))
+                    status, answer, content = (server.answers.pop(0) if server.answers
+                                               else server.routes.get(self.path, default))
+                    server.arrived.notify_all()
                 self.send_response(status)
-                for name, value in answer.items():
+                for name, value in {**answer, "content-length": str(len(content))}.items():
                     self.send_header(name, value)
-                self.send_header("content-length", "0")
                 self.end_headers()
+                self.wfile.write(content)
+
+            do_GET = do_POST = answer
 
             def log_message(self, *args: Any) -> None:
                 pass
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self._thread.start()
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.url = self.base + "/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def wait_for(self, count: int, timeout_s: float = 60.0) -> list[tuple[str, dict[str, str], bytes]]:
         """The first ``count`` requests, once they have arrived (fails after ``timeout_s``)."""
@@ -400,7 +407,7 @@ class WebhookReceiver:
 
 
 @pytest.fixture
-def webhook_receiver() -> Iterator[WebhookReceiver]:
-    receiver = WebhookReceiver()
+def webhook_receiver() -> Iterator[LocalHTTPServer]:
+    receiver = LocalHTTPServer()
     yield receiver
     receiver.close()

@@ -3,13 +3,11 @@ time limits, from a real HTTP server on 127.0.0.1 (allowed here by VAREDIT_ALLOW
 
 from __future__ import annotations
 
-import http.server
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import ApiHarness
+from conftest import ApiHarness, LocalHTTPServer
 from test_api_edits import count_jobs, image_bytes, stored_objects
 
 from jobs.settings import Settings
@@ -17,40 +15,15 @@ from jobs.settings import Settings
 PNG = image_bytes(size=(32, 32))
 
 
-class ImageServer:
-    """Serves /img.png, a redirect to it, a redirect loop, a 404, and an image over the size limit."""
-
-    def __init__(self) -> None:
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
-                routes: dict[str, tuple[int, dict[str, str], bytes]] = {
-                    "/img.png": (200, {"content-type": "image/png"}, PNG),
-                    "/moved": (302, {"location": "/img.png"}, b""),
-                    "/loop": (302, {"location": "/loop"}, b""),
-                    "/big.png": (200, {"content-type": "image/png"}, PNG + b"\0" * 5000),
-                }
-                status, headers, body = routes.get(self.path, (404, {}, b"not here"))
-                self.send_response(status)
-                for name, value in {**headers, "content-length": str(len(body))}.items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
-def images() -> Iterator[ImageServer]:
-    server = ImageServer()
+def images() -> Iterator[LocalHTTPServer]:
+    """/img.png, a redirect to it, a redirect loop, an image over the size limit; 404 elsewhere."""
+    server = LocalHTTPServer(routes={
+        "/img.png": (200, {"content-type": "image/png"}, PNG),
+        "/moved": (302, {"location": "/img.png"}, b""),
+        "/loop": (302, {"location": "/loop"}, b""),
+        "/big.png": (200, {"content-type": "image/png"}, PNG + b"\0" * 5000),
+    }, default=(404, {}, b"not here"))
     yield server
     server.close()
 
@@ -66,7 +39,7 @@ def _submit(harness: ApiHarness, url: str) -> Any:
     return harness.client.post("/v1/edits", json={"instruction": "x", "image_url": url})
 
 
-def test_image_url_is_fetched_stored_and_queued(lan_harness: ApiHarness, images: ImageServer) -> None:
+def test_image_url_is_fetched_stored_and_queued(lan_harness: ApiHarness, images: LocalHTTPServer) -> None:
     for path in ("/img.png", "/moved"):  # a redirect is followed, its target checked like the first
         response = _submit(lan_harness, images.base + path)
         assert response.status_code == 202, response.text
@@ -81,14 +54,16 @@ def test_image_url_is_fetched_stored_and_queued(lan_harness: ApiHarness, images:
     ("/big.png", 413, "payload_too_large"),
 ])
 def test_image_url_failures_store_nothing(
-    lan_harness: ApiHarness, images: ImageServer, path: str, status: int, code: str
+    lan_harness: ApiHarness, images: LocalHTTPServer, path: str, status: int, code: str
 ) -> None:
     response = _submit(lan_harness, images.base + path)
     assert (response.status_code, response.json()["error"]["code"]) == (status, code)
     assert count_jobs(lan_harness) == 0 and stored_objects(lan_harness) == []
 
 
-def test_a_name_for_a_private_address_is_refused_at_connect(harness: ApiHarness, images: ImageServer) -> None:
+def test_a_name_for_a_private_address_is_refused_at_connect(
+    harness: ApiHarness, images: LocalHTTPServer
+) -> None:
     url = images.base.replace("127.0.0.1", "localhost") + "/img.png"
     response = _submit(harness, url)
     assert (response.status_code, response.json()["error"]["code"]) == (422, "image_url_not_allowed")

@@ -89,7 +89,8 @@ def infer_inputs(name: str, case: str):  # type: ignore[no-untyped-def]
     sched = schedule_of(meta)
     u8 = g["input.src_img_u8"].permute(2, 0, 1).float() / 255
     src = vae.img_to_source_tokens((u8 + u8 - 1)[None], sched)
-    text = TextFeatures.from_compact(g["input.text.kv_compact"], meta["lens"])
+    # the text stand-in of the "minus the text encoder" records; the e2e record has the prompt instead
+    text = TextFeatures.from_compact(g["input.text.kv_compact"], meta["lens"]) if "lens" in meta else None
     official_bits = [vae.bits_to_tokens(g[f"idx_Bld.{k}"].long()) for k in range(len(sched))]
     return model, vae, g, meta, sched, src, text, official_bits
 
@@ -118,21 +119,38 @@ def knife_edge(g: dict, k: int, meta: dict, err_l: torch.Tensor) -> torch.Tensor
     return (draw.abs() <= slack) | ((-log_odds.abs() - cut).abs() <= slack)
 
 
-def assert_reproduces_official_draws(
-    gen: torch.Generator,
-    run,
+def free_run_matches_official(
+    model,
+    vae,
+    text,
+    src,
+    sched,
     g: dict,
     meta: dict,  # type: ignore[no-untyped-def]
     official_bits: list[torch.Tensor],
-) -> bool:
-    """Run a free generation from the official seed; True when every bit equals the official one.
+):
+    """Generate freely from the official seed; the output when every bit equals the official one, else
+    None (after checking that each differing bit sat on a knife edge).
 
     The generator must be consumed exactly as officially (checked before every scale); a bit may
     differ only on a knife edge that the measured logit error could tip, and then later scales
     continue from other bits, so they are not compared (the fed-bits test covers them)."""
     states: list[torch.Tensor] = []
-    gen.manual_seed(meta["g_seed"])
-    out = run(on_scale=lambda k, K: states.append(gen.get_state()))
+    gen = torch.Generator().manual_seed(meta["g_seed"])
+    sampling = {k: meta[k] for k in ("top_k", "top_p") if k in meta}
+    out = generate(
+        model,
+        vae,
+        text,
+        src,
+        sched,
+        [gen],
+        cfg=meta["cfg"],
+        tau=meta["tau"],
+        **sampling,
+        on_scale=lambda k, K: states.append(gen.get_state()),
+        keep_logits=True,
+    )
     for k in range(1, len(official_bits)):
         assert torch.equal(states[k - 1], g[f"sample.{k}.rng_state_before"]), f"generator before scale {k}"
     for k, bits in enumerate(official_bits):
@@ -140,8 +158,8 @@ def assert_reproduces_official_draws(
         differs = (out.bits[k] != bits).flatten()
         assert not (differs & ~knife_edge(g, k, meta, err_l)).any(), f"scale {k}: {int(differs.sum())} bits"
         if differs.any():
-            return False
-    return True
+            return None
+    return out
 
 
 @pytest.mark.parametrize(("name", "case"), INFER_CASES)
@@ -187,27 +205,7 @@ def test_generation_fed_official_bits_gives_official_logits_codes_and_image(name
 @pytest.mark.parametrize(("name", "case"), INFER_CASES)
 def test_free_running_generation_reproduces_official_bits(name, case):
     model, vae, g, meta, sched, src, text, official_bits = infer_inputs(name, case)
-    gen = torch.Generator()
-    assert_reproduces_official_draws(
-        gen,
-        lambda on_scale: generate(
-            model,
-            vae,
-            text,
-            src,
-            sched,
-            [gen],
-            cfg=meta["cfg"],
-            tau=meta["tau"],
-            top_k=meta["top_k"],
-            top_p=meta["top_p"],
-            on_scale=on_scale,
-            keep_logits=True,
-        ),
-        g,
-        meta,
-        official_bits,
-    )
+    free_run_matches_official(model, vae, text, src, sched, g, meta, official_bits)
 
 
 def test_text_encoder_matches_official_encode_prompt():
@@ -227,33 +225,8 @@ def test_text_encoder_matches_official_encode_prompt():
 
 def test_end_to_end_with_the_real_text_encoder():
     """golden_e2e: the official gen_one_img with the tiny T5 and its tokenizer, from the prompt."""
-    cfg, model, vae = load_official_golden(GOLDEN / "T1")
-    g, meta = read_golden("T1", "golden_e2e_cfg3_tau0.5")
-    sched = schedule_of(meta)
+    model, vae, g, meta, sched, src, _, official_bits = infer_inputs("T1", "golden_e2e_cfg3_tau0.5")
     text = TextEncoder.from_pretrained(GOLDEN / "T5tiny").encode([meta["prompt"]])
-    u8 = g["input.src_img_u8"].permute(2, 0, 1).float() / 255
-    src = vae.img_to_source_tokens((u8 + u8 - 1)[None], sched)
-    official_bits = [vae.bits_to_tokens(g[f"idx_Bld.{k}"].long()) for k in range(len(sched))]
-    gen = torch.Generator()
-    outs = []
-
-    def run(on_scale):  # type: ignore[no-untyped-def]
-        outs.append(
-            generate(
-                model,
-                vae,
-                text,
-                src,
-                sched,
-                [gen],
-                cfg=meta["cfg"],
-                tau=meta["tau"],
-                on_scale=on_scale,
-                keep_logits=True,
-            )
-        )
-        return outs[-1]
-
-    if assert_reproduces_official_draws(gen, run, g, meta, official_bits):
-        img = vae.decode(outs[-1].f_hat)
-        assert_images_match(img, g["img_u8_bgr"])
+    out = free_run_matches_official(model, vae, text, src, sched, g, meta, official_bits)
+    if out is not None:
+        assert_images_match(vae.decode(out.f_hat), g["img_u8_bgr"])

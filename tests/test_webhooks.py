@@ -1,6 +1,6 @@
 """Webhooks: messages written with each state change, the retry schedule, Standard Webhooks signatures,
 the address guard, the tasks, and the delivery-log routes. Deliveries go to a real HTTP endpoint on
-127.0.0.1 (`WebhookReceiver`); the database ones run on SQLite and PostgreSQL."""
+127.0.0.1 (`LocalHTTPServer`); the database ones run on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from datetime import timedelta
 
 import pytest
-from conftest import WEBHOOK_SECRET, ApiHarness, WebhookReceiver
+from conftest import WEBHOOK_SECRET, ApiHarness, LocalHTTPServer
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from standardwebhooks.webhooks import Webhook
@@ -204,7 +204,7 @@ OLD_SECRET = "whsec_" + "b2xkLXNlY3JldC1zdGlsbC1hY2NlcHRlZC0zMmJ5dGVz"
 
 
 def test_messages_carry_standard_webhooks_signatures_for_every_secret(
-    webhook_receiver: WebhookReceiver,
+    webhook_receiver: LocalHTTPServer,
 ) -> None:
     delivery = _delivery(webhook_receiver.url)
     outcome = send(guarded_pool(allow_private=True), delivery, [WEBHOOK_SECRET, OLD_SECRET], 5.0)
@@ -220,10 +220,10 @@ def test_messages_carry_standard_webhooks_signatures_for_every_secret(
     assert len(headers["webhook-signature"].split(" ")) == 2
 
 
-def test_redirects_are_not_followed_and_retry_after_is_read(webhook_receiver: WebhookReceiver) -> None:
+def test_redirects_are_not_followed_and_retry_after_is_read(webhook_receiver: LocalHTTPServer) -> None:
     pool = guarded_pool(allow_private=True)
-    webhook_receiver.answers = [(302, {"Location": "http://169.254.169.254/"}),
-                                (503, {"Retry-After": "120"})]
+    webhook_receiver.answers = [(302, {"Location": "http://169.254.169.254/"}, b""),
+                                (503, {"Retry-After": "120"}, b"")]
     redirected = send(pool, _delivery(webhook_receiver.url), [WEBHOOK_SECRET], 5.0)
     assert (redirected.status_code, redirected.delivered) == (302, False)
     busy = send(pool, _delivery(webhook_receiver.url), [WEBHOOK_SECRET], 5.0)
@@ -231,7 +231,7 @@ def test_redirects_are_not_followed_and_retry_after_is_read(webhook_receiver: We
     assert len(webhook_receiver.requests) == 2  # nothing went to the redirect target
 
 
-def test_the_guard_refuses_non_public_addresses_before_connecting(webhook_receiver: WebhookReceiver) -> None:
+def test_the_guard_refuses_non_public_addresses_before_connecting(webhook_receiver: LocalHTTPServer) -> None:
     pool = guarded_pool(allow_private=False)
     port = webhook_receiver.url.split(":")[2].split("/")[0]
     for url in (webhook_receiver.url, f"http://localhost:{port}/hook"):
@@ -273,7 +273,7 @@ def webhook_runtime(make_settings: Callable[..., Settings], db_url: str, redis_u
 
 
 def test_deliver_task_sends_each_message_once_and_retries_failures(
-    webhook_runtime: Runtime, webhook_receiver: WebhookReceiver
+    webhook_runtime: Runtime, webhook_receiver: LocalHTTPServer
 ) -> None:
     sessions = webhook_runtime.sessions
     job_id = lifecycle.new_job_id()
@@ -283,7 +283,7 @@ def test_deliver_task_sends_each_message_once_and_retries_failures(
                                                  webhook_url=webhook_receiver.url),
                          source_key="k", source_content_type="image/png")
     _run_to_success(sessions, job_id)
-    webhook_receiver.answers = [(500, {})]  # the first attempt fails
+    webhook_receiver.answers = [(500, {}, b"")]  # the first attempt fails
     with session_scope(sessions) as session:
         due = webhooks.claim_due(session, webhook_tasks.hold_s())
     assert len(due) == 2
