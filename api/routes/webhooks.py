@@ -10,11 +10,12 @@ from api.deps import OwnedJobDep, SessionsDep
 from api.schemas import WebhookDeliveryList, WebhookDeliveryPublic, error_responses
 from jobs import lifecycle, webhooks
 from jobs.db import session_scope
+from jobs.models import WebhookDelivery
 
 router = APIRouter(prefix="/v1", tags=["webhooks"])
 
 
-def _public(delivery: Any) -> dict[str, Any]:
+def _public(delivery: WebhookDelivery) -> dict[str, Any]:
     return WebhookDeliveryPublic.model_validate(delivery).model_dump(mode="json")
 
 
