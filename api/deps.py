@@ -6,11 +6,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
+import structlog
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.errors import Unauthorized
 from api.watch import JobWatcher
-from jobs import lifecycle
+from jobs import keys, lifecycle
 from jobs.models import Job
 from jobs.notify import Notifier
 from jobs.queue import Publisher
@@ -20,17 +23,15 @@ from jobs.storage import Storage
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling; owns the jobs it submits."""
+    """Who is calling; owns the jobs it submits. Limits left None fall back to the deployment's."""
 
     id: str
+    rate_limit: str | None = None
+    max_in_flight: int | None = None
+    signs_webhooks: bool = False  # has its own webhook secret (an API key)
 
 
 ANONYMOUS = Principal("anonymous")
-
-
-def current_principal() -> Principal:
-    """The caller. No auth yet: everyone is ``anonymous``. API-key auth replaces this one function."""
-    return ANONYMOUS
 
 
 def get_settings(request: Request) -> Settings:
@@ -63,7 +64,6 @@ def get_watcher(request: Request) -> JobWatcher:
     return request.app.state.watcher
 
 
-PrincipalDep = Annotated[Principal, Depends(current_principal)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionsDep = Annotated[sessionmaker[Session], Depends(get_sessions)]
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
@@ -71,6 +71,30 @@ StorageDep = Annotated[Storage, Depends(get_storage)]
 PublisherDep = Annotated[Publisher, Depends(get_publisher)]
 NotifierDep = Annotated[Notifier, Depends(get_notifier)]
 WatcherDep = Annotated[JobWatcher, Depends(get_watcher)]
+
+
+BEARER = HTTPBearer(auto_error=False, description="An API key from `varedit-serve keys create`.")
+
+
+def current_principal(
+    settings: SettingsDep,
+    sessions: SessionsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)],
+) -> Principal:
+    """The caller: the API key in `Authorization: Bearer`, or ``anonymous`` when auth is off."""
+    if settings.auth == "none":
+        return ANONYMOUS
+    if credentials is None:
+        raise Unauthorized("send the API key as `Authorization: Bearer <key>`")
+    with sessions() as session:
+        key = keys.authenticate(session, credentials.credentials)
+    if key is None:
+        raise Unauthorized("the API key is not valid or was revoked")
+    structlog.contextvars.bind_contextvars(api_key=key.id)
+    return Principal(key.id, key.rate_limit, key.max_in_flight, signs_webhooks=True)
+
+
+PrincipalDep = Annotated[Principal, Depends(current_principal)]
 
 
 def read_owned_job(sessions: sessionmaker[Session], job_id: str, owner: str) -> Job:

@@ -31,6 +31,23 @@ STATUS_CODES = {
 }
 
 
+class Unauthorized(JobsError):
+    code, status = "unauthorized", 401
+    headers = {"WWW-Authenticate": 'Bearer realm="varedit"'}
+
+
+class RateLimited(JobsError):
+    code, status = "rate_limited", 429
+
+    def __init__(self, message: str, retry_after_s: int, details: Any = None) -> None:
+        super().__init__(message, details)
+        self.headers = {"Retry-After": str(retry_after_s)}
+
+
+class TooManyInFlight(RateLimited):
+    code = "too_many_jobs_in_flight"
+
+
 class InvalidRequest(JobsError):
     code, status = "invalid_request", 422
 
@@ -88,7 +105,7 @@ def error_response(
 
 async def _jobs_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, JobsError)
-    return error_response(exc.status, exc.code, exc.message, exc.details)
+    return error_response(exc.status, exc.code, exc.message, exc.details, getattr(exc, "headers", None))
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:

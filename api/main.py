@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api.errors import install_error_handlers
+from api.limits import EditLimits
 from api.metrics import Metrics
 from api.middleware import RequestContextMiddleware
 from api.routes import edits, health, jobs, models, webhooks
@@ -40,6 +41,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.publisher = CeleryPublisher(app.state.celery)
     app.state.notifier = Notifier(settings.broker_url)
     app.state.watcher = JobWatcher(settings.broker_url, settings.wait_recheck_s)
+    app.state.limits = EditLimits(settings)
     app.state.metrics.watch_jobs(app.state.sessions, settings)
     await app.state.watcher.start()
     try:

@@ -143,8 +143,9 @@ def _range_error(name: str, value: Any, low: Any, high: Any) -> InvalidRequest:
     )
 
 
-def build_spec(fields: EditCreate, settings: Settings) -> EditSpec:
-    """Check fields against the deployment's limits and fill in defaults (a random seed included)."""
+def build_spec(fields: EditCreate, settings: Settings, signs_webhooks: bool = False) -> EditSpec:
+    """Check fields against the deployment's limits and fill in defaults (a random seed included).
+    ``signs_webhooks``: the caller has a webhook secret of its own (an API key)."""
     instruction = fields.instruction.strip()
     if not instruction:
         raise InvalidRequest("instruction must not be empty", details=[{"loc": ["body", "instruction"]}])
@@ -173,7 +174,7 @@ def build_spec(fields: EditCreate, settings: Settings) -> EditSpec:
     if not 0 <= seed <= settings.seed_max:
         raise _range_error("seed", seed, 0, settings.seed_max)
     if fields.webhook_url is not None:
-        check_webhook_url(fields.webhook_url, settings)
+        check_webhook_url(fields.webhook_url, settings, signs_webhooks)
     start_timeout_s = fields.start_timeout_s or settings.start_timeout_s
     if start_timeout_s > settings.start_timeout_s:
         raise _range_error("start_timeout_s", start_timeout_s, 1, settings.start_timeout_s)
@@ -191,9 +192,9 @@ def build_spec(fields: EditCreate, settings: Settings) -> EditSpec:
     )
 
 
-def check_webhook_url(url: str, settings: Settings) -> None:
-    """Refuse a webhook the deployment cannot sign or may not call (checked again at every connect)."""
-    if not settings.webhook_secrets:
+def check_webhook_url(url: str, settings: Settings, signs_webhooks: bool) -> None:
+    """Refuse a webhook that cannot be signed or may not be called (checked again at every connect)."""
+    if not (signs_webhooks or settings.webhook_secrets):
         raise WebhooksNotConfigured("this deployment has no webhook secret (VAREDIT_WEBHOOK_SECRETS)")
     try:
         check_url_syntax(url, settings.allow_private_urls)

@@ -47,3 +47,7 @@ class NoWebhook(JobsError):
 
 class JobNotTerminal(JobsError):
     code, status = "job_not_terminal", 409
+
+
+class ApiKeyNotFound(JobsError):
+    code, status = "api_key_not_found", 404

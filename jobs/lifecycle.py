@@ -586,3 +586,11 @@ def count_by_status(session: Session) -> dict[tuple[str, JobStatus], int]:
     """Jobs per (model, status), for the jobs-by-state gauge."""
     rows = session.execute(select(Job.model, Job.status, func.count()).group_by(Job.model, Job.status)).all()
     return {(model, JobStatus(status)): count for model, status, count in rows}
+
+
+def count_in_flight(session: Session, owner: str) -> int:
+    """The owner's queued and running jobs (the per-caller cap on work in the system)."""
+    return session.scalar(
+        select(func.count()).select_from(Job)
+        .where(Job.owner == owner, Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))
+    ) or 0

@@ -195,3 +195,26 @@ class WebhookDelivery(Base):
         Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
         Index("ix_webhook_deliveries_job", "job_id", "created_at"),
     )
+
+
+class ApiKey(Base):
+    """A client's credential. Only a hash of the token is kept; the token is shown once, at creation.
+
+    Each key has its own webhook signing secret (Standard Webhooks ``whsec_``); after a rotation the
+    previous one keeps signing too, until the next rotation, so receivers can switch without a gap."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # public part of the token; jobs' owner
+    name: Mapped[str] = mapped_column(String(128))
+    token_sha256: Mapped[str] = mapped_column(String(64))
+    webhook_secret: Mapped[str] = mapped_column(String(128))
+    previous_webhook_secret: Mapped[str | None] = mapped_column(String(128))
+    rate_limit: Mapped[str | None] = mapped_column(String(64))  # e.g. "60/minute"; None: the deployment's
+    max_in_flight: Mapped[int | None] = mapped_column(Integer)  # queued + running; None: the deployment's
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    @property
+    def webhook_secrets(self) -> list[str]:
+        return [s for s in (self.webhook_secret, self.previous_webhook_secret) if s]

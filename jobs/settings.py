@@ -10,7 +10,9 @@ import os
 import socket
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
+import limits
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -74,6 +76,12 @@ class Settings(BaseSettings):
     wait_recheck_s: float = Field(2.0, gt=0)  # waiting requests re-read the job at least this often
     page_size_max: int = Field(100, gt=0)
 
+    # Who may call. "none": every request is the same anonymous owner (the laptop default);
+    # "api_key": `Authorization: Bearer <key>` from `varedit-serve keys create`, each key seeing its own jobs.
+    auth: Literal["none", "api_key"] = "none"
+    rate_limit: str = "120/minute"  # POST /v1/edits per caller (limits notation); a key may set its own
+    max_in_flight: int = Field(100, gt=0)  # queued + running jobs per caller; a key may set its own
+
     # URLs chosen by clients (webhook_url, image_url) may reach loopback/private/link-local addresses
     # only when this is set (tests, LANs); see jobs/netguard.py.
     allow_private_urls: bool = False
@@ -115,6 +123,9 @@ class Settings(BaseSettings):
             raise ValueError("tau_default must lie within [tau_min, tau_max]")
         if any(not secret.startswith("whsec_") for secret in self.webhook_secrets):
             raise ValueError("webhook secrets look like whsec_<base64>")
+        limits.parse(self.rate_limit)  # a ValueError names what is wrong with it
+        if self.environment == "production" and self.auth == "none":
+            raise ValueError("production needs VAREDIT_AUTH=api_key")
         if self.environment == "production" and self.database_url.startswith("sqlite"):
             raise ValueError("production needs VAREDIT_DATABASE_URL pointing at PostgreSQL")
         return self

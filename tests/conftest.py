@@ -237,7 +237,8 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
     def make(**overrides: Any) -> Settings:
         # The tests serve the "tiny" variant (32 px), whatever model the deployment default bundles.
         values: dict[str, Any] = {"data_dir": tmp_path / "data", "log_json": False, "models": ["tiny"],
-                                  "webhook_secrets": [WEBHOOK_SECRET], **overrides}
+                                  "webhook_secrets": [WEBHOOK_SECRET], "rate_limit": "100000/minute",
+                                  **overrides}
         return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
     return make

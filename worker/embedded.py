@@ -3,6 +3,7 @@
     varedit-serve                       # or: python -m worker.embedded
     varedit-serve --port 8000 --data-dir ./data --model-path /path/to/model
     varedit-serve submit IMAGE "INSTRUCTION" --wait -o out.png     # the HTTP client (worker.client)
+    varedit-serve keys create NAME                                 # API keys (jobs.admin)
 
 What it starts, each child in its own process group, all stopped on Ctrl-C / SIGTERM:
 
@@ -315,7 +316,8 @@ def serve(argv: Sequence[str]) -> int:
         prog="varedit-serve",
         description="Run the whole VAREdit Serve platform on this machine (Redis, SQLite, local storage, "
         "one worker, beat, the API). Stop with Ctrl-C.",
-        epilog="Client commands: varedit-serve submit|get|wait|cancel ... (see varedit-serve submit -h).",
+        epilog="Client commands: varedit-serve submit|get|wait|cancel ... (see varedit-serve submit -h); "
+               "API keys: varedit-serve keys create|list|revoke|rotate-webhook-secret.",
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")
@@ -373,6 +375,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from worker.client import main as client_main
 
         return client_main(argv)
+    if argv and argv[0] == "keys":
+        from jobs.admin import main as keys_main
+
+        return keys_main(argv[1:])
     if argv and argv[0] == "serve":
         argv = argv[1:]
     return serve(argv)

@@ -7,8 +7,10 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from sqlalchemy.orm import Session, sessionmaker
 
-from api.deps import PrincipalDep, PublisherDep, SessionsDep, SettingsDep, StorageDep
+from api.deps import Principal, PrincipalDep, PublisherDep, SessionsDep, SettingsDep, StorageDep
+from api.limits import EditLimits
 from api.schemas import EditCreate, JobPublic, error_responses, job_path, render_job
 from api.validation import build_spec, inspect_image, read_edit_request
 from jobs.service import request_fingerprint, submit_edit
@@ -43,6 +45,11 @@ _REQUEST_BODY = {
 }
 
 
+def _check_limits(limits: EditLimits, principal: Principal, sessions: sessionmaker[Session]) -> None:
+    with sessions() as session:
+        limits.check(principal, session)
+
+
 @router.post(
     "/edits",
     status_code=202,
@@ -50,7 +57,7 @@ _REQUEST_BODY = {
     openapi_extra=_REQUEST_BODY,
     responses={
         202: {"headers": {"Location": {"schema": {"type": "string"}, "description": "the job's URL"}}},
-        **error_responses(409, 413, 415, 422, 503),
+        **error_responses(401, 409, 413, 415, 422, 429, 503),
     },
 )
 async def create_edit(
@@ -63,9 +70,10 @@ async def create_edit(
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> JSONResponse:
     """Submit an edit: the image and instruction are stored and the job is queued for a GPU worker."""
+    await run_in_threadpool(_check_limits, request.app.state.limits, principal, sessions)
     fields, image = await read_edit_request(request, settings)
     content_type = await run_in_threadpool(inspect_image, image, settings)
-    spec = build_spec(fields, settings)
+    spec = build_spec(fields, settings, signs_webhooks=principal.signs_webhooks)
     submitted = await run_in_threadpool(
         submit_edit,
         sessions,

@@ -12,9 +12,10 @@ from functools import cache
 import httpcore
 import structlog
 
-from jobs import webhooks
+from jobs import keys, lifecycle, webhooks
 from jobs.db import session_scope
 from jobs.netguard import guarded_pool
+from jobs.webhooks import Outcome
 from worker.celery_app import WEBHOOKS_QUEUE, app
 from worker.runtime import get_runtime
 from worker.webhooks import send
@@ -46,19 +47,24 @@ def dispatch_webhooks() -> int:
 
 @app.task(name=DELIVER_TASK, acks_late=True, ignore_result=True)
 def deliver_webhook(delivery_id: str) -> str | None:
-    """One attempt at one message; returns the message's status afterwards (None: nothing to do)."""
+    """One attempt at one message, signed with the secrets of the job's API key (or the deployment's
+    when auth is off); returns the message's status afterwards (None: nothing to do)."""
     rt = get_runtime()
     settings = rt.settings
     with session_scope(rt.sessions) as session:
         delivery = webhooks.pending(session, delivery_id)
-        if delivery is not None:
-            session.expunge(delivery)
-    if delivery is None:
-        return None
+        if delivery is None:
+            return None
+        session.expunge(delivery)
+        owner = lifecycle.get_job(session, delivery.job_id).owner
+        secrets = keys.webhook_secrets_of(session, owner) or settings.webhook_secrets
     structlog.contextvars.bind_contextvars(job_id=delivery.job_id)
     try:
-        outcome = send(_pool(settings.allow_private_urls, rt.pid), delivery, settings.webhook_secrets,
-                       settings.webhook_timeout_s)
+        if secrets:
+            outcome = send(_pool(settings.allow_private_urls, rt.pid), delivery, secrets,
+                           settings.webhook_timeout_s)
+        else:  # the deployment's secrets were removed after the job was accepted
+            outcome = Outcome(error="no webhook signing secret is configured", refused=True)
         with session_scope(rt.sessions) as session:
             status = webhooks.record_outcome(session, delivery_id, delivery.attempts, outcome,
                                              settings.webhook_retry_s)

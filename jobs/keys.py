@@ -1,0 +1,96 @@
+"""API keys: minting, checking, revoking the bearer tokens clients send, and their webhook secrets.
+
+A token is ``vsk_<id>_<secret>``: the id finds the row and is the owner of the key's jobs; the SHA-256
+of the whole token must equal the stored digest (compared in constant time). Tokens carry 256 random
+bits, so a fast hash suffices: slow password hashes only help against guessing low-entropy secrets.
+The token itself is never stored and is shown once, when the key is made.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+
+from limits import parse
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from jobs.errors import ApiKeyNotFound
+from jobs.models import ApiKey, utcnow
+
+TOKEN_PREFIX = "vsk_"
+
+
+@dataclass(frozen=True)
+class NewKey:
+    key: ApiKey
+    token: str  # shown once
+
+
+def new_webhook_secret() -> str:
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create(session: Session, name: str, *, rate_limit: str | None = None, max_in_flight: int | None = None,
+           now: datetime | None = None) -> NewKey:
+    """A new key; ``rate_limit`` in the `limits` notation ("60/minute", "1000/day"), checked here."""
+    if rate_limit is not None:
+        parse(rate_limit)  # ValueError for nonsense, before anything is stored
+    key_id = secrets.token_hex(6)
+    token = f"{TOKEN_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
+    key = ApiKey(id=key_id, name=name, token_sha256=_digest(token), webhook_secret=new_webhook_secret(),
+                 rate_limit=rate_limit, max_in_flight=max_in_flight, created_at=now or utcnow())
+    session.add(key)
+    session.flush()
+    return NewKey(key, token)
+
+
+def authenticate(session: Session, token: str) -> ApiKey | None:
+    """The live key this token belongs to, or None (malformed, unknown, wrong secret or revoked)."""
+    if not token.startswith(TOKEN_PREFIX):
+        return None
+    key_id, _, rest = token.removeprefix(TOKEN_PREFIX).partition("_")
+    key = session.get(ApiKey, key_id) if key_id and rest else None
+    if key is None or key.revoked_at is not None:
+        return None
+    return key if hmac.compare_digest(key.token_sha256, _digest(token)) else None
+
+
+def get(session: Session, key_id: str) -> ApiKey:
+    key = session.get(ApiKey, key_id)
+    if key is None:
+        raise ApiKeyNotFound(f"no API key {key_id}", details={"id": key_id})
+    return key
+
+
+def revoke(session: Session, key_id: str, *, now: datetime | None = None) -> ApiKey:
+    """Idempotent: the key stops working at once; its jobs stay (and keep running)."""
+    key = get(session, key_id)
+    if key.revoked_at is None:
+        key.revoked_at = now or utcnow()
+    return key
+
+
+def rotate_webhook_secret(session: Session, key_id: str) -> ApiKey:
+    """A new signing secret; the current one keeps signing beside it until the next rotation."""
+    key = get(session, key_id)
+    key.previous_webhook_secret, key.webhook_secret = key.webhook_secret, new_webhook_secret()
+    return key
+
+
+def all_keys(session: Session) -> list[ApiKey]:
+    return list(session.scalars(select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)))
+
+
+def webhook_secrets_of(session: Session, owner: str) -> list[str] | None:
+    """The signing secrets of the key that owns a job; None when the owner is not a key (no auth)."""
+    key = session.get(ApiKey, owner)
+    return key.webhook_secrets if key is not None else None
