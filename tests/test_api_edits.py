@@ -233,6 +233,14 @@ def test_publish_failure_still_accepts_and_dispatcher_republishes(harness: ApiHa
         assert [t.job_id for t in stranded_queued(session, 300, now=later)] == [job_id]
 
 
+def test_a_redis_outage_does_not_stop_submissions(api_settings: Settings) -> None:
+    with ApiHarness(api_settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0"})) as harness:
+        harness.publisher.fail = True  # the broker is down for the publish too
+        response = post_multipart(harness)
+        assert response.status_code == 202, response.text  # the rate limit fails open; the outbox holds it
+        assert count_jobs(harness) == 1
+
+
 def test_storage_failure_leaves_nothing_and_frees_the_key(harness: ApiHarness) -> None:
     real_put = harness.storage.put
 
