@@ -10,12 +10,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from api.errors import install_error_handlers
 from api.limits import EditLimits
 from api.metrics import Metrics
 from api.middleware import RequestContextMiddleware
-from api.routes import edits, health, jobs, models, webhooks
+from api.routes import edits, health, jobs, models, page, webhooks
 from api.watch import JobWatcher
 from jobs.db import make_engine, make_sessionmaker
 from jobs.logging import configure_logging
@@ -61,8 +62,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = Metrics()
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)
-    for module in (edits, jobs, webhooks, models, health):
+    for module in (edits, jobs, webhooks, models, health, page):
         app.include_router(module.router)
+    app.mount("/static", StaticFiles(directory=page.STATIC_DIR), name="static")
     return app
 
 

@@ -8,6 +8,16 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
+# The web page is tested in a real browser: Debian's chromium and its chromedriver.
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 \
+      || { apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null; }
+  else
+    echo "the browser test needs chromium and chromedriver: sudo apt-get install chromium chromium-driver" >&2
+    exit 1
+  fi
+fi
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
 # torch first and pinned, so nothing pulls a CUDA build.

@@ -412,3 +412,27 @@ def webhook_receiver() -> Iterator[LocalHTTPServer]:
     receiver = LocalHTTPServer()
     yield receiver
     receiver.close()
+
+
+# -- a real browser -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Headless Chromium driven by Selenium (Debian's chromium + chromedriver; scripts/test.sh
+    installs them when missing)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_bin = shutil.which("chromedriver")
+    assert chromium and driver_bin, "install chromium and chromium-driver (scripts/test.sh does)"
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1200,1000"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(driver_bin), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()

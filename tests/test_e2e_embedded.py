@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 from standardwebhooks.webhooks import Webhook
 
 from worker.client import Client
@@ -150,6 +152,35 @@ def test_webhooks_arrive_signed_with_the_data_dirs_secret(embedded: dict, webhoo
     assert event["data"]["result"]["url"] == f"/v1/jobs/{job['id']}/result"
     # the delivery log says so once the worker has recorded the answers
     assert [d["event"] for d in log] == ["job.running", "job.succeeded"]
+
+
+def test_the_web_page_edits_the_sample_in_a_real_browser(embedded: dict, browser, tmp_path: Path) -> None:
+    wait = WebDriverWait(browser, DEADLINE_S)
+    browser.get(embedded["url"] + "/")
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#model option"))  # models came from the API
+    browser.find_element(By.ID, "image").send_keys(str(SAMPLE))
+    browser.find_element(By.ID, "instruction").send_keys("remove the red circle")
+    browser.find_element(By.CSS_SELECTOR, "details summary").click()
+    for field, value in (("seed", "1"), ("cfg", "2"), ("tau", "0.3")):
+        browser.find_element(By.ID, field).send_keys(value)
+    assert browser.find_element(By.ID, "before").get_property("naturalWidth") == 64  # the local preview
+    browser.find_element(By.ID, "submit").click()
+    wait.until(lambda d: d.find_element(By.ID, "status").text == "succeeded")
+    wait.until(lambda d: d.find_element(By.ID, "after").get_property("naturalWidth") == 64)
+    assert browser.find_element(By.ID, "scale").text == "scale 5 of 5"
+    assert browser.find_element(By.ID, "progress").get_property("value") == 1
+    # what the page shows is the job's result, fetched by the page itself
+    job_id = browser.find_element(By.ID, "job-id").text
+    with Client(embedded["url"]) as client:
+        job = client.get(job_id)
+    assert (job["status"], job["params"]["seed"]) == ("succeeded", 1)
+    assert job["instruction"] == "remove the red circle"
+    # bad input is shown with its error code, not swallowed
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_text("hello")
+    browser.find_element(By.ID, "image").send_keys(str(not_an_image))
+    browser.find_element(By.ID, "submit").click()
+    wait.until(lambda d: d.find_element(By.ID, "error").text.startswith("invalid_image:"))
 
 
 def test_varedit_serve_submit_command_waits_and_saves_the_result(embedded: dict, tmp_path: Path) -> None:
