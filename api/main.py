@@ -16,12 +16,14 @@ from api.errors import install_error_handlers
 from api.limits import EditLimits
 from api.metrics import Metrics
 from api.middleware import RequestContextMiddleware
-from api.routes import edits, health, jobs, models, page, webhooks
+from api.routes import edits, health, jobs, models, page
+from api.routes import webhooks as webhook_routes
 from api.watch import JobWatcher
+from jobs import webhooks
 from jobs.db import make_engine, make_sessionmaker
 from jobs.logging import configure_logging
 from jobs.notify import Notifier
-from jobs.queue import CeleryPublisher, make_celery
+from jobs.queue import CeleryPublisher, make_celery, webhook_sender
 from jobs.settings import Settings, get_settings
 from jobs.storage import storage_from_settings
 
@@ -40,6 +42,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.storage = storage_from_settings(settings)
     app.state.celery = make_celery(settings)
     app.state.publisher = CeleryPublisher(app.state.celery)
+    webhooks.send_after_commit(app.state.sessions, webhook_sender(app.state.celery),
+                               webhooks.reservation_s(settings.webhook_timeout_s))
     app.state.notifier = Notifier(settings.broker_url)
     app.state.watcher = JobWatcher(settings.broker_url, settings.wait_recheck_s)
     app.state.limits = EditLimits(settings)
@@ -62,7 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = Metrics()
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)
-    for module in (edits, jobs, webhooks, models, health, page):
+    for module in (edits, jobs, webhook_routes, models, health, page):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=page.STATIC_DIR), name="static")
     return app

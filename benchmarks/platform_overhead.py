@@ -10,7 +10,10 @@ edit workers with the fake pipeline: 10 scales, no work per scale, max_batch 1),
    database: commit, publish, broker, Celery delivery, the claim UPDATE),
    the worker's bookkeeping after generation (``deliver_ms``: PNG encode, upload, fenced finish) and the
    whole round trip as a client sees it (POST until a long-poll GET returns succeeded);
-2. throughput: submits/s from concurrent HTTP clients, then jobs completed/s while the workers drain.
+2. throughput: submits/s from concurrent HTTP clients, then jobs completed/s while the workers drain;
+3. webhook latency: the job's commit as succeeded (``finished_at``) until a local receiver has the
+   signed ``job.succeeded`` POST (outbox row, beat dispatch every VAREDIT_WEBHOOK_DISPATCH_S, the
+   webhook worker's send).
 
 Prints one block of numbers. Not a test: nothing is asserted.
 """
@@ -18,6 +21,7 @@ Prints one block of numbers. Not a test: nothing is asserted.
 from __future__ import annotations
 
 import argparse
+import http.server
 import io
 import json
 import statistics
@@ -67,11 +71,46 @@ def deliver_ms(log_paths: list[Path], job_ids: set[str]) -> list[float]:
     return found
 
 
+class WebhookArrivals:
+    """A local endpoint noting when each job's webhook arrived (wall clock, like ``finished_at``)."""
+
+    def __init__(self) -> None:
+        self.arrived: dict[str, float] = {}
+        self.changed = threading.Condition()
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (the stdlib's name)
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                with receiver.changed:
+                    receiver.arrived[json.loads(body)["data"]["id"]] = time.time()
+                    receiver.changed.notify_all()
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait_for(self, job_id: str, timeout_s: float) -> None:
+        with self.changed:
+            if not self.changed.wait_for(lambda: job_id in self.arrived, timeout_s):
+                raise TimeoutError(f"no webhook for {job_id}")
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--latency-jobs", type=int, default=200)
     parser.add_argument("--throughput-jobs", type=int, default=400)
     parser.add_argument("--clients", type=int, default=8, help="concurrent HTTP submitters")
+    parser.add_argument("--webhook-jobs", type=int, default=50)
     parser.add_argument("--workers", type=int, default=1, help="edit worker processes")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--database-url", help="default: SQLite in a temporary data folder")
@@ -79,7 +118,10 @@ def main() -> int:
 
     data_dir = Path(tempfile.mkdtemp(prefix="varedit-bench-"))
     env = {"VAREDIT_MODEL_PATH": "fake://?scales=10", "VAREDIT_MAX_BATCH": "1", "VAREDIT_LOG_JSON": "true",
-           "VAREDIT_LOG_LEVEL": "INFO"}
+           "VAREDIT_LOG_LEVEL": "INFO",
+           # no caller limits (the bursts are the point); webhooks go to 127.0.0.1
+           "VAREDIT_RATE_LIMIT": "1000000/minute", "VAREDIT_MAX_IN_FLIGHT": "1000000",
+           "VAREDIT_ALLOW_PRIVATE_URLS": "true"}
     if args.database_url:
         env["VAREDIT_DATABASE_URL"] = args.database_url
     image = source_png(args.image_size)
@@ -124,7 +166,22 @@ def main() -> int:
         for job_id in burst:
             client.wait(job_id, timeout_s=300)
         drain_s = time.perf_counter() - t0
+
+        # 3. webhook latency, one job at a time
+        receiver = WebhookArrivals()
+        hook_ids = []
+        for i in range(args.webhook_jobs):
+            job_id = client.submit(image, f"webhook {i}", seed=i, webhook_url=receiver.url,
+                                   webhook_events="job.succeeded")["id"]
+            client.wait(job_id, timeout_s=30)
+            receiver.wait_for(job_id, timeout_s=30)
+            hook_ids.append(job_id)
+        receiver.close()
         client.close()
+        with sessions() as session:
+            rows = session.execute(select(Job.id, Job.finished_at).where(Job.id.in_(hook_ids))).all()
+        finished = dict(rows)
+        webhook_ms = [(receiver.arrived[j] - finished[j].timestamp()) * 1000 for j in hook_ids]
 
     print(f"platform overhead, fake instant model (10 scales), {args.workers} edit worker(s), "
           f"{'PostgreSQL' if args.database_url else 'SQLite'}, {args.image_size}x{args.image_size} PNG")
@@ -135,6 +192,7 @@ def main() -> int:
     print(f"{'submits/s':<34} {args.throughput_jobs / submit_s:7.1f}   ({args.throughput_jobs} jobs, "
           f"{args.clients} concurrent clients)")
     print(f"{'jobs completed/s':<34} {args.throughput_jobs / drain_s:7.1f}   (burst until all succeeded)")
+    print(summary("succeeded -> webhook received", webhook_ms))
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Publishing ``run_edit`` to the model's Celery queue, by task name, without importing ``worker/``.
+"""Publishing ``run_edit`` to the model's Celery queue (and webhook hand-overs to ``webhooks``), by task
+name, without importing ``worker/``.
 
 The broker only wakes workers; the database is the truth. A failed publish leaves the job ``queued``
 and the periodic dispatcher (`lifecycle.stranded_queued`) republishes it.
@@ -6,6 +7,7 @@ and the periodic dispatcher (`lifecycle.stranded_queued`) republishes it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import structlog
@@ -14,6 +16,8 @@ from celery import Celery
 from jobs.settings import Settings
 
 RUN_EDIT_TASK = "worker.run_edit"
+DELIVER_WEBHOOK_TASK = "worker.deliver_webhook"
+WEBHOOKS_QUEUE = "webhooks"  # the light worker's; never a GPU worker's
 PUBLISH_TIMEOUT_S = 5  # a request must not hang on a dead broker; the dispatcher covers the miss
 
 log = structlog.get_logger(__name__)
@@ -66,3 +70,9 @@ def publish_quietly(publisher: Publisher, job_id: str, model: str) -> bool:
         log.warning("job_publish_failed", job_id=job_id, model=model, exc_info=True)
         return False
     return True
+
+
+def webhook_sender(app: Celery) -> Callable[[str], None]:
+    """Hands one webhook message to the webhook worker (for `jobs.webhooks.send_after_commit`)."""
+    return lambda delivery_id: app.send_task(DELIVER_WEBHOOK_TASK, args=[delivery_id], queue=WEBHOOKS_QUEUE,
+                                             retry=False)

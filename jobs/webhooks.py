@@ -3,9 +3,11 @@
 1. A job's state change inserts its message (`enqueue`) in the same transaction, when the job has a
    webhook_url and subscribes to the event (all events when it named none): a committed change always
    has its message, a rolled-back one never does.
-2. `claim_due` (Celery beat) hands due messages to the webhook worker, pushing ``next_attempt_at``
-   past the delivery timeout so that one message is in one worker's hands at a time; if that worker
-   dies, the message is simply due again later.
+2. Right after that commit the process hands the new messages to the webhook worker (`send_after_commit`,
+   installed on the session factory by the API and the workers), having reserved them for ``hold_s`` in
+   the transaction; `claim_due` (Celery beat) hands over whatever is due otherwise, reserving it the
+   same way, so one message is in one worker's hands at a time. If the hand-over is lost (broker
+   down) or that worker dies, the message simply falls due again after the reservation.
 3. The worker sends it and `record_outcome` settles it: 2xx delivered; 410 gone (with the job's other
    pending messages to that URL); a refused address failed at once; anything else is retried after
    the schedule's next delay (+-10% jitter, or the endpoint's Retry-After when longer), failed after
@@ -16,14 +18,15 @@ from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
+from sqlalchemy import event as sa_event
 from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.errors import JobNotTerminal, NoWebhook
 from jobs.models import DeliveryStatus, Job, JobStatus, WebhookDelivery, utcnow
@@ -40,6 +43,8 @@ EVENT_OF_STATUS = {
 }
 EVENTS = tuple(EVENT_OF_STATUS.values())
 JITTER = 0.1
+HOLD_KEY = "webhook_hold_s"  # Session.info: reserve new messages this long, they are handed over
+NEW_KEY = "webhook_new_ids"  # Session.info: messages of the open transaction, to hand over
 
 
 @dataclass(frozen=True)
@@ -69,14 +74,43 @@ def enqueue(session: Session, job: Job, *, now: datetime | None = None) -> Webho
 
 def _add(session: Session, job: Job, event: str, message_id: str, payload: dict[str, Any],
          now: datetime) -> WebhookDelivery:
+    hold_s = session.info.get(HOLD_KEY)  # set when this session hands messages over after commit
+    due = now + timedelta(seconds=hold_s) if hold_s else now
     delivery = WebhookDelivery(
         id=str(uuid.uuid4()), message_id=message_id, job_id=job.id, event=event, url=job.webhook_url,
-        payload=payload, status=DeliveryStatus.PENDING, attempts=0, next_attempt_at=now, created_at=now,
+        payload=payload, status=DeliveryStatus.PENDING, attempts=0, next_attempt_at=due, created_at=now,
     )
     session.add(delivery)
     session.flush()
+    if hold_s:
+        session.info.setdefault(NEW_KEY, []).append(delivery.id)
     log.info("webhook_enqueued", job_id=job.id, webhook_event=event, message_id=message_id)
     return delivery
+
+
+def send_after_commit(sessions: sessionmaker[Session], send: Callable[[str], None], hold_s: float) -> None:
+    """Hand each message that a transaction of ``sessions`` enqueued to ``send`` once it has committed
+    (nothing for a rolled-back one). ``send`` failing is logged: the reservation then runs out and
+    `claim_due` picks the message up."""
+    sessions.configure(info={**sessions.kw.get("info", {}), HOLD_KEY: hold_s})
+
+    def committed(session: Session) -> None:
+        for delivery_id in session.info.pop(NEW_KEY, []):
+            try:
+                send(delivery_id)
+            except Exception:
+                log.warning("webhook_handover_failed", delivery_id=delivery_id, exc_info=True)
+
+    def rolled_back(session: Session) -> None:
+        session.info.pop(NEW_KEY, None)
+
+    sa_event.listen(sessions, "after_commit", committed)
+    sa_event.listen(sessions, "after_rollback", rolled_back)
+
+
+def reservation_s(timeout_s: float) -> float:
+    """How long a handed-over message stays reserved: longer than one attempt can take."""
+    return 3 * timeout_s + 30
 
 
 def claim_due(session: Session, hold_s: float, *, now: datetime | None = None, limit: int = 100) -> list[str]:

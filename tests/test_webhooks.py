@@ -115,6 +115,37 @@ def test_a_claimed_message_is_held_until_its_attempt_could_have_ended(sessions, 
         assert webhooks.claim_due(session, hold_s=60, now=now + timedelta(seconds=61)) == [first]
 
 
+def test_new_messages_are_handed_over_after_commit_and_reserved_meanwhile(sessions, submit_job) -> None:
+    sent: list[str] = []
+    webhooks.send_after_commit(sessions, sent.append, hold_s=60)
+    job_id = submit_job(webhook_url=HOOK, webhook_events=["job.running"])
+    with pytest.raises(RuntimeError), session_scope(sessions) as session:
+        lifecycle.claim(session, job_id, "w1", lease_s=60)
+        raise RuntimeError("crash before commit")
+    with session_scope(sessions) as session:
+        lifecycle.claim(session, job_id, "w1", lease_s=60)
+        assert sent == []  # never before the commit
+    [message] = _messages(sessions, job_id)
+    assert sent == [message.id]  # once, and nothing from the rolled-back try
+    now = utcnow()
+    with session_scope(sessions) as session:  # reserved for the worker it was handed to
+        assert webhooks.claim_due(session, hold_s=60, now=now) == []
+    with session_scope(sessions) as session:  # ...until the reservation runs out (hand-over lost)
+        assert webhooks.claim_due(session, hold_s=60, now=now + timedelta(seconds=61)) == [message.id]
+
+
+def test_a_failed_hand_over_does_not_undo_the_change(sessions, submit_job) -> None:
+    def broker_down(delivery_id: str) -> None:
+        raise ConnectionError("broker down")
+
+    webhooks.send_after_commit(sessions, broker_down, hold_s=60)
+    job_id = submit_job(webhook_url=HOOK)
+    _run_to_success(sessions, job_id)
+    with sessions() as session:
+        assert lifecycle.get_job(session, job_id).status is JobStatus.SUCCEEDED
+    assert len(_messages(sessions, job_id)) == 2
+
+
 def _record(sessions, delivery_id: str, outcome: Outcome, schedule=(5.0, 60.0), now=None):  # type: ignore[no-untyped-def]
     with session_scope(sessions) as session:
         attempts = session.get(WebhookDelivery, delivery_id).attempts
@@ -285,13 +316,13 @@ def test_deliver_task_sends_each_message_once_and_retries_failures(
     _run_to_success(sessions, job_id)
     webhook_receiver.answers = [(500, {}, b"")]  # the first attempt fails
     with session_scope(sessions) as session:
-        due = webhooks.claim_due(session, webhook_tasks.hold_s())
+        due = webhooks.claim_due(session, 60)
     assert len(due) == 2
     statuses = [webhook_tasks.deliver_webhook(d) for d in due]
     assert statuses == ["pending", "delivered"]
     assert webhook_tasks.deliver_webhook(due[1]) is None  # a duplicate task for a settled message
     with session_scope(sessions) as session:  # retry schedule 0 s: due again at once
-        assert webhooks.claim_due(session, webhook_tasks.hold_s()) == [due[0]]
+        assert webhooks.claim_due(session, 60) == [due[0]]
     assert webhook_tasks.deliver_webhook(due[0]) == "delivered"
     events = [json.loads(body)["type"] for _, _, body in webhook_receiver.wait_for(3)]
     assert events == ["job.running", "job.succeeded", "job.running"]

@@ -25,10 +25,9 @@ from datetime import timedelta
 from celery import Celery
 from kombu import Exchange, Queue
 
-from jobs.queue import RUN_EDIT_TASK, queue_name
+from jobs.queue import DELIVER_WEBHOOK_TASK, RUN_EDIT_TASK, WEBHOOKS_QUEUE, queue_name
 from jobs.settings import Settings, get_settings
 
-WEBHOOKS_QUEUE = "webhooks"
 MAINTENANCE_QUEUE = "maintenance"
 
 # Redis redelivers an unacknowledged message after this long. It must exceed the longest edit (or the
@@ -87,7 +86,7 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
         task_default_queue=MAINTENANCE_QUEUE,
         task_routes={
             RUN_EDIT_TASK: {"queue": queue_name(settings.default_model)},
-            "worker.deliver_webhook": {"queue": WEBHOOKS_QUEUE},
+            DELIVER_WEBHOOK_TASK: {"queue": WEBHOOKS_QUEUE},
             "worker.dispatch_webhooks": {"queue": WEBHOOKS_QUEUE},
             "worker.*": {"queue": MAINTENANCE_QUEUE},
         },

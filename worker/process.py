@@ -25,8 +25,9 @@ import structlog
 from celery import current_app
 from celery.signals import celeryd_init, setup_logging, worker_process_init, worker_process_shutdown
 
+from jobs import webhooks
 from jobs.logging import configure_logging
-from jobs.queue import queue_name
+from jobs.queue import queue_name, webhook_sender
 from jobs.settings import get_settings
 from worker import heartbeat, metrics
 from worker.fake import is_fake_path
@@ -69,10 +70,12 @@ def _init_pool_child(sender: str | None = None, **_: Any) -> None:
     global _heartbeat_thread
     reset_runtime()  # never reuse anything built in the parent
     POOL.clear()
+    rt = get_runtime()
+    webhooks.send_after_commit(rt.sessions, webhook_sender(current_app),
+                               webhooks.reservation_s(rt.settings.webhook_timeout_s))
     models = served_models(list(current_app.amqp.queues.consume_from))
     if not models:
         return
-    rt = get_runtime()
     structlog.contextvars.bind_contextvars(worker_id=rt.worker_id)
     rows = heartbeat_rows(rt.worker_id, models)
     beats = heartbeat.HeartbeatThread(rt.sessions, rows=rows, hostname=rt.hostname,

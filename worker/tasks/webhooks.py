@@ -1,8 +1,9 @@
 """Webhook tasks on the ``webhooks`` queue (the light worker; never a GPU worker).
 
-``dispatch_webhooks`` (beat, every `webhook_dispatch_s`) hands each due message to
-``deliver_webhook``, which makes one attempt and records its outcome. The database decides what is
-due, so a lost task message only delays an attempt until the message is due again.
+New messages are handed to ``deliver_webhook`` right after the commit that made them (see
+`jobs.webhooks.send_after_commit`); ``dispatch_webhooks`` (beat, every `webhook_dispatch_s`) hands over
+retries and anything whose hand-over was lost. ``deliver_webhook`` makes one attempt and records its
+outcome. The database decides what is due, so a lost task message only delays an attempt.
 """
 
 from __future__ import annotations
@@ -15,37 +16,30 @@ import structlog
 from jobs import keys, lifecycle, webhooks
 from jobs.db import session_scope
 from jobs.netguard import guarded_pool
+from jobs.queue import DELIVER_WEBHOOK_TASK, WEBHOOKS_QUEUE
 from jobs.webhooks import Outcome
-from worker.celery_app import WEBHOOKS_QUEUE, app
+from worker.celery_app import app
 from worker.runtime import get_runtime
 from worker.webhooks import send
 
 log = structlog.get_logger(__name__)
-
-DELIVER_TASK = "worker.deliver_webhook"
-
 
 @cache
 def _pool(allow_private: bool, pid: int) -> httpcore.ConnectionPool:
     return guarded_pool(allow_private)  # one per process (keyed by pid: never shared across a fork)
 
 
-def hold_s() -> float:
-    """How long a handed-out message stays reserved: more than one attempt can take."""
-    return 3 * get_runtime().settings.webhook_timeout_s + 30
-
-
 @app.task(name="worker.dispatch_webhooks", acks_late=True, ignore_result=True)
 def dispatch_webhooks() -> int:
     rt = get_runtime()
     with session_scope(rt.sessions) as session:
-        due = webhooks.claim_due(session, hold_s())
+        due = webhooks.claim_due(session, webhooks.reservation_s(rt.settings.webhook_timeout_s))
     for delivery_id in due:
-        app.send_task(DELIVER_TASK, args=[delivery_id], queue=WEBHOOKS_QUEUE)
+        app.send_task(DELIVER_WEBHOOK_TASK, args=[delivery_id], queue=WEBHOOKS_QUEUE)
     return len(due)
 
 
-@app.task(name=DELIVER_TASK, acks_late=True, ignore_result=True)
+@app.task(name=DELIVER_WEBHOOK_TASK, acks_late=True, ignore_result=True)
 def deliver_webhook(delivery_id: str) -> str | None:
     """One attempt at one message, signed with the secrets of the job's API key (or the deployment's
     when auth is off); returns the message's status afterwards (None: nothing to do)."""
