@@ -98,6 +98,16 @@ class GuardedBackend(httpcore.SyncBackend):
         return super().connect_tcp(allowed[0], port, timeout, local_address, socket_options)
 
 
+def timeouts(timeout_s: float) -> dict[str, float]:
+    """httpcore's per-request timeout extension, the same limit for every phase."""
+    return dict.fromkeys(("connect", "read", "write", "pool"), timeout_s)
+
+
+def header_map(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """httpcore's raw response headers as a dict with lower-case names."""
+    return {k.decode().lower(): v.decode("latin-1") for k, v in headers}
+
+
 def guarded_pool(allow_private: bool = False) -> httpcore.ConnectionPool:
     """A connection pool for client-chosen URLs (no redirects, no env proxies, guarded connects)."""
     return httpcore.ConnectionPool(network_backend=GuardedBackend(allow_private), max_connections=20)
@@ -106,14 +116,13 @@ def guarded_pool(allow_private: bool = False) -> httpcore.ConnectionPool:
 def fetch(url: str, *, max_bytes: int, timeout_s: float, max_redirects: int, allow_private: bool) -> bytes:
     """GET a client-chosen URL through the guard: at most ``max_bytes``, within ``timeout_s`` in all."""
     deadline = time.monotonic() + timeout_s
-    timeouts = {"connect": timeout_s, "read": timeout_s, "write": timeout_s, "pool": timeout_s}
     with guarded_pool(allow_private) as pool:
         for _ in range(max_redirects + 1):
             check_url_syntax(url, allow_private)
             try:
                 with pool.stream("GET", url, headers={"user-agent": USER_AGENT, "accept": "image/*"},
-                                 extensions={"timeout": timeouts}) as response:
-                    headers = {k.decode().lower(): v.decode("latin-1") for k, v in response.headers}
+                                 extensions={"timeout": timeouts(timeout_s)}) as response:
+                    headers = header_map(response.headers)
                     if response.status in REDIRECTS and headers.get("location"):
                         url = urljoin(url, headers["location"])
                         continue

@@ -17,7 +17,7 @@ import httpcore
 from standardwebhooks.webhooks import Webhook
 
 from jobs.models import WebhookDelivery
-from jobs.netguard import Unresolvable, UnsafeURL
+from jobs.netguard import Unresolvable, UnsafeURL, header_map, timeouts
 from jobs.webhooks import Outcome
 
 USER_AGENT = "varedit-serve-webhooks/1"
@@ -59,11 +59,10 @@ def send(pool: httpcore.ConnectionPool, delivery: WebhookDelivery, secrets: Sequ
     now = datetime.now(UTC)
     body = body_of(delivery)
     headers = signed_headers(secrets, delivery.message_id, now, body)
-    timeouts = {"connect": timeout_s, "read": timeout_s, "write": timeout_s, "pool": timeout_s}
     try:
         # The answer's body is never read: a receiver could send gigabytes.
         with pool.stream("POST", delivery.url, headers=headers, content=body,
-                         extensions={"timeout": timeouts}) as response:
+                         extensions={"timeout": timeouts(timeout_s)}) as response:
             status, answer_headers = response.status, response.headers
     except UnsafeURL as e:
         return Outcome(error=str(e), refused=True)
@@ -71,6 +70,6 @@ def send(pool: httpcore.ConnectionPool, delivery: WebhookDelivery, secrets: Sequ
         return Outcome(error=f"{type(e).__name__}: {e}"[:MAX_ERROR_CHARS])
     except httpcore.UnsupportedProtocol as e:
         return Outcome(error=str(e)[:MAX_ERROR_CHARS], refused=True)
-    retry_after = {k.decode().lower(): v.decode("latin-1") for k, v in answer_headers}.get("retry-after")
+    retry_after = header_map(answer_headers).get("retry-after")
     error = None if 200 <= status < 300 else f"HTTP {status}"
     return Outcome(status_code=status, error=error, retry_after_s=retry_after_s(retry_after, now))
