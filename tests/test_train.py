@@ -115,3 +115,41 @@ def test_init_continues_an_exported_model_folder(parts, tmp_path):
         assert torch.equal(v, vae2.state_dict()[k]), k
     with pytest.raises(CheckpointError):
         T.init_state(folder, T.shapes_config(depth=2, width=64, heads=2))
+
+
+def test_grow_appends_identity_blocks(parts, tmp_path):
+    """`--grow` with a deeper `--depth` continues from the folder's function exactly; new blocks train."""
+    from varedit.checkpoints import CheckpointError, save_pretrained
+
+    vae, text = parts
+    model, _ = _model_and_opt()
+    folder = save_pretrained(tmp_path / "model", model.cfg, model, vae)
+    deeper = VAREditTransformer(T.shapes_config(depth=3, width=64, heads=2))
+    deeper.load_state_dict(T.init_state(folder, deeper.cfg, grow=True))
+    t, src, x, labels = T.batch_tensors(T.encode_records(records_for_step(0, 0, 2), vae), vae, text, None)
+    with torch.no_grad():
+        torch.testing.assert_close(deeper(t, src, x, T.SCHEDULE), model(t, src, x, T.SCHEDULE), rtol=0, atol=0)
+    T.bit_loss(deeper(t, src, x, T.SCHEDULE), labels, T.token_weights()).backward()
+    assert deeper.blocks[2].ffn.fc2.weight.grad.abs().sum() > 0  # the zero projections still learn
+    with pytest.raises(CheckpointError):  # growth changes the depth only
+        T.init_state(folder, T.shapes_config(depth=3, width=128, heads=2), grow=True)
+
+
+def test_ema_is_checkpointed_resumed_and_exported(parts, tmp_path):
+    """With `--ema` a stopped and resumed run ends with the same average, and export ships it."""
+    from varedit.checkpoints import save_pretrained
+
+    vae, _ = parts
+    model, _ = _model_and_opt()
+    T.make_text_encoder(tmp_path / "t5")
+    folder = save_pretrained(tmp_path / "model", model.cfg, model, vae, text_encoder=tmp_path / "t5")
+    cfg = dict(depth=1, width=64, heads=2, init=str(folder), batch=2, pool=0, ema=0.5, eval_every=10**6,
+               ckpt_every=1)
+    T.train(T.TrainConfig(steps=3, **cfg), None, tmp_path / "straight")
+    T.train(T.TrainConfig(steps=2, **cfg), None, tmp_path / "resumed")
+    T.train(T.TrainConfig(steps=3, **cfg), None, tmp_path / "resumed")
+    straight, resumed = (torch.load(tmp_path / d / "ckpt.pt", weights_only=False) for d in ("straight", "resumed"))
+    shipped = T.trained_weights(straight)
+    for k, v in shipped.items():
+        assert torch.equal(v, T.trained_weights(resumed)[k]), k
+    assert any(not torch.equal(v, straight["modules"]["model"][k]) for k, v in shipped.items())

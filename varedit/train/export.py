@@ -16,7 +16,7 @@ import torch
 
 from ..checkpoints import save_pretrained
 from ..transformer import VAREditTransformer
-from .transformer import TrainConfig, load_trained_vae, shapes_config
+from .transformer import TrainConfig, load_trained_vae, shapes_config, trained_weights
 
 
 def export(vae_ckpt: Path, tf_ckpt: Path, text_encoder: Path, out: Path) -> Path:
@@ -24,7 +24,7 @@ def export(vae_ckpt: Path, tf_ckpt: Path, text_encoder: Path, out: Path) -> Path
     tc = TrainConfig(**state["extra"]["config"])
     cfg = shapes_config(tc.depth, tc.width, tc.heads)
     model = VAREditTransformer(cfg)
-    model.load_state_dict(state["modules"]["model"])
+    model.load_state_dict(trained_weights(state))
     return save_pretrained(out, cfg, model, load_trained_vae(vae_ckpt), text_encoder=text_encoder)
 
 

@@ -28,12 +28,13 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from .. import checkpoints as ckpts
@@ -80,6 +81,8 @@ class TrainConfig:
     eval_every: int = 250
     threads: int = 1
     init: str = ""  # an exported model folder: start from its weights, VAE and T5 (a fresh optimizer)
+    grow: bool = False  # with init: `depth` may exceed the folder's; new blocks start as the identity
+    ema: float = 0.0  # decay of an exponential moving average of the weights (0: none); export uses it
 
 
 def load_trained_vae(path: str | Path) -> VAE:
@@ -95,11 +98,23 @@ def load_trained_vae(path: str | Path) -> VAE:
     return vae.eval().requires_grad_(False)
 
 
-def init_state(folder: Path, cfg: VAREditConfig) -> dict[str, torch.Tensor]:
-    """Float32 transformer weights of an exported model folder, checked against `cfg` (same variant)."""
-    if ckpts.read_config(folder) != cfg:
+def init_state(folder: Path, cfg: VAREditConfig, grow: bool = False) -> dict[str, torch.Tensor]:
+    """Float32 transformer weights of an exported model folder, checked against `cfg` (same variant).
+
+    With `grow`, `cfg` may have more blocks than the folder's model: the extra blocks go after the
+    trained ones with zero output projections (self-attention, cross-attention, FFN), so every new
+    block starts as the identity and the grown model computes exactly what the folder's model did."""
+    saved = ckpts.read_config(folder)
+    deeper = replace(saved, depth=cfg.depth, block_chunks=cfg.block_chunks) == cfg and cfg.depth > saved.depth
+    if saved != cfg and not (grow and deeper):
         raise ckpts.CheckpointError(f"{folder} holds another configuration than the one being trained")
-    return ckpts.load_transformer_safetensors(folder / ckpts.TRANSFORMER_FILE, cfg).float().state_dict()
+    state = ckpts.load_transformer_safetensors(folder / ckpts.TRANSFORMER_FILE, saved).float().state_dict()
+    for name, value in VAREditTransformer(cfg).state_dict().items():
+        if name not in state:  # a block beyond the saved depth
+            zero = name.endswith((".sa.proj.weight", ".sa.proj.bias", ".ca.proj.weight", ".ca.proj.bias",
+                                  ".ffn.fc2.weight", ".ffn.fc2.bias"))
+            state[name] = torch.zeros_like(value) if zero else value
+    return state
 
 
 class TextCache:
@@ -211,7 +226,7 @@ def build(cfg: TrainConfig, vae_path: Path) -> tuple[VAE, TextCache, VAREditTran
     vae, text = load_trained_vae(vae_path), TextCache(make_text_encoder(text_dir))
     model = VAREditTransformer(shapes_config(cfg.depth, cfg.width, cfg.heads))
     if cfg.init:
-        model.load_state_dict(init_state(Path(cfg.init), model.cfg))
+        model.load_state_dict(init_state(Path(cfg.init), model.cfg, cfg.grow))
     return vae, text, model
 
 
@@ -225,10 +240,12 @@ def train(cfg: TrainConfig, vae_path: Path, out: Path) -> VAREditTransformer:
     no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embed" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.97))
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema)) if cfg.ema else None
+    modules = {"model": model} | ({"ema": ema} if ema else {})
     ckpt, log = out / "ckpt.pt", LossLog(out / "log.jsonl")
     step = 0
     if ckpt.exists():
-        step = load_checkpoint(ckpt, {"model": model}, opt)["step"]
+        step = load_checkpoint(ckpt, modules, opt)["step"]
         print(f"resumed from {ckpt} at step {step}")
     weights = token_weights(reweight=cfg.reweight).to(dev)
     flip = SelfCorrection(cfg.flip_layers, cfg.flip_strength) if cfg.flip_layers > 0 else None
@@ -238,15 +255,24 @@ def train(cfg: TrainConfig, vae_path: Path, out: Path) -> VAREditTransformer:
     for step in bar:
         loss = train_step(model, opt, vae, text, flip, weights, batches(step),
                           lr_at(step, cfg.steps, cfg.lr, cfg.warmup), cfg)
+        if ema:
+            ema.update_parameters(model)
         bar.set_postfix(loss=f"{loss:.4f}")
         values = {"loss": loss}
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
-            values.update(evaluate(model, vae, text))
+            values.update(evaluate(ema.module if ema else model, vae, text))
         if step % 10 == 0 or len(values) > 1:
             log.write(step, **values, sec=time.time() - t0)
         if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps:
-            save_checkpoint(ckpt, step + 1, {"model": model}, opt, {"config": asdict(cfg)})
+            save_checkpoint(ckpt, step + 1, modules, opt, {"config": asdict(cfg)})
     return model
+
+
+def trained_weights(state: dict) -> dict[str, torch.Tensor]:
+    """The weights to ship from a training checkpoint: the moving average when the run kept one."""
+    if "ema" not in state["modules"]:
+        return state["modules"]["model"]
+    return {k.removeprefix("module."): v for k, v in state["modules"]["ema"].items() if k != "n_averaged"}
 
 
 def train_step(model, opt, vae, text, flip, weights, enc: Encoded, lr, cfg: TrainConfig) -> float:
