@@ -43,3 +43,17 @@ def test_shipped_model_edits_a_held_out_sample(pipe, seed, index):
     assert masked_psnr(out, rec.target, rec.mask) >= 20
     # outside the mask: the source is preserved
     assert masked_psnr(out, rec.source, ~rec.mask) >= 28
+
+
+def test_benchmark_oracle_scales(pipe):
+    """`varedit.eval --oracle-scales N`: N = 0 is the plain edit; all scales give the target's VAE
+    reconstruction, whatever the transformer would have sampled."""
+    from varedit.eval import _edit_with_oracle
+
+    rec = make_record(0, 1, "test")
+    [plain] = pipe.edit([Image.fromarray(rec.source)], [rec.instruction], seeds=[1], cfg=2.0, tau=0.3)
+    assert np.array_equal(_edit_with_oracle(pipe, rec, 1, 2.0, 0.3, 0), np.asarray(plain))
+    K = pipe.num_scales()
+    oracle = _edit_with_oracle(pipe, rec, 1, 2.0, 0.3, K)
+    assert np.array_equal(oracle, _edit_with_oracle(pipe, rec, 3, 4.0, 1.0, K))  # sampling plays no part
+    assert masked_psnr(oracle, rec.target, rec.mask) >= 30 and masked_psnr(oracle, rec.source, ~rec.mask) >= 30

@@ -101,8 +101,9 @@ def generate(
     text: one prompt per sample; source_BLd: the source prefix (B, h_K*w_K, d).
     cfg, tau: scalars or per-scale lists; a scale with cfg 1 uses the conditional logits only, and
     with cfg 1 everywhere the unconditional half is never computed.
-    forced_bits: per-scale (B, l, d) bits to use instead of sampling (teacher forcing through the
-    cached path, for tests); keep_logits: also return every scale's raw head output.
+    forced_bits: (B, l, d) bits of the first len(forced_bits) scales, used instead of sampling (all
+    scales: teacher forcing through the cached path, for tests; a prefix: the benchmark's question of
+    how much the later scales lose); keep_logits: also return every scale's raw head output.
     """
     K, B = len(schedule), source_BLd.shape[0]
     cfg_k, tau_k = per_scale(cfg, K, "cfg"), per_scale(tau, K, "tau")
@@ -128,7 +129,7 @@ def generate(
         logits = raw * (1 / tau_k[k])
         if cfg_k[k] != 1:
             logits = cfg_k[k] * logits[:B] + (1 - cfg_k[k]) * logits[B:]
-        if forced_bits is not None:
+        if forced_bits is not None and k < len(forced_bits):
             bits = forced_bits[k].to(logits.device, torch.int64)
         else:
             bits = sample_bits(logits, generators, top_k, top_p)
