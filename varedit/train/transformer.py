@@ -22,6 +22,10 @@ To continue training an exported model (the training run's optimizer state need 
 from its folder: transformer weights, VAE (so the same bit labels) and T5 (the same text features):
 
     python -m varedit.train.transformer --init models/varedit-shapes-64 --out runs/tf-ft --edit-weight 4
+
+With `--grow true --depth N` the continued model gets extra blocks that start as the identity (more
+capacity, no progress lost); `--ema 0.999` keeps a moving average of the weights, which is what the
+checkpoint's evaluation reports and what export ships (late checkpoints swing less).
 """
 
 from __future__ import annotations
