@@ -34,7 +34,7 @@ def test_shipped_folder_is_small_and_complete():
 def test_shipped_model_edits_a_held_out_sample(pipe, seed, index):
     rec = make_record(seed, index, "test")
     src = Image.fromarray(rec.source)
-    # (latency is a benchmark, not an assertion: `python -m varedit.eval` reports ~35 ms per edit)
+    # (latency is a benchmark, not an assertion: `python -m varedit.eval` reports ~70 ms per edit on one thread)
     [out] = pipe.edit([src], [rec.instruction], seeds=[index], cfg=2.0, tau=0.3)
     out = np.asarray(out)
     assert out.shape == rec.source.shape
