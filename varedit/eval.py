@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--oracle", action="store_true",
                    help="every scale's bits from the target itself: the VAE's ceiling, no transformer")
     p.add_argument("--oracle-scales", type=int, default=0, metavar="N",
-                   help="the first N scales' bits from the target, the rest sampled: what the later scales lose")
+                   help="the first N scales' bits from the target, the rest sampled (what later scales lose)")
     a = p.parse_args(argv)
 
     import torch
@@ -158,9 +158,9 @@ def _edit_with_oracle(pipe, rec: Record, seed: int, cfg: float, tau: float, n_sc
         labels = pipe.vae.teacher_forcing(pipe.vae.encode_features(target), sched).labels
         text = pipe.text_encoder.encode([rec.instruction]).to(pipe.device)
         source = pipe.encode_sources([Image.fromarray(rec.source)], schedule, size)
-        out = generate(pipe.transformer, pipe.vae, text, source, schedule, [torch.Generator().manual_seed(seed)],
-                       cfg=cfg, tau=tau, top_k=pipe.config.top_k, top_p=pipe.config.top_p,
-                       forced_bits=labels[:n_scales])
+        gens = [torch.Generator().manual_seed(seed)]
+        out = generate(pipe.transformer, pipe.vae, text, source, schedule, gens, cfg=cfg, tau=tau,
+                       top_k=pipe.config.top_k, top_p=pipe.config.top_p, forced_bits=labels[:n_scales])
         return np.asarray(postprocess(pipe.decode(out.f_hat)[0], rec.target.shape[1::-1]))
 
 
