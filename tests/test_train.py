@@ -141,6 +141,8 @@ def test_ema_is_checkpointed_resumed_and_exported(parts, tmp_path):
 
     vae, _ = parts
     model, _ = _model_and_opt()
+    # the T5 is made up front: building it reseeds torch, which would give the first run (the one
+    # that built it) another data stream than the later ones
     T.make_text_encoder(tmp_path / "t5")
     folder = save_pretrained(tmp_path / "model", model.cfg, model, vae, text_encoder=tmp_path / "t5")
     cfg = dict(depth=1, width=64, heads=2, init=str(folder), batch=2, pool=0, ema=0.5, eval_every=10**6,

@@ -269,7 +269,7 @@ def train(cfg: TrainConfig, vae_path: Path, out: Path) -> VAREditTransformer:
             log.write(step, **values, sec=time.time() - t0)
         if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps:
             save_checkpoint(ckpt, step + 1, modules, opt, {"config": asdict(cfg)})
-    return model
+    return ema.module if ema else model  # what export would ship
 
 
 def trained_weights(state: dict) -> dict[str, torch.Tensor]:
