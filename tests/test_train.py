@@ -156,3 +156,36 @@ def test_ema_is_checkpointed_resumed_and_exported(parts, tmp_path):
     for k, v in shipped.items():
         assert torch.equal(v, T.trained_weights(resumed)[k]), k
     assert any(not torch.equal(v, straight["modules"]["model"][k]) for k, v in shipped.items())
+
+
+def test_object_weights_mark_objects_and_their_rim():
+    from varedit.train.common import to_tensor
+    from varedit.train.data import make_record
+    from varedit.train.vae import object_weights, reconstruction_loss
+
+    rec = make_record(0, 3, "train")
+    x = to_tensor(rec.source[None])
+    w = object_weights(x, 5.0)[0, 0]
+    bg = (rec.source == rec.source[0, 0]).all(-1)  # exact background colour
+    obj = torch.from_numpy(~bg)
+    assert obj.any() and (w[obj] == 5.0).all()
+    far = torch.nn.functional.max_pool2d(obj[None, None].float(), 11, stride=1, padding=5)[0, 0] == 0
+    assert far.any() and (w[far] == 1.0).all()
+    y = x + 0.1 * torch.randn_like(x)
+    plain = torch.nn.functional.l1_loss(y, x) + torch.nn.functional.mse_loss(y, x)
+    assert torch.allclose(reconstruction_loss(y, x), plain)
+    y_obj = torch.where(obj, y, x)  # error on objects only: weighting them makes it count more
+    assert reconstruction_loss(y_obj, x, 5.0) > 2 * reconstruction_loss(y_obj, x)
+
+
+def test_vae_init_from_an_exported_folder(parts, tmp_path):
+    from varedit.checkpoints import save_pretrained
+    from varedit.train.vae import build
+
+    vae, _ = parts
+    model, _ = _model_and_opt()
+    folder = save_pretrained(tmp_path / "model", model.cfg, model, vae)
+    trained = build(folder).state_dict()
+    for k, v in vae.state_dict().items():
+        if k.startswith(("encoder.", "decoder.")):
+            assert torch.equal(v, trained[k]), k
