@@ -189,3 +189,24 @@ def test_vae_init_from_an_exported_folder(parts, tmp_path):
     for k, v in vae.state_dict().items():
         if k.startswith(("encoder.", "decoder.")):
             assert torch.equal(v, trained[k]), k
+
+
+def test_vae_sizes_travel_from_the_vae_checkpoint_to_the_transformer(tmp_path):
+    """A VAE trained with other sizes (--codebook-dim/--base-ch) is rebuilt from its checkpoint, and
+    the transformer trained on it predicts that many bits per token."""
+    from dataclasses import asdict
+
+    from varedit.train.vae import VAETrainConfig, build
+
+    run = VAETrainConfig(codebook_dim=8, base_ch=32)
+    m = build("", run.vae_config())
+    save_checkpoint(tmp_path / "vae.pt", 0, {"vae": m}, torch.optim.AdamW(m.parameters()),
+                    {"config": asdict(run)})
+    vae = T.load_trained_vae(tmp_path / "vae.pt")
+    assert (vae.config.codebook_dim, vae.config.base_ch) == (8, 32)
+    for k, v in m.state_dict().items():
+        if k.startswith(("encoder.", "decoder.")):
+            assert torch.equal(v, vae.state_dict()[k]), k
+    cfg = T.TrainConfig(depth=1, width=64, heads=2, text_encoder=str(tmp_path / "t5"))
+    _, _, model = T.build(cfg, tmp_path / "vae.pt")
+    assert model.cfg.vae == vae.config and model.word_embed.in_features == 8

@@ -22,10 +22,11 @@ from .transformer import TrainConfig, load_trained_vae, shapes_config, trained_w
 def export(vae_ckpt: Path, tf_ckpt: Path, text_encoder: Path, out: Path) -> Path:
     state = torch.load(tf_ckpt, map_location="cpu", weights_only=False)
     tc = TrainConfig(**state["extra"]["config"])
-    cfg = shapes_config(tc.depth, tc.width, tc.heads)
+    vae = load_trained_vae(vae_ckpt)
+    cfg = shapes_config(tc.depth, tc.width, tc.heads, vae.config)
     model = VAREditTransformer(cfg)
     model.load_state_dict(trained_weights(state))
-    return save_pretrained(out, cfg, model, load_trained_vae(vae_ckpt), text_encoder=text_encoder)
+    return save_pretrained(out, cfg, model, vae, text_encoder=text_encoder)
 
 
 def main(argv: list[str] | None = None) -> None:

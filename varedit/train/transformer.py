@@ -46,20 +46,23 @@ from ..config import VAREditConfig
 from ..text import TextEncoder, TextFeatures
 from ..transformer import VAREditTransformer
 from ..vae import VAE, SelfCorrection
+from ..vae.config import VAEConfig
 from .common import LossLog, device, load_checkpoint, lr_at, records_for_step, save_checkpoint, to_tensor
 from .data import Record, make_record
 from .text import build_text_encoder, build_tokenizer, save_text
-from .vae import SHAPES_VAE
+from .vae import SHAPES_VAE, VAETrainConfig
 
 SCHEDULE = [(1, 1), (2, 2), (4, 4), (6, 6), (8, 8)]  # token grids of 64 px at 8 px per token
 T5_WIDTH = 128
+VAE_SIZES = ("codebook_dim", "base_ch")  # the VAE options of `varedit.train.vae`
 
 
-def shapes_config(depth: int = 4, width: int = 128, heads: int = 4) -> VAREditConfig:
-    """The small model: the 2B recipe (no patchify) at 64 px, T5 width 128."""
+def shapes_config(depth: int = 4, width: int = 128, heads: int = 4,
+                  vae: VAEConfig = SHAPES_VAE) -> VAREditConfig:
+    """The small model: the 2B recipe (no patchify) at 64 px, T5 width 128, on the VAE it is trained on."""
     return VAREditConfig(name="shapes-64", depth=depth, width=width, num_heads=heads,
                          text_channels=T5_WIDTH, text_maxlen=32, block_chunks=depth,
-                         vae=SHAPES_VAE, resolution=64, text_encoder="text_encoder")
+                         vae=vae, resolution=64, text_encoder="text_encoder")
 
 
 @dataclass
@@ -96,7 +99,8 @@ def load_trained_vae(path: str | Path) -> VAE:
     state = torch.load(path, map_location="cpu", weights_only=False)
     sd = state["modules"]["vae"] if "modules" in state else state
     sd = {k: v for k, v in sd.items() if not k.startswith("bsq.")}
-    vae = VAE(SHAPES_VAE)
+    run = state.get("extra", {}).get("config", {})  # a training checkpoint names its VAE's sizes
+    vae = VAE(VAETrainConfig(**{k: v for k, v in run.items() if k in VAE_SIZES}).vae_config())
     missing, unexpected = vae.load_state_dict(sd, strict=False)
     assert not unexpected and all(k.endswith("lfq.mask") for k in missing), (missing, unexpected)
     return vae.eval().requires_grad_(False)
@@ -228,7 +232,7 @@ def build(cfg: TrainConfig, vae_path: Path) -> tuple[VAE, TextCache, VAREditTran
     if cfg.init:
         vae_path, text_dir = Path(cfg.init), Path(cfg.init) / ckpts.TEXT_ENCODER_DIR
     vae, text = load_trained_vae(vae_path), TextCache(make_text_encoder(text_dir))
-    model = VAREditTransformer(shapes_config(cfg.depth, cfg.width, cfg.heads))
+    model = VAREditTransformer(shapes_config(cfg.depth, cfg.width, cfg.heads, vae.config))
     if cfg.init:
         model.load_state_dict(init_state(Path(cfg.init), model.cfg, cfg.grow))
     return vae, text, model

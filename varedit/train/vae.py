@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +62,11 @@ class VAETrainConfig:
     init: str = ""  # start from this checkpoint's (or exported model folder's) weights, a fresh optimizer
     decoder_only: bool = False  # freeze encoder (and so every bit label); train the decoder only
     object_weight: float = 1.0  # reconstruction weight of object pixels (and 2 px around) vs background
+    codebook_dim: int = SHAPES_VAE.codebook_dim  # bits per latent pixel
+    base_ch: int = SHAPES_VAE.base_ch  # encoder/decoder width
+
+    def vae_config(self) -> VAEConfig:
+        return replace(SHAPES_VAE, codebook_dim=self.codebook_dim, base_ch=self.base_ch)
 
 
 class ShapesVAE(nn.Module):
@@ -151,9 +156,9 @@ def evaluate(model: ShapesVAE, n: int = 64) -> float:
     return psnr(y, x)
 
 
-def build(init: str | Path = "") -> ShapesVAE:
+def build(init: str | Path = "", cfg: VAEConfig = SHAPES_VAE) -> ShapesVAE:
     """A fresh VAE, or one with the weights of a training checkpoint or an exported model folder."""
-    model = ShapesVAE()
+    model = ShapesVAE(cfg)
     if init and Path(init).is_dir():
         model.load_state_dict(load_file(Path(init) / VAE_FILE) | {"bsq.mask": model.bsq.mask})
     elif init:
@@ -165,7 +170,7 @@ def train(cfg: VAETrainConfig, out: Path) -> ShapesVAE:
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     dev = device()
-    model = build(cfg.init).to(dev)
+    model = build(cfg.init, cfg.vae_config()).to(dev)
     if cfg.decoder_only:  # the transformer's labels depend only on the encoder: it can keep training
         model.encoder.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
