@@ -210,3 +210,12 @@ def test_vae_sizes_travel_from_the_vae_checkpoint_to_the_transformer(tmp_path):
     cfg = T.TrainConfig(depth=1, width=64, heads=2, text_encoder=str(tmp_path / "t5"))
     _, _, model = T.build(cfg, tmp_path / "vae.pt")
     assert model.cfg.vae == vae.config and model.word_embed.in_features == 8
+
+
+def test_last_scale_weight_scales_the_finest_tokens_only():
+    plain, heavy = T.token_weights(), T.token_weights(last_scale=3.0)
+    last = T.SCHEDULE[-1][0] * T.SCHEDULE[-1][1]
+    assert torch.isclose(heavy.sum(), torch.tensor(1.0))
+    ratio = heavy / plain  # one factor on the coarse tokens, three times it on the finest ones
+    assert torch.allclose(ratio[-last:], 3 * ratio[0]) and torch.allclose(ratio[:-last], ratio[0])
+    assert ratio[0] < 1

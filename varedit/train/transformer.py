@@ -76,6 +76,7 @@ class TrainConfig:
     grad_clip: float = 2.0
     text_drop: float = 0.1  # cond_drop_rate: null text for CFG
     edit_weight: float = 1.0  # loss weight multiplier of tokens inside the edit mask (1: official loss)
+    last_scale_weight: float = 1.0  # loss weight multiplier of the finest scale's tokens (1: official loss)
     flip_layers: int = 4  # bitwise self-correction on scales 0..flip_layers-1
     flip_strength: float = 0.2  # max flip probability
     reweight: bool = True  # per-scale token weights 1/sqrt(l_k)
@@ -148,10 +149,13 @@ def make_text_encoder(folder: str | Path = "runs/text_encoder", seed: int = 0) -
     return TextEncoder.from_pretrained(folder, max_length=32)
 
 
-def token_weights(schedule=SCHEDULE, reweight: bool = True) -> torch.Tensor:
-    """(L,) weights of the target tokens, summing to 1."""
+def token_weights(schedule=SCHEDULE, reweight: bool = True, last_scale: float = 1.0) -> torch.Tensor:
+    """(L,) weights of the target tokens, summing to 1; the finest scale's tokens count `last_scale`
+    times more (it decides the detail the VAE decodes, and loses the most edits: see `varedit.eval
+    --oracle-scales`)."""
     n = [h * w for h, w in schedule]
     w = torch.cat([torch.full((n_k,), (n[-1] / n_k) ** 0.5 if reweight else 1.0) for n_k in n])
+    w[-n[-1]:] *= last_scale
     return w / w.sum()
 
 
@@ -255,7 +259,7 @@ def train(cfg: TrainConfig, vae_path: Path, out: Path) -> VAREditTransformer:
     if ckpt.exists():
         step = load_checkpoint(ckpt, modules, opt)["step"]
         print(f"resumed from {ckpt} at step {step}")
-    weights = token_weights(reweight=cfg.reweight).to(dev)
+    weights = token_weights(reweight=cfg.reweight, last_scale=cfg.last_scale_weight).to(dev)
     flip = SelfCorrection(cfg.flip_layers, cfg.flip_strength) if cfg.flip_layers > 0 else None
     batches = Batches(vae, cfg.seed, cfg.batch, cfg.pool)
     bar = tqdm(range(step, cfg.steps), initial=step, total=cfg.steps, desc="transformer")
