@@ -13,6 +13,10 @@ Keeping f at the scale of the summed codes makes each scale refine the previous 
 The official BSQ module stubs these losses out at inference; they only matter for training.
 
     python -m varedit.train.vae --steps 2500 --out runs/vae
+
+`--codebook-dim` and `--base-ch` change the VAE's sizes; the checkpoint records them, and the
+transformer trained on it and the exported folder follow. The entropy term is summed over bits,
+so with more bits lower `--entropy` in proportion (0.01 for 32 bits) or it outweighs reconstruction.
 """
 
 from __future__ import annotations
