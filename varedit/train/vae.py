@@ -16,7 +16,7 @@ The official BSQ module stubs these losses out at inference; they only matter fo
 
 `--codebook-dim` and `--base-ch` change the VAE's sizes; the checkpoint records them, and the
 transformer trained on it and the exported folder follow. The entropy term is summed over bits,
-so with more bits lower `--entropy` in proportion (0.01 for 32 bits) or it outweighs reconstruction.
+so with more bits lower `--entropy` in proportion (0.01 for 32 bits) or it dominates the loss.
 """
 
 from __future__ import annotations
