@@ -33,7 +33,7 @@ from safetensors.torch import load_file
 from torch import nn
 from tqdm import tqdm
 
-from ..checkpoints import VAE_FILE
+from ..checkpoints import VAE_FILE, read_config
 from ..vae.autoencoder import Decoder, Encoder
 from ..vae.config import VAEConfig
 from ..vae.layers import ResnetBlock
@@ -161,11 +161,14 @@ def evaluate(model: ShapesVAE, n: int = 64) -> float:
 
 
 def build(init: str | Path = "", cfg: VAEConfig = SHAPES_VAE) -> ShapesVAE:
-    """A fresh VAE, or one with the weights of a training checkpoint or an exported model folder."""
-    model = ShapesVAE(cfg)
+    """A fresh VAE, or one with the weights of a training checkpoint or an exported model folder
+    (whose config.json, not `cfg`, gives the sizes)."""
     if init and Path(init).is_dir():
+        model = ShapesVAE(read_config(Path(init)).vae)
         model.load_state_dict(load_file(Path(init) / VAE_FILE) | {"bsq.mask": model.bsq.mask})
-    elif init:
+        return model
+    model = ShapesVAE(cfg)
+    if init:
         load_checkpoint(init, {"vae": model})
     return model
 
