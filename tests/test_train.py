@@ -223,3 +223,56 @@ def test_last_scale_weight_scales_the_finest_tokens_only():
     ratio = heavy / plain  # one factor on the coarse tokens, three times it on the finest ones
     assert torch.allclose(ratio[-last:], 3 * ratio[0]) and torch.allclose(ratio[:-last], ratio[0])
     assert ratio[0] < 1
+
+
+def test_transfer_starts_a_new_bit_width_from_a_folder(parts, tmp_path):
+    """`--transfer FOLDER` with a VAE of another bit width: the folder's T5 and every transformer
+    weight but the bit-width layers come over; another variant is refused."""
+    from dataclasses import asdict
+
+    from varedit.checkpoints import CheckpointError, save_pretrained
+    from varedit.train.vae import VAETrainConfig, build
+
+    vae, _ = parts
+    model, _ = _model_and_opt()
+    T.make_text_encoder(tmp_path / "t5")
+    folder = save_pretrained(tmp_path / "model", model.cfg, model, vae, text_encoder=tmp_path / "t5")
+    run = VAETrainConfig(codebook_dim=8)
+    m = build("", run.vae_config())
+    save_checkpoint(tmp_path / "vae8.pt", 0, {"vae": m}, torch.optim.AdamW(m.parameters()),
+                    {"config": asdict(run)})
+    cfg = T.TrainConfig(depth=1, width=64, heads=2, transfer=str(folder), text_encoder=str(tmp_path / "none"))
+    _, text, new = T.build(cfg, tmp_path / "vae8.pt")
+    assert new.word_embed.in_features == 8 and new.head.out_features == 16
+    old = model.state_dict()
+    fresh = {k for k, v in new.state_dict().items()
+             if not (v.shape == old[k].shape and torch.equal(v, old[k]))}
+    assert fresh == {"word_embed.weight", "head.weight", "head.bias"}
+    assert not (tmp_path / "none").exists()  # the folder's T5, not a new one
+    with pytest.raises(CheckpointError):
+        T.transfer_state(folder, VAREditTransformer(T.shapes_config(depth=2, width=64, heads=2)))
+
+
+def test_vae_oracle_success_scores_reconstructions_of_the_targets():
+    """A VAE that reconstructs perfectly passes every held-out edit; one that returns the source
+    (the edit undone) passes none."""
+    from varedit.train.common import to_tensor
+    from varedit.train.data import make_record
+    from varedit.train.vae import oracle_success
+
+    class Lookup(torch.nn.Module):
+        def __init__(self, use_source: bool):
+            super().__init__()
+            self.p, self.use_source = torch.nn.Parameter(torch.zeros(1)), use_source
+            recs = [make_record(0, i, "test") for i in range(12)]
+            self.table = {r.target.tobytes(): r for r in recs}
+
+        def forward(self, x):
+            imgs = ((x + 1) / 2 * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+            recs = [self.table[im.tobytes()] for im in imgs]
+            out = to_tensor(torch.stack([torch.from_numpy(r.source if self.use_source else r.target)
+                                         for r in recs]).numpy())
+            return out, 0.0, 0.0
+
+    assert oracle_success(Lookup(False), n=12, batch=5) == 1.0
+    assert oracle_success(Lookup(True), n=12, batch=5) == 0.0

@@ -23,6 +23,12 @@ from its folder: transformer weights, VAE (so the same bit labels) and T5 (the s
 
     python -m varedit.train.transformer --init models/varedit-shapes-64 --out runs/tf-ft --edit-weight 4
 
+To train on a new VAE (e.g. more bits per token) without learning the instruction again, start the
+blocks from an exported model and only the bit-width layers fresh:
+
+    python -m varedit.train.transformer --vae runs/vae32/ckpt.pt --transfer models/varedit-shapes-64 \
+        --depth 6 --out runs/tf32
+
 With `--grow true --depth N` the continued model gets extra blocks that start as the identity (more
 capacity, no progress lost); `--ema 0.999` keeps a moving average of the weights, which is what the
 checkpoint's evaluation reports and what export ships (late checkpoints swing less).
@@ -91,6 +97,7 @@ class TrainConfig:
     init: str = ""  # an exported model folder: start from its weights, VAE and T5 (a fresh optimizer)
     grow: bool = False  # with init: `depth` may exceed the folder's; new blocks start as the identity
     ema: float = 0.0  # decay of an exponential moving average of the weights (0: none); export uses it
+    transfer: str = ""  # an exported folder: its T5, and its transformer where shapes fit (VAE from --vae)
 
 
 def load_trained_vae(path: str | Path) -> VAE:
@@ -124,6 +131,28 @@ def init_state(folder: Path, cfg: VAREditConfig, grow: bool = False) -> dict[str
                                   ".ffn.fc2.weight", ".ffn.fc2.bias"))
             state[name] = torch.zeros_like(value) if zero else value
     return state
+
+
+def transfer_state(folder: Path, model: VAREditTransformer) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Start `model` (same variant, another VAE) from an exported folder's transformer: every weight
+    whose shape fits is copied, the rest (the bit-width sides of `word_embed` and `head`) keep their
+    fresh init. Returns the state dict and the names left fresh.
+
+    Why: a VAE with more bits per token changes only the transformer's input and output layers;
+    what the blocks learned (reading the instruction, attending to the source through SAR, where
+    each edit kind acts) does not depend on the bit width, so a new transformer need not learn it
+    again from scratch."""
+    saved = ckpts.read_config(folder)
+    if replace(saved, vae=model.cfg.vae) != model.cfg:
+        raise ckpts.CheckpointError(f"{folder} holds another transformer than the one being trained")
+    old = ckpts.load_transformer_safetensors(folder / ckpts.TRANSFORMER_FILE, saved).float().state_dict()
+    state, fresh = model.state_dict(), []
+    for name, value in state.items():
+        if old[name].shape == value.shape:
+            state[name] = old[name]
+        else:
+            fresh.append(name)
+    return state, fresh
 
 
 class TextCache:
@@ -235,10 +264,16 @@ def build(cfg: TrainConfig, vae_path: Path) -> tuple[VAE, TextCache, VAREditTran
     text_dir = Path(cfg.text_encoder)
     if cfg.init:
         vae_path, text_dir = Path(cfg.init), Path(cfg.init) / ckpts.TEXT_ENCODER_DIR
+    elif cfg.transfer:  # the transferred blocks read the text features of that folder's T5
+        text_dir = Path(cfg.transfer) / ckpts.TEXT_ENCODER_DIR
     vae, text = load_trained_vae(vae_path), TextCache(make_text_encoder(text_dir))
     model = VAREditTransformer(shapes_config(cfg.depth, cfg.width, cfg.heads, vae.config))
     if cfg.init:
         model.load_state_dict(init_state(Path(cfg.init), model.cfg, cfg.grow))
+    elif cfg.transfer:
+        state, fresh = transfer_state(Path(cfg.transfer), model)
+        model.load_state_dict(state)
+        print(f"transferred from {cfg.transfer}; fresh: {', '.join(fresh) or 'none'}")
     return vae, text, model
 
 

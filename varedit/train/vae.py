@@ -34,11 +34,21 @@ from torch import nn
 from tqdm import tqdm
 
 from ..checkpoints import VAE_FILE, read_config
+from ..eval import score
 from ..vae.autoencoder import Decoder, Encoder
 from ..vae.config import VAEConfig
 from ..vae.layers import ResnetBlock
 from ..vae.quantizer import BSQ, DOWN_MODE, UP_MODE
-from .common import LossLog, device, load_checkpoint, lr_at, records_for_step, save_checkpoint, to_tensor
+from .common import (
+    LossLog,
+    device,
+    load_checkpoint,
+    lr_at,
+    records_for_step,
+    save_checkpoint,
+    to_tensor,
+    to_uint8,
+)
 from .data import make_record
 
 # The shipped small model: 64 px images, 8 px per token -> 8x8 latent, 16 bits per latent pixel.
@@ -160,6 +170,24 @@ def evaluate(model: ShapesVAE, n: int = 64) -> float:
     return psnr(y, x)
 
 
+@torch.no_grad()
+def oracle_success(model: nn.Module, n: int = 300, seed: int = 0, batch: int = 50) -> float:
+    """Share of the benchmark's held-out edits that the VAE's own reconstruction of the target
+    passes (`varedit.eval`'s success rule): the ceiling of any transformer trained on this VAE,
+    what `varedit.eval --oracle` reports for an exported folder. Reconstruction PSNR alone hides
+    it: a VAE can score well on flat backgrounds and still round the small shapes edits depend on."""
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    ok = 0
+    for start in range(0, n, batch):
+        recs = [make_record(seed, i, "test") for i in range(start, min(n, start + batch))]
+        y, _, _ = model(to_tensor(np.stack([r.target for r in recs])).to(dev))
+        ok += sum(score(r, out)["success"] for r, out in zip(recs, to_uint8(y), strict=True))
+    model.train(was_training)
+    return ok / n
+
+
 def build(init: str | Path = "", cfg: VAEConfig = SHAPES_VAE) -> ShapesVAE:
     """A fresh VAE, or one with the weights of a training checkpoint or an exported model folder
     (whose config.json, not `cfg`, gives the sizes)."""
@@ -205,6 +233,7 @@ def train(cfg: VAETrainConfig, out: Path) -> ShapesVAE:
                   "commit": float(commit.detach()), "ent": float(ent.detach())}
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             values["test_psnr"] = evaluate(model)
+            values["test_oracle"] = oracle_success(model)
         if step % 10 == 0 or "test_psnr" in values:
             log.write(step, **values, sec=time.time() - t0)
         if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps:
