@@ -208,6 +208,7 @@ def test_vae_sizes_travel_from_the_vae_checkpoint_to_the_transformer(tmp_path):
                     {"config": asdict(run)})
     vae = T.load_trained_vae(tmp_path / "vae.pt")
     assert (vae.config.codebook_dim, vae.config.base_ch) == (8, 32)
+    assert build(tmp_path / "vae.pt").cfg == run.vae_config()  # --init CKPT: its own sizes too
     for k, v in m.state_dict().items():
         if k.startswith(("encoder.", "decoder.")):
             assert torch.equal(v, vae.state_dict()[k]), k

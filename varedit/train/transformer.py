@@ -56,11 +56,10 @@ from ..vae.config import VAEConfig
 from .common import LossLog, device, load_checkpoint, lr_at, records_for_step, save_checkpoint, to_tensor
 from .data import Record, make_record
 from .text import build_text_encoder, build_tokenizer, save_text
-from .vae import SHAPES_VAE, VAETrainConfig
+from .vae import SHAPES_VAE, checkpoint_vae_config
 
 SCHEDULE = [(1, 1), (2, 2), (4, 4), (6, 6), (8, 8)]  # token grids of 64 px at 8 px per token
 T5_WIDTH = 128
-VAE_SIZES = ("codebook_dim", "base_ch")  # the VAE options of `varedit.train.vae`
 
 
 def shapes_config(depth: int = 4, width: int = 128, heads: int = 4,
@@ -107,8 +106,7 @@ def load_trained_vae(path: str | Path) -> VAE:
     state = torch.load(path, map_location="cpu", weights_only=False)
     sd = state["modules"]["vae"] if "modules" in state else state
     sd = {k: v for k, v in sd.items() if not k.startswith("bsq.")}
-    run = state.get("extra", {}).get("config", {})  # a training checkpoint names its VAE's sizes
-    vae = VAE(VAETrainConfig(**{k: v for k, v in run.items() if k in VAE_SIZES}).vae_config())
+    vae = VAE(checkpoint_vae_config(state))  # a plain state dict records none: the shipped sizes
     missing, unexpected = vae.load_state_dict(sd, strict=False)
     assert not unexpected and all(k.endswith("lfq.mask") for k in missing), (missing, unexpected)
     return vae.eval().requires_grad_(False)

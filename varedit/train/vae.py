@@ -55,6 +55,7 @@ from .data import make_record
 # Width 48 (GroupNorm: 24 groups of 2 channels) rather than 32 (groups of one channel): a one-channel
 # group normalises a flat background to zero, so flat-colour images lose their colour at every norm.
 SHAPES_VAE = VAEConfig(codebook_dim=16, patch_size=8, base_ch=48, ch_mult=(1, 1, 2, 2), num_res_blocks=1)
+VAE_SIZES = ("codebook_dim", "base_ch")  # the options below that change the VAE's shapes
 SHAPES_SCHEDULE = [(1, 1, 1), (1, 2, 2), (1, 4, 4), (1, 6, 6), (1, 8, 8)]  # the official 1:1 template, K = 5
 
 
@@ -188,16 +189,23 @@ def oracle_success(model: nn.Module, n: int = 300, seed: int = 0, batch: int = 5
     return ok / n
 
 
+def checkpoint_vae_config(state: dict) -> VAEConfig:
+    """The sizes of the VAE in a training checkpoint, as its run's options recorded them."""
+    run = state.get("extra", {}).get("config", {})
+    return VAETrainConfig(**{k: v for k, v in run.items() if k in VAE_SIZES}).vae_config()
+
+
 def build(init: str | Path = "", cfg: VAEConfig = SHAPES_VAE) -> ShapesVAE:
     """A fresh VAE, or one with the weights of a training checkpoint or an exported model folder
-    (whose config.json, not `cfg`, gives the sizes)."""
+    (whose recorded sizes, not `cfg`, decide)."""
     if init and Path(init).is_dir():
         model = ShapesVAE(read_config(Path(init)).vae)
         model.load_state_dict(load_file(Path(init) / VAE_FILE) | {"bsq.mask": model.bsq.mask})
         return model
-    model = ShapesVAE(cfg)
-    if init:
-        load_checkpoint(init, {"vae": model})
+    if not init:
+        return ShapesVAE(cfg)
+    model = ShapesVAE(checkpoint_vae_config(torch.load(init, map_location="cpu", weights_only=False)))
+    load_checkpoint(init, {"vae": model})
     return model
 
 
