@@ -201,6 +201,7 @@ def test_vae_sizes_travel_from_the_vae_checkpoint_to_the_transformer(tmp_path):
     from dataclasses import asdict
 
     from varedit.train.vae import VAETrainConfig, build
+    from varedit.train.vae import train as train_vae
 
     run = VAETrainConfig(codebook_dim=8, base_ch=32)
     m = build("", run.vae_config())
@@ -209,6 +210,9 @@ def test_vae_sizes_travel_from_the_vae_checkpoint_to_the_transformer(tmp_path):
     vae = T.load_trained_vae(tmp_path / "vae.pt")
     assert (vae.config.codebook_dim, vae.config.base_ch) == (8, 32)
     assert build(tmp_path / "vae.pt").cfg == run.vae_config()  # --init CKPT: its own sizes too
+    tuned = VAETrainConfig(steps=1, batch=2, init=str(tmp_path / "vae.pt"), decoder_only=True)
+    train_vae(tuned, tmp_path / "tuned")  # the sizes are not repeated, yet recorded
+    assert T.load_trained_vae(tmp_path / "tuned" / "ckpt.pt").config == run.vae_config()
     for k, v in m.state_dict().items():
         if k.startswith(("encoder.", "decoder.")):
             assert torch.equal(v, vae.state_dict()[k]), k

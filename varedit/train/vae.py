@@ -214,6 +214,7 @@ def train(cfg: VAETrainConfig, out: Path) -> ShapesVAE:
     torch.manual_seed(cfg.seed)
     dev = device()
     model = build(cfg.init, cfg.vae_config()).to(dev)
+    cfg = replace(cfg, codebook_dim=model.cfg.codebook_dim, base_ch=model.cfg.base_ch)  # what --init gave
     if cfg.decoder_only:  # the transformer's labels depend only on the encoder: it can keep training
         model.encoder.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
