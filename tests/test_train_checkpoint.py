@@ -58,3 +58,17 @@ def test_benchmark_oracle_scales(pipe):
     assert np.array_equal(oracle, _edit_with_oracle(pipe, rec, 3, 4.0, 1.0, K))  # sampling plays no part
     assert masked_psnr(oracle, rec.target, rec.mask) >= 30
     assert masked_psnr(oracle, rec.source, ~rec.mask) >= 30
+
+
+def test_work_in_progress_checkpoint_continues_training(tmp_path):
+    """models/wip/shapes-64-b32 (the 32-bit VAE and its transformer partway) is what the next
+    training run starts from: it loads as a model folder, and `--init` takes its VAE and T5."""
+    from varedit.pipeline import EditPipeline
+    from varedit.train import transformer as T
+
+    wip = MODEL.parent / "wip" / "shapes-64-b32"
+    pipe = EditPipeline.from_pretrained(wip, device="cpu")
+    assert pipe.config.vae.codebook_dim == 32
+    cfg = T.TrainConfig(init=str(wip), depth=pipe.config.depth)
+    vae, _, model = T.build(cfg, tmp_path / "unused.pt")
+    assert vae.config == pipe.config.vae and model.head.out_features == 64
