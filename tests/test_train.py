@@ -247,7 +247,7 @@ def test_transfer_starts_a_new_bit_width_from_a_folder(parts, tmp_path):
     save_checkpoint(tmp_path / "vae8.pt", 0, {"vae": m}, torch.optim.AdamW(m.parameters()),
                     {"config": asdict(run)})
     cfg = T.TrainConfig(depth=1, width=64, heads=2, transfer=str(folder), text_encoder=str(tmp_path / "none"))
-    _, text, new = T.build(cfg, tmp_path / "vae8.pt")
+    _, _, new = T.build(cfg, tmp_path / "vae8.pt")
     assert new.word_embed.in_features == 8 and new.head.out_features == 16
     old = model.state_dict()
     fresh = {k for k, v in new.state_dict().items()
@@ -261,6 +261,8 @@ def test_transfer_starts_a_new_bit_width_from_a_folder(parts, tmp_path):
 def test_vae_oracle_success_scores_reconstructions_of_the_targets():
     """A VAE that reconstructs perfectly passes every held-out edit; one that returns the source
     (the edit undone) passes none."""
+    import numpy as np
+
     from varedit.train.common import to_tensor
     from varedit.train.data import make_record
     from varedit.train.vae import oracle_success
@@ -275,9 +277,7 @@ def test_vae_oracle_success_scores_reconstructions_of_the_targets():
         def forward(self, x):
             imgs = ((x + 1) / 2 * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
             recs = [self.table[im.tobytes()] for im in imgs]
-            out = to_tensor(torch.stack([torch.from_numpy(r.source if self.use_source else r.target)
-                                         for r in recs]).numpy())
-            return out, 0.0, 0.0
+            return to_tensor(np.stack([r.source if self.use_source else r.target for r in recs])), 0.0, 0.0
 
     assert oracle_success(Lookup(False), n=12, batch=5) == 1.0
     assert oracle_success(Lookup(True), n=12, batch=5) == 0.0
