@@ -204,8 +204,9 @@ def build(init: str | Path = "", cfg: VAEConfig = SHAPES_VAE) -> ShapesVAE:
         return model
     if not init:
         return ShapesVAE(cfg)
-    model = ShapesVAE(checkpoint_vae_config(torch.load(init, map_location="cpu", weights_only=False)))
-    load_checkpoint(init, {"vae": model})
+    state = torch.load(init, map_location="cpu", weights_only=False)
+    model = ShapesVAE(checkpoint_vae_config(state))
+    model.load_state_dict(state["modules"]["vae"])
     return model
 
 
