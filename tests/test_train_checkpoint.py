@@ -12,7 +12,9 @@ from varedit.train.data import make_record
 MODEL = Path(__file__).resolve().parents[1] / "models" / "varedit-shapes-64"
 # Held-out records (a phrasing or a combination never trained on), by (data seed, index); edited with
 # the settings of the model card (cfg 2, tau 0.3) and seed = index, as `python -m varedit.eval` does.
-SAMPLES = [(0, 1), (0, 19)]
+SAMPLES = [(0, 19)]
+# The benchmark's first records, for a floor under its numbers (the card reports 300 of them).
+FLOOR_RECORDS = 32
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +36,7 @@ def test_shipped_folder_is_small_and_complete():
 def test_shipped_model_edits_a_held_out_sample(pipe, seed, index):
     rec = make_record(seed, index, "test")
     src = Image.fromarray(rec.source)
-    # (latency is a benchmark, not an assertion: `python -m varedit.eval` reports ~70 ms per edit, 1 thread)
+    # (latency is a benchmark, not an assertion: `python -m varedit.eval` reports ~0.1 s per edit, 1 thread)
     [out] = pipe.edit([src], [rec.instruction], seeds=[index], cfg=2.0, tau=0.3)
     out = np.asarray(out)
     assert out.shape == rec.source.shape
@@ -43,6 +45,21 @@ def test_shipped_model_edits_a_held_out_sample(pipe, seed, index):
     assert masked_psnr(out, rec.target, rec.mask) >= 20
     # outside the mask: the source is preserved
     assert masked_psnr(out, rec.source, ~rec.mask) >= 28
+
+
+def test_shipped_model_quality_floor(pipe):
+    """A guard against a release that edits worse than the card says: on the benchmark's first
+    records most edits succeed, nearly all go the right way, and the rest of the image is kept."""
+    from varedit.eval import score
+
+    results = []
+    for index in range(FLOOR_RECORDS):
+        rec = make_record(0, index, "test")
+        [out] = pipe.edit([Image.fromarray(rec.source)], [rec.instruction], seeds=[index], cfg=2.0, tau=0.3)
+        results.append(score(rec, np.asarray(out)))
+    assert np.mean([r["success"] for r in results]) >= 0.5
+    assert np.mean([r["closer"] for r in results]) >= 0.85
+    assert np.mean([r["preservation"] for r in results]) >= 30
 
 
 def test_benchmark_oracle_scales(pipe):
@@ -60,15 +77,12 @@ def test_benchmark_oracle_scales(pipe):
     assert masked_psnr(oracle, rec.source, ~rec.mask) >= 30
 
 
-def test_work_in_progress_checkpoint_continues_training(tmp_path):
-    """models/wip/shapes-64-b32 (the 32-bit VAE and its transformer partway) is what the next
-    training run starts from: it loads as a model folder, and `--init` takes its VAE and T5."""
-    from varedit.pipeline import EditPipeline
+def test_shipped_folder_continues_training(tmp_path, pipe):
+    """`--init models/varedit-shapes-64` is how the next run continues this release: it takes the
+    folder's VAE (32 bits per token) and T5, so the bit labels are the ones trained on."""
     from varedit.train import transformer as T
 
-    wip = MODEL.parent / "wip" / "shapes-64-b32"
-    pipe = EditPipeline.from_pretrained(wip, device="cpu")
     assert pipe.config.vae.codebook_dim == 32
-    cfg = T.TrainConfig(init=str(wip), depth=pipe.config.depth)
+    cfg = T.TrainConfig(init=str(MODEL), depth=pipe.config.depth)
     vae, _, model = T.build(cfg, tmp_path / "unused.pt")
-    assert vae.config == pipe.config.vae and model.head.out_features == 64
+    assert vae.config == pipe.config.vae and model.head.out_features == 2 * pipe.config.vae.codebook_dim
