@@ -4,9 +4,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from varedit.eval import masked_psnr
+from varedit.eval import edit_record, masked_psnr, score
 from varedit.train.data import make_record
 
 MODEL = Path(__file__).resolve().parents[1] / "models" / "varedit-shapes-64"
@@ -37,10 +36,8 @@ def test_shipped_folder_is_small_and_complete():
 @pytest.mark.parametrize("seed,index", SAMPLES)
 def test_shipped_model_edits_a_held_out_sample(pipe, seed, index):
     rec = make_record(seed, index, "test")
-    src = Image.fromarray(rec.source)
     # (latency is a benchmark, not an assertion: `python -m varedit.eval` reports ~0.1 s per edit, 1 thread)
-    [out] = pipe.edit([src], [rec.instruction], seeds=[index], cfg=2.0, tau=0.3)
-    out = np.asarray(out)
+    out = edit_record(pipe, rec, index, cfg=2.0, tau=0.3)
     assert out.shape == rec.source.shape
     # inside the mask: the edit happened and looks like the target, not like the source
     assert masked_psnr(out, rec.source, rec.mask) < 15
@@ -52,13 +49,8 @@ def test_shipped_model_edits_a_held_out_sample(pipe, seed, index):
 def test_shipped_model_quality_floor(pipe):
     """A guard against a release that edits worse than the card says: on the benchmark's first
     records most edits succeed, nearly all go the right way, and the rest of the image is kept."""
-    from varedit.eval import score
-
-    results = []
-    for index in range(FLOOR_RECORDS):
-        rec = make_record(0, index, "test")
-        [out] = pipe.edit([Image.fromarray(rec.source)], [rec.instruction], seeds=[index], cfg=2.0, tau=0.3)
-        results.append(score(rec, np.asarray(out)))
+    records = [make_record(0, index, "test") for index in range(FLOOR_RECORDS)]
+    results = [score(rec, edit_record(pipe, rec, i, cfg=2.0, tau=0.3)) for i, rec in enumerate(records)]
     assert np.mean([r["success"] for r in results]) >= 0.5
     assert np.mean([r["closer"] for r in results]) >= 0.85
     assert np.mean([r["preservation"] for r in results]) >= 30
@@ -70,8 +62,8 @@ def test_benchmark_oracle_scales(pipe):
     from varedit.eval import _edit_with_oracle
 
     rec = make_record(0, 1, "test")
-    [plain] = pipe.edit([Image.fromarray(rec.source)], [rec.instruction], seeds=[1], cfg=2.0, tau=0.3)
-    assert np.array_equal(_edit_with_oracle(pipe, rec, 1, 2.0, 0.3, 0), np.asarray(plain))
+    plain = edit_record(pipe, rec, 1, cfg=2.0, tau=0.3)
+    assert np.array_equal(_edit_with_oracle(pipe, rec, 1, 2.0, 0.3, 0), plain)
     K = pipe.num_scales()
     oracle = _edit_with_oracle(pipe, rec, 1, 2.0, 0.3, K)
     assert np.array_equal(oracle, _edit_with_oracle(pipe, rec, 3, 4.0, 1.0, K))  # sampling plays no part

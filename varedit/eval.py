@@ -131,14 +131,20 @@ def main(argv: list[str] | None = None) -> None:
             out = _edit_with_oracle(pipe, rec, i, a.cfg, a.tau, n_oracle)
         else:
             t0 = time.perf_counter()
-            [img] = pipe.edit([Image.fromarray(rec.source)], [rec.instruction], seeds=[i],
-                              cfg=a.cfg, tau=a.tau)
+            out = edit_record(pipe, rec, i, a.cfg, a.tau)
             latencies.append(time.perf_counter() - t0)
-            out = np.asarray(img)
         rows.append(score(rec, out))
     oracle = f"  (bits of the target's first {n_oracle} of {pipe.num_scales()} scales)" if n_oracle else ""
     print(f"model {a.model}  held-out records {a.n}  cfg {a.cfg}  tau {a.tau}{oracle}")
     print(summarize(rows, latencies))
+
+
+def edit_record(pipe, rec: Record, seed: int, cfg: float, tau: float) -> np.ndarray:
+    """One benchmark edit: the record's source and instruction through `EditPipeline.edit`."""
+    from PIL import Image
+
+    [img] = pipe.edit([Image.fromarray(rec.source)], [rec.instruction], seeds=[seed], cfg=cfg, tau=tau)
+    return np.asarray(img)
 
 
 def _edit_with_oracle(pipe, rec: Record, seed: int, cfg: float, tau: float, n_scales: int) -> np.ndarray:
