@@ -97,6 +97,7 @@ class TrainConfig:
     grow: bool = False  # with init: `depth` may exceed the folder's; new blocks start as the identity
     ema: float = 0.0  # decay of an exponential moving average of the weights (0: none); export uses it
     transfer: str = ""  # an exported folder: its T5, and its transformer where shapes fit (VAE from --vae)
+    compile: bool = False  # torch.compile the training forward (~1.3x faster steps on CPU, ~2 min to compile)
 
 
 def load_trained_vae(path: str | Path) -> VAE:
@@ -295,10 +296,11 @@ def train(cfg: TrainConfig, vae_path: Path, out: Path) -> VAREditTransformer:
     weights = token_weights(reweight=cfg.reweight, last_scale=cfg.last_scale_weight).to(dev)
     flip = SelfCorrection(cfg.flip_layers, cfg.flip_strength) if cfg.flip_layers > 0 else None
     batches = Batches(vae, cfg.seed, cfg.batch, cfg.pool)
+    forward = torch.compile(model) if cfg.compile else model  # shares the weights the optimizer updates
     bar = tqdm(range(step, cfg.steps), initial=step, total=cfg.steps, desc="transformer")
     t0 = time.time()
     for step in bar:
-        loss = train_step(model, opt, vae, text, flip, weights, batches(step),
+        loss = train_step(forward, opt, vae, text, flip, weights, batches(step),
                           lr_at(step, cfg.steps, cfg.lr, cfg.warmup), cfg)
         if ema:
             ema.update_parameters(model)
@@ -321,7 +323,8 @@ def trained_weights(state: dict) -> dict[str, torch.Tensor]:
 
 
 def train_step(model, opt, vae, text, flip, weights, enc: Encoded, lr, cfg: TrainConfig) -> float:
-    """One optimisation step on an encoded batch; returns the loss before the update."""
+    """One optimisation step on an encoded batch; returns the loss before the update.
+    `model` may be the compiled wrapper of the trained module (clipping walks the same parameters)."""
     for g in opt.param_groups:
         g["lr"] = lr
     t, src, x, labels = batch_tensors(enc, vae, text, flip)
