@@ -1,12 +1,14 @@
 """Training code paths: a step learns, checkpoints resume exactly, export loads in the pipeline."""
 
 import copy
+from collections import Counter
 
 import pytest
 import torch
 
 from varedit.train import transformer as T
-from varedit.train.common import load_checkpoint, records_for_step, save_checkpoint
+from varedit.train.common import kind_cycle, load_checkpoint, records_for_step, save_checkpoint
+from varedit.train.data import make_record
 from varedit.train.vae import SHAPES_VAE, ShapesVAE, image_batch
 from varedit.transformer import VAREditTransformer
 from varedit.vae import VAE, SelfCorrection
@@ -228,6 +230,16 @@ def test_last_scale_weight_scales_the_finest_tokens_only():
     ratio = heavy / plain  # one factor on the coarse tokens, three times it on the finest ones
     assert torch.allclose(ratio[-last:], 3 * ratio[0]) and torch.allclose(ratio[:-last], ratio[0])
     assert ratio[0] < 1
+
+
+def test_kind_mix_sets_how_often_each_edit_kind_is_trained():
+    """`--kind-mix` draws kinds by weight; without it the records are the generator's own."""
+    mixed = records_for_step(0, 3, 24, kind_cycle("recolor=3,add=2,remove=1"))
+    assert Counter(r.kind for r in mixed) == {"recolor": 12, "add": 8, "remove": 4}
+    plain = records_for_step(0, 3, 12, kind_cycle(""))
+    assert [r.instruction for r in plain] == [make_record(0, j, "train").instruction for j in range(36, 48)]
+    with pytest.raises(ValueError, match="kind=weight"):
+        kind_cycle("recolour=3")
 
 
 def test_transfer_starts_a_new_bit_width_from_a_folder(parts, tmp_path):

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import Record, make_record
+from .data import EDIT_KINDS, Record, make_record
 
 
 def to_tensor(images_BHW3: np.ndarray) -> torch.Tensor:
@@ -30,9 +30,28 @@ def to_uint8(x_B3HW: torch.Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).cpu().numpy()
 
 
-def records_for_step(seed: int, step: int, batch: int) -> list[Record]:
-    """The training records of one step (deterministic)."""
-    return [make_record(seed, step * batch + i, "train") for i in range(batch)]
+def records_for_step(seed: int, step: int, batch: int, kinds: list[str] = EDIT_KINDS) -> list[Record]:
+    """The training records of one step (deterministic). Record j is an edit of kind
+    `kinds[j % len(kinds)]`; the default cycle is the generator's own (every kind equally often)."""
+    first = step * batch
+    return [make_record(seed, j, "train", kinds[j % len(kinds)]) for j in range(first, first + batch)]
+
+
+def kind_cycle(mix: str) -> list[str]:
+    """"recolor=3,add=3,remove=1,..." -> the cycle of edit kinds training records follow, each kind
+    repeated by its weight (kinds left out are not trained); "" -> every kind once."""
+    if not mix:
+        return list(EDIT_KINDS)
+    weights = {}
+    for part in mix.split(","):
+        kind, _, w = part.partition("=")
+        if kind.strip() not in EDIT_KINDS or not w.strip().isdigit():
+            raise ValueError(f"kind mix wants kind=weight with kinds from {EDIT_KINDS}, got {part!r}")
+        weights[kind.strip()] = int(w)
+    cycle = [k for k in EDIT_KINDS for _ in range(weights.get(k, 0))]
+    if not cycle:
+        raise ValueError(f"kind mix {mix!r} trains no kind")
+    return cycle
 
 
 def device() -> torch.device:

@@ -53,8 +53,17 @@ from ..text import TextEncoder, TextFeatures
 from ..transformer import VAREditTransformer
 from ..vae import VAE, SelfCorrection
 from ..vae.config import VAEConfig
-from .common import LossLog, device, load_checkpoint, lr_at, records_for_step, save_checkpoint, to_tensor
-from .data import Record, make_record
+from .common import (
+    LossLog,
+    device,
+    kind_cycle,
+    load_checkpoint,
+    lr_at,
+    records_for_step,
+    save_checkpoint,
+    to_tensor,
+)
+from .data import EDIT_KINDS, Record, make_record
 from .text import build_text_encoder, build_tokenizer, save_text
 from .vae import SHAPES_VAE, checkpoint_vae_config
 
@@ -98,6 +107,7 @@ class TrainConfig:
     ema: float = 0.0  # decay of an exponential moving average of the weights (0: none); export uses it
     transfer: str = ""  # an exported folder: its T5, and its transformer where shapes fit (VAE from --vae)
     compile: bool = False  # torch.compile the training forward (~1.3x faster steps on CPU, ~2 min to compile)
+    kind_mix: str = ""  # e.g. "recolor=3,add=3,resize=2,move=2,remove=1,background=1" ("": all kinds alike)
 
 
 def load_trained_vae(path: str | Path) -> VAE:
@@ -213,15 +223,15 @@ class Batches:
     (the encoder is frozen, so this changes nothing but the speed; self-correction flips are still
     drawn fresh every step)."""
 
-    def __init__(self, vae: VAE, seed: int, batch: int, pool: int):
-        self.vae, self.seed, self.batch = vae, seed, batch
+    def __init__(self, vae: VAE, seed: int, batch: int, pool: int, kinds: list[str] = EDIT_KINDS):
+        self.vae, self.seed, self.batch, self.kinds = vae, seed, batch, kinds
         self.groups = pool // batch if pool else 0
         self.cache: dict[int, Encoded] = {}
 
     def __call__(self, step: int) -> Encoded:
         key = step % self.groups if self.groups else step
         if key not in self.cache:
-            enc = encode_records(records_for_step(self.seed, key, self.batch), self.vae)
+            enc = encode_records(records_for_step(self.seed, key, self.batch, self.kinds), self.vae)
             if not self.groups:
                 return enc
             self.cache[key] = enc
@@ -295,7 +305,7 @@ def train(cfg: TrainConfig, vae_path: Path, out: Path) -> VAREditTransformer:
         print(f"resumed from {ckpt} at step {step}")
     weights = token_weights(reweight=cfg.reweight, last_scale=cfg.last_scale_weight).to(dev)
     flip = SelfCorrection(cfg.flip_layers, cfg.flip_strength) if cfg.flip_layers > 0 else None
-    batches = Batches(vae, cfg.seed, cfg.batch, cfg.pool)
+    batches = Batches(vae, cfg.seed, cfg.batch, cfg.pool, kind_cycle(cfg.kind_mix))
     forward = torch.compile(model) if cfg.compile else model  # shares the weights the optimizer updates
     bar = tqdm(range(step, cfg.steps), initial=step, total=cfg.steps, desc="transformer")
     t0 = time.time()
