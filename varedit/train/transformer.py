@@ -32,6 +32,8 @@ blocks from an exported model and only the bit-width layers fresh:
 With `--grow true --depth N` the continued model gets extra blocks that start as the identity (more
 capacity, no progress lost); `--ema 0.999` keeps a moving average of the weights, which is what the
 checkpoint's evaluation reports and what export ships (late checkpoints swing less).
+`--kind-mix recolor=3,add=3,...` trains the edit kinds in those proportions instead of alike, so
+the steps go to the kinds the model still gets wrong.
 """
 
 from __future__ import annotations
