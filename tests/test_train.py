@@ -293,3 +293,33 @@ def test_vae_oracle_success_scores_reconstructions_of_the_targets():
 
     assert oracle_success(Lookup(False), n=12, batch=5) == 1.0
     assert oracle_success(Lookup(True), n=12, batch=5) == 0.0
+
+
+def test_text_lr_trains_the_t5_and_export_ships_it(parts, tmp_path):
+    """`--text-lr`: the T5 learns with the transformer, its batched features are the pipeline's
+    per-prompt ones, and export writes the trained (averaged) T5 into the model folder."""
+    from varedit.checkpoints import save_pretrained
+    from varedit.text import TextEncoder
+    from varedit.train.export import export
+
+    vae, _ = parts
+    model, _ = _model_and_opt()
+    T.make_text_encoder(tmp_path / "t5")
+    folder = save_pretrained(tmp_path / "model", model.cfg, model, vae, text_encoder=tmp_path / "t5")
+    prompts = ["make the red square green", "remove the blue circle in the image"]
+    frozen = TextEncoder.from_pretrained(folder / "text_encoder", dtype=torch.float32).encode(prompts)
+    batched = T.TrainableText(folder / "text_encoder")(prompts)
+    torch.testing.assert_close(batched.feats_BTC, frozen.feats_BTC, atol=1e-5, rtol=0)
+    assert torch.equal(batched.lens_B, frozen.lens_B)
+
+    cfg = T.TrainConfig(depth=1, width=64, heads=2, init=str(folder), batch=2, pool=0, ema=0.5, steps=2,
+                        text_lr=1e-2, eval_every=10**6)
+    T.train(cfg, None, tmp_path / "run")
+    state = torch.load(tmp_path / "run" / "ckpt.pt", weights_only=False)
+    start = TextEncoder.from_pretrained(folder / "text_encoder", dtype=torch.float32).model.state_dict()
+    shipped = T.trained_weights(state, "text")
+    assert any(not torch.equal(v, start[k]) for k, v in shipped.items())
+    out = export(folder, tmp_path / "run" / "ckpt.pt", folder / "text_encoder", tmp_path / "exported")
+    loaded = TextEncoder.from_pretrained(out / "text_encoder", dtype=torch.float32).model.state_dict()
+    for k, v in shipped.items():
+        assert torch.equal(loaded[k], v), k

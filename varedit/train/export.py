@@ -1,21 +1,25 @@
-"""Write a trained VAE + transformer + frozen T5 as a model folder (our format, `checkpoints.py`).
+"""Write a trained VAE + transformer + T5 as a model folder (our format, `checkpoints.py`).
 
     python -m varedit.train.export --vae runs/vae/ckpt.pt --transformer runs/tf/ckpt.pt \\
         --text-encoder runs/text_encoder --out models/varedit-shapes-64
 
 After `--init` fine-tuning, the VAE and T5 are the folder's own: `--vae models/varedit-shapes-64
 --text-encoder models/varedit-shapes-64/text_encoder` (exporting into that folder keeps them).
+A run that trained the T5 (`--text-lr`) ships its trained weights with `--text-encoder`'s tokenizer.
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 from pathlib import Path
 
 import torch
 
 from ..checkpoints import save_pretrained
+from ..text import TextEncoder
 from ..transformer import VAREditTransformer
+from .text import save_text
 from .transformer import TrainConfig, load_trained_vae, shapes_config, trained_weights
 
 
@@ -26,7 +30,14 @@ def export(vae_ckpt: Path, tf_ckpt: Path, text_encoder: Path, out: Path) -> Path
     cfg = shapes_config(tc.depth, tc.width, tc.heads, vae.config)
     model = VAREditTransformer(cfg)
     model.load_state_dict(trained_weights(state))
-    return save_pretrained(out, cfg, model, vae, text_encoder=text_encoder)
+    t5_state = trained_weights(state, "text")
+    if t5_state is None:
+        return save_pretrained(out, cfg, model, vae, text_encoder=text_encoder)
+    t5 = TextEncoder.from_pretrained(text_encoder, dtype=torch.float32)
+    t5.model.load_state_dict(t5_state)
+    with tempfile.TemporaryDirectory() as trained_t5:
+        save_text(t5.tokenizer, t5.model, trained_t5)
+        return save_pretrained(out, cfg, model, vae, text_encoder=trained_t5)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,9 +12,12 @@ One step, for a batch of generated records:
   5. loss = per-bit 2-way cross-entropy, averaged over a token's bits, tokens weighted by
      1/sqrt(tokens of their scale) and normalised per sequence (coarse scales count more per token).
 
-The T5 encoder stays frozen at its random initialisation, like the frozen flan-t5-xl of VAREdit:
-its word-level vocabulary is tiny, a random T5 already maps every word and word order to distinct
-features, and training it would only add a way to overfit the training phrasings.
+The T5 encoder is frozen by default, like the frozen flan-t5-xl of VAREdit. Ours starts random,
+and a random T5 barely encodes word order: "make the red square green" and "make the green square
+red" get features with cosine similarity 0.9997 (each word's row is ~0.998 alike in both). A
+transformer reading them cannot tell a recolour's source colour from its target by the text, and
+learns colour pairs instead of "the last colour word". flan-t5-xl knows word order from its
+pretraining; `--text-lr` trains our T5 along with the transformer so that it can learn it too.
 
     python -m varedit.train.transformer --vae runs/vae/ckpt.pt --out runs/tf --steps 6000
 
@@ -70,6 +73,7 @@ from .text import build_text_encoder, build_tokenizer, save_text
 from .vae import SHAPES_VAE, checkpoint_vae_config
 
 SCHEDULE = [(1, 1), (2, 2), (4, 4), (6, 6), (8, 8)]  # token grids of 64 px at 8 px per token
+AVERAGE_OF = {"model": "ema", "text": "text_ema"}  # checkpoint names of the trained modules' averages
 T5_WIDTH = 128
 
 
@@ -109,6 +113,7 @@ class TrainConfig:
     ema: float = 0.0  # decay of an exponential moving average of the weights (0: none); export uses it
     transfer: str = ""  # an exported folder: its T5, and its transformer where shapes fit (VAE from --vae)
     compile: bool = False  # torch.compile the training forward (~1.3x faster steps on CPU, ~2 min to compile)
+    text_lr: float = 0.0  # peak learning rate of the T5 trained with the transformer (0: frozen, as VAREdit)
     kind_mix: str = ""  # e.g. "recolor=3,add=3,resize=2,move=2,remove=1,background=1" ("": all kinds alike)
 
 
@@ -164,6 +169,22 @@ def transfer_state(folder: Path, model: VAREditTransformer) -> tuple[dict[str, t
         else:
             fresh.append(name)
     return state, fresh
+
+
+class TrainableText(torch.nn.Module):
+    """The T5 of a model folder in float32, trained with the transformer: a batch's features with
+    gradients, the same rows `TextEncoder.encode` gives each prompt (T5 masks the padding)."""
+
+    def __init__(self, folder: str | Path):
+        super().__init__()
+        enc = TextEncoder.from_pretrained(folder, dtype=torch.float32, max_length=32)
+        self.tokenizer, self.t5 = enc.tokenizer, enc.model.requires_grad_(True)
+
+    def forward(self, prompts: list[str]) -> TextFeatures:
+        batch = self.tokenizer(prompts, padding=True, max_length=32, truncation=True, return_tensors="pt")
+        ids_BT, mask_BT = batch.input_ids.to(self.t5.device), batch.attention_mask.to(self.t5.device)
+        feats_BTC = self.t5(input_ids=ids_BT, attention_mask=mask_BT).last_hidden_state
+        return TextFeatures(feats_BTC * mask_BT[..., None], mask_BT.sum(1))
 
 
 class TextCache:
@@ -269,15 +290,17 @@ def evaluate(model, vae, text, n: int = 64) -> dict[str, float]:
             "last_tok_acc": tok_ok[:, -64:].mean().item()}
 
 
-def build(cfg: TrainConfig, vae_path: Path) -> tuple[VAE, TextCache, VAREditTransformer]:
-    """The frozen VAE and T5 and the transformer to train. With `cfg.init` all three come from that
-    exported folder: its transformer was trained on exactly these bit labels and text features."""
+def build(cfg: TrainConfig, vae_path: Path) -> tuple[VAE, TextCache | TrainableText, VAREditTransformer]:
+    """The frozen VAE, the T5 (frozen unless `cfg.text_lr`) and the transformer to train. With
+    `cfg.init` all three come from that exported folder: its transformer was trained on exactly
+    these bit labels and text features."""
     text_dir = Path(cfg.text_encoder)
     if cfg.init:
         vae_path, text_dir = Path(cfg.init), Path(cfg.init) / ckpts.TEXT_ENCODER_DIR
     elif cfg.transfer:  # the transferred blocks read the text features of that folder's T5
         text_dir = Path(cfg.transfer) / ckpts.TEXT_ENCODER_DIR
-    vae, text = load_trained_vae(vae_path), TextCache(make_text_encoder(text_dir))
+    vae, frozen = load_trained_vae(vae_path), make_text_encoder(text_dir)  # writes a new T5 if none
+    text = TrainableText(text_dir) if cfg.text_lr else TextCache(frozen)
     model = VAREditTransformer(shapes_config(cfg.depth, cfg.width, cfg.heads, vae.config))
     if cfg.init:
         model.load_state_dict(init_state(Path(cfg.init), model.cfg, cfg.grow))
@@ -296,10 +319,17 @@ def train(cfg: TrainConfig, vae_path: Path, out: Path) -> VAREditTransformer:
     vae, model = vae.to(dev), model.to(dev).train()
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embed" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.97))
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema)) if cfg.ema else None
-    modules = {"model": model} | ({"ema": ema} if ema else {})
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    trained = {"model": model}  # checkpoint name -> module the optimizer updates
+    if cfg.text_lr:
+        text = text.to(dev)
+        trained["text"] = text.t5
+        groups.append({"params": list(text.t5.parameters()), "weight_decay": 0.0,
+                       "lr_scale": cfg.text_lr / cfg.lr})
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.97))
+    averages = {k: AveragedModel(m, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema))
+                for k, m in trained.items()} if cfg.ema else {}  # a trained T5 is averaged like its reader
+    modules = trained | {AVERAGE_OF[k]: a for k, a in averages.items()}
     ckpt, log = out / "ckpt.pt", LossLog(out / "log.jsonl")
     step = 0
     if ckpt.exists():
@@ -314,31 +344,33 @@ def train(cfg: TrainConfig, vae_path: Path, out: Path) -> VAREditTransformer:
     for step in bar:
         loss = train_step(forward, opt, vae, text, flip, weights, batches(step),
                           lr_at(step, cfg.steps, cfg.lr, cfg.warmup), cfg)
-        if ema:
-            ema.update_parameters(model)
+        for k, average in averages.items():
+            average.update_parameters(trained[k])
         bar.set_postfix(loss=f"{loss:.4f}")
         values = {"loss": loss}
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
-            values.update(evaluate(ema.module if ema else model, vae, text))
+            values.update(evaluate(averages["model"].module if averages else model, vae, text))
         if step % 10 == 0 or len(values) > 1:
             log.write(step, **values, sec=time.time() - t0)
         if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps:
             save_checkpoint(ckpt, step + 1, modules, opt, {"config": asdict(cfg)})
-    return ema.module if ema else model  # what export would ship
+    return averages["model"].module if averages else model  # what export would ship
 
 
-def trained_weights(state: dict) -> dict[str, torch.Tensor]:
-    """The weights to ship from a training checkpoint: the moving average when the run kept one."""
-    if "ema" not in state["modules"]:
-        return state["modules"]["model"]
-    return {k.removeprefix("module."): v for k, v in state["modules"]["ema"].items() if k != "n_averaged"}
+def trained_weights(state: dict, part: str = "model") -> dict[str, torch.Tensor] | None:
+    """The weights to ship from a training checkpoint: the moving average when the run kept one.
+    `part`: "model" (the transformer) or "text" (the T5, None when it stayed frozen)."""
+    average = state["modules"].get(AVERAGE_OF[part])
+    if average is None:
+        return state["modules"].get(part)
+    return {k.removeprefix("module."): v for k, v in average.items() if k != "n_averaged"}
 
 
 def train_step(model, opt, vae, text, flip, weights, enc: Encoded, lr, cfg: TrainConfig) -> float:
     """One optimisation step on an encoded batch; returns the loss before the update.
-    `model` may be the compiled wrapper of the trained module (clipping walks the same parameters)."""
+    `model` may be the compiled wrapper of the trained module (clipping walks the optimizer's parameters)."""
     for g in opt.param_groups:
-        g["lr"] = lr
+        g["lr"] = lr * g.get("lr_scale", 1.0)
     t, src, x, labels = batch_tensors(enc, vae, text, flip)
     null_B = torch.rand(len(enc.instructions)) < cfg.text_drop
     if cfg.edit_weight != 1.0:  # the edited tokens are a small share of the loss: count them more
@@ -347,7 +379,7 @@ def train_step(model, opt, vae, text, flip, weights, enc: Encoded, lr, cfg: Trai
     loss = bit_loss(model(t, src, x, SCHEDULE, null_B), labels, weights)
     opt.zero_grad(set_to_none=True)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg.grad_clip)
     opt.step()
     return loss.item()
 
