@@ -11,6 +11,7 @@ A run that trained the T5 (`--text-lr`) ships its trained weights with `--text-e
 from __future__ import annotations
 
 import argparse
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -19,7 +20,6 @@ import torch
 from ..checkpoints import save_pretrained
 from ..text import TextEncoder
 from ..transformer import VAREditTransformer
-from .text import save_text
 from .transformer import TrainConfig, load_trained_vae, shapes_config, trained_weights
 
 
@@ -35,8 +35,9 @@ def export(vae_ckpt: Path, tf_ckpt: Path, text_encoder: Path, out: Path) -> Path
         return save_pretrained(out, cfg, model, vae, text_encoder=text_encoder)
     t5 = TextEncoder.from_pretrained(text_encoder, dtype=torch.float32)
     t5.model.load_state_dict(t5_state)
-    with tempfile.TemporaryDirectory() as trained_t5:
-        save_text(t5.tokenizer, t5.model, trained_t5)
+    with tempfile.TemporaryDirectory() as tmp:  # the tokenizer's files as they are, the trained weights
+        trained_t5 = shutil.copytree(text_encoder, Path(tmp) / "text_encoder")
+        t5.model.save_pretrained(trained_t5, safe_serialization=True)
         return save_pretrained(out, cfg, model, vae, text_encoder=trained_t5)
 
 
