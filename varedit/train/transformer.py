@@ -178,7 +178,7 @@ class TrainableText(torch.nn.Module):
 
     def __init__(self, folder: str | Path):
         super().__init__()
-        enc = TextEncoder.from_pretrained(folder, dtype=torch.float32, max_length=32)
+        enc = make_text_encoder(folder, dtype=torch.float32)
         self.tokenizer, self.t5 = enc.tokenizer, enc.model.requires_grad_(True)
 
     def forward(self, prompts: list[str]) -> TextFeatures:
@@ -201,14 +201,16 @@ class TextCache:
         return TextFeatures.from_list([self.cache[p] for p in prompts])
 
 
-def make_text_encoder(folder: str | Path = "runs/text_encoder", seed: int = 0) -> TextEncoder:
-    """The frozen T5 + tokenizer, written once as an HF folder and loaded exactly as the pipeline
-    loads it (local folder, float16 weights), so training sees the features inference will see."""
+def make_text_encoder(folder: str | Path = "runs/text_encoder", seed: int = 0,
+                      dtype: torch.dtype = torch.float16) -> TextEncoder:
+    """The T5 + tokenizer, written once as an HF folder and loaded exactly as the pipeline loads it
+    (local folder, float16 weights), so a frozen T5 gives training the features inference will see;
+    a trained one (`TrainableText`) loads in float32."""
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         tok = build_tokenizer()
         save_text(tok, build_text_encoder(len(tok), d_model=T5_WIDTH, seed=seed), folder)
-    return TextEncoder.from_pretrained(folder, max_length=32)
+    return TextEncoder.from_pretrained(folder, dtype=dtype, max_length=32)
 
 
 def token_weights(schedule=SCHEDULE, reweight: bool = True, last_scale: float = 1.0) -> torch.Tensor:
@@ -300,8 +302,8 @@ def build(cfg: TrainConfig, vae_path: Path) -> tuple[VAE, TextCache | TrainableT
         vae_path, text_dir = Path(cfg.init), Path(cfg.init) / ckpts.TEXT_ENCODER_DIR
     elif cfg.transfer:  # the transferred blocks read the text features of that folder's T5
         text_dir = Path(cfg.transfer) / ckpts.TEXT_ENCODER_DIR
-    vae, frozen = load_trained_vae(vae_path), make_text_encoder(text_dir)  # writes a new T5 if none
-    text = TrainableText(text_dir) if cfg.text_lr else TextCache(frozen)
+    vae = load_trained_vae(vae_path)
+    text = TrainableText(text_dir) if cfg.text_lr else TextCache(make_text_encoder(text_dir))
     model = VAREditTransformer(shapes_config(cfg.depth, cfg.width, cfg.heads, vae.config))
     if cfg.init:
         model.load_state_dict(init_state(Path(cfg.init), model.cfg, cfg.grow))
