@@ -1,6 +1,7 @@
 """Training code paths: a step learns, checkpoints resume exactly, export loads in the pipeline."""
 
 import copy
+import json
 from collections import Counter
 
 import pytest
@@ -297,7 +298,8 @@ def test_vae_oracle_success_scores_reconstructions_of_the_targets():
 
 def test_text_lr_trains_the_t5_and_export_ships_it(parts, tmp_path):
     """`--text-lr`: the T5 learns with the transformer, its batched features are the pipeline's
-    per-prompt ones, and export writes the trained (averaged) T5 into the model folder."""
+    per-prompt ones, export writes the trained (averaged) T5 into the model folder, and the
+    in-training evaluation scores exactly that exported pair."""
     from varedit.checkpoints import save_pretrained
     from varedit.text import TextEncoder
     from varedit.train.export import export
@@ -308,12 +310,12 @@ def test_text_lr_trains_the_t5_and_export_ships_it(parts, tmp_path):
     folder = save_pretrained(tmp_path / "model", model.cfg, model, vae, text_encoder=tmp_path / "t5")
     prompts = ["make the red square green", "remove the blue circle in the image"]
     frozen = TextEncoder.from_pretrained(folder / "text_encoder", dtype=torch.float32).encode(prompts)
-    batched = T.TrainableText(folder / "text_encoder")(prompts)
+    batched = T.TrainableText.from_folder(folder / "text_encoder")(prompts)
     torch.testing.assert_close(batched.feats_BTC, frozen.feats_BTC, atol=1e-5, rtol=0)
     assert torch.equal(batched.lens_B, frozen.lens_B)
 
     cfg = T.TrainConfig(depth=1, width=64, heads=2, init=str(folder), batch=2, pool=0, ema=0.5, steps=2,
-                        text_lr=1e-2, eval_every=10**6)
+                        text_lr=1e-2, eval_every=2)
     T.train(cfg, None, tmp_path / "run")
     state = torch.load(tmp_path / "run" / "ckpt.pt", weights_only=False)
     start = TextEncoder.from_pretrained(folder / "text_encoder", dtype=torch.float32).model.state_dict()
@@ -323,3 +325,8 @@ def test_text_lr_trains_the_t5_and_export_ships_it(parts, tmp_path):
     loaded = TextEncoder.from_pretrained(out / "text_encoder", dtype=torch.float32).model.state_dict()
     for k, v in shipped.items():
         assert torch.equal(loaded[k], v), k
+    exported = VAREditTransformer(model.cfg)
+    exported.load_state_dict(T.init_state(out, exported.cfg))
+    logged = json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[-1])
+    scored = T.evaluate(exported, T.TrainableText.from_folder(out / "text_encoder"), T.load_trained_vae(out))
+    assert logged["bit_acc"] == pytest.approx(scored["bit_acc"], abs=1e-6)

@@ -176,10 +176,14 @@ class TrainableText(torch.nn.Module):
     """The T5 of a model folder in float32, trained with the transformer: a batch's features with
     gradients, the same rows `TextEncoder.encode` gives each prompt (T5 masks the padding)."""
 
-    def __init__(self, folder: str | Path):
+    def __init__(self, tokenizer, t5: torch.nn.Module):
         super().__init__()
+        self.tokenizer, self.t5 = tokenizer, t5
+
+    @classmethod
+    def from_folder(cls, folder: str | Path) -> TrainableText:
         enc = make_text_encoder(folder, dtype=torch.float32)
-        self.tokenizer, self.t5 = enc.tokenizer, enc.model.requires_grad_(True)
+        return cls(enc.tokenizer, enc.model.requires_grad_(True))
 
     def forward(self, prompts: list[str]) -> TextFeatures:
         batch = self.tokenizer(prompts, padding=True, max_length=32, truncation=True, return_tensors="pt")
@@ -279,7 +283,7 @@ def bit_loss(logits_BLV: torch.Tensor, labels_BLd: torch.Tensor, weights_L: torc
 
 
 @torch.no_grad()
-def evaluate(model, vae, text, n: int = 64) -> dict[str, float]:
+def evaluate(model, text, vae, n: int = 64) -> dict[str, float]:
     """Teacher-forced bit accuracy on held-out records: overall and at the finest scale."""
     model.eval()
     recs = [make_record(999, i, "test") for i in range(n)]
@@ -303,7 +307,7 @@ def build(cfg: TrainConfig, vae_path: Path) -> tuple[VAE, TextCache | TrainableT
     elif cfg.transfer:  # the transferred blocks read the text features of that folder's T5
         text_dir = Path(cfg.transfer) / ckpts.TEXT_ENCODER_DIR
     vae = load_trained_vae(vae_path)
-    text = TrainableText(text_dir) if cfg.text_lr else TextCache(make_text_encoder(text_dir))
+    text = TrainableText.from_folder(text_dir) if cfg.text_lr else TextCache(make_text_encoder(text_dir))
     model = VAREditTransformer(shapes_config(cfg.depth, cfg.width, cfg.heads, vae.config))
     if cfg.init:
         model.load_state_dict(init_state(Path(cfg.init), model.cfg, cfg.grow))
@@ -352,12 +356,20 @@ def train(cfg: TrainConfig, vae_path: Path, out: Path) -> VAREditTransformer:
         bar.set_postfix(loss=f"{loss:.4f}")
         values = {"loss": loss}
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
-            values.update(evaluate(averages["model"].module if averages else model, vae, text))
+            values.update(evaluate(*shipped(model, text, averages), vae))
         if step % 10 == 0 or len(values) > 1:
             log.write(step, **values, sec=time.time() - t0)
         if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps:
             save_checkpoint(ckpt, step + 1, modules, opt, {"config": asdict(cfg)})
-    return averages["model"].module if averages else model  # what export would ship
+    return shipped(model, text, averages)[0]
+
+
+def shipped(model: VAREditTransformer, text: TextCache | TrainableText,
+            averages: dict[str, AveragedModel]) -> tuple[VAREditTransformer, TextCache | TrainableText]:
+    """The transformer and text reader export would ship: the moving averages where the run keeps them."""
+    if "text" in averages:
+        text = TrainableText(text.tokenizer, averages["text"].module)
+    return (averages["model"].module if averages else model), text
 
 
 def trained_weights(state: dict, part: str = "model") -> dict[str, torch.Tensor] | None:
