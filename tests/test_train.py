@@ -3,6 +3,7 @@
 import copy
 import json
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 import torch
@@ -183,8 +184,6 @@ def test_object_weights_mark_objects_and_their_rim():
 
 
 def test_vae_init_from_an_exported_folder(parts, tmp_path):
-    from dataclasses import replace
-
     from varedit.checkpoints import save_pretrained
     from varedit.train.vae import build
 
@@ -330,3 +329,38 @@ def test_text_lr_trains_the_t5_and_export_ships_it(parts, tmp_path):
     logged = json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[-1])
     scored = T.evaluate(exported, T.TrainableText.from_folder(out / "text_encoder"), T.load_trained_vae(out))
     assert logged["bit_acc"] == pytest.approx(scored["bit_acc"], abs=1e-6)
+
+
+def test_decoder_only_fine_tune_ships_into_a_released_folder(parts, tmp_path):
+    """`vae --decoder-only` on a folder keeps its encoder (every bit label), and export with that
+    folder as `--transformer` writes the tuned decoder beside the folder's unchanged transformer."""
+    from safetensors.torch import load_file
+
+    from varedit.checkpoints import VAE_FILE, save_pretrained
+    from varedit.train.export import export
+    from varedit.train.vae import VAETrainConfig
+    from varedit.train.vae import train as train_vae
+
+    vae, _ = parts
+    model, _ = _model_and_opt()
+    T.make_text_encoder(tmp_path / "t5")
+    folder = save_pretrained(tmp_path / "model", model.cfg, model, vae, text_encoder=tmp_path / "t5")
+    train_vae(VAETrainConfig(steps=2, batch=2, lr=1e-2, warmup=0, init=str(folder), decoder_only=True),
+              tmp_path / "dec")
+    out = export(tmp_path / "dec" / "ckpt.pt", folder, folder / "text_encoder", tmp_path / "shipped")
+
+    before, after = load_file(folder / VAE_FILE), load_file(out / VAE_FILE)
+    assert before.keys() == after.keys()
+    assert all(torch.equal(v, after[k]) for k, v in before.items() if k.startswith("encoder."))
+    assert any(not torch.equal(v, after[k]) for k, v in before.items() if k.startswith("decoder."))
+    shipped = VAREditTransformer(model.cfg)
+    shipped.load_state_dict(T.init_state(out, model.cfg))
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, shipped.state_dict()[k]), k
+    assert (out / "text_encoder" / "config.json").exists()
+
+    eight_bits = replace(vae.config, codebook_dim=8)  # a folder trained on other bit labels
+    cfg8 = T.shapes_config(depth=1, width=64, heads=2, vae=eight_bits)
+    narrower = save_pretrained(tmp_path / "other", cfg8, VAREditTransformer(cfg8), VAE(eight_bits))
+    with pytest.raises(ValueError, match="differ"):
+        export(tmp_path / "dec" / "ckpt.pt", narrower, folder / "text_encoder", tmp_path / "refused")

@@ -6,6 +6,13 @@
 After `--init` fine-tuning, the VAE and T5 are the folder's own: `--vae models/varedit-shapes-64
 --text-encoder models/varedit-shapes-64/text_encoder` (exporting into that folder keeps them).
 A run that trained the T5 (`--text-lr`) ships its trained weights with `--text-encoder`'s tokenizer.
+
+`--transformer` may also be an exported folder: its transformer ships unchanged with the VAE of
+`--vae`. That is how a decoder-only VAE fine-tune (`varedit.train.vae --decoder-only true`, which
+leaves every bit label as it was) replaces the decoder of a released model:
+
+    python -m varedit.train.export --vae runs/dec/ckpt.pt --transformer models/varedit-shapes-64 \\
+        --text-encoder models/varedit-shapes-64/text_encoder --out models/varedit-shapes-64
 """
 
 from __future__ import annotations
@@ -17,16 +24,20 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoints import save_pretrained
+from ..checkpoints import read_config, save_pretrained
 from ..text import TextEncoder
 from ..transformer import VAREditTransformer
-from .transformer import TrainConfig, load_trained_vae, shapes_config, trained_weights
+from ..vae import VAE
+from .transformer import TrainConfig, init_state, load_trained_vae, shapes_config, trained_weights
 
 
 def export(vae_ckpt: Path, tf_ckpt: Path, text_encoder: Path, out: Path) -> Path:
+    """A model folder from a VAE and a transformer, each a training checkpoint or an exported folder."""
+    vae = load_trained_vae(vae_ckpt)
+    if tf_ckpt.is_dir():
+        return _with_new_vae(tf_ckpt, vae, text_encoder, out)
     state = torch.load(tf_ckpt, map_location="cpu", weights_only=False)
     tc = TrainConfig(**state["extra"]["config"])
-    vae = load_trained_vae(vae_ckpt)
     cfg = shapes_config(tc.depth, tc.width, tc.heads, vae.config)
     model = VAREditTransformer(cfg)
     model.load_state_dict(trained_weights(state))
@@ -39,6 +50,16 @@ def export(vae_ckpt: Path, tf_ckpt: Path, text_encoder: Path, out: Path) -> Path
         trained_t5 = shutil.copytree(text_encoder, Path(tmp) / "text_encoder")
         t5.model.save_pretrained(trained_t5, safe_serialization=True)
         return save_pretrained(out, cfg, model, vae, text_encoder=trained_t5)
+
+
+def _with_new_vae(folder: Path, vae: VAE, text_encoder: Path, out: Path) -> Path:
+    """The folder's transformer with another VAE of the same sizes (the bit labels it was trained on)."""
+    cfg = read_config(folder)
+    if cfg.vae != vae.config:
+        raise ValueError(f"the VAE's sizes {vae.config} differ from those {folder} was trained on {cfg.vae}")
+    model = VAREditTransformer(cfg)
+    model.load_state_dict(init_state(folder, cfg))
+    return save_pretrained(out, cfg, model, vae, text_encoder=text_encoder)
 
 
 def main(argv: list[str] | None = None) -> None:
