@@ -17,6 +17,11 @@ The official BSQ module stubs these losses out at inference; they only matter fo
 `--codebook-dim` and `--base-ch` change the VAE's sizes; the checkpoint records them, and the
 transformer trained on it and the exported folder follow. The entropy term is summed over bits,
 so with more bits lower `--entropy` in proportion (0.01 for 32 bits) or it dominates the loss.
+
+`--init FOLDER --decoder-only true` fine-tunes a released model's decoder alone. The encoder is
+frozen, and with it every bit label and source token, so the model's transformer needs no
+retraining; `varedit.train.export --transformer FOLDER` ships the pair. On the shapes model, 3 000
+such steps lifted held-out edit success from 87.7 % to 92.3 % (the model card's step 7).
 """
 
 from __future__ import annotations
