@@ -359,8 +359,15 @@ def test_decoder_only_fine_tune_ships_into_a_released_folder(parts, tmp_path):
         assert torch.equal(v, shipped.state_dict()[k]), k
     assert (out / "text_encoder" / "config.json").exists()
 
-    eight_bits = replace(vae.config, codebook_dim=8)  # a folder trained on other bit labels
+
+    # a VAE with another encoder would give the transformer other bit labels: refused
+    eight_bits = replace(vae.config, codebook_dim=8)
     cfg8 = T.shapes_config(depth=1, width=64, heads=2, vae=eight_bits)
     narrower = save_pretrained(tmp_path / "other", cfg8, VAREditTransformer(cfg8), VAE(eight_bits))
-    with pytest.raises(ValueError, match="differ"):
-        export(tmp_path / "dec" / "ckpt.pt", narrower, folder / "text_encoder", tmp_path / "refused")
+    retrained = copy.deepcopy(vae)
+    with torch.no_grad():
+        next(retrained.encoder.parameters()).add_(0.01)
+    save_checkpoint(tmp_path / "joint.pt", 0, {"vae": retrained}, torch.optim.AdamW(retrained.parameters()))
+    for vae_ckpt, target in ((tmp_path / "dec" / "ckpt.pt", narrower), (tmp_path / "joint.pt", folder)):
+        with pytest.raises(ValueError, match="encoder"):
+            export(vae_ckpt, target, folder / "text_encoder", tmp_path / "refused")

@@ -8,8 +8,9 @@ After `--init` fine-tuning, the VAE and T5 are the folder's own: `--vae models/v
 A run that trained the T5 (`--text-lr`) ships its trained weights with `--text-encoder`'s tokenizer.
 
 `--transformer` may also be an exported folder: its transformer ships unchanged with the VAE of
-`--vae`. That is how a decoder-only VAE fine-tune (`varedit.train.vae --decoder-only true`, which
-leaves every bit label as it was) replaces the decoder of a released model:
+`--vae`, whose encoder must be the folder's (export refuses another). That is how a decoder-only
+VAE fine-tune (`varedit.train.vae --decoder-only true`, which leaves every bit label as it was)
+replaces the decoder of a released model:
 
     python -m varedit.train.export --vae runs/dec/ckpt.pt --transformer models/varedit-shapes-64 \\
         --text-encoder models/varedit-shapes-64/text_encoder --out models/varedit-shapes-64
@@ -35,7 +36,7 @@ def export(vae_ckpt: Path, tf_ckpt: Path, text_encoder: Path, out: Path) -> Path
     """A model folder from a VAE and a transformer, each a training checkpoint or an exported folder."""
     vae = load_trained_vae(vae_ckpt)
     if tf_ckpt.is_dir():
-        return _with_new_vae(tf_ckpt, vae, text_encoder, out)
+        return _with_new_decoder(tf_ckpt, vae, text_encoder, out)
     state = torch.load(tf_ckpt, map_location="cpu", weights_only=False)
     tc = TrainConfig(**state["extra"]["config"])
     cfg = shapes_config(tc.depth, tc.width, tc.heads, vae.config)
@@ -52,11 +53,16 @@ def export(vae_ckpt: Path, tf_ckpt: Path, text_encoder: Path, out: Path) -> Path
         return save_pretrained(out, cfg, model, vae, text_encoder=trained_t5)
 
 
-def _with_new_vae(folder: Path, vae: VAE, text_encoder: Path, out: Path) -> Path:
-    """The folder's transformer with another VAE of the same sizes (the bit labels it was trained on)."""
+def _with_new_decoder(folder: Path, vae: VAE, text_encoder: Path, out: Path) -> Path:
+    """The folder's transformer with a VAE whose decoder alone was retrained. Its encoder must be the
+    folder's: the transformer learned that encoder's bit labels and reads its source tokens."""
     cfg = read_config(folder)
-    if cfg.vae != vae.config:
-        raise ValueError(f"the VAE's sizes {vae.config} differ from those {folder} was trained on {cfg.vae}")
+    own = load_trained_vae(folder).state_dict()
+    new = vae.state_dict()
+    if cfg.vae != vae.config or any(not torch.equal(v, new[k]) for k, v in own.items()
+                                    if not k.startswith("decoder.")):
+        raise ValueError(f"this VAE's encoder is not the one the transformer of {folder} was trained on; "
+                         "only a decoder-only fine-tune of that folder's VAE can ship with it")
     model = VAREditTransformer(cfg)
     model.load_state_dict(init_state(folder, cfg))
     return save_pretrained(out, cfg, model, vae, text_encoder=text_encoder)
