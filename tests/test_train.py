@@ -359,7 +359,6 @@ def test_decoder_only_fine_tune_ships_into_a_released_folder(parts, tmp_path):
         assert torch.equal(v, shipped.state_dict()[k]), k
     assert (out / "text_encoder" / "config.json").exists()
 
-
     # a VAE with another encoder would give the transformer other bit labels: refused
     eight_bits = replace(vae.config, codebook_dim=8)
     cfg8 = T.shapes_config(depth=1, width=64, heads=2, vae=eight_bits)
