@@ -15,27 +15,22 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN useradd --create-home --uid 10001 varedit
 WORKDIR /app
-# The dependency list is pyproject.toml's; the helper drops the model stack for the api image.
-COPY pyproject.toml README.md ./
-COPY scripts/requirements_for.py scripts/
+# Dependencies come from pyproject.toml's extras: `platform` (no torch) for the api image,
+# `platform` + `model` for the worker.
 
 FROM base AS api
-RUN python scripts/requirements_for.py api > /tmp/requirements.txt \
-    && pip install -r /tmp/requirements.txt
 COPY . .
-RUN pip install --no-deps -e . && python -c "import api, jobs, worker.celery_app" \
-    && python -c "import sys; assert 'torch' not in sys.modules"
+RUN pip install -e ".[platform]" && python -c "import api.main, jobs, serve.cli, worker.celery_app" \
+    && python -c "import importlib.util as u; assert u.find_spec('torch') is None, 'torch in the api image'"
 USER varedit
 EXPOSE 8000
 CMD ["uvicorn", "api.main:app", "--host", "0.0.0.0", "--port", "8000"]
 
 FROM base AS worker
 # torch first and pinned, so nothing else decides which build is installed.
-RUN pip install "torch==2.13.0" \
-    && python scripts/requirements_for.py worker > /tmp/requirements.txt \
-    && pip install -r /tmp/requirements.txt
+RUN pip install "torch==2.13.0"
 COPY . .
-RUN pip install --no-deps -e .
+RUN pip install -e ".[platform,model]"
 USER varedit
 CMD ["celery", "-A", "worker.celery_app", "worker", "-Q", "edits.2B-512", "-c", "1", "-O", "fair", \
      "--prefetch-multiplier", "1", "--without-gossip", "--without-mingle"]

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.errors import Unauthorized
 from api.watch import JobWatcher
-from jobs import keys, lifecycle
+from jobs import keys, queries
 from jobs.models import Job
 from jobs.notify import Notifier
 from jobs.queue import Publisher
@@ -101,7 +101,7 @@ def read_owned_job(sessions: sessionmaker[Session], job_id: str, owner: str) -> 
     """The owner's job, read in a short session (long waits and streams must not hold a connection);
     another owner's job is a 404 like a missing one."""
     with sessions() as session:
-        return lifecycle.get_job(session, job_id, owner)
+        return queries.get_job(session, job_id, owner)
 
 
 def owned_job(job_id: str, principal: PrincipalDep, sessions: SessionsDep) -> Job:

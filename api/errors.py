@@ -1,4 +1,8 @@
-"""The one error envelope, ``{"error": {"code", "message", "details"}}``, for every error the API returns."""
+"""The one error envelope, ``{"error": {"code", "message", "details"}}``, for every error the API returns.
+
+Domain errors (``jobs/errors.py``) carry a code and a message; `DOMAIN_STATUS` is the one table that
+gives each its HTTP status. Errors that only exist at the HTTP edge are `ApiError` subclasses here.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +15,21 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from jobs.errors import JobsError
+from jobs import errors as domain
 
 log = structlog.get_logger(__name__)
+
+DOMAIN_STATUS: dict[type[domain.JobsError], int] = {
+    domain.JobNotFound: 404,
+    domain.ApiKeyNotFound: 404,
+    domain.IdempotencyConflict: 422,
+    domain.IdempotencyInFlight: 409,
+    domain.NoWebhook: 409,
+    domain.JobNotTerminal: 409,
+    domain.StorageError: 503,
+    domain.ModelNotReady: 503,
+}
+RETRY_AFTER_S: dict[type[domain.JobsError], int] = {domain.ModelNotReady: 10, domain.StorageError: 5}
 
 STATUS_CODES = {
     400: "bad_request",
@@ -31,12 +47,25 @@ STATUS_CODES = {
 }
 
 
-class Unauthorized(JobsError):
+class ApiError(Exception):
+    """An error of the HTTP edge: a snake_case code, its status, a message, details and headers."""
+
+    code = "internal_error"
+    status = 500
+    headers: dict[str, str] | None = None
+
+    def __init__(self, message: str, details: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class Unauthorized(ApiError):
     code, status = "unauthorized", 401
     headers = {"WWW-Authenticate": 'Bearer realm="varedit"'}
 
 
-class RateLimited(JobsError):
+class RateLimited(ApiError):
     code, status = "rate_limited", 429
 
     def __init__(self, message: str, retry_after_s: int, details: Any = None) -> None:
@@ -48,52 +77,48 @@ class TooManyInFlight(RateLimited):
     code = "too_many_jobs_in_flight"
 
 
-class InvalidRequest(JobsError):
+class InvalidRequest(ApiError):
     code, status = "invalid_request", 422
 
 
-class ImageUrlNotAllowed(JobsError):
+class ImageUrlNotAllowed(ApiError):
     code, status = "image_url_not_allowed", 422
 
 
-class ImageUrlFetchFailed(JobsError):
+class ImageUrlFetchFailed(ApiError):
     code, status = "image_url_fetch_failed", 422
 
 
-class WebhookUrlNotAllowed(JobsError):
+class WebhookUrlNotAllowed(ApiError):
     code, status = "webhook_url_not_allowed", 422
 
 
-class WebhooksNotConfigured(JobsError):
+class WebhooksNotConfigured(ApiError):
     code, status = "webhooks_not_configured", 422
 
 
-class InvalidImage(JobsError):
+class InvalidImage(ApiError):
     code, status = "invalid_image", 422
 
 
-class UnsupportedImageFormat(JobsError):
+class UnsupportedImageFormat(ApiError):
     code, status = "unsupported_image_format", 415
 
 
-class UnsupportedMediaType(JobsError):
+class UnsupportedMediaType(ApiError):
     code, status = "unsupported_media_type", 415
 
 
-class PayloadTooLarge(JobsError):
+class PayloadTooLarge(ApiError):
     code, status = "payload_too_large", 413
 
 
-class ResultNotReady(JobsError):
+class ResultNotReady(ApiError):
     code, status = "result_not_ready", 409
 
 
-class ResultExpired(JobsError):
+class ResultExpired(ApiError):
     code, status = "result_expired", 410
-
-
-class NotReady(JobsError):
-    code, status = "not_ready", 503
 
 
 def error_response(
@@ -103,9 +128,17 @@ def error_response(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-async def _jobs_error(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, JobsError)
-    return error_response(exc.status, exc.code, exc.message, exc.details, getattr(exc, "headers", None))
+async def _api_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
+
+
+async def _domain_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, domain.JobsError)
+    kind = type(exc)
+    retry_after = RETRY_AFTER_S.get(kind)
+    headers = {"Retry-After": str(retry_after)} if retry_after else None
+    return error_response(DOMAIN_STATUS.get(kind, 500), exc.code, exc.message, exc.details, headers)
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
@@ -126,7 +159,8 @@ async def _unhandled(_: Request, exc: Exception) -> JSONResponse:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(JobsError, _jobs_error)
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(domain.JobsError, _domain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unhandled)

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from api.deps import Principal
 from api.errors import RateLimited, TooManyInFlight
-from jobs import lifecycle
+from jobs import queries
 from jobs.notify import is_redis_url
 from jobs.settings import Settings
 
@@ -43,9 +43,13 @@ class EditLimits:
             allowed = True
         if not allowed:
             reset_at, _ = self.limiter.get_window_stats(rate, "edits", principal.id)
-            raise RateLimited(f"more than {rate} edits", max(1, math.ceil(reset_at - time.time())),
-                              details={"limit": str(rate)})
+            raise RateLimited(
+                f"more than {rate} edits",
+                max(1, math.ceil(reset_at - time.time())),
+                details={"limit": str(rate)},
+            )
         cap = principal.max_in_flight or self.default_in_flight
-        if lifecycle.count_in_flight(session, principal.id) >= cap:
-            raise TooManyInFlight(f"{cap} jobs are already queued or running", IN_FLIGHT_RETRY_S,
-                                  details={"max_in_flight": cap})
+        if queries.count_in_flight(session, principal.id) >= cap:
+            raise TooManyInFlight(
+                f"{cap} jobs are already queued or running", IN_FLIGHT_RETRY_S, details={"max_in_flight": cap}
+            )

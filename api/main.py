@@ -19,7 +19,7 @@ from api.middleware import RequestContextMiddleware
 from api.routes import edits, health, jobs, models, page
 from api.routes import webhooks as webhook_routes
 from api.watch import JobWatcher
-from jobs import webhooks
+from jobs import outbox
 from jobs.db import make_engine, make_sessionmaker
 from jobs.logging import configure_logging
 from jobs.notify import Notifier
@@ -42,8 +42,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.storage = storage_from_settings(settings)
     app.state.celery = make_celery(settings)
     app.state.publisher = CeleryPublisher(app.state.celery)
-    webhooks.send_after_commit(app.state.sessions, webhook_sender(app.state.celery),
-                               webhooks.reservation_s(settings.webhook_timeout_s))
+    outbox.send_after_commit(
+        app.state.sessions, webhook_sender(app.state.celery), outbox.reservation_s(settings.webhook_timeout_s)
+    )
     app.state.notifier = Notifier(settings.broker_url)
     app.state.watcher = JobWatcher(settings.broker_url, settings.wait_recheck_s)
     app.state.limits = EditLimits(settings)

@@ -11,7 +11,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy.orm import Session, sessionmaker
 
-from jobs import lifecycle, webhooks
+from jobs import outbox, queries, workers
 from jobs.models import DeliveryStatus, JobStatus
 from jobs.settings import Settings
 
@@ -29,10 +29,10 @@ class JobsCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         try:
             with self.sessions() as session:
-                counts = lifecycle.count_by_status(session)
-                queues = lifecycle.queue_stats(session)
-                ready = lifecycle.ready_workers(session, self.settings.worker_stale_s)
-                deliveries = webhooks.count_by_status(session)
+                counts = queries.count_by_status(session)
+                queues = queries.queue_stats(session)
+                ready = workers.ready_workers(session, self.settings.worker_stale_s)
+                deliveries = outbox.count_by_status(session)
         except Exception:
             log.warning("metrics_collect_failed", exc_info=True)
             return
@@ -41,22 +41,24 @@ class JobsCollector(Collector):
         oldest = GaugeMetricFamily(
             "varedit_queue_oldest_age_seconds", "Wait of the oldest queued job per model", labels=["model"]
         )
-        workers = GaugeMetricFamily("varedit_workers_ready", "Ready GPU workers per model", labels=["model"])
+        ready_gauge = GaugeMetricFamily(
+            "varedit_workers_ready", "Ready GPU workers per model", labels=["model"]
+        )
         models = sorted({*self.settings.models, *(m for m, _ in counts), *queues})
         for model in models:
             for status in JobStatus:
                 jobs.add_metric([model, status.value], counts.get((model, status), 0))
-            stats = queues.get(model, lifecycle.QueueStats(0, 0.0))
+            stats = queues.get(model, queries.QueueStats(0, 0.0))
             depth.add_metric([model], stats.depth)
             oldest.add_metric([model], stats.oldest_age_s)
-            workers.add_metric([model], ready.get(model, 0))
+            ready_gauge.add_metric([model], ready.get(model, 0))
         hooks = GaugeMetricFamily(
             "varedit_webhook_deliveries", "Webhook messages by event and outcome", labels=["event", "status"]
         )
-        for event in webhooks.EVENTS:
+        for event in outbox.EVENTS:
             for status in DeliveryStatus:
                 hooks.add_metric([event, status.value], deliveries.get((event, status), 0))
-        yield from (jobs, depth, oldest, workers, hooks)
+        yield from (jobs, depth, oldest, ready_gauge, hooks)
 
 
 class Metrics:

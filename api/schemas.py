@@ -83,8 +83,12 @@ class WebhookDeliveryList(BaseModel):
 
 class ModelInfo(BaseModel):
     id: str
-    resolutions: list[int]
-    default_resolution: int
+    resolutions: list[int] = Field(description="Square output sides it serves; empty until a worker reports")
+    default_resolution: int | None
+    sampling: dict[str, float] | None = Field(
+        description="Recommended sampling settings, used for parameters a job leaves out (cfg, tau, ...)",
+        examples=[{"cfg": 2.0, "tau": 0.3, "top_k": 900, "top_p": 0.97}],
+    )
     ready_workers: int
     queue_depth: int
     oldest_queued_age_s: float

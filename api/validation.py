@@ -25,10 +25,13 @@ from api.errors import (
     WebhooksNotConfigured,
     WebhookUrlNotAllowed,
 )
+from api.image_fetch import FetchFailed, ResponseTooLarge, fetch
 from api.schemas import EditCreate
-from jobs.lifecycle import EditSpec
-from jobs.netguard import FetchFailed, ResponseTooLarge, UnsafeURL, check_url_syntax, fetch
+from jobs.errors import ModelNotReady
+from jobs.netguard import UnsafeURL, check_url_syntax
 from jobs.settings import Settings
+from jobs.transitions import EditSpec
+from jobs.workers import ModelFacts
 
 FORM_OVERHEAD_BYTES = 64 * 1024  # room for form fields and multipart framing next to the image
 CONTENT_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
@@ -78,8 +81,10 @@ async def read_edit_request(request: Request, settings: Settings) -> tuple[EditC
             raise InvalidRequest("the body must be a JSON object")
         parsed = _parse(body)
         if (parsed.image_url is None) == (parsed.image_base64 is None):
-            raise InvalidRequest("send exactly one of image_base64 and image_url",
-                                 details=[{"loc": ["body", "image_base64"]}, {"loc": ["body", "image_url"]}])
+            raise InvalidRequest(
+                "send exactly one of image_base64 and image_url",
+                details=[{"loc": ["body", "image_base64"]}, {"loc": ["body", "image_url"]}],
+            )
         if parsed.image_url is not None:
             image = await run_in_threadpool(fetch_image, parsed.image_url, settings)
         else:
@@ -143,8 +148,14 @@ def _range_error(name: str, value: Any, low: Any, high: Any) -> InvalidRequest:
     )
 
 
-def build_spec(fields: EditCreate, settings: Settings, signs_webhooks: bool = False) -> EditSpec:
-    """Check fields against the deployment's limits and fill in defaults (a random seed included).
+def build_spec(
+    fields: EditCreate,
+    settings: Settings,
+    served: dict[str, ModelFacts | None],
+    signs_webhooks: bool = False,
+) -> EditSpec:
+    """Check fields against the deployment's limits and the model's facts (`jobs.workers.model_facts`)
+    and fill in defaults: the model's recommended cfg and tau, its default resolution, a random seed.
     ``signs_webhooks``: the caller has a webhook secret of its own (an API key)."""
     instruction = fields.instruction.strip()
     if not instruction:
@@ -152,22 +163,29 @@ def build_spec(fields: EditCreate, settings: Settings, signs_webhooks: bool = Fa
     if len(instruction) > settings.max_instruction_chars:
         raise _range_error("instruction length", len(instruction), 1, settings.max_instruction_chars)
     model = fields.model or settings.default_model
-    if model not in settings.models:
+    if model not in served:
         raise InvalidRequest(
             f"unknown model {model!r}",
-            details=[{"loc": ["body", "model"], "msg": f"one of {settings.models}", "input": model}],
+            details=[{"loc": ["body", "model"], "msg": f"one of {list(served)}", "input": model}],
         )
-    resolutions = settings.resolutions(model)
-    resolution = fields.resolution or resolutions[0]
-    if resolution not in resolutions:
+    facts = served[model]
+    if facts is None:
+        raise ModelNotReady(
+            f"no worker has loaded {model} yet, so its resolutions are not known; retry shortly",
+            details={"model": model},
+        )
+    resolution = fields.resolution or facts.default_resolution
+    if resolution not in facts.resolutions:
         raise InvalidRequest(
-            f"model {model} serves resolutions {resolutions}",
-            details=[{"loc": ["body", "resolution"], "msg": f"one of {resolutions}", "input": resolution}],
+            f"model {model} serves resolutions {facts.resolutions}",
+            details=[
+                {"loc": ["body", "resolution"], "msg": f"one of {facts.resolutions}", "input": resolution}
+            ],
         )
-    cfg = settings.cfg_default if fields.cfg is None else fields.cfg
+    cfg = facts.sampling["cfg"] if fields.cfg is None else fields.cfg
     if not settings.cfg_min <= cfg <= settings.cfg_max:
         raise _range_error("cfg", cfg, settings.cfg_min, settings.cfg_max)
-    tau = settings.tau_default if fields.tau is None else fields.tau
+    tau = facts.sampling["tau"] if fields.tau is None else fields.tau
     if not settings.tau_min <= tau <= settings.tau_max:
         raise _range_error("tau", tau, settings.tau_min, settings.tau_max)
     seed = secrets.randbelow(settings.seed_max + 1) if fields.seed is None else fields.seed

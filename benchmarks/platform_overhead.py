@@ -40,8 +40,8 @@ sys.path.insert(0, str(ROOT))
 
 from jobs.db import make_engine, make_sessionmaker  # noqa: E402
 from jobs.models import Job  # noqa: E402
-from worker.client import Client  # noqa: E402
-from worker.embedded import EmbeddedPlatform  # noqa: E402
+from serve.embedded import EmbeddedPlatform  # noqa: E402
+from varedit_client import Client  # noqa: E402
 
 
 def pct(values: list[float], q: float) -> float:
@@ -50,8 +50,10 @@ def pct(values: list[float], q: float) -> float:
 
 
 def summary(name: str, values_ms: list[float]) -> str:
-    return (f"{name:<34} p50 {pct(values_ms, 50):7.1f} ms   p99 {pct(values_ms, 99):7.1f} ms   "
-            f"mean {statistics.fmean(values_ms):7.1f} ms   (n={len(values_ms)})")
+    return (
+        f"{name:<34} p50 {pct(values_ms, 50):7.1f} ms   p99 {pct(values_ms, 99):7.1f} ms   "
+        f"mean {statistics.fmean(values_ms):7.1f} ms   (n={len(values_ms)})"
+    )
 
 
 def source_png(size: int) -> bytes:
@@ -117,11 +119,16 @@ def main() -> int:
     args = parser.parse_args()
 
     data_dir = Path(tempfile.mkdtemp(prefix="varedit-bench-"))
-    env = {"VAREDIT_MODEL_PATH": "fake://?scales=10", "VAREDIT_MAX_BATCH": "1", "VAREDIT_LOG_JSON": "true",
-           "VAREDIT_LOG_LEVEL": "INFO",
-           # no caller limits (the bursts are the point); webhooks go to 127.0.0.1
-           "VAREDIT_RATE_LIMIT": "1000000/minute", "VAREDIT_MAX_IN_FLIGHT": "1000000",
-           "VAREDIT_ALLOW_PRIVATE_URLS": "true"}
+    env = {
+        "VAREDIT_MODEL_PATH": "fake://?scales=10",
+        "VAREDIT_MAX_BATCH": "1",
+        "VAREDIT_LOG_JSON": "true",
+        "VAREDIT_LOG_LEVEL": "INFO",
+        # no caller limits (the bursts are the point); webhooks go to 127.0.0.1
+        "VAREDIT_RATE_LIMIT": "1000000/minute",
+        "VAREDIT_MAX_IN_FLIGHT": "1000000",
+        "VAREDIT_ALLOW_PRIVATE_URLS": "true",
+    }
     if args.database_url:
         env["VAREDIT_DATABASE_URL"] = args.database_url
     image = source_png(args.image_size)
@@ -145,8 +152,9 @@ def main() -> int:
             assert job["status"] == "succeeded", job
             ids.append(job_id)
         with sessions() as session:
-            rows = session.execute(select(Job.created_at, Job.started_at, Job.finished_at)
-                                   .where(Job.id.in_(ids))).all()
+            rows = session.execute(
+                select(Job.created_at, Job.started_at, Job.finished_at).where(Job.id.in_(ids))
+            ).all()
         to_claim = [(s - c).total_seconds() * 1000 for c, s, _ in rows]
         claim_to_finish = [(f - s).total_seconds() * 1000 for _, s, f in rows]
         bookkeeping = deliver_ms(logs, set(ids))
@@ -171,8 +179,9 @@ def main() -> int:
         receiver = WebhookArrivals()
         hook_ids = []
         for i in range(args.webhook_jobs):
-            job_id = client.submit(image, f"webhook {i}", seed=i, webhook_url=receiver.url,
-                                   webhook_events="job.succeeded")["id"]
+            job_id = client.submit(
+                image, f"webhook {i}", seed=i, webhook_url=receiver.url, webhook_events="job.succeeded"
+            )["id"]
             client.wait(job_id, timeout_s=30)
             receiver.wait_for(job_id, timeout_s=30)
             hook_ids.append(job_id)
@@ -183,14 +192,18 @@ def main() -> int:
         finished = dict(rows)
         webhook_ms = [(receiver.arrived[j] - finished[j].timestamp()) * 1000 for j in hook_ids]
 
-    print(f"platform overhead, fake instant model (10 scales), {args.workers} edit worker(s), "
-          f"{'PostgreSQL' if args.database_url else 'SQLite'}, {args.image_size}x{args.image_size} PNG")
+    print(
+        f"platform overhead, fake instant model (10 scales), {args.workers} edit worker(s), "
+        f"{'PostgreSQL' if args.database_url else 'SQLite'}, {args.image_size}x{args.image_size} PNG"
+    )
     print(summary("accepted -> claimed", to_claim))
     print(summary("claimed -> succeeded (run + finish)", claim_to_finish))
     print(summary("finish bookkeeping (deliver_ms)", bookkeeping))
     print(summary("client round trip (POST..succeeded)", round_trip))
-    print(f"{'submits/s':<34} {args.throughput_jobs / submit_s:7.1f}   ({args.throughput_jobs} jobs, "
-          f"{args.clients} concurrent clients)")
+    print(
+        f"{'submits/s':<34} {args.throughput_jobs / submit_s:7.1f}   ({args.throughput_jobs} jobs, "
+        f"{args.clients} concurrent clients)"
+    )
     print(f"{'jobs completed/s':<34} {args.throughput_jobs / drain_s:7.1f}   (burst until all succeeded)")
     print(summary("succeeded -> webhook received", webhook_ms))
     return 0

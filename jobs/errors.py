@@ -1,4 +1,7 @@
-"""Domain errors; the API turns each into the error envelope with its ``code`` and ``status``."""
+"""Domain errors: a machine-readable ``code`` and a message; they know nothing of HTTP.
+
+The API maps each class to a status code in one table (``api/errors.py``).
+"""
 
 from __future__ import annotations
 
@@ -6,10 +9,9 @@ from typing import Any
 
 
 class JobsError(Exception):
-    """Base of the domain errors: a snake_case code, an HTTP status hint and optional details."""
+    """Base of the domain errors: a snake_case code, a message and optional details."""
 
     code = "internal_error"
-    status = 500
 
     def __init__(self, message: str, details: Any = None) -> None:
         super().__init__(message)
@@ -18,36 +20,38 @@ class JobsError(Exception):
 
 
 class JobNotFound(JobsError):
-    code, status = "job_not_found", 404
-
-
-class InvalidTransition(JobsError):
-    code, status = "invalid_transition", 409
+    code = "job_not_found"
 
 
 class IdempotencyConflict(JobsError):
     """The same Idempotency-Key was used with a different request body."""
 
-    code, status = "idempotency_key_reused", 422
+    code = "idempotency_key_reused"
 
 
 class IdempotencyInFlight(JobsError):
     """The first request with this Idempotency-Key has not finished yet; retry later."""
 
-    code, status = "idempotency_request_in_flight", 409
+    code = "idempotency_request_in_flight"
 
 
 class StorageError(JobsError):
-    code, status = "storage_unavailable", 503
+    code = "storage_unavailable"
 
 
 class NoWebhook(JobsError):
-    code, status = "no_webhook", 409
+    code = "no_webhook"
 
 
 class JobNotTerminal(JobsError):
-    code, status = "job_not_terminal", 409
+    code = "job_not_terminal"
 
 
 class ApiKeyNotFound(JobsError):
-    code, status = "api_key_not_found", 404
+    code = "api_key_not_found"
+
+
+class ModelNotReady(JobsError):
+    """No worker has announced the model yet, so its resolutions and defaults are unknown."""
+
+    code = "model_not_ready"

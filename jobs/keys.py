@@ -39,15 +39,28 @@ def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def create(session: Session, name: str, *, rate_limit: str | None = None, max_in_flight: int | None = None,
-           now: datetime | None = None) -> NewKey:
+def create(
+    session: Session,
+    name: str,
+    *,
+    rate_limit: str | None = None,
+    max_in_flight: int | None = None,
+    now: datetime | None = None,
+) -> NewKey:
     """A new key; ``rate_limit`` in the `limits` notation ("60/minute", "1000/day"), checked here."""
     if rate_limit is not None:
         parse(rate_limit)  # ValueError for nonsense, before anything is stored
     key_id = secrets.token_hex(6)
     token = f"{TOKEN_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
-    key = ApiKey(id=key_id, name=name, token_sha256=_digest(token), webhook_secret=new_webhook_secret(),
-                 rate_limit=rate_limit, max_in_flight=max_in_flight, created_at=now or utcnow())
+    key = ApiKey(
+        id=key_id,
+        name=name,
+        token_sha256=_digest(token),
+        webhook_secret=new_webhook_secret(),
+        rate_limit=rate_limit,
+        max_in_flight=max_in_flight,
+        created_at=now or utcnow(),
+    )
     session.add(key)
     session.flush()
     return NewKey(key, token)

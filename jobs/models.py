@@ -159,6 +159,19 @@ class WorkerHeartbeat(Base):
     __table_args__ = (Index("ix_worker_heartbeats_model_seen", "model", "last_seen"),)
 
 
+class ServedModel(Base):
+    """What a worker reported about a model it loaded: the resolutions it serves and its recommended
+    sampling settings. Kept while no worker runs (scaled to zero), so the API can still accept jobs."""
+
+    __tablename__ = "served_models"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    resolutions: Mapped[list[int]] = mapped_column(JSON)
+    sampling: Mapped[dict[str, float]] = mapped_column(JSON)  # cfg, tau and the sampler's other settings
+    reported_by: Mapped[str] = mapped_column(String(128))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
 class DeliveryStatus(enum.StrEnum):
     PENDING = "pending"  # waiting for its next attempt (`next_attempt_at`)
     DELIVERED = "delivered"  # the endpoint answered 2xx

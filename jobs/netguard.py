@@ -6,17 +6,16 @@ The check runs where the connection is made (`GuardedBackend.connect_tcp`), on t
 socket connects to, so a hostname that resolves to a public address when checked and to a private
 one a moment later (DNS rebinding) cannot slip through. TLS still verifies the certificate against
 the hostname. httpcore is used directly: it never follows redirects on its own and never reads proxy
-settings from the environment, both of which could route a request around the check; `fetch` follows
-a few redirects itself, each target checked like the first.
+settings from the environment, both of which could route a request around the check (a caller that
+follows redirects checks each target like the first: `api/image_fetch.py`).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import socket
-import time
 from collections.abc import Iterable
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
 
 import httpcore
 
@@ -27,18 +26,6 @@ class UnsafeURL(ValueError):
 
 class Unresolvable(OSError):
     """The host did not resolve (possibly transient: try again later)."""
-
-
-class FetchFailed(OSError):
-    """The URL answered with an error, not at all, or not in time."""
-
-
-class ResponseTooLarge(FetchFailed):
-    pass
-
-
-USER_AGENT = "varedit-serve/1"
-REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
 def check_url_syntax(url: str, allow_private: bool = False) -> None:
@@ -111,37 +98,3 @@ def header_map(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
 def guarded_pool(allow_private: bool = False) -> httpcore.ConnectionPool:
     """A connection pool for client-chosen URLs (no redirects, no env proxies, guarded connects)."""
     return httpcore.ConnectionPool(network_backend=GuardedBackend(allow_private), max_connections=20)
-
-
-def fetch(url: str, *, max_bytes: int, timeout_s: float, max_redirects: int, allow_private: bool) -> bytes:
-    """GET a client-chosen URL through the guard: at most ``max_bytes``, within ``timeout_s`` in all."""
-    deadline = time.monotonic() + timeout_s
-    with guarded_pool(allow_private) as pool:
-        for _ in range(max_redirects + 1):
-            check_url_syntax(url, allow_private)
-            try:
-                with pool.stream("GET", url, headers={"user-agent": USER_AGENT, "accept": "image/*"},
-                                 extensions={"timeout": timeouts(timeout_s)}) as response:
-                    headers = header_map(response.headers)
-                    if response.status in REDIRECTS and headers.get("location"):
-                        url = urljoin(url, headers["location"])
-                        continue
-                    if response.status != 200:
-                        raise FetchFailed(f"the URL answered HTTP {response.status}")
-                    if int(headers.get("content-length") or 0) > max_bytes:
-                        raise ResponseTooLarge(f"the image is larger than {max_bytes} bytes")
-                    data = bytearray()
-                    for chunk in response.iter_stream():
-                        data += chunk
-                        if len(data) > max_bytes:
-                            raise ResponseTooLarge(f"the image is larger than {max_bytes} bytes")
-                        if time.monotonic() > deadline:
-                            raise FetchFailed(f"the download took longer than {timeout_s:g} s")
-                    return bytes(data)
-            except httpcore.UnsupportedProtocol as e:
-                raise UnsafeURL(str(e)) from e
-            except (httpcore.TimeoutException, httpcore.NetworkError, httpcore.ProtocolError) as e:
-                raise FetchFailed(f"the URL could not be fetched: {type(e).__name__}") from e
-            except Unresolvable as e:
-                raise FetchFailed(str(e)) from e
-    raise FetchFailed(f"more than {max_redirects} redirects")

@@ -1,8 +1,9 @@
 """Publishing ``run_edit`` to the model's Celery queue (and webhook hand-overs to ``webhooks``), by task
-name, without importing ``worker/``.
+name, without importing ``worker/``. `CeleryPublisher.publish_run_edit` is the one place that sends
+``run_edit``: the API after a submit, the reapers after a requeue, a worker giving a job back.
 
 The broker only wakes workers; the database is the truth. A failed publish leaves the job ``queued``
-and the periodic dispatcher (`lifecycle.stranded_queued`) republishes it.
+and the periodic dispatcher (`reapers.stranded_queued`) republishes it.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ def queue_name(model: str) -> str:
 
 
 class Publisher(Protocol):
-    def publish_run_edit(self, job_id: str, model: str) -> None:
-        """Send ``run_edit(job_id)`` to ``edits.<model>``; raises when the broker refuses it."""
+    def publish_run_edit(self, job_id: str, model: str, delay_s: float = 0) -> None:
+        """Send ``run_edit(job_id)`` to ``edits.<model>`` (delivered after ``delay_s``); raises when
+        the broker refuses it."""
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -52,20 +54,22 @@ class CeleryPublisher:
     def __init__(self, app: Celery) -> None:
         self.app = app
 
-    def publish_run_edit(self, job_id: str, model: str) -> None:
+    def publish_run_edit(self, job_id: str, model: str, delay_s: float = 0) -> None:
         self.app.send_task(
             RUN_EDIT_TASK,
             args=[job_id],
             queue=queue_name(model),
+            countdown=delay_s or None,
             retry=False,
         )
-        log.info("job_published", job_id=job_id, queue=queue_name(model))
+        log.info("job_published", job_id=job_id, queue=queue_name(model), delay_s=delay_s)
 
 
-def publish_quietly(publisher: Publisher, job_id: str, model: str) -> bool:
-    """Publish after commit; a broker failure is logged, not raised (outbox rule). True when sent."""
+def publish_quietly(publisher: Publisher, job_id: str, model: str, delay_s: float = 0) -> bool:
+    """Publish after commit; a broker failure is logged, not raised (the job stays queued and the
+    dispatcher republishes it). True when sent."""
     try:
-        publisher.publish_run_edit(job_id, model)
+        publisher.publish_run_edit(job_id, model, delay_s)
     except Exception:
         log.warning("job_publish_failed", job_id=job_id, model=model, exc_info=True)
         return False
@@ -73,6 +77,7 @@ def publish_quietly(publisher: Publisher, job_id: str, model: str) -> bool:
 
 
 def webhook_sender(app: Celery) -> Callable[[str], None]:
-    """Hands one webhook message to the webhook worker (for `jobs.webhooks.send_after_commit`)."""
-    return lambda delivery_id: app.send_task(DELIVER_WEBHOOK_TASK, args=[delivery_id], queue=WEBHOOKS_QUEUE,
-                                             retry=False)
+    """Hands one webhook message to the webhook worker (for `jobs.outbox.send_after_commit`)."""
+    return lambda delivery_id: app.send_task(
+        DELIVER_WEBHOOK_TASK, args=[delivery_id], queue=WEBHOOKS_QUEUE, retry=False
+    )

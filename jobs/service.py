@@ -1,28 +1,28 @@
 """Operations that own their transaction (what the API calls): submit an edit, cancel a job.
 
-Submitting, order matters (DESIGN section 2): the object is written first under the job's key; the job row and
-the idempotency response commit together; only after the commit is ``run_edit`` published, and a
-failed publish leaves the job ``queued`` for the dispatcher. Any failure before the commit removes
-the object and the reservation, so nothing is left half-stored.
+Submitting, order matters: the object is written first under the job's key; the job row and the
+idempotency response commit together; only after the commit is ``run_edit`` published, and a failed
+publish leaves the job ``queued`` for the dispatcher. Any failure before the commit removes the object
+and the reservation, so nothing is left half-stored.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from sqlalchemy.orm import Session, sessionmaker
 
-from jobs import idempotency, lifecycle
+from jobs import idempotency, queries, transitions
 from jobs.db import session_scope
 from jobs.models import Job
 from jobs.notify import Notifier
 from jobs.queue import Publisher, publish_quietly
 from jobs.storage import Storage, source_key
+from jobs.views import render_job
 
 ACCEPTED = 202
 
@@ -51,15 +51,14 @@ def submit_edit(
     publisher: Publisher,
     *,
     owner: str,
-    spec: lifecycle.EditSpec,
+    spec: transitions.EditSpec,
     image: bytes,
     content_type: str,
-    render: Callable[[Job], dict[str, Any]],
     idempotency_key: str | None = None,
     fingerprint: str = "",
 ) -> Submitted:
-    """Accept one validated edit; ``render`` turns the new job into the response body that is stored
-    for idempotent replays. Raises the idempotency errors, `StorageError` or database errors."""
+    """Accept one validated edit; the response body (the job's public view) is stored with the
+    Idempotency-Key for replays. Raises the idempotency errors, `StorageError` or database errors."""
     if idempotency_key is not None:
         with session_scope(sessions) as session:
             record = idempotency.reserve(session, owner, idempotency_key, fingerprint)
@@ -68,12 +67,12 @@ def submit_edit(
                 record.job_id or "", record.response_status or ACCEPTED, record.response_body or {}, True
             )
 
-    job_id = lifecycle.new_job_id()
+    job_id = transitions.new_job_id()
     key = source_key(job_id, content_type)
     try:
         storage.put(key, image, content_type)
         with session_scope(sessions) as session:
-            job = lifecycle.submit(
+            job = transitions.submit(
                 session,
                 job_id=job_id,
                 owner=owner,
@@ -81,7 +80,7 @@ def submit_edit(
                 source_key=key,
                 source_content_type=content_type,
             )
-            body = render(job)
+            body = render_job(job)
             if idempotency_key is not None:
                 idempotency.complete(session, owner, idempotency_key, job_id, ACCEPTED, body)
     except BaseException:
@@ -113,7 +112,7 @@ def _undo(
 def cancel_job(sessions: sessionmaker[Session], notifier: Notifier, job_id: str, owner: str) -> Job:
     """Cancel the owner's job (idempotent) and tell waiting clients; `JobNotFound` for others' jobs."""
     with session_scope(sessions) as session:
-        lifecycle.get_job(session, job_id, owner)
-        job = lifecycle.cancel(session, job_id)
+        queries.get_job(session, job_id, owner)
+        job = transitions.cancel(session, job_id)
     notifier.job_changed(job_id)
     return job

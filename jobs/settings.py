@@ -13,17 +13,27 @@ from pathlib import Path
 from typing import Literal
 
 import limits
-from pydantic import Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# Resolutions each known model variant can generate (side of the square output, pixels).
-KNOWN_RESOLUTIONS: dict[str, list[int]] = {
-    "2B-512": [512],
-    "8B-512": [512],
-    "8B-1024": [1024],
-    "tiny": [32],
-    "shapes-64": [64],  # the small model bundled in models/varedit-shapes-64
-}
+
+class ModelOverride(BaseModel):
+    """An operator's adjustment of what a model's workers report (its folder's facts): other default
+    sampling settings, or fewer resolutions. Naming resolutions, cfg and tau lets the API accept jobs
+    for a model before any of its workers has ever started (e.g. scaled from zero)."""
+
+    model_config = {"extra": "forbid"}
+
+    resolutions: list[int] | None = Field(None, min_length=1)
+    cfg: float | None = None
+    tau: float | None = None
+
+    def sampling(self) -> dict[str, float]:
+        return {k: v for k, v in (("cfg", self.cfg), ("tau", self.tau)) if v is not None}
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.resolutions) and self.cfg is not None and self.tau is not None
 
 
 def _default_worker_id() -> str:
@@ -45,8 +55,10 @@ class Settings(BaseSettings):
     model_path: str | None = None  # a folder, or fake:// for the instant test model; None: the bundled model
     device: str | None = None  # "cuda", "cuda:1", "cpu"; None: CUDA when available
     dtype: str | None = None  # "bfloat16", "float32"; None: the pipeline's default for the device
-    models: list[str] = Field(default_factory=lambda: ["shapes-64"])  # model names served by this deployment
-    model_resolutions: dict[str, list[int]] = Field(default_factory=lambda: dict(KNOWN_RESOLUTIONS))
+    # Model names served by this deployment (one Celery queue each). A model's resolutions and default
+    # sampling settings come from its folder, reported by its workers; `model_overrides` adjusts them.
+    models: list[str] = Field(default_factory=lambda: ["shapes-64"])
+    model_overrides: dict[str, ModelOverride] = Field(default_factory=dict)
     worker_id: str = Field(default_factory=_default_worker_id)
 
     # Leases and retries.
@@ -65,12 +77,10 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(20 * 1024 * 1024, gt=0)
     max_pixels: int = Field(4096 * 4096, gt=0)  # decompression-bomb guard on the decoded image
     max_instruction_chars: int = Field(1000, gt=0)
-    cfg_min: float = 1.0
+    cfg_min: float = 1.0  # accepted ranges of the sampling parameters a caller may set
     cfg_max: float = 10.0
-    cfg_default: float = 3.0
     tau_min: float = 0.01
     tau_max: float = 2.0
-    tau_default: float = 0.1
     seed_max: int = 2**31 - 1
     max_wait_s: int = Field(60, gt=0)  # upper bound of `Prefer: wait=N`
     wait_recheck_s: float = Field(2.0, gt=0)  # waiting requests re-read the job at least this often
@@ -112,15 +122,16 @@ class Settings(BaseSettings):
             self.storage_url = f"file://{(self.data_dir / 'objects').resolve()}"
         if not self.models:
             raise ValueError("VAREDIT_MODELS must name at least one model")
-        missing = [m for m in self.models if m not in self.model_resolutions]
-        if missing:
-            raise ValueError(f"no resolutions known for models {missing}; set VAREDIT_MODEL_RESOLUTIONS")
+        unknown = sorted(set(self.model_overrides) - set(self.models))
+        if unknown:
+            raise ValueError(f"VAREDIT_MODEL_OVERRIDES names models that are not served: {unknown}")
         if self.heartbeat_s >= self.lease_s:
             raise ValueError("heartbeat_s must be smaller than lease_s")
-        if not (self.cfg_min <= self.cfg_default <= self.cfg_max):
-            raise ValueError("cfg_default must lie within [cfg_min, cfg_max]")
-        if not (self.tau_min <= self.tau_default <= self.tau_max):
-            raise ValueError("tau_default must lie within [tau_min, tau_max]")
+        for name, override in self.model_overrides.items():
+            if override.cfg is not None and not self.cfg_min <= override.cfg <= self.cfg_max:
+                raise ValueError(f"the cfg override of {name} must lie within [cfg_min, cfg_max]")
+            if override.tau is not None and not self.tau_min <= override.tau <= self.tau_max:
+                raise ValueError(f"the tau override of {name} must lie within [tau_min, tau_max]")
         if any(not secret.startswith("whsec_") for secret in self.webhook_secrets):
             raise ValueError("webhook secrets look like whsec_<base64>")
         limits.parse(self.rate_limit)  # a ValueError names what is wrong with it
@@ -133,9 +144,6 @@ class Settings(BaseSettings):
     @property
     def default_model(self) -> str:
         return self.models[0]
-
-    def resolutions(self, model: str) -> list[int]:
-        return self.model_resolutions[model]
 
 
 @lru_cache

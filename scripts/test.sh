@@ -23,6 +23,9 @@ python -m pip install -q --upgrade pip
 # torch first and pinned, so nothing pulls a CUDA build.
 python -m pip install -q "torch==2.13.0"
 python -m pip install -q -e ".[dev]"
+# Lint and formatting first: a style slip fails fast, before the long suite.
+ruff check .
+ruff format --check .
 set +e
 python -m pytest "$@"
 rc=$?

@@ -32,12 +32,13 @@ import pytest
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from jobs import lifecycle
+from jobs import transitions, workers
 from jobs.db import make_engine, make_sessionmaker, migrate, session_scope
 from jobs.logging import configure_logging
 from jobs.models import Job
-from jobs.redis_server import RedisServer, free_port, redis_reachable
 from jobs.settings import Settings
+from jobs.workers import ModelFacts
+from serve.redis_server import RedisServer, free_port, redis_reachable
 
 PG_HOST, PG_PORT, PG_USER = "127.0.0.1", 5432, "postgres"
 SHARED_REDIS = "redis://127.0.0.1:6379"
@@ -236,9 +237,14 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
 
     def make(**overrides: Any) -> Settings:
         # The tests serve the "tiny" variant (32 px), whatever model the deployment default bundles.
-        values: dict[str, Any] = {"data_dir": tmp_path / "data", "log_json": False, "models": ["tiny"],
-                                  "webhook_secrets": [WEBHOOK_SECRET], "rate_limit": "100000/minute",
-                                  **overrides}
+        values: dict[str, Any] = {
+            "data_dir": tmp_path / "data",
+            "log_json": False,
+            "models": ["tiny"],
+            "webhook_secrets": [WEBHOOK_SECRET],
+            "rate_limit": "100000/minute",
+            **overrides,
+        }
         return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
     return make
@@ -259,13 +265,13 @@ def submit_job(sessions: sessionmaker[Session]) -> Callable[..., str]:
             "start_timeout_s": 3600,
             **overrides,
         }
-        job_id = lifecycle.new_job_id()
+        job_id = transitions.new_job_id()
         with session_scope(sessions) as session:
-            lifecycle.submit(
+            transitions.submit(
                 session,
                 job_id=job_id,
                 owner=owner,
-                spec=lifecycle.EditSpec(**fields),
+                spec=transitions.EditSpec(**fields),
                 source_key=f"jobs/{job_id}/source.png",
                 source_content_type="image/png",
                 now=now,
@@ -288,7 +294,7 @@ class FakePublisher:
         self.published: list[tuple[str, str]] = []
         self.status_seen: list[str | None] = []
 
-    def publish_run_edit(self, job_id: str, model: str) -> None:
+    def publish_run_edit(self, job_id: str, model: str, delay_s: float = 0) -> None:
         with self.sessions() as session:
             job = session.get(Job, job_id)
             self.status_seen.append(job.status.value if job else None)
@@ -310,8 +316,18 @@ def harness(api_settings: Settings) -> Iterator[ApiHarness]:
         yield harness
 
 
+# What a worker of the test model reports (`jobs.workers.record_model`); the API harness records it.
+TINY_FACTS = ModelFacts("tiny", [32], {"cfg": 3.0, "tau": 0.1})
+
+
+def record_tiny_facts(sessions: sessionmaker[Session], facts: ModelFacts = TINY_FACTS) -> None:
+    with session_scope(sessions) as session:
+        workers.record_model(session, facts, "test-worker")
+
+
 class ApiHarness:
-    """An app for ``settings`` with its TestClient, fake publisher, sessions and storage at hand."""
+    """An app for ``settings`` with its TestClient, fake publisher, sessions and storage at hand; the
+    test model's facts are recorded as if its worker had announced itself."""
 
     def __init__(self, settings: Settings) -> None:
         from fastapi.testclient import TestClient
@@ -333,6 +349,7 @@ class ApiHarness:
         self.watcher = state.watcher
         self.publisher = FakePublisher(self.sessions)
         self.app.dependency_overrides[self._get_publisher] = lambda: self.publisher
+        record_tiny_facts(self.sessions)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -377,8 +394,9 @@ class LocalHTTPServer:
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 with server.arrived:
                     server.requests.append((self.path, headers, body))
-                    status, answer, content = (server.answers.pop(0) if server.answers
-                                               else server.routes.get(self.path, default))
+                    status, answer, content = (
+                        server.answers.pop(0) if server.answers else server.routes.get(self.path, default)
+                    )
                     server.arrived.notify_all()
                 self.send_response(status)
                 for name, value in {**answer, "content-length": str(len(content))}.items():
@@ -436,3 +454,15 @@ def browser() -> Iterator[Any]:
         yield driver
     finally:
         driver.quit()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``gpu`` tests run only where CUDA is present."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -1,13 +1,13 @@
 """What "the same numbers" means when comparing float stages behind VAREdit's cross-attention.
 
 The official code rounds q, k, v and the output of every cross-attention to bfloat16, even in float32
-(errata E1). A 1-ulp float32 difference upstream (another SIMD kernel, another summation order, another
-batch shape) can cross a bf16 rounding boundary and move values by one bf16 step (~4e-3 relative);
-through the KV cache such a step spreads ~5e-5 over the later tokens. The golden README (section 5)
-sees exactly this when the official code merely runs with 2 threads instead of 1, and the references
-ran on another CPU than the one running the tests. So the bulk must agree to 1e-4 (the median token
-row) and every value to 1e-2, while a real bug (a wrong RoPE layout, scale or mask) moves logits by
-0.1-1.
+(varedit/NOTES.md). A 1-ulp float32 difference upstream (another SIMD kernel, another summation order,
+another batch shape) can cross a bf16 rounding boundary and move values by one bf16 step (~4e-3
+relative); through the KV cache such a step spreads ~5e-5 over the later tokens. The official code
+shows exactly this against itself when merely rerun with 2 threads instead of 1 (up to ~8e-5, isolated
+~1e-3 outliers after a cross-attention), and the references ran on another CPU than the one running
+the tests. So the bulk must agree to 1e-4 (the median token row) and every value to 1e-2, while a
+real bug (a wrong RoPE layout, scale or mask) moves logits by 0.1-1.
 """
 
 from __future__ import annotations

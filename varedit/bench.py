@@ -58,10 +58,16 @@ def run_once(pipe: EditPipeline, batch: int, text_len: int, cfg_scale: float, ta
     """One edit of random images with random text features; returns seconds per stage."""
     cfg, device = pipe.config, pipe.device
     schedule = cfg.schedule()
-    images = [Image.fromarray(np.random.default_rng(b).integers(0, 256, (cfg.resolution, cfg.resolution, 3),
-                                                              dtype=np.uint8)) for b in range(batch)]
-    text = TextFeatures(torch.randn(batch, text_len, cfg.text_channels, device=device),
-                        torch.full((batch,), text_len, device=device))
+    images = [
+        Image.fromarray(
+            np.random.default_rng(b).integers(0, 256, (cfg.resolution, cfg.resolution, 3), dtype=np.uint8)
+        )
+        for b in range(batch)
+    ]
+    text = TextFeatures(
+        torch.randn(batch, text_len, cfg.text_channels, device=device),
+        torch.full((batch,), text_len, device=device),
+    )
     marks: list[float] = []
 
     def tick(*_):
@@ -74,8 +80,9 @@ def run_once(pipe: EditPipeline, batch: int, text_len: int, cfg_scale: float, ta
         src = pipe.encode_sources(images, schedule, cfg.resolution)
         tick()
         gens = [torch.Generator().manual_seed(b) for b in range(batch)]
-        out = generate(pipe.transformer, pipe.vae, text, src, schedule, gens, cfg=cfg_scale, tau=tau,
-                       on_scale=tick)
+        out = generate(
+            pipe.transformer, pipe.vae, text, src, schedule, gens, cfg=cfg_scale, tau=tau, on_scale=tick
+        )
         tick()
         [postprocess(img, im.size) for img, im in zip(pipe.decode(out.f_hat), images, strict=True)]
         tick()
@@ -109,13 +116,17 @@ def main(argv: list[str] | None = None) -> None:
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     cfg, model, vae = build(args.config, device, dtype)
     pipe = EditPipeline(cfg, model, vae, text_encoder=None, device=device)  # text features are random
-    runs = [run_once(pipe, args.batch, args.text_len, args.cfg, args.tau)
-            for _ in range(args.warmup + args.repeat)][args.warmup:]
+    runs = [
+        run_once(pipe, args.batch, args.text_len, args.cfg, args.tau)
+        for _ in range(args.warmup + args.repeat)
+    ][args.warmup :]
 
-    print(f"config {cfg.name}: {cfg.resolution}px, K={len(cfg.schedule())}, depth {cfg.depth}, "
-          f"width {cfg.width}, batch {args.batch}, cfg {args.cfg}, tau {args.tau}, "
-          f"{args.text_len} text tokens, device {device}, blocks {dtype}, threads {torch.get_num_threads()}, "
-          f"{args.repeat} runs after {args.warmup} warm-up")
+    print(
+        f"config {cfg.name}: {cfg.resolution}px, K={len(cfg.schedule())}, depth {cfg.depth}, "
+        f"width {cfg.width}, batch {args.batch}, cfg {args.cfg}, tau {args.tau}, "
+        f"{args.text_len} text tokens, device {device}, blocks {dtype}, threads {torch.get_num_threads()}, "
+        f"{args.repeat} runs after {args.warmup} warm-up"
+    )
     print(f"{'stage':<18}{'best ms':>10}{'median ms':>11}")
     for stage in runs[0]:
         times = [r[stage] * 1e3 for r in runs]

@@ -1,4 +1,4 @@
-"""Building blocks of the Infinity transformer as VAREdit uses it (spec 3.2-3.8).
+"""Building blocks of the Infinity transformer as VAREdit uses it.
 
 Module and parameter names follow the official checkpoint inside a block (`sa.mat_qkv`, `ca.mat_kv`,
 `ffn.fc1`, `ada_gss`, ...), so loading only has to flatten `block_chunks.{c}.module.{j}`.
@@ -6,7 +6,8 @@ Module and parameter names follow the official checkpoint inside a block (`sa.ma
 Precision: the residual stream, every LayerNorm/AdaLN and RoPE are float32; the linear layers run in
 the block's weight dtype (float32 on CPU, bfloat16 on CUDA), inputs are cast to it on entry.
 Cross-attention rounds q, k, v and its output to bfloat16 even in a float32 model, because the
-official code always ran flash-attn there (errata E1); in a bfloat16 model the rounding is a no-op.
+official code always ran flash-attn there, which takes half precision only; in a bfloat16 model
+the rounding is a no-op (varedit/NOTES.md says what this means for comparisons).
 
 Shapes: B batch, L tokens, C width, H heads, c head dim, T text tokens, D condition width (= C).
 """
@@ -105,8 +106,9 @@ class CrossAttention(nn.Module):
         k, v = _bf16_round(kv).permute(2, 0, 3, 1, 4).unbind(0)
         return k, v
 
-    def forward(self, x_BLC: torch.Tensor | None, k_BHTc: torch.Tensor, v_BHTc: torch.Tensor,
-                mask_B11T: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x_BLC: torch.Tensor | None, k_BHTc: torch.Tensor, v_BHTc: torch.Tensor, mask_B11T: torch.Tensor
+    ) -> torch.Tensor:
         """Attend to each sample's own text (mask_B11T: True = real token). x None: pooling."""
         B = k_BHTc.shape[0]
         if x_BLC is None:
@@ -120,7 +122,7 @@ class CrossAttention(nn.Module):
 
 
 class Block(nn.Module):
-    """AdaLN self-attention, plain cross-attention to the text, AdaLN FFN (spec 3.4)."""
+    """AdaLN self-attention, plain cross-attention to the text, AdaLN FFN."""
 
     def __init__(self, cfg: VAREditConfig):
         super().__init__()
@@ -132,19 +134,30 @@ class Block(nn.Module):
         self.ca_norm = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
         self.ffn = FFN(cfg)
 
-    def qkv(self, x_BLC: torch.Tensor, gss_B16C: torch.Tensor, rope_2Lc: torch.Tensor
-            ) -> tuple[torch.Tensor, ...]:
+    def qkv(
+        self, x_BLC: torch.Tensor, gss_B16C: torch.Tensor, rope_2Lc: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
         """Self-attention q, k, v of the stream: all a source token contributes to the last block."""
         _, _, scale1, _, shift1, _ = (self.ada_gss + gss_B16C).unbind(2)
         return self.sa.qkv(ada_layer_norm(x_BLC, scale1, shift1, self.eps), rope_2Lc)
 
-    def forward(self, x_BLC: torch.Tensor, gss_B16C: torch.Tensor, text_kv: tuple[torch.Tensor, ...],
-                rope_2Lc: torch.Tensor, attend: AttendFn) -> torch.Tensor:
+    def forward(
+        self,
+        x_BLC: torch.Tensor,
+        gss_B16C: torch.Tensor,
+        text_kv: tuple[torch.Tensor, ...],
+        rope_2Lc: torch.Tensor,
+        attend: AttendFn,
+    ) -> torch.Tensor:
         """x_BLC: float32 stream; gss_B16C: shared AdaLN output; text_kv: (k, v, mask) of this block."""
         gamma1, gamma2, scale1, scale2, shift1, shift2 = (self.ada_gss + gss_B16C).unbind(2)  # (B, 1, C)
         q, k, v = self.sa.qkv(ada_layer_norm(x_BLC, scale1, shift1, self.eps), rope_2Lc)
         x = x_BLC + self.sa.out(attend(q, k, v)).float() * gamma1
         ln = self.ca_norm
-        x = x + self.ca(F.layer_norm(x, ln.normalized_shape, ln.weight.float(), ln.bias.float(), ln.eps),
-                        *text_kv).float()
+        x = (
+            x
+            + self.ca(
+                F.layer_norm(x, ln.normalized_shape, ln.weight.float(), ln.bias.float(), ln.eps), *text_kv
+            ).float()
+        )
         return x + self.ffn(ada_layer_norm(x, scale2, shift2, self.eps)).float() * gamma2

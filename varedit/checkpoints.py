@@ -10,8 +10,9 @@ Official transformer file (`2B-512.pth`, ...): a plain state dict. Key mapping t
 Anything else (an unknown key, a missing tensor, a shape mismatch such as a checkpoint of another
 variant) raises `CheckpointError` naming the keys. Official VAE files go through `varedit.vae`.
 
-Our folder format (written by `save_pretrained`, read by `load_pretrained`):
-  config.json              {"format": "varedit", "format_version": 1, "config": VAREditConfig fields}
+Our folder format (written by `save_pretrained`, read by `EditPipeline.from_pretrained`):
+  config.json              {"format": "varedit", "format_version": 1, "config": VAREditConfig fields,
+                            "serving": {"resolutions": [...], "sampling": {"cfg", "tau", "top_k", "top_p"}}}
   transformer.safetensors  this model's keys (blocks.{i}.*), float32 or bfloat16
   vae.safetensors          the VAE's keys (official spelling)
   text_encoder/            Hugging Face folder: T5EncoderModel weights and its tokenizer
@@ -29,7 +30,8 @@ from pathlib import Path
 import torch
 
 from .config import VAREditConfig, get_config
-from .transformer import VAREditTransformer, _null_text_init
+from .serving import SamplingDefaults, Serving
+from .transformer import VAREditTransformer, null_text_init
 from .vae import VAE, VAECheckpointError, load_official_vae, remap_official_keys
 
 log = logging.getLogger(__name__)
@@ -77,8 +79,10 @@ def official_to_ours(state: Mapping[str, torch.Tensor], cfg: VAREditConfig) -> d
             continue
         out[key] = t
     if unmapped or nonzero:
-        raise CheckpointError(f"official transformer keys that do not map: {unmapped[:20]}; "
-                              f"non-zero zero_k_bias buffers: {nonzero[:20]}")
+        raise CheckpointError(
+            f"official transformer keys that do not map: {unmapped[:20]}; "
+            f"non-zero zero_k_bias buffers: {nonzero[:20]}"
+        )
     if "cfg_uncond" in out:
         out["cfg_uncond"] = _fit_null_text(out["cfg_uncond"], cfg)
     return out
@@ -87,11 +91,13 @@ def official_to_ours(state: Mapping[str, torch.Tensor], cfg: VAREditConfig) -> d
 def _fit_null_text(t: torch.Tensor, cfg: VAREditConfig) -> torch.Tensor:
     rows, ch = t.shape
     if ch != cfg.text_channels:
-        raise CheckpointError(f"checkpoint does not fit config {cfg.name!r} (another variant?): cfg_uncond "
-                              f"{tuple(t.shape)} vs text_channels {cfg.text_channels}")
+        raise CheckpointError(
+            f"checkpoint does not fit config {cfg.name!r} (another variant?): cfg_uncond "
+            f"{tuple(t.shape)} vs text_channels {cfg.text_channels}"
+        )
     if rows >= cfg.text_maxlen:
         return t[: cfg.text_maxlen]
-    pad = _null_text_init(cfg.text_maxlen, ch)[rows:].to(t.dtype)
+    pad = null_text_init(cfg.text_maxlen, ch)[rows:].to(t.dtype)
     return torch.cat([t, pad])
 
 
@@ -100,17 +106,25 @@ def check_state_dict(model: VAREditTransformer, state: Mapping[str, torch.Tensor
     target = model.state_dict()
     missing = sorted(set(target) - set(state))
     unexpected = sorted(set(state) - set(target))
-    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-              for k, v in target.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    shapes = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in target.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
     if missing or unexpected or shapes:
         raise CheckpointError(
             f"{what} does not fit config {model.cfg.name!r} (another variant?): "
-            f"missing {missing[:20]}, unexpected {unexpected[:20]}, shape mismatches {shapes[:20]}")
+            f"missing {missing[:20]}, unexpected {unexpected[:20]}, shape mismatches {shapes[:20]}"
+        )
 
 
-def build_transformer(cfg: VAREditConfig, state: Mapping[str, torch.Tensor], device: Device = "cpu",
-                      dtype: torch.dtype | None = None, what: str = "transformer checkpoint"
-                      ) -> VAREditTransformer:
+def build_transformer(
+    cfg: VAREditConfig,
+    state: Mapping[str, torch.Tensor],
+    device: Device = "cpu",
+    dtype: torch.dtype | None = None,
+    what: str = "transformer checkpoint",
+) -> VAREditTransformer:
     """Build on the meta device and adopt the checkpoint tensors, each cast once to its final
     device and dtype. dtype: the blocks' dtype (float32, or bfloat16 on CUDA); everything outside
     the blocks stays float32, as in the official model."""
@@ -118,13 +132,20 @@ def build_transformer(cfg: VAREditConfig, state: Mapping[str, torch.Tensor], dev
         model = VAREditTransformer(cfg)
     check_state_dict(model, state, what)
     block_dtype = dtype or torch.float32
-    model.load_state_dict({k: v.to(device, block_dtype if k.startswith("blocks.") else torch.float32)
-                           for k, v in state.items()}, strict=True, assign=True)
+    model.load_state_dict(
+        {
+            k: v.to(device, block_dtype if k.startswith("blocks.") else torch.float32)
+            for k, v in state.items()
+        },
+        strict=True,
+        assign=True,
+    )
     return model.eval().requires_grad_(False)
 
 
-def load_official_transformer(path: str | Path, cfg: VAREditConfig, device: Device = "cpu",
-                              dtype: torch.dtype | None = None) -> VAREditTransformer:
+def load_official_transformer(
+    path: str | Path, cfg: VAREditConfig, device: Device = "cpu", dtype: torch.dtype | None = None
+) -> VAREditTransformer:
     """Load an official transformer `.pth` (plain state dict, or the {'trainer': {'gpt_fsdp': ...}} form)."""
     path = Path(path)
     if not path.is_file():
@@ -154,8 +175,9 @@ def load_vae(path: str | Path, cfg: VAREditConfig, device: Device = "cpu") -> VA
         raise CheckpointError(str(e)) from e
 
 
-def load_official_golden(folder: str | Path, device: Device = "cpu"
-                         ) -> tuple[VAREditConfig, VAREditTransformer, VAE]:
+def load_official_golden(
+    folder: str | Path, device: Device = "cpu"
+) -> tuple[VAREditConfig, VAREditTransformer, VAE]:
     """Load an official-format test folder: config.json with the official constructor arguments,
     infinity_*.pth and vae_*.pth (the layout of tests/data/golden/T1, T2)."""
     folder = Path(folder)
@@ -184,22 +206,54 @@ def is_our_folder(path: Path) -> bool:
         return False
 
 
-def read_config(folder: Path) -> VAREditConfig:
+def _read_meta(folder: Path) -> dict:
     meta = json.loads((folder / CONFIG_FILE).read_text())
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{folder / CONFIG_FILE} is not a {FORMAT} config")
     if meta.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"unsupported format_version {meta.get('format_version')} in {folder}")
-    return VAREditConfig.from_dict(meta["config"])
+    return meta
 
 
-def write_config(folder: Path, cfg: VAREditConfig) -> None:
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": cfg.to_dict()}
+def read_config(folder: Path) -> VAREditConfig:
+    return read_folder(folder)[0]
+
+
+def read_folder(folder: Path) -> tuple[VAREditConfig, Serving]:
+    """The model config and the serving facts of a folder in our format. A folder written before
+    config.json had a ``"serving"`` section serves its trained resolution with the official sampling
+    settings (its top_k and top_p, if stored in ``"config"``, are kept)."""
+    meta = _read_meta(folder)
+    config_dict = dict(meta["config"])
+    legacy_sampling = {k: config_dict.pop(k) for k in ("top_k", "top_p") if k in config_dict}
+    try:
+        config = VAREditConfig.from_dict(config_dict)
+        if "serving" in meta:
+            serving = Serving.from_dict(meta["serving"])
+        else:
+            serving = Serving.trained(config, SamplingDefaults(**legacy_sampling))
+        serving.check(config)
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{folder / CONFIG_FILE}: {e}") from e
+    return config, serving
+
+
+def write_config(folder: Path, cfg: VAREditConfig, serving: Serving | None = None) -> None:
+    """config.json; ``serving`` defaults to the trained resolution with the official sampling settings."""
+    serving = serving or Serving.trained(cfg)
+    serving.check(cfg)
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": cfg.to_dict(),
+        "serving": serving.to_dict(),
+    }
     (folder / CONFIG_FILE).write_text(json.dumps(meta, indent=1))
 
 
-def save_transformer_state(path: Path, state: Mapping[str, torch.Tensor],
-                           dtype: torch.dtype | None = None) -> None:
+def save_transformer_state(
+    path: Path, state: Mapping[str, torch.Tensor], dtype: torch.dtype | None = None
+) -> None:
     """Write this model's keys; dtype (e.g. bfloat16) applies to the blocks only."""
     from safetensors.torch import save_file
 
@@ -216,19 +270,28 @@ def save_vae_state(path: Path, vae: VAE) -> None:
     """The VAE's tensors without the constant bit-mask buffers (registered twice, restored on load)."""
     from safetensors.torch import save_file
 
-    state = {k: v.detach().contiguous().cpu() for k, v in vae.state_dict().items()
-             if not k.endswith("lfq.mask")}
+    state = {
+        k: v.detach().contiguous().cpu() for k, v in vae.state_dict().items() if not k.endswith("lfq.mask")
+    }
     save_file(state, path)
 
 
-def save_pretrained(folder: str | Path, cfg: VAREditConfig, transformer: VAREditTransformer, vae: VAE,
-                    text_encoder: str | Path | None = None, dtype: torch.dtype | None = None) -> Path:
+def save_pretrained(
+    folder: str | Path,
+    cfg: VAREditConfig,
+    transformer: VAREditTransformer,
+    vae: VAE,
+    text_encoder: str | Path | None = None,
+    dtype: torch.dtype | None = None,
+    serving: Serving | None = None,
+) -> Path:
     """Write our folder format. text_encoder: an HF folder (T5 encoder + tokenizer) to copy in.
 
-    dtype: store the transformer's blocks in this dtype (bfloat16 halves the file)."""
+    dtype: store the transformer's blocks in this dtype (bfloat16 halves the file).
+    serving: the resolutions and sampling defaults to state (default: trained resolution, official)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    write_config(folder, cfg)
+    write_config(folder, cfg, serving)
     save_transformer_state(folder / TRANSFORMER_FILE, transformer.state_dict(), dtype)
     save_vae_state(folder / VAE_FILE, vae)
     if text_encoder is not None and Path(text_encoder).resolve() != (folder / TEXT_ENCODER_DIR).resolve():
@@ -236,8 +299,9 @@ def save_pretrained(folder: str | Path, cfg: VAREditConfig, transformer: VAREdit
     return folder
 
 
-def load_transformer_safetensors(path: Path, cfg: VAREditConfig, device: Device = "cpu",
-                                 dtype: torch.dtype | None = None) -> VAREditTransformer:
+def load_transformer_safetensors(
+    path: Path, cfg: VAREditConfig, device: Device = "cpu", dtype: torch.dtype | None = None
+) -> VAREditTransformer:
     from safetensors.torch import load_file
 
     if not path.is_file():
@@ -262,23 +326,47 @@ def official_variant(folder: Path, variant: str | None) -> str:
     if len(present) == 1:
         return present[0]
     if not present:
-        raise CheckpointError(f"{folder} is neither a varedit folder (config.json) nor an official release "
-                              f"(one of {[f'{v}.pth' for v in OFFICIAL_VARIANTS]})")
+        raise CheckpointError(
+            f"{folder} is neither a varedit folder (config.json) nor an official release "
+            f"(one of {[f'{v}.pth' for v in OFFICIAL_VARIANTS]})"
+        )
     raise CheckpointError(f"{folder} holds several variants {present}: pass variant=")
+
+
+def describe(path: str | Path, variant: str | None = None) -> tuple[VAREditConfig, Serving]:
+    """The config and serving facts of a model folder (ours or an official release, or one official
+    `<variant>.pth` inside one), read without loading any weights. For our format `variant`, if given,
+    must match the folder's."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".pth":
+        path, variant = path.parent, variant or path.stem
+    if not path.is_dir():
+        raise CheckpointError(f"model folder not found: {path}")
+    if is_our_folder(path):
+        config, serving = read_folder(path)
+        if variant is not None and variant != config.name:
+            raise CheckpointError(f"{path} holds variant {config.name!r}, not {variant!r}")
+        return config, serving
+    config = get_config(official_variant(path, variant))
+    return config, Serving.trained(config)
 
 
 def official_files(folder: Path, cfg: VAREditConfig) -> tuple[Path, Path, Path]:
     """(transformer .pth, VAE .pth, text encoder folder) of a variant in an official release folder."""
-    files = (folder / f"{cfg.name}.pth", folder / OFFICIAL_VAE_FILES[cfg.vae.spatial_patchify],
-             folder / cfg.text_encoder)
+    files = (
+        folder / f"{cfg.name}.pth",
+        folder / OFFICIAL_VAE_FILES[cfg.vae.spatial_patchify],
+        folder / cfg.text_encoder,
+    )
     for f in files:
         if not f.exists():
             raise CheckpointError(f"missing {f.name} in the official release folder {folder}")
     return files
 
 
-def convert_official(src: str | Path, dst: str | Path, variant: str | None = None,
-                     dtype: torch.dtype | None = None) -> Path:
+def convert_official(
+    src: str | Path, dst: str | Path, variant: str | None = None, dtype: torch.dtype | None = None
+) -> Path:
     """Official release folder -> our folder format (optionally bfloat16 blocks).
 
     Streams the tensors (memory-mapped) without building the model; keys and shapes are checked
@@ -295,8 +383,9 @@ def convert_official(src: str | Path, dst: str | Path, variant: str | None = Non
     vae = load_vae(vae_path, cfg)
     dst.mkdir(parents=True, exist_ok=True)
     write_config(dst, cfg)
-    save_transformer_state(dst / TRANSFORMER_FILE, {k: v.float() if k == "cfg_uncond" else v
-                                                    for k, v in state.items()}, dtype)
+    save_transformer_state(
+        dst / TRANSFORMER_FILE, {k: v.float() if k == "cfg_uncond" else v for k, v in state.items()}, dtype
+    )
     save_vae_state(dst / VAE_FILE, vae)
     shutil.copytree(t5_dir, dst / TEXT_ENCODER_DIR, dirs_exist_ok=True)
     return dst
@@ -305,15 +394,16 @@ def convert_official(src: str | Path, dst: str | Path, variant: str | None = Non
 # ---- tiny random checkpoints ------------------------------------------------------------------
 
 
-def write_random_checkpoint(folder: str | Path, config_name: str | VAREditConfig = "tiny",
-                            seed: int = 0) -> Path:
+def write_random_checkpoint(
+    folder: str | Path, config_name: str | VAREditConfig = "tiny", seed: int = 0
+) -> Path:
     """Write a randomly initialised model in our folder format, with a random tiny T5 and a
     character-level tokenizer, built offline. For tests and demos of the serving stack: edits run
     in well under a second on a CPU with "tiny" and produce noise-like images."""
     cfg = config_name if isinstance(config_name, VAREditConfig) else get_config(config_name)
     torch.manual_seed(seed)
     transformer, vae = VAREditTransformer(cfg), VAE(cfg.vae)
-    folder = save_pretrained(folder, cfg, transformer, vae)
+    folder = save_pretrained(folder, cfg, transformer, vae, serving=Serving.trained(cfg))
     _write_random_t5(folder / TEXT_ENCODER_DIR, cfg.text_channels, cfg.text_maxlen, seed)
     return folder
 
@@ -324,9 +414,21 @@ def _write_random_t5(folder: Path, d_model: int, max_length: int, seed: int) -> 
 
     tokenizer = _char_tokenizer(max_length)
     torch.manual_seed(seed)
-    t5 = T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=d_model, d_kv=32, d_ff=64, num_layers=2,
-                                 num_heads=2, feed_forward_proj="gated-gelu", is_encoder_decoder=False,
-                                 use_cache=False, pad_token_id=0, eos_token_id=1))
+    t5 = T5EncoderModel(
+        T5Config(
+            vocab_size=len(tokenizer),
+            d_model=d_model,
+            d_kv=32,
+            d_ff=64,
+            num_layers=2,
+            num_heads=2,
+            feed_forward_proj="gated-gelu",
+            is_encoder_decoder=False,
+            use_cache=False,
+            pad_token_id=0,
+            eos_token_id=1,
+        )
+    )
     t5.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
 
@@ -342,5 +444,10 @@ def _char_tokenizer(max_length: int):
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
-                                   unk_token="<unk>", model_max_length=max_length)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        model_max_length=max_length,
+    )

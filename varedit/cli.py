@@ -1,13 +1,15 @@
-"""Command line: `varedit edit`, `varedit convert`, `varedit random`.
+"""Command line: `varedit edit`, `varedit info`, `varedit convert`, `varedit random`.
 
-    varedit edit cat.png "give the cat a red hat" -o out.png --model /models/VAREdit --variant 2B-512
-    varedit convert /models/VAREdit /models/varedit-2b --variant 2B-512 --bf16
-    varedit random /tmp/tiny-model --config tiny
+varedit edit cat.png "give the cat a red hat" -o out.png --model /models/VAREdit --variant 2B-512
+varedit convert /models/VAREdit /models/varedit-2b --variant 2B-512 --bf16
+varedit random /tmp/tiny-model --config tiny
+varedit info /models/varedit-2b --json          # name, resolutions, sampling defaults; no weights read
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -27,19 +29,48 @@ def _edit(args: argparse.Namespace) -> int:
     dtype = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     pipe = EditPipeline.from_pretrained(args.model, variant=args.variant, device=args.device, dtype=dtype)
     t0 = time.perf_counter()
-    [out] = pipe.edit([image], [args.instruction], seeds=None if args.seed is None else [args.seed],
-                      cfg=args.cfg, tau=args.tau, resolution=args.resolution)
+    [out] = pipe.edit(
+        [image],
+        [args.instruction],
+        seeds=None if args.seed is None else [args.seed],
+        cfg=args.cfg,
+        tau=args.tau,
+        resolution=args.resolution,
+    )
     out.save(args.output)
-    print(f"wrote {args.output} ({out.size[0]}x{out.size[1]}, seed {out.info['seed']}, "
-          f"{time.perf_counter() - t0:.2f} s)")
+    print(
+        f"wrote {args.output} ({out.size[0]}x{out.size[1]}, seed {out.info['seed']}, "
+        f"{time.perf_counter() - t0:.2f} s)"
+    )
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from .checkpoints import describe
+
+    config, serving = describe(args.model, args.variant)
+    facts = {
+        "name": config.name,
+        **serving.to_dict(),
+        "scales": {r: config.num_scales(r) for r in serving.resolutions},
+    }
+    if args.json:
+        print(json.dumps(facts))
+    else:
+        sampling = ", ".join(f"{k} {v}" for k, v in facts["sampling"].items())
+        print(
+            f"{config.name}: serves {list(serving.resolutions)} px ({facts['scales']} scales); "
+            f"sampling defaults: {sampling}"
+        )
     return 0
 
 
 def _convert(args: argparse.Namespace) -> int:
     from .checkpoints import convert_official
 
-    dst = convert_official(args.src, args.dst, variant=args.variant,
-                           dtype=torch.bfloat16 if args.bf16 else None)
+    dst = convert_official(
+        args.src, args.dst, variant=args.variant, dtype=torch.bfloat16 if args.bf16 else None
+    )
     print(f"wrote {dst}")
     return 0
 
@@ -62,14 +93,24 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--model", type=Path, required=True, help="official release folder or our folder format")
     e.add_argument("--variant", help="2B-512, 8B-512 or 8B-1024 (needed if the folder holds several)")
     e.add_argument("--seed", type=int, help="default: random (printed)")
-    e.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance (default 3)")
-    e.add_argument("--tau", type=float, default=0.5, help="temperature (default 0.5)")
+    e.add_argument("--cfg", type=float, help="classifier-free guidance (default: the model's)")
+    e.add_argument("--tau", type=float, help="temperature (default: the model's)")
     e.add_argument("--resolution", type=int, help="square side to generate at (default: the model's)")
     e.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
-    e.add_argument("--dtype", choices=["auto", "fp32", "bf16"], default="auto",
-                   help="transformer block dtype (auto: bf16 on CUDA, fp32 on CPU)")
+    e.add_argument(
+        "--dtype",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="transformer block dtype (auto: bf16 on CUDA, fp32 on CPU)",
+    )
     e.add_argument("--threads", type=int, help="CPU threads (results can differ in the last bits per count)")
     e.set_defaults(func=_edit)
+
+    i = sub.add_parser("info", help="what a model folder serves: name, resolutions, sampling defaults")
+    i.add_argument("model", type=Path, help="official release folder or our folder format")
+    i.add_argument("--variant", help="2B-512, 8B-512 or 8B-1024 (needed if the folder holds several)")
+    i.add_argument("--json", action="store_true", help="one JSON object (for scripts)")
+    i.set_defaults(func=_info)
 
     c = sub.add_parser("convert", help="official release folder -> our folder format")
     c.add_argument("src", type=Path)

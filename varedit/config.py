@@ -4,7 +4,7 @@ A variant fixes the transformer, the VAE and the output resolution. The transfor
 depend on the resolution (scales only index `lvl_embed` rows and RoPE table entries), so one
 checkpoint can serve any resolution whose schedule fits; the released ones were trained at one.
 
-Scale schedules come from the official aspect-ratio templates (spec 1.3): each template lists 13
+Scale schedules come from the official aspect-ratio templates: each template lists 13
 token grids (h, w); a resolution uses the first K of them, so that the last grid times the pixels per
 token equals the image side. The time axis of the official `(t, h, w)` triples is always 1 and is
 dropped here.
@@ -20,22 +20,126 @@ from .vae.config import PRESETS, VAEConfig
 
 # h/w ratio -> the 13 (h, w) token grids of that template (official `ratio2hws`, as data).
 _RATIO_TEMPLATES: dict[float, list[tuple[int, int]]] = {
-    1.000: [(1, 1), (2, 2), (4, 4), (6, 6), (8, 8), (12, 12), (16, 16), (20, 20), (24, 24), (32, 32),
-            (40, 40), (48, 48), (64, 64)],
-    1.250: [(1, 1), (2, 2), (3, 3), (5, 4), (10, 8), (15, 12), (20, 16), (25, 20), (30, 24), (35, 28),
-            (45, 36), (55, 44), (70, 56)],
-    1.333: [(1, 1), (2, 2), (4, 3), (8, 6), (12, 9), (16, 12), (20, 15), (24, 18), (28, 21), (36, 27),
-            (48, 36), (60, 45), (72, 54)],
-    1.500: [(1, 1), (2, 2), (3, 2), (6, 4), (9, 6), (15, 10), (21, 14), (27, 18), (33, 22), (39, 26),
-            (48, 32), (63, 42), (78, 52)],
-    1.750: [(1, 1), (2, 2), (3, 3), (7, 4), (11, 6), (14, 8), (21, 12), (28, 16), (35, 20), (42, 24),
-            (56, 32), (70, 40), (84, 48)],
-    2.000: [(1, 1), (2, 2), (4, 2), (6, 3), (10, 5), (16, 8), (22, 11), (30, 15), (38, 19), (46, 23),
-            (60, 30), (74, 37), (90, 45)],
-    2.500: [(1, 1), (2, 2), (5, 2), (10, 4), (15, 6), (20, 8), (25, 10), (30, 12), (40, 16), (50, 20),
-            (65, 26), (80, 32), (100, 40)],
-    3.000: [(1, 1), (2, 2), (6, 2), (9, 3), (15, 5), (21, 7), (27, 9), (36, 12), (45, 15), (54, 18),
-            (72, 24), (90, 30), (111, 37)],
+    1.000: [
+        (1, 1),
+        (2, 2),
+        (4, 4),
+        (6, 6),
+        (8, 8),
+        (12, 12),
+        (16, 16),
+        (20, 20),
+        (24, 24),
+        (32, 32),
+        (40, 40),
+        (48, 48),
+        (64, 64),
+    ],
+    1.250: [
+        (1, 1),
+        (2, 2),
+        (3, 3),
+        (5, 4),
+        (10, 8),
+        (15, 12),
+        (20, 16),
+        (25, 20),
+        (30, 24),
+        (35, 28),
+        (45, 36),
+        (55, 44),
+        (70, 56),
+    ],
+    1.333: [
+        (1, 1),
+        (2, 2),
+        (4, 3),
+        (8, 6),
+        (12, 9),
+        (16, 12),
+        (20, 15),
+        (24, 18),
+        (28, 21),
+        (36, 27),
+        (48, 36),
+        (60, 45),
+        (72, 54),
+    ],
+    1.500: [
+        (1, 1),
+        (2, 2),
+        (3, 2),
+        (6, 4),
+        (9, 6),
+        (15, 10),
+        (21, 14),
+        (27, 18),
+        (33, 22),
+        (39, 26),
+        (48, 32),
+        (63, 42),
+        (78, 52),
+    ],
+    1.750: [
+        (1, 1),
+        (2, 2),
+        (3, 3),
+        (7, 4),
+        (11, 6),
+        (14, 8),
+        (21, 12),
+        (28, 16),
+        (35, 20),
+        (42, 24),
+        (56, 32),
+        (70, 40),
+        (84, 48),
+    ],
+    2.000: [
+        (1, 1),
+        (2, 2),
+        (4, 2),
+        (6, 3),
+        (10, 5),
+        (16, 8),
+        (22, 11),
+        (30, 15),
+        (38, 19),
+        (46, 23),
+        (60, 30),
+        (74, 37),
+        (90, 45),
+    ],
+    2.500: [
+        (1, 1),
+        (2, 2),
+        (5, 2),
+        (10, 4),
+        (15, 6),
+        (20, 8),
+        (25, 10),
+        (30, 12),
+        (40, 16),
+        (50, 20),
+        (65, 26),
+        (80, 32),
+        (100, 40),
+    ],
+    3.000: [
+        (1, 1),
+        (2, 2),
+        (6, 2),
+        (9, 3),
+        (15, 5),
+        (21, 7),
+        (27, 9),
+        (36, 12),
+        (45, 15),
+        (54, 18),
+        (72, 24),
+        (90, 30),
+        (111, 37),
+    ],
 }
 
 
@@ -64,7 +168,7 @@ def scale_schedule(num_scales: int, ratio: float = 1.0) -> list[tuple[int, int]]
 
 
 def reference_schedule(ratio: float = 1.0) -> list[tuple[int, int]]:
-    """The template's 1M schedule, which fixes the RoPE positions of every resolution (spec 4.3)."""
+    """The template's 1M schedule, which fixes the RoPE positions of every resolution (varedit/NOTES.md)."""
     return scale_schedule(PN_SCALES[REFERENCE_PN], ratio)
 
 
@@ -85,8 +189,6 @@ class VAREditConfig:
     vae: VAEConfig = field(default_factory=lambda: VAEConfig.preset("infinity_vae_d32reg"))
     # generation
     resolution: int = 512  # default (and trained) square image side in pixels
-    top_k: int = 900  # official sampler settings; with two logits per bit top-k never cuts
-    top_p: float = 0.97
     text_encoder: str = "flan-t5-xl"  # folder name of the T5 encoder in the official release
 
     def __post_init__(self) -> None:
@@ -168,8 +270,13 @@ class VAREditConfig:
         """
         inf = args.get("infinity", args)
         kw = inf.get("load_infinity_constructor_kwargs") or inf.get("constructor_kwargs") or inf
-        fixed = {"shared_aln": True, "add_lvl_embeding_only_first_block": 1, "use_bit_label": 1,
-                 "rope2d_each_sa_layer": 1, "rope2d_normalized_by_hw": 2}
+        fixed = {
+            "shared_aln": True,
+            "add_lvl_embeding_only_first_block": 1,
+            "use_bit_label": 1,
+            "rope2d_each_sa_layer": 1,
+            "rope2d_normalized_by_hw": 2,
+        }
         bad = {k: kw[k] for k, v in fixed.items() if k in kw and kw[k] != v}
         if bad:
             raise ValueError(f"unsupported official transformer settings: {bad}")
@@ -205,25 +312,51 @@ _VAE_2B = VAEConfig.preset("infinity_vae_d32reg")
 _VAE_8B = VAEConfig.preset("infinity_vae_d56_f8_14_patchify")
 # Tiny VAEs as in the golden references: 16 pixels per token, GroupNorm-friendly widths.
 _VAE_TINY = VAEConfig(codebook_dim=32, patch_size=16, base_ch=32, ch_mult=(1, 1, 1, 1, 1), num_res_blocks=2)
-_VAE_TINY_PATCHIFY = VAEConfig(codebook_dim=14, patch_size=8, base_ch=32, ch_mult=(1, 2, 1, 1),
-                               num_res_blocks=1, spatial_patchify=True)
+_VAE_TINY_PATCHIFY = VAEConfig(
+    codebook_dim=14, patch_size=8, base_ch=32, ch_mult=(1, 2, 1, 1), num_res_blocks=1, spatial_patchify=True
+)
 
 VARIANTS: dict[str, VAREditConfig] = {
     "2B-512": VAREditConfig(name="2B-512", depth=32, width=2048, num_heads=16, vae=_VAE_2B),
     "8B-512": VAREditConfig(name="8B-512", depth=40, width=3584, num_heads=28, vae=_VAE_8B),
-    "8B-1024": VAREditConfig(name="8B-1024", depth=40, width=3584, num_heads=28, vae=_VAE_8B,
-                             resolution=1024),
+    "8B-1024": VAREditConfig(
+        name="8B-1024", depth=40, width=3584, num_heads=28, vae=_VAE_8B, resolution=1024
+    ),
     # CPU test variants: the golden T1 (2B recipe) and T2 (8B recipe, spatial patchify) shapes.
-    "tiny": VAREditConfig(name="tiny", depth=2, width=128, num_heads=2, text_channels=256, block_chunks=2,
-                          vae=_VAE_TINY, resolution=128, text_encoder="t5-tiny"),
-    "tiny-patchify": VAREditConfig(name="tiny-patchify", depth=2, width=128, num_heads=2, text_channels=256,
-                                   block_chunks=2, vae=_VAE_TINY_PATCHIFY, resolution=128,
-                                   text_encoder="t5-tiny"),
+    "tiny": VAREditConfig(
+        name="tiny",
+        depth=2,
+        width=128,
+        num_heads=2,
+        text_channels=256,
+        block_chunks=2,
+        vae=_VAE_TINY,
+        resolution=128,
+        text_encoder="t5-tiny",
+    ),
+    "tiny-patchify": VAREditConfig(
+        name="tiny-patchify",
+        depth=2,
+        width=128,
+        num_heads=2,
+        text_channels=256,
+        block_chunks=2,
+        vae=_VAE_TINY_PATCHIFY,
+        resolution=128,
+        text_encoder="t5-tiny",
+    ),
     # "S": the 2B recipe scaled down until a CPU edit is compute-bound but quick (the benchmark).
-    "S": VAREditConfig(name="S", depth=8, width=512, num_heads=4, text_channels=256, block_chunks=8,
-                       vae=VAEConfig(codebook_dim=32, patch_size=16, base_ch=64, ch_mult=(1, 2, 4, 4, 4),
-                                     num_res_blocks=2),
-                       resolution=256, text_encoder="t5-tiny"),
+    "S": VAREditConfig(
+        name="S",
+        depth=8,
+        width=512,
+        num_heads=4,
+        text_channels=256,
+        block_chunks=8,
+        vae=VAEConfig(codebook_dim=32, patch_size=16, base_ch=64, ch_mult=(1, 2, 4, 4, 4), num_res_blocks=2),
+        resolution=256,
+        text_encoder="t5-tiny",
+    ),
 }
 
 

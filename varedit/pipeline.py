@@ -25,14 +25,13 @@ from PIL import Image, UnidentifiedImageError
 from . import checkpoints as ckpt
 from .config import VAREditConfig
 from .sampling import EditCancelled, OnScale, generate
+from .serving import SamplingDefaults, Serving
 from .text import TextEncoder
 from .transformer import VAREditTransformer
 from .vae import VAE
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CFG = 3.0  # classifier-free guidance on logits (README and app default)
-DEFAULT_TAU = 0.5  # logit temperature (infer.generate_image default)
 ImageInput = Image.Image | str | Path
 
 
@@ -71,9 +70,17 @@ def postprocess(img_3SS: torch.Tensor, size: tuple[int, int]) -> Image.Image:
 class EditPipeline:
     """A loaded model: transformer, VAE and T5 text encoder on one device."""
 
-    def __init__(self, config: VAREditConfig, transformer: VAREditTransformer, vae: VAE,
-                 text_encoder: TextEncoder, device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        config: VAREditConfig,
+        transformer: VAREditTransformer,
+        vae: VAE,
+        text_encoder: TextEncoder,
+        device: torch.device | str = "cpu",
+        serving: Serving | None = None,
+    ):
         self.config, self.transformer, self.vae, self.text_encoder = config, transformer, vae, text_encoder
+        self.serving = serving or Serving.trained(config)
         self.device = torch.device(device)
         # bfloat16 blocks mean the official GPU precision map, where the VAE also decodes under
         # bf16 autocast (here channels-last, which bf16 convolutions prefer on CPU and GPU);
@@ -85,9 +92,13 @@ class EditPipeline:
     # ---- loading ---------------------------------------------------------------------------
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, variant: str | None = None,
-                        device: torch.device | str | None = None, dtype: torch.dtype | None = None
-                        ) -> EditPipeline:
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        variant: str | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> EditPipeline:
         """Load a model folder.
 
         path: our folder format (config.json + transformer.safetensors + vae.safetensors +
@@ -104,22 +115,16 @@ class EditPipeline:
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if dtype is None:
             dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        if path.is_file() and path.suffix == ".pth":
-            path, variant = path.parent, variant or path.stem
-        if not path.is_dir():
-            raise ckpt.CheckpointError(f"model folder not found: {path}")
+        config, serving = ckpt.describe(path, variant)
+        if path.is_file():
+            path = path.parent
         if ckpt.is_our_folder(path):
-            config = ckpt.read_config(path)
-            if variant is not None and variant != config.name:
-                raise ckpt.CheckpointError(f"{path} holds variant {config.name!r}, not {variant!r}")
-            transformer = ckpt.load_transformer_safetensors(path / ckpt.TRANSFORMER_FILE, config, device,
-                                                            dtype)
+            transformer = ckpt.load_transformer_safetensors(
+                path / ckpt.TRANSFORMER_FILE, config, device, dtype
+            )
             vae = ckpt.load_vae(path / ckpt.VAE_FILE, config, device)
             t5_dir = path / ckpt.TEXT_ENCODER_DIR
         else:
-            from .config import get_config
-
-            config = get_config(ckpt.official_variant(path, variant))
             tf_path, vae_path, t5_dir = ckpt.official_files(path, config)
             transformer = ckpt.load_official_transformer(tf_path, config, device, dtype)
             vae = ckpt.load_vae(vae_path, config, device)
@@ -127,11 +132,13 @@ class EditPipeline:
             raise ckpt.CheckpointError(f"missing text encoder folder {t5_dir}")
         text_encoder = TextEncoder.from_pretrained(t5_dir, device=device, max_length=config.text_maxlen)
         log.info("loaded %s from %s on %s (blocks %s)", config.name, path, device, dtype)
-        return cls(config, transformer, vae, text_encoder, device)
+        return cls(config, transformer, vae, text_encoder, device, serving)
 
     def save_pretrained(self, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
         """Write this model in our folder format (dtype: optional dtype of the stored blocks)."""
-        folder = ckpt.save_pretrained(folder, self.config, self.transformer, self.vae, dtype=dtype)
+        folder = ckpt.save_pretrained(
+            folder, self.config, self.transformer, self.vae, dtype=dtype, serving=self.serving
+        )
         t5_dir = folder / ckpt.TEXT_ENCODER_DIR
         self.text_encoder.model.save_pretrained(t5_dir)
         self.text_encoder.tokenizer.save_pretrained(t5_dir)
@@ -146,13 +153,29 @@ class EditPipeline:
 
     @property
     def resolution(self) -> int:
-        """The square side the model was trained at and edits at by default."""
-        return self.config.resolution
+        """The square side it edits at by default (the first it serves)."""
+        return self.serving.resolutions[0]
 
     @property
     def resolutions(self) -> tuple[int, ...]:
-        """Resolutions to offer: the trained one (others in `config.resolutions` run, untrained)."""
-        return (self.config.resolution,)
+        """Resolutions to offer, as the folder states them (by default the trained one; others in
+        `config.resolutions` run, untrained)."""
+        return self.serving.resolutions
+
+    @property
+    def sampling(self) -> SamplingDefaults:
+        """The sampler settings `edit` uses when not given, as the folder recommends them."""
+        return self.serving.sampling
+
+    @property
+    def sampling_defaults(self) -> dict[str, float]:
+        """`sampling` as plain data, for a server to report."""
+        return self.sampling.to_dict()
+
+    def release_memory(self) -> None:
+        """Return cached accelerator memory to the device (after an out-of-memory error)."""
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def num_scales(self, resolution: int | None = None) -> int:
         """K, the number of `on_scale` calls of one edit at this resolution."""
@@ -166,8 +189,8 @@ class EditPipeline:
         images: ImageInput | Sequence[ImageInput],
         instructions: str | Sequence[str],
         seeds: int | Sequence[int] | None = None,
-        cfg: float | Sequence[float] = DEFAULT_CFG,
-        tau: float | Sequence[float] = DEFAULT_TAU,
+        cfg: float | Sequence[float] | None = None,
+        tau: float | Sequence[float] | None = None,
         on_scale: OnScale | None = None,
         resolution: int | None = None,
         top_k: int | None = None,
@@ -180,12 +203,13 @@ class EditPipeline:
         seeds: one per image (int), or None for random seeds. Same seed and inputs -> same output,
             whatever else is in the batch (on the same device, dtype and CPU thread count, which
             change float rounding). The seed used is in `out.info["seed"]`.
-        cfg: classifier-free guidance on logits (1 = off, 3 = default); a scalar or one per scale.
-        tau: logit temperature (default 0.5; lower is closer to greedy); scalar or per scale.
+        cfg: classifier-free guidance on logits (1 = off); a scalar or one per scale.
+        tau: logit temperature (lower is closer to greedy); a scalar or one per scale.
         on_scale: called as on_scale(k, K) after scale k (1-based) of K; returning False stops the
             edit by raising `EditCancelled`.
         resolution: square side to generate at (default: the model's own).
-        top_k, top_p: sampler settings (default: the official 900 and 0.97).
+        cfg, tau, top_k, top_p left out take the model's recommended values (`self.sampling`).
+        Raises `MemoryError` when the device runs out of memory (its cache is released first).
         Example: pipe.edit([img], ["make it snowy"], seeds=[0], on_scale=lambda k, K: print(k, K))
         """
         # 1. check inputs
@@ -193,15 +217,37 @@ class EditPipeline:
         images = [images] if single else list(images)
         instructions = [instructions] if isinstance(instructions, str) else list(instructions)
         if len(images) != len(instructions) or not images:
-            raise ValueError(f"need one instruction per image: {len(images)} images, "
-                             f"{len(instructions)} instructions")
+            raise ValueError(
+                f"need one instruction per image: {len(images)} images, {len(instructions)} instructions"
+            )
         if seeds is None:
             seeds = [random.SystemRandom().randrange(2**31) for _ in images]
         seeds = [seeds] if isinstance(seeds, int) else [int(s) for s in seeds]
         if len(seeds) != len(images):
             raise ValueError(f"need one seed per image: {len(seeds)} seeds, {len(images)} images")
         pils = [load_image(im) for im in images]
-        size = resolution or self.resolution
+        d = self.sampling
+        sampling = dict(
+            cfg=d.cfg if cfg is None else cfg,
+            tau=d.tau if tau is None else tau,
+            top_k=d.top_k if top_k is None else top_k,
+            top_p=d.top_p if top_p is None else top_p,
+        )
+        try:
+            return self._edit(pils, instructions, seeds, resolution or self.resolution, on_scale, **sampling)
+        except torch.OutOfMemoryError as e:
+            self.release_memory()
+            raise MemoryError(f"out of memory on {self.device}: {e}") from e
+
+    def _edit(
+        self,
+        pils: list[Image.Image],
+        instructions: list[str],
+        seeds: list[int],
+        size: int,
+        on_scale: OnScale | None,
+        **sampling,
+    ) -> list[Image.Image]:
         schedule = self.config.schedule(size)
         # 2. encode text
         text = self.text_encoder.encode(instructions).to(self.device)
@@ -209,9 +255,9 @@ class EditPipeline:
         source_BLd = self.encode_sources(pils, schedule, size)
         # 4-5. prefill and scale loop
         gens = [torch.Generator().manual_seed(s) for s in seeds]
-        out = generate(self.transformer, self.vae, text, source_BLd, schedule, gens, cfg=cfg, tau=tau,
-                       top_k=self.config.top_k if top_k is None else top_k,
-                       top_p=self.config.top_p if top_p is None else top_p, on_scale=on_scale)
+        out = generate(
+            self.transformer, self.vae, text, source_BLd, schedule, gens, on_scale=on_scale, **sampling
+        )
         # 6. decode and return
         results = []
         for b, im in enumerate(pils):
@@ -220,9 +266,9 @@ class EditPipeline:
             results.append(res)
         return results
 
-
-    def encode_sources(self, images: list[Image.Image], schedule: list[tuple[int, int]], size: int
-                       ) -> torch.Tensor:
+    def encode_sources(
+        self, images: list[Image.Image], schedule: list[tuple[int, int]], size: int
+    ) -> torch.Tensor:
         """Source prefix tokens (B, l_K, d), each image on its own so it does not depend on the batch."""
         x = [preprocess(im, size)[None].to(self.device) for im in images]  # (1, 3, S, S) each
         return torch.cat([self.vae.img_to_source_tokens(x_13SS, schedule) for x_13SS in x])

@@ -1,4 +1,4 @@
-"""2D rotary position embedding as VAREdit lays it out (spec 3.5, 4.3, errata E8).
+"""2D rotary position embedding as VAREdit lays it out (details: varedit/NOTES.md).
 
 One table of angles is built per aspect template from its reference (1M) schedule; a token reads
 the row of its global index in the sequence [source tokens, target scale 0, target scale 1, ...].
@@ -17,7 +17,7 @@ MAX_POSITIONS = 256  # positions per axis (twice the 128 of Infinity, as VAREdit
 
 
 def rope_inv_freq(head_dim: int, base: float = 10000.0) -> torch.Tensor:
-    """head_dim/4 inverse frequencies, in the official float32 arithmetic (E8)."""
+    """head_dim/4 inverse frequencies, in the official float32 arithmetic (power, then reciprocal)."""
     half = head_dim // 2
     exponent = torch.arange(0, half, 2, dtype=torch.float32) / half
     return 1.0 / (base**exponent)

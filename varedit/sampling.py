@@ -1,4 +1,4 @@
-"""Next-scale generation: source prefill, then one transformer step per scale (spec 5.4-5.6).
+"""Next-scale generation: source prefill, then one transformer step per scale.
 
 Per scale k: hidden states -> logits x (1/tau) -> CFG on logits -> top-k / top-p on each bit's two
 logits -> one categorical draw per bit from that sample's own generator -> the bits' codes are added
@@ -6,8 +6,9 @@ to the running latent, which resized to grid k+1 is the next input.
 
 Randomness: one CPU `torch.Generator` per sample, consumed only by one `torch.multinomial` call per
 scale over that sample's (l_k * d, 2) probability rows, in the official order. So a sample's bits
-depend on its seed and inputs, not on the batch it runs in or on the device (the official CPU
-reference stream; the official GPU code used a CUDA generator instead, errata E6/E14).
+depend on its seed and inputs, not on the batch it runs in or on the device. For one sample this
+is the stream of the official code run on CPU; on GPU the official code draws from a CUDA generator,
+whose stream differs. varedit/NOTES.md gives the exact rules.
 
 Shapes: B samples, bs = 2B with CFG ([cond; uncond]) else B, l tokens of scale k, d bits per token,
 V = 2d logits per token, dq latent channels, H/W latent size.
@@ -55,8 +56,8 @@ def top_k_top_p_(logits_BNV: torch.Tensor, top_k: int, top_p: float) -> torch.Te
     """Set to -inf, in place, the logits outside the top-k and the low tail of mass <= 1 - top_p.
 
     The official rule: sort ascending, softmax, cut the entries whose cumulative probability is
-    <= 1 - top_p, never the largest (errata E5). With two logits per bit, top-k never cuts and
-    top-p cuts the minority value when its probability is <= 0.03."""
+    <= 1 - top_p, never the largest. With two logits per bit, top-k (k >= 2) never cuts and top-p
+    cuts the minority value when its probability is <= 1 - top_p (see varedit/NOTES.md)."""
     V = logits_BNV.shape[-1]
     if 0 < top_k < V:
         kth = logits_BNV.topk(top_k, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
@@ -69,14 +70,19 @@ def top_k_top_p_(logits_BNV: torch.Tensor, top_k: int, top_p: float) -> torch.Te
     return logits_BNV
 
 
-def sample_bits(logits_BlV: torch.Tensor, generators: Sequence[torch.Generator], top_k: int,
-                top_p: float) -> torch.Tensor:
+def sample_bits(
+    logits_BlV: torch.Tensor, generators: Sequence[torch.Generator], top_k: int, top_p: float
+) -> torch.Tensor:
     """One draw per bit from softmax of its two logits (after top-k/top-p): (B, l, d) int64."""
     B, n, V = logits_BlV.shape
     logits = top_k_top_p_(logits_BlV.float().reshape(B, n * V // 2, 2), top_k, top_p)
     probs = logits.softmax(dim=-1).cpu()  # (B, l*d, 2)
-    bits = torch.stack([torch.multinomial(probs[b], 1, replacement=True, generator=g)[:, 0]
-                        for b, g in enumerate(generators)])  # (B, l*d)
+    bits = torch.stack(
+        [
+            torch.multinomial(probs[b], 1, replacement=True, generator=g)[:, 0]
+            for b, g in enumerate(generators)
+        ]
+    )  # (B, l*d)
     return bits.view(B, n, V // 2).to(logits_BlV.device)
 
 

@@ -57,9 +57,14 @@ class TextEncoder:
         self.tokenizer, self.model, self.max_length = tokenizer, model, max_length
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: torch.device | str = "cpu",
-                        dtype: torch.dtype = torch.float16, max_length: int = 512,
-                        tokenizer_path: str | Path | None = None) -> TextEncoder:
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float16,
+        max_length: int = 512,
+        tokenizer_path: str | Path | None = None,
+    ) -> TextEncoder:
         """Load `T5EncoderModel` (float16, as the official loader) and its tokenizer from folders."""
         from transformers import AutoTokenizer, T5EncoderModel
 
@@ -81,7 +86,8 @@ class TextEncoder:
         """Features of each prompt (its real tokens and </s>, as float32), padded into one batch."""
         feats = []
         for prompt in prompts:
-            ids = self.tokenizer(text=[prompt], max_length=self.max_length, truncation=True,
-                                 return_tensors="pt").input_ids.to(self.device)  # (1, T)
+            ids = self.tokenizer(
+                text=[prompt], max_length=self.max_length, truncation=True, return_tensors="pt"
+            ).input_ids.to(self.device)  # (1, T)
             feats.append(self.model(input_ids=ids).last_hidden_state[0].float())  # (T, Ct5)
         return TextFeatures.from_list(feats)

@@ -1,6 +1,6 @@
 """The VAREdit transformer: Infinity's bitwise next-scale predictor with the source image in front.
 
-Sequence (spec 4.2): [source tokens | SOS | inputs of scales 1..K-1]. Source tokens are the raw VAE
+Sequence: [source tokens | SOS | inputs of scales 1..K-1]. Source tokens are the raw VAE
 features of the source image at the finest grid; SOS is the pooled text plus `pos_start`; the input of
 scale k is the running sum of the codes of scales < k resized to grid k. Every token gets the level
 embedding of its scale before block 0 (the source gets the finest scale's, K-1).
@@ -100,8 +100,9 @@ def _area_pool(t_BHLc: torch.Tensor, src_hw: tuple[int, int], dst_hw: tuple[int,
     return img.reshape(B, H, c, -1).permute(0, 1, 3, 2)  # (B, H, h'*w', c)
 
 
-def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
-          ) -> torch.Tensor:
+def _sdpa(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Cosine attention has its temperature inside q already: softmax scale 1."""
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
 
@@ -116,7 +117,7 @@ class VAREditTransformer(nn.Module):
         self.cfg = cfg
         C, Ct5 = cfg.width, cfg.text_channels
         # text conditioning
-        self.cfg_uncond = nn.Parameter(_null_text_init(cfg.text_maxlen, Ct5))  # learned null text
+        self.cfg_uncond = nn.Parameter(null_text_init(cfg.text_maxlen, Ct5))  # learned null text
         self.text_norm = RMSNorm(Ct5, eps=cfg.norm_eps)
         self.text_proj_for_sos = TextAttentivePool(cfg)
         self.text_proj_for_ca = nn.Sequential(nn.Linear(Ct5, C), nn.GELU(approximate="tanh"), nn.Linear(C, C))
@@ -176,16 +177,23 @@ class VAREditTransformer(nn.Module):
     def sos(self, cond: Condition) -> torch.Tensor:
         return (cond.cond_BD.unsqueeze(1) + self.pos_start) + self.lvl_embed.weight[0]  # (B, 1, C)
 
-    def _run_blocks(self, x_BLC: torch.Tensor, cond: Condition, rope_2Lc: torch.Tensor,
-                    attend: list[AttendFn]) -> torch.Tensor:
+    def _run_blocks(
+        self, x_BLC: torch.Tensor, cond: Condition, rope_2Lc: torch.Tensor, attend: list[AttendFn]
+    ) -> torch.Tensor:
         for blk, text_kv, att in zip(self.blocks, cond.text_kv, attend, strict=True):
             x_BLC = blk(x_BLC, cond.gss_B16C, text_kv, rope_2Lc, att)
         return x_BLC
 
     # ---- training: teacher forcing ---------------------------------------------------------
 
-    def forward(self, text: TextFeatures, source_BLd: torch.Tensor, target_BLd: torch.Tensor,
-                schedule: Schedule, null_text_B: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        text: TextFeatures,
+        source_BLd: torch.Tensor,
+        target_BLd: torch.Tensor,
+        schedule: Schedule,
+        null_text_B: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Teacher-forced bit logits of every target token, (B, sum_k l_k, V).
 
         source_BLd: raw VAE features of the source at the finest grid (B, h_K*w_K, d).
@@ -197,13 +205,21 @@ class VAREditTransformer(nn.Module):
         n_src = n[-1]
         assert source_BLd.shape[1] == n_src and target_BLd.shape[1] == sum(n) - 1, "token counts"
         cond = self.condition(text, null_text_B)
-        tgt_lvl = torch.repeat_interleave(torch.arange(1, K, device=target_BLd.device),
-                                          torch.tensor(n[1:], device=target_BLd.device))
-        x_BLC = torch.cat([self.embed_source(source_BLd, K), self.sos(cond),
-                           self.word_embed(target_BLd.float()) + self.lvl_embed(tgt_lvl)], dim=1)
+        tgt_lvl = torch.repeat_interleave(
+            torch.arange(1, K, device=target_BLd.device), torch.tensor(n[1:], device=target_BLd.device)
+        )
+        x_BLC = torch.cat(
+            [
+                self.embed_source(source_BLd, K),
+                self.sos(cond),
+                self.word_embed(target_BLd.float()) + self.lvl_embed(tgt_lvl),
+            ],
+            dim=1,
+        )
         # block index of every token: source 0, scale k -> k + 1
-        blk_L = torch.repeat_interleave(torch.arange(K + 1, device=x_BLC.device),
-                                        torch.tensor([n_src, *n], device=x_BLC.device))
+        blk_L = torch.repeat_interleave(
+            torch.arange(K + 1, device=x_BLC.device), torch.tensor([n_src, *n], device=x_BLC.device)
+        )
         causal_LL = blk_L[None, :] <= blk_L[:, None]
 
         def attend_sar(q, k, v):
@@ -246,6 +262,7 @@ class VAREditTransformer(nn.Module):
                 cache.k[layer, :, :, :n_src] = k
                 cache.v[layer, :, :, :n_src] = v
                 return _sdpa(q, k, v)
+
             return fn
 
         rope = self.rope(0, n_src)
@@ -257,8 +274,9 @@ class VAREditTransformer(nn.Module):
         cache.len = n_src
         return cache
 
-    def step(self, cond: Condition, x_BlC: torch.Tensor, k: int, schedule: Schedule,
-             cache: KVCache) -> torch.Tensor:
+    def step(
+        self, cond: Condition, x_BlC: torch.Tensor, k: int, schedule: Schedule, cache: KVCache
+    ) -> torch.Tensor:
         """Hidden states of scale k, (B, l_k, C), given its embedded input (SOS for k = 0)."""
         n_src, pos = cache.n_src, cache.len
         last = k == len(schedule) - 1
@@ -279,16 +297,20 @@ class VAREditTransformer(nn.Module):
                     keys = torch.cat([ref_k, keys[:, :, n_src:]], 2)
                     vals = torch.cat([ref_v, vals[:, :, n_src:]], 2)
                 return _sdpa(q, keys, vals)
+
             return fn
 
-        h_BlC = self._run_blocks(x_BlC, cond, self.rope(pos, x_BlC.shape[1]),
-                                 [attend(i) for i in range(self.cfg.depth)])
+        h_BlC = self._run_blocks(
+            x_BlC, cond, self.rope(pos, x_BlC.shape[1]), [attend(i) for i in range(self.cfg.depth)]
+        )
         cache.len = pos + x_BlC.shape[1]
         return h_BlC
 
 
-def _null_text_init(rows: int, channels: int) -> torch.Tensor:
-    """The official initial null-text table (also pads a shorter checkpoint table, errata E11)."""
+def null_text_init(rows: int, channels: int) -> torch.Tensor:
+    """The official initial null-text table: a truncated normal (std 1.2, cut at +-2) from a CPU
+    generator seeded 0, divided by sqrt(channels). Its rows also complete a checkpoint's shorter
+    table, as in the official loader (not zeros)."""
     t = torch.empty(rows, channels)
     nn.init.trunc_normal_(t, std=1.2, a=-2.0, b=2.0, generator=torch.Generator().manual_seed(0))
     return t / channels**0.5

@@ -1,18 +1,19 @@
-"""One run of the warm pipeline over a claimed batch of jobs, from source images to fenced results.
+"""One run of the warm model over a claimed batch of jobs, from source images to fenced results.
 
 `run_edit` (worker/tasks/edit.py) claims, then hands the claimed jobs to `EditRun`:
 
 1. `load_sources`   read each source image from storage; a missing or undecodable one fails its job.
-2. `generate`       run the pipeline, one call per group of jobs sharing (cfg, tau); `on_scale` heartbeats
+2. `generate`       run the model, one call per group of jobs sharing (cfg, tau); `on_scale` heartbeats
                     every job (lease + progress) and confirms cancellations at the scale boundary.
 3. `deliver`        per job: a last fenced heartbeat, upload ``result-<attempt>.png``, fenced `finish`;
                     an upload whose finish is fenced out is deleted again.
 
-Every state change goes through `jobs.lifecycle` (one conditional UPDATE each) and is followed, after
-its commit, by a "job changed" notification. A job canceled or taken away (lease lost) in the middle
-stops being heartbeated, and no result is ever stored for it. Errors become recorded outcomes
-(``fail`` with a code); transient faults (storage, database) give the job back to the queue while it has
-attempts left. Nothing here raises out of the task: the worker process must outlive any job.
+Every state change goes through `Fence`, which runs one `jobs.transitions` call (one conditional
+UPDATE) per transaction and, after its commit, sends a "job changed" notification. A job canceled or
+taken away (lease lost) in the middle stops being heartbeated, and no result is ever stored for it.
+Errors become recorded outcomes (``fail`` with a code); transient faults (storage, database) give the
+job back to the queue while it has attempts left. Nothing here raises out of the task: the worker
+process must outlive any job.
 """
 
 from __future__ import annotations
@@ -24,25 +25,27 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 import structlog
 from PIL import Image, UnidentifiedImageError
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
-from jobs import lifecycle
+from jobs import queries, transitions
 from jobs.db import session_scope
 from jobs.errors import StorageError
 from jobs.models import Job, JobStatus
 from jobs.notify import Notifier
-from jobs.storage import result_key
+from jobs.queue import Publisher, publish_quietly
+from jobs.storage import Storage, result_key
 from worker import metrics
-from worker.runtime import Runtime
+from worker.model import EditModel
 
 log = structlog.get_logger(__name__)
 
 RESULT_CONTENT_TYPE = "image/png"
+MAX_ERROR_CHARS = 2000  # of an error message recorded on a job
+REQUEUE_DELAY_S = 5  # a job given back after a transient fault is republished after this delay
 # Progress is written (lease + scale k of K, one committed UPDATE) at most this often per job (counting
 # the claim) and always on the last scale; the other scales only read the row to see a cancel or a lost
 # lease.
@@ -82,9 +85,18 @@ class ClaimedJob:
 
     @classmethod
     def from_row(cls, job: Job) -> ClaimedJob:
-        return cls(id=job.id, attempt=job.attempts, model=job.model, resolution=job.resolution,
-                   instruction=job.instruction, seed=job.seed, cfg=job.cfg, tau=job.tau,
-                   source_key=job.source_key, created_at=job.created_at)
+        return cls(
+            id=job.id,
+            attempt=job.attempts,
+            model=job.model,
+            resolution=job.resolution,
+            instruction=job.instruction,
+            seed=job.seed,
+            cfg=job.cfg,
+            tau=job.tau,
+            source_key=job.source_key,
+            created_at=job.created_at,
+        )
 
 
 class TransientFault(Exception):
@@ -92,23 +104,20 @@ class TransientFault(Exception):
 
 
 @dataclass
-class EditRun:
-    rt: Runtime
-    pipeline: Any
-    jobs: list[ClaimedJob]
+class Fence:
+    """The fenced transitions of one worker's claimed jobs, each in its own transaction and followed,
+    once committed, by a "job changed" notification. Every method acts only while the job's attempt
+    still holds it; what happened is recorded on the `ClaimedJob` (its ``state``)."""
+
+    sessions: sessionmaker[Session]
     notifier: Notifier
-    republish: Callable[[str, str], None]  # (job_id, model) -> send run_edit again
+    publisher: Publisher
+    lease_s: int
+    max_attempts: int
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    # -- helpers ------------------------------------------------------------------------------------
-
-    def active(self) -> list[ClaimedJob]:
-        with self._lock:
-            return [j for j in self.jobs if j.state is JobState.ACTIVE]
-
     def _tx(self, fn: Callable[[Session], bool], job: ClaimedJob) -> bool:
-        """Run one lifecycle call in its own transaction, then notify listeners if it applied."""
-        with session_scope(self.rt.sessions) as session:
+        with session_scope(self.sessions) as session:
             applied = fn(session)
         if applied:
             self.notifier.job_changed(job.id)
@@ -119,64 +128,93 @@ class EditRun:
             job.state = state
         metrics.EDITS.labels(job.model, state.value).inc()
 
-    def _fail(self, job: ClaimedJob, code: str, message: str) -> None:
-        try:
-            applied = self._tx(lambda s: lifecycle.fail(s, job.id, job.attempt, code, message[:2000]), job)
-        except SQLAlchemyError:
-            log.exception("job_fail_not_recorded", job_id=job.id, code=code)  # the reaper will retry it
-            applied = False
-        self._set(job, JobState.FAILED if applied else JobState.LOST)
-        log.warning("edit_failed", job_id=job.id, attempt=job.attempt, code=code, error=message[:500])
+    def active(self, jobs: Iterable[ClaimedJob]) -> list[ClaimedJob]:
+        with self._lock:
+            return [j for j in jobs if j.state is JobState.ACTIVE]
 
-    def _stop_after_false_heartbeat(self, job: ClaimedJob) -> None:
-        """heartbeat said stop: a pending cancel (confirm it) or a lost lease (let go)."""
-        if self._tx(lambda s: lifecycle.mark_canceled(s, job.id, job.attempt), job):
+    def heartbeat(self, job: ClaimedJob, progress: tuple[int, int] | None) -> bool:
+        """Renew the lease (and record progress); False means stop: canceled or taken away."""
+        return self._tx(lambda s: transitions.heartbeat(s, job.id, job.attempt, self.lease_s, progress), job)
+
+    def still_ours(self, job: ClaimedJob) -> bool:
+        """A read-only check: still running under this attempt, and no cancel requested."""
+        with self.sessions() as session:
+            row = queries.get_job(session, job.id)
+            mine = row.status is JobStatus.RUNNING and row.attempts == job.attempt
+            return mine and not row.cancel_requested
+
+    def stop(self, job: ClaimedJob) -> None:
+        """After a heartbeat said stop: confirm a pending cancel, or let go of a lost lease."""
+        if self._tx(lambda s: transitions.mark_canceled(s, job.id, job.attempt), job):
             self._set(job, JobState.CANCELED)
             log.info("edit_canceled", job_id=job.id, attempt=job.attempt)
         else:
             self._set(job, JobState.LOST)
             log.warning("edit_lease_lost", job_id=job.id, attempt=job.attempt)
 
-    def _heartbeat(self, job: ClaimedJob, progress: tuple[int, int] | None) -> bool:
-        lease_s = self.rt.settings.lease_s
-        return self._tx(lambda s: lifecycle.heartbeat(s, job.id, job.attempt, lease_s, progress), job)
+    def fail(self, job: ClaimedJob, code: str, message: str) -> None:
+        try:
+            applied = self._tx(
+                lambda s: transitions.fail(s, job.id, job.attempt, code, message[:MAX_ERROR_CHARS]), job
+            )
+        except SQLAlchemyError:
+            log.exception("job_fail_not_recorded", job_id=job.id, code=code)  # the reaper will retry it
+            applied = False
+        self._set(job, JobState.FAILED if applied else JobState.LOST)
+        log.warning("edit_failed", job_id=job.id, attempt=job.attempt, code=code, error=message[:500])
 
-    def _still_ours(self, job: ClaimedJob) -> bool:
-        """A read-only check: still running under this attempt, and no cancel requested."""
-        with self.rt.sessions() as session:
-            row = lifecycle.get_job(session, job.id)
-            mine = row.status is JobStatus.RUNNING and row.attempts == job.attempt
-            return mine and not row.cancel_requested
+    def finish(self, job: ClaimedJob, meta: transitions.ResultMeta) -> bool:
+        applied = self._tx(lambda s: transitions.finish(s, job.id, job.attempt, meta), job)
+        self._set(job, JobState.SUCCEEDED if applied else JobState.LOST)
+        return applied
 
-    def give_back(self, jobs: Iterable[ClaimedJob], reason: str) -> None:
+    def give_back(self, job: ClaimedJob, reason: str) -> None:
         """After a transient fault: requeue (and republish) while attempts remain, else fail."""
-        for job in jobs:
-            if job.state is not JobState.ACTIVE:
-                continue
-            if job.attempt >= self.rt.settings.max_attempts:
-                self._fail(job, "transient_fault", f"gave up after {job.attempt} attempts: {reason}")
-                continue
-            try:
-                released = self._tx(lambda s, job=job: lifecycle.release(s, job.id, job.attempt), job)
-            except SQLAlchemyError:
-                log.exception("job_release_failed", job_id=job.id)  # lease expiry requeues it
-                released = False
-            self._set(job, JobState.RELEASED if released else JobState.LOST)
-            if released:
-                self.republish(job.id, job.model)
-            log.warning("edit_released", job_id=job.id, attempt=job.attempt, reason=reason)
+        if job.attempt >= self.max_attempts:
+            self.fail(job, "transient_fault", f"gave up after {job.attempt} attempts: {reason}")
+            return
+        try:
+            released = self._tx(lambda s: transitions.release(s, job.id, job.attempt), job)
+        except SQLAlchemyError:
+            log.exception("job_release_failed", job_id=job.id)  # lease expiry requeues it
+            released = False
+        self._set(job, JobState.RELEASED if released else JobState.LOST)
+        if released:
+            publish_quietly(self.publisher, job.id, job.model, REQUEUE_DELAY_S)
+        log.warning("edit_released", job_id=job.id, attempt=job.attempt, reason=reason)
+
+
+@dataclass
+class EditRun:
+    """One run of a model over a claimed batch: sources, generation, results (see the module doc)."""
+
+    fence: Fence
+    storage: Storage
+    model: EditModel | None  # None: this process does not serve the jobs' model (give them back)
+    jobs: list[ClaimedJob]
+
+    def active(self) -> list[ClaimedJob]:
+        return self.fence.active(self.jobs)
+
+    def give_back(self, reason: str) -> None:
+        for job in self.active():
+            self.fence.give_back(job, reason)
+
+    def fail_active(self, code: str, message: str) -> None:
+        for job in self.active():
+            self.fence.fail(job, code, message)
 
     # -- 1. sources ---------------------------------------------------------------------------------
 
     def load_sources(self) -> None:
         for job in self.active():
             if job.source_key is None:
-                self._fail(job, "source_missing", "the source image was purged")
+                self.fence.fail(job, "source_missing", "the source image was purged")
                 continue
             try:
-                data = self.rt.storage.get(job.source_key)
+                data = self.storage.get(job.source_key)
             except KeyError:
-                self._fail(job, "source_missing", f"no source object {job.source_key}")
+                self.fence.fail(job, "source_missing", f"no source object {job.source_key}")
                 continue
             except StorageError as exc:
                 raise TransientFault(f"storage: {exc}") from exc
@@ -184,7 +222,7 @@ class EditRun:
                 with Image.open(io.BytesIO(data)) as img:
                     job.image = img.convert("RGB")
             except (UnidentifiedImageError, OSError, ValueError) as exc:
-                self._fail(job, "invalid_image", f"the source image does not decode: {exc}")
+                self.fence.fail(job, "invalid_image", f"the source image does not decode: {exc}")
 
     # -- 2. generation ------------------------------------------------------------------------------
 
@@ -197,12 +235,12 @@ class EditRun:
                 continue
             try:
                 if k == n_scales or now - job.progress_written_at >= PROGRESS_EVERY_S:
-                    keep = self._heartbeat(job, (k, n_scales))
+                    keep = self.fence.heartbeat(job, (k, n_scales))
                     job.progress_written_at = now
                 else:
-                    keep = self._still_ours(job) or self._heartbeat(job, (k, n_scales))
+                    keep = self.fence.still_ours(job) or self.fence.heartbeat(job, (k, n_scales))
                 if not keep:
-                    self._stop_after_false_heartbeat(job)
+                    self.fence.stop(job)
             except SQLAlchemyError:
                 log.warning("job_heartbeat_failed", job_id=job.id, exc_info=True)
                 continue  # the lease still runs; the next scale tries again
@@ -220,10 +258,11 @@ class EditRun:
             self._generate_group(group, resolution, cfg, tau)
 
     def _generate_group(self, group: list[ClaimedJob], resolution: int, cfg: float, tau: float) -> None:
+        assert self.model is not None
         t0 = time.perf_counter()
         log.info("edit_started", job_ids=[j.id for j in group], resolution=resolution, cfg=cfg, tau=tau)
         try:
-            outputs = self.pipeline.edit(
+            images = self.model.edit(
                 [j.image for j in group],
                 [j.instruction for j in group],
                 seeds=[j.seed for j in group],
@@ -235,14 +274,15 @@ class EditRun:
         except Exception as exc:
             if not any(j.state is JobState.ACTIVE for j in group):
                 return  # we stopped it (all canceled or lost); not an error
-            code = "out_of_memory" if "OutOfMemory" in type(exc).__name__ else "edit_failed"
-            log.exception("pipeline_error", job_ids=[j.id for j in group])
-            for job in group:
-                if job.state is JobState.ACTIVE:
-                    self._fail(job, code, f"{type(exc).__name__}: {exc}")
-            _free_accelerator_memory()
+            out_of_memory = isinstance(exc, MemoryError)
+            log.exception("pipeline_error", job_ids=[j.id for j in group], out_of_memory=out_of_memory)
+            for job in self.fence.active(group):
+                self.fence.fail(
+                    job, "out_of_memory" if out_of_memory else "edit_failed", f"{type(exc).__name__}: {exc}"
+                )
+            if out_of_memory:
+                self.model.release_memory()
             return
-        images = list(getattr(outputs, "images", outputs))
         now = time.perf_counter()
         for job, image in zip(group, images, strict=True):
             job.output, job.generated_at = image, now
@@ -256,41 +296,49 @@ class EditRun:
     def deliver(self) -> None:
         for job in self.active():
             if job.output is None:
-                self._fail(job, "edit_failed", "the pipeline returned no image")
+                self.fence.fail(job, "edit_failed", "the pipeline returned no image")
                 continue
             # A last check right before storing: a cancel that arrived after the final scale still wins,
             # and a job that was taken away is never written (finish is fenced as well).
-            if not self._still_ours(job) and not self._heartbeat(job, None):
-                self._stop_after_false_heartbeat(job)
+            if not self.fence.still_ours(job) and not self.fence.heartbeat(job, None):
+                self.fence.stop(job)
                 continue
             meta = self._upload(job)
-            if self._tx(lambda s, job=job, meta=meta: lifecycle.finish(s, job.id, job.attempt, meta), job):
-                self._set(job, JobState.SUCCEEDED)
+            if self.fence.finish(job, meta):
                 # deliver_ms: the platform's bookkeeping after generation (encode, upload, fenced finish)
                 deliver_ms = (time.perf_counter() - (job.generated_at or 0.0)) * 1000
-                log.info("edit_succeeded", job_id=job.id, attempt=job.attempt, bytes=meta.bytes,
-                         deliver_ms=round(deliver_ms, 2))
+                log.info(
+                    "edit_succeeded",
+                    job_id=job.id,
+                    attempt=job.attempt,
+                    bytes=meta.bytes,
+                    deliver_ms=round(deliver_ms, 2),
+                )
             else:
                 self._delete_quietly(meta.key)
-                self._set(job, JobState.LOST)
                 log.warning("edit_result_fenced_out", job_id=job.id, attempt=job.attempt)
 
-    def _upload(self, job: ClaimedJob) -> lifecycle.ResultMeta:
+    def _upload(self, job: ClaimedJob) -> transitions.ResultMeta:
         assert job.output is not None
         buf = io.BytesIO()
         job.output.save(buf, format="PNG")
         data = buf.getvalue()
         key = result_key(job.id, job.attempt)
         try:
-            self.rt.storage.put(key, data, RESULT_CONTENT_TYPE)
+            self.storage.put(key, data, RESULT_CONTENT_TYPE)
         except StorageError as exc:
             raise TransientFault(f"storage: {exc}") from exc
-        return lifecycle.ResultMeta(key=key, content_type=RESULT_CONTENT_TYPE, width=job.output.width,
-                                    height=job.output.height, bytes=len(data))
+        return transitions.ResultMeta(
+            key=key,
+            content_type=RESULT_CONTENT_TYPE,
+            width=job.output.width,
+            height=job.output.height,
+            bytes=len(data),
+        )
 
     def _delete_quietly(self, key: str) -> None:
         try:
-            self.rt.storage.delete(key)
+            self.storage.delete(key)
         except Exception:
             log.warning("result_delete_failed", key=key, exc_info=True)
 
@@ -302,19 +350,19 @@ class EditRun:
 
 
 class LeaseKeeper(threading.Thread):
-    """Extends the leases of a run's active jobs every heartbeat_s, also between scales (text
+    """Extends the leases of a run's active jobs every ``interval_s``, also between scales (text
     encoding, decoding, upload). Cancellation is acted on by `EditRun.on_scale`, not here."""
 
-    def __init__(self, run: EditRun) -> None:
+    def __init__(self, fence: Fence, jobs: list[ClaimedJob], interval_s: float) -> None:
         super().__init__(name="lease-keeper", daemon=True)
-        self.run_ = run
+        self.fence, self.jobs, self.interval_s = fence, jobs, interval_s
         self._stop_event = threading.Event()
 
     def run(self) -> None:
-        while not self._stop_event.wait(self.run_.rt.settings.heartbeat_s):
-            for job in self.run_.active():
+        while not self._stop_event.wait(self.interval_s):
+            for job in self.fence.active(self.jobs):
                 try:
-                    self.run_._heartbeat(job, None)
+                    self.fence.heartbeat(job, None)
                 except Exception:
                     log.warning("lease_keeper_heartbeat_failed", job_id=job.id, exc_info=True)
 
@@ -325,11 +373,3 @@ class LeaseKeeper(threading.Thread):
     def __exit__(self, *_: object) -> None:
         self._stop_event.set()
         self.join(timeout=5)
-
-
-def _free_accelerator_memory() -> None:
-    import sys
-
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        torch.cuda.empty_cache()

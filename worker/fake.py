@@ -8,6 +8,9 @@ and no torch import, so it serves two purposes:
 
 It is selected by a model path of the form ``fake://?scales=4&scale_ms=0&gate=/dir&gate_scale=2``:
 
+``name``        the model name it reports, default: the served model it is loaded for.
+``resolutions`` comma-separated square sides it serves, default ``32``.
+``cfg``, ``tau``    the sampling defaults it reports, default 3 and 0.5.
 ``scales``      scales per edit (on_scale is called after each one), default 4.
 ``scale_ms``    time spent "generating" each scale, default 0.
 ``gate``        a folder used as a synchronisation point by tests. An instruction containing
@@ -44,6 +47,10 @@ def is_fake_path(path: str | None) -> bool:
 
 @dataclass(frozen=True)
 class FakeOptions:
+    name: str = "fake"
+    resolutions: tuple[int, ...] = (32,)
+    cfg: float = 3.0
+    tau: float = 0.5
     scales: int = 4
     scale_ms: float = 0.0
     gate: str | None = None
@@ -51,7 +58,7 @@ class FakeOptions:
     gate_timeout_s: float = 120.0
 
     @classmethod
-    def from_url(cls, url: str) -> FakeOptions:
+    def from_url(cls, url: str, name: str | None = None) -> FakeOptions:
         query = parse_qs(urlsplit(url).query)
 
         def one(name: str) -> str | None:
@@ -59,7 +66,12 @@ class FakeOptions:
             return values[-1] if values else None
 
         opts = cls()
+        resolutions = one("resolutions")
         return cls(
+            name=one("name") or name or opts.name,
+            resolutions=tuple(int(r) for r in resolutions.split(",")) if resolutions else opts.resolutions,
+            cfg=float(one("cfg") or opts.cfg),
+            tau=float(one("tau") or opts.tau),
             scales=int(one("scales") or opts.scales),
             scale_ms=float(one("scale_ms") or opts.scale_ms),
             gate=one("gate") or None,
@@ -69,22 +81,37 @@ class FakeOptions:
 
 
 class FakeEditPipeline:
-    """Instant edit pipeline with the `EditPipeline.edit` signature."""
+    """Instant edit model satisfying `worker.model.EditModel`."""
 
     def __init__(self, options: FakeOptions | None = None) -> None:
         self.options = options or FakeOptions()
 
     @classmethod
-    def from_pretrained(cls, path: str, **_: object) -> FakeEditPipeline:
-        return cls(FakeOptions.from_url(path))
+    def from_url(cls, path: str, name: str | None = None) -> FakeEditPipeline:
+        return cls(FakeOptions.from_url(path, name))
+
+    @property
+    def name(self) -> str:
+        return self.options.name
+
+    @property
+    def resolutions(self) -> tuple[int, ...]:
+        return self.options.resolutions
+
+    @property
+    def sampling_defaults(self) -> dict[str, float]:
+        return {"cfg": self.options.cfg, "tau": self.options.tau}
+
+    def release_memory(self) -> None:
+        """Nothing to release: it holds no device memory."""
 
     def edit(
         self,
         images: Sequence[Image.Image],
         instructions: Sequence[str],
         seeds: Sequence[int] | None = None,
-        cfg: float | Sequence[float] = 4.0,
-        tau: float | Sequence[float] = 0.5,
+        cfg: float | None = None,
+        tau: float | None = None,
         on_scale: Callable[[int, int], bool | None] | None = None,
         resolution: int | None = None,
     ) -> list[Image.Image]:

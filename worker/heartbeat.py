@@ -14,7 +14,7 @@ import threading
 import structlog
 from sqlalchemy.orm import Session, sessionmaker
 
-from jobs import lifecycle
+from jobs import workers
 from jobs.db import session_scope
 
 log = structlog.get_logger(__name__)
@@ -24,19 +24,25 @@ def record(
     sessions: sessionmaker[Session], *, worker_id: str, model: str, hostname: str, ready: bool
 ) -> None:
     with session_scope(sessions) as session:
-        lifecycle.record_worker(session, worker_id, model, hostname, ready)
+        workers.record_worker(session, worker_id, model, hostname, ready)
 
 
 def remove(sessions: sessionmaker[Session], worker_id: str) -> None:
     with session_scope(sessions) as session:
-        lifecycle.remove_worker(session, worker_id)
+        workers.remove_worker(session, worker_id)
 
 
 class HeartbeatThread(threading.Thread):
     """Refreshes the rows of the models this process serves every `interval_s` until stopped."""
 
-    def __init__(self, sessions: sessionmaker[Session], *, rows: list[tuple[str, str]], hostname: str,
-                 interval_s: float) -> None:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        *,
+        rows: list[tuple[str, str]],
+        hostname: str,
+        interval_s: float,
+    ) -> None:
         super().__init__(name="worker-heartbeat", daemon=True)
         self.sessions = sessions
         self.rows = rows  # (worker_id, model)

@@ -17,18 +17,33 @@ log = structlog.get_logger(__name__)
 
 REGISTRY = CollectorRegistry()
 
-EDITS = Counter("varedit_worker_edits", "Jobs that left this worker, by outcome",
-                ["model", "outcome"], registry=REGISTRY)
-RUN_SECONDS = Histogram("varedit_worker_run_seconds", "Pipeline time of one batch (all its scales)",
-                        ["model"], registry=REGISTRY,
-                        buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300))
-QUEUE_WAIT_SECONDS = Histogram("varedit_worker_queue_wait_seconds", "From acceptance to claim",
-                               ["model"], registry=REGISTRY,
-                               buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 120, 600, 3600))
-SCALES = Counter("varedit_worker_scales", "Scales generated (rate() gives scales per second)",
-                 ["model"], registry=REGISTRY)
-BATCH_SIZE = Histogram("varedit_worker_batch_size", "Jobs per pipeline call", ["model"], registry=REGISTRY,
-                       buckets=(1, 2, 4, 8, 16, 32))
+EDITS = Counter(
+    "varedit_worker_edits", "Jobs that left this worker, by outcome", ["model", "outcome"], registry=REGISTRY
+)
+RUN_SECONDS = Histogram(
+    "varedit_worker_run_seconds",
+    "Pipeline time of one batch (all its scales)",
+    ["model"],
+    registry=REGISTRY,
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300),
+)
+QUEUE_WAIT_SECONDS = Histogram(
+    "varedit_worker_queue_wait_seconds",
+    "From acceptance to claim",
+    ["model"],
+    registry=REGISTRY,
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 120, 600, 3600),
+)
+SCALES = Counter(
+    "varedit_worker_scales", "Scales generated (rate() gives scales per second)", ["model"], registry=REGISTRY
+)
+BATCH_SIZE = Histogram(
+    "varedit_worker_batch_size",
+    "Jobs per pipeline call",
+    ["model"],
+    registry=REGISTRY,
+    buckets=(1, 2, 4, 8, 16, 32),
+)
 
 
 def serve_from_env() -> int | None:

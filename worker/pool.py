@@ -1,17 +1,17 @@
-"""The warm model pool: the pipelines one worker process holds, loaded once and reused by every job.
+"""The warm model pool: the models one worker process holds, loaded once and reused by every job.
 
-A GPU worker process (one per GPU, Celery prefork with concurrency 1) loads its pipelines in
+A GPU worker process (one per GPU, Celery prefork with concurrency 1) loads its models in
 `worker_process_init`, i.e. in the pool child after the fork, never in the parent: CUDA contexts do not
 survive a fork, and a parent holding weights would double host memory. Loading ends with a warm-up
-edit so the first real job does not pay for lazy initialisation (kernel selection, allocator growth);
-only then does the worker report itself ready.
+edit at every resolution the model serves, so the first real job does not pay for lazy initialisation
+(kernel selection, allocator growth); only then does the worker report itself ready.
 
 The model path decides what is loaded:
 
 - ``fake://...``   `worker.fake.FakeEditPipeline`, an instant stand-in (benchmarks, platform tests);
-- anything else    `varedit.EditPipeline.from_pretrained(path, variant=..., device=..., dtype=...)`.
+- anything else    `varedit.EditPipeline.from_pretrained(path, variant=name, device=..., dtype=...)`.
 
-torch and varedit are imported only when a real pipeline is loaded.
+torch and varedit are imported only when a real model is loaded.
 """
 
 from __future__ import annotations
@@ -19,15 +19,14 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
 
 import structlog
 from PIL import Image
 
 from worker.fake import FakeEditPipeline, is_fake_path
+from worker.model import EditModel
 
 log = structlog.get_logger(__name__)
 
@@ -38,24 +37,11 @@ WARMUP_INSTRUCTION = "make the square blue"
 BUNDLED_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 
 
-class Pipeline(Protocol):
-    def edit(
-        self,
-        images: list[Image.Image],
-        instructions: list[str],
-        seeds: list[int] | None = None,
-        cfg: Any = ...,
-        tau: Any = ...,
-        on_scale: Callable[[int, int], bool | None] | None = None,
-        resolution: int | None = None,
-    ) -> Any: ...
-
-
 @dataclass
 class LoadedModel:
     name: str
     path: str
-    pipeline: Any
+    model: EditModel
     load_s: float
     warmup_s: float = 0.0
     device: str = "cpu"
@@ -63,7 +49,7 @@ class LoadedModel:
 
 @dataclass
 class ModelPool:
-    """Pipelines of one process, keyed by served model name."""
+    """Models of one process, keyed by served model name."""
 
     models: dict[str, LoadedModel] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -73,31 +59,35 @@ class ModelPool:
         name: str,
         path: str,
         *,
-        variant: str | None = None,
         device: str | None = None,
         dtype: str | None = None,
         warmup: bool = True,
-        warmup_resolutions: list[int] | None = None,
     ) -> LoadedModel:
-        """Load (once) and warm up the pipeline serving `name`."""
+        """Load (once) and warm up the model serving `name`; a folder holding another model is refused."""
         with self._lock:
             if name in self.models:
                 return self.models[name]
             t0 = time.perf_counter()
-            pipeline, used_device = _build_pipeline(path, variant=variant, device=device, dtype=dtype)
-            loaded = LoadedModel(name=name, path=path, pipeline=pipeline, load_s=time.perf_counter() - t0,
-                                 device=used_device)
-            log.info("model_loaded", model=name, path=_redact(path), device=used_device,
-                     load_s=round(loaded.load_s, 3))
+            model, used_device = _build(name, path, device=device, dtype=dtype)
+            loaded = LoadedModel(
+                name=name, path=path, model=model, load_s=time.perf_counter() - t0, device=used_device
+            )
+            log.info(
+                "model_loaded",
+                model=name,
+                path=_redact(path),
+                device=used_device,
+                load_s=round(loaded.load_s, 3),
+            )
             if warmup:
-                loaded.warmup_s = warm_up(pipeline, warmup_resolutions)
+                loaded.warmup_s = warm_up(model)
                 log.info("model_warmed_up", model=name, warmup_s=round(loaded.warmup_s, 3))
             self.models[name] = loaded
             return loaded
 
-    def get(self, name: str) -> Any:
+    def get(self, name: str) -> EditModel:
         try:
-            return self.models[name].pipeline
+            return self.models[name].model
         except KeyError:
             raise ModelNotLoaded(name) from None
 
@@ -115,13 +105,12 @@ class ModelNotLoaded(LookupError):
         self.name = name
 
 
-def warm_up(pipeline: Any, resolutions: list[int] | None = None) -> float:
-    """Run one small edit through `pipeline` per served resolution; returns the seconds it took."""
+def warm_up(model: EditModel) -> float:
+    """Run one small edit per resolution the model serves; returns the seconds it took."""
     image = Image.new("RGB", (WARMUP_SIZE, WARMUP_SIZE), (200, 30, 30))
     t0 = time.perf_counter()
-    for resolution in resolutions or [None]:
-        kwargs = {} if resolution is None else {"resolution": resolution}
-        pipeline.edit([image], [WARMUP_INSTRUCTION], seeds=[0], **kwargs)
+    for resolution in model.resolutions:
+        model.edit([image], [WARMUP_INSTRUCTION], seeds=[0], resolution=resolution)
     return time.perf_counter() - t0
 
 
@@ -130,7 +119,7 @@ class ModelNotFound(LookupError):
 
 
 def bundled_model(model: str) -> Path | None:
-    """A shipped model folder (models/*/config.json) whose variant is `model`, if any."""
+    """A shipped model folder (models/*/config.json) that holds `model`, if any."""
     for config in sorted(BUNDLED_MODELS_DIR.glob("*/config.json")):
         try:
             name = json.loads(config.read_text()).get("config", {}).get("name")
@@ -154,25 +143,20 @@ def resolve_model_path(configured: str | Path | None, model: str) -> str:
     return str(bundled)
 
 
-def _build_pipeline(
-    path: str, *, variant: str | None, device: str | None, dtype: str | None
-) -> tuple[Any, str]:
+def _build(name: str, path: str, *, device: str | None, dtype: str | None) -> tuple[EditModel, str]:
     if is_fake_path(path):
-        return FakeEditPipeline.from_pretrained(path), "none"
-    import torch  # noqa: PLC0415 - torch only in processes that run a real model
+        return FakeEditPipeline.from_url(path, name), "none"
+    import torch  # torch only in processes that run a real model
 
-    from varedit import EditPipeline  # noqa: PLC0415
+    from varedit import EditPipeline
 
     used_device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch_dtype = getattr(torch, dtype) if dtype else None
-    pipeline = EditPipeline.from_pretrained(path, variant=variant, device=used_device, dtype=torch_dtype)
-    return pipeline, used_device
+    return EditPipeline.from_pretrained(
+        path, variant=name, device=used_device, dtype=torch_dtype
+    ), used_device
 
 
 def _redact(path: str) -> str:
     # A model path is a folder or a fake:// URL; never log query strings that might carry tokens.
     return path.split("?", 1)[0]
-
-
-# The process-wide pool. Filled in the worker's pool child (see worker.process).
-POOL = ModelPool()

@@ -4,14 +4,16 @@ Order of events in a GPU worker (``-Q edits.<model> -c 1``):
 
 1. parent: ``celeryd_init``     remember the node name (worker id) before the pool forks;
 2. child:  ``worker_process_init``   build the runtime, write the heartbeat row ``ready=False``, load
-   the pipeline of every ``edits.<model>`` queue this worker consumes, run the warm-up edit, write
-   ``ready=True`` and start the heartbeat thread;
+   the model of every ``edits.<model>`` queue this worker consumes, run the warm-up edits, record
+   each model's facts (resolutions, sampling defaults) for the API, write ``ready=True`` and start the
+   heartbeat thread;
 3. child:  ``worker_process_shutdown``  delete the heartbeat row.
 
 A light worker (``-Q webhooks,maintenance``) consumes no edits queue and loads nothing.
 
-If loading fails the child asks its parent to shut down (warm shutdown) instead of serving: a worker
-that cannot run its model must not claim jobs. Messages it received are not claimed, so their jobs stay
+If loading fails the child logs ``model_load_failed`` with the cause in ``error`` (the embedded runner
+shows that line) and asks its parent to shut down (warm shutdown) instead of serving: a worker that
+cannot run its model must not claim jobs. Messages it received are not claimed, so their jobs stay
 ``queued`` and are picked up by a healthy worker.
 """
 
@@ -25,20 +27,19 @@ import structlog
 from celery import current_app
 from celery.signals import celeryd_init, setup_logging, worker_process_init, worker_process_shutdown
 
-from jobs import webhooks
+from jobs import outbox, workers
+from jobs.db import session_scope
 from jobs.logging import configure_logging
 from jobs.queue import queue_name, webhook_sender
 from jobs.settings import get_settings
 from worker import heartbeat, metrics
-from worker.fake import is_fake_path
-from worker.pool import POOL, resolve_model_path
-from worker.runtime import get_runtime, reset_runtime, set_nodename
+from worker.model import facts_of
+from worker.pool import resolve_model_path
+from worker.runtime import Runtime, get_runtime, reset_runtime, set_nodename
 
 log = structlog.get_logger(__name__)
 
 EDITS_PREFIX = queue_name("")  # "edits."
-
-_heartbeat_thread: heartbeat.HeartbeatThread | None = None
 
 
 @setup_logging.connect
@@ -55,7 +56,7 @@ def _remember_nodename(sender: str | None = None, **_: Any) -> None:
 
 def served_models(queue_names: list[str]) -> list[str]:
     """Models whose edits queue is among `queue_names` (`edits.tiny` -> `tiny`)."""
-    return sorted(q[len(EDITS_PREFIX):] for q in queue_names if q.startswith(EDITS_PREFIX))
+    return sorted(q[len(EDITS_PREFIX) :] for q in queue_names if q.startswith(EDITS_PREFIX))
 
 
 def heartbeat_rows(worker_id: str, models: list[str]) -> list[tuple[str, str]]:
@@ -67,47 +68,48 @@ def heartbeat_rows(worker_id: str, models: list[str]) -> list[tuple[str, str]]:
 
 @worker_process_init.connect
 def _init_pool_child(sender: str | None = None, **_: Any) -> None:
-    global _heartbeat_thread
     reset_runtime()  # never reuse anything built in the parent
-    POOL.clear()
     rt = get_runtime()
-    webhooks.send_after_commit(rt.sessions, webhook_sender(current_app),
-                               webhooks.reservation_s(rt.settings.webhook_timeout_s))
+    outbox.send_after_commit(
+        rt.sessions, webhook_sender(current_app), outbox.reservation_s(rt.settings.webhook_timeout_s)
+    )
     models = served_models(list(current_app.amqp.queues.consume_from))
     if not models:
         return
     structlog.contextvars.bind_contextvars(worker_id=rt.worker_id)
     rows = heartbeat_rows(rt.worker_id, models)
-    beats = heartbeat.HeartbeatThread(rt.sessions, rows=rows, hostname=rt.hostname,
-                                      interval_s=rt.settings.heartbeat_s)
+    beats = heartbeat.HeartbeatThread(
+        rt.sessions, rows=rows, hostname=rt.hostname, interval_s=rt.settings.heartbeat_s
+    )
     beats.beat(ready=False)
     try:
         for model in models:
-            load_model(model)
-    except Exception:
-        log.exception("model_load_failed", models=models)
-        POOL.clear()
+            load_model(rt, model)
+    except Exception as exc:
+        log.exception("model_load_failed", models=models, error=f"{type(exc).__name__}: {exc}")
+        rt.pool.clear()
         os.kill(os.getppid(), signal.SIGTERM)  # warm shutdown of the whole worker; tasks won't claim
         return
     metrics.serve_from_env()
     log.info("worker_ready", models=models, pid=os.getpid())  # logged before the row flips, never after
     beats.beat(ready=True)
     beats.start()
-    _heartbeat_thread = beats
+    rt.heartbeat = beats
 
 
-def load_model(model: str) -> None:
-    settings = get_runtime().settings
-    path = resolve_model_path(settings.model_path, model)
-    POOL.load(model, path, variant=None if is_fake_path(path) else model, device=settings.device,
-              dtype=settings.dtype, warmup_resolutions=settings.resolutions(model))
+def load_model(rt: Runtime, name: str) -> None:
+    """Load and warm up the model served as `name`, then record its facts for the API."""
+    path = resolve_model_path(rt.settings.model_path, name)
+    loaded = rt.pool.load(name, path, device=rt.settings.device, dtype=rt.settings.dtype)
+    with session_scope(rt.sessions) as session:
+        workers.record_model(session, facts_of(loaded.model), rt.worker_id)
 
 
 @worker_process_shutdown.connect
 def _shutdown_pool_child(**_: Any) -> None:
-    global _heartbeat_thread
-    if _heartbeat_thread is None:
+    rt = get_runtime()
+    if rt.heartbeat is None:
         return
-    _heartbeat_thread.stop()
-    _heartbeat_thread.goodbye()
-    _heartbeat_thread = None
+    rt.heartbeat.stop()
+    rt.heartbeat.goodbye()
+    rt.heartbeat = None

@@ -1,22 +1,28 @@
-"""Per-process resources of a worker: settings, database sessions, storage, identity.
+"""The state of one worker process, in one object: settings, identity, database sessions, storage, the
+broker clients, the warm models and the heartbeat thread.
 
-Built lazily in the process that uses them (the pool child, after the fork), never inherited through a
-fork: a database connection or an S3 client shared by two processes corrupts both.
+Built lazily in the process that uses it (the pool child, after the fork), never inherited through a
+fork: a database connection or an S3 client shared by two processes corrupts both. The one thing the
+parent contributes is the Celery node name (``-n gpu0@%h``), which becomes the worker id.
 """
 
 from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.db import make_engine, make_sessionmaker
+from jobs.notify import Notifier
+from jobs.queue import CeleryPublisher
 from jobs.settings import Settings, get_settings
 from jobs.storage import Storage, storage_from_settings
+from worker.heartbeat import HeartbeatThread
+from worker.pool import ModelPool
 
 
 @dataclass
@@ -25,6 +31,8 @@ class Runtime:
     worker_id: str
     hostname: str
     pid: int
+    pool: ModelPool = field(default_factory=ModelPool)
+    heartbeat: HeartbeatThread | None = None  # GPU workers only, once their models are ready
 
     @cached_property
     def engine(self) -> Engine:
@@ -38,53 +46,71 @@ class Runtime:
     def storage(self) -> Storage:
         return storage_from_settings(self.settings)
 
+    @cached_property
+    def notifier(self) -> Notifier:
+        return Notifier(self.settings.broker_url)
+
+    @cached_property
+    def publisher(self) -> CeleryPublisher:
+        from celery import current_app  # the worker's app, configured by worker.celery_app
+
+        return CeleryPublisher(current_app)
+
     def close(self) -> None:
         if "engine" in self.__dict__:
             self.engine.dispose()
+        if "notifier" in self.__dict__:
+            self.notifier.close()
 
 
-# Set in the parent by `celeryd_init` (the node name given with -n) and inherited by the pool children.
-_nodename: str | None = None
-_runtime: Runtime | None = None
+@dataclass
+class _Process:
+    """The node name the parent learned before forking, and this process's runtime."""
+
+    nodename: str | None = None
+    runtime: Runtime | None = None
+
+
+_PROCESS = _Process()
 
 
 def set_nodename(nodename: str | None) -> None:
-    global _nodename
-    _nodename = nodename
+    """Called in the Celery parent (`celeryd_init`); inherited by the pool children."""
+    _PROCESS.nodename = nodename
 
 
 def worker_identity(settings: Settings) -> str:
     """VAREDIT_WORKER_ID when set explicitly, else the Celery node name (`-n gpu0@%h`), else host-pid."""
     if "worker_id" in settings.model_fields_set:
         return settings.worker_id
-    if _nodename:
-        return _nodename
+    if _PROCESS.nodename:
+        return _PROCESS.nodename
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
 def get_runtime() -> Runtime:
     """This process's runtime; rebuilt when called in a new process (after a fork)."""
-    global _runtime
-    if _runtime is None or _runtime.pid != os.getpid():
+    runtime = _PROCESS.runtime
+    if runtime is None or runtime.pid != os.getpid():
         settings = get_settings()
-        _runtime = Runtime(
+        runtime = Runtime(
             settings=settings,
             worker_id=worker_identity(settings),
             hostname=socket.gethostname(),
             pid=os.getpid(),
         )
-    return _runtime
+        _PROCESS.runtime = runtime
+    return runtime
 
 
 def install_runtime(runtime: Runtime) -> None:
     """Use `runtime` in this process (tests build one from their own settings)."""
-    global _runtime
-    _runtime = runtime
+    _PROCESS.runtime = runtime
 
 
 def reset_runtime() -> None:
     """Forget this process's runtime (the next `get_runtime` builds a fresh one). For tests and forks."""
-    global _runtime
-    if _runtime is not None and _runtime.pid == os.getpid():
-        _runtime.close()
-    _runtime = None
+    runtime = _PROCESS.runtime
+    if runtime is not None and runtime.pid == os.getpid():
+        runtime.close()
+    _PROCESS.runtime = None

@@ -11,9 +11,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.deps import Principal, PrincipalDep, PublisherDep, SessionsDep, SettingsDep, StorageDep
 from api.limits import EditLimits
-from api.schemas import EditCreate, JobPublic, error_responses, job_path, render_job
+from api.schemas import EditCreate, JobPublic, error_responses, job_path
 from api.validation import build_spec, inspect_image, read_edit_request
 from jobs.service import request_fingerprint, submit_edit
+from jobs.settings import Settings
+from jobs.workers import ModelFacts, model_facts
 
 router = APIRouter(prefix="/v1", tags=["edits"])
 
@@ -45,9 +47,13 @@ _REQUEST_BODY = {
 }
 
 
-def _check_limits(limits: EditLimits, principal: Principal, sessions: sessionmaker[Session]) -> None:
+def _check_limits_and_read_models(
+    limits: EditLimits, principal: Principal, sessions: sessionmaker[Session], settings: Settings
+) -> dict[str, ModelFacts | None]:
+    """The caller's limits (raises 429), then what the served models accept, in one short session."""
     with sessions() as session:
         limits.check(principal, session)
+        return model_facts(session, settings)
 
 
 @router.post(
@@ -70,10 +76,12 @@ async def create_edit(
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> JSONResponse:
     """Submit an edit: the image and instruction are stored and the job is queued for a GPU worker."""
-    await run_in_threadpool(_check_limits, request.app.state.limits, principal, sessions)
+    served = await run_in_threadpool(
+        _check_limits_and_read_models, request.app.state.limits, principal, sessions, settings
+    )
     fields, image = await read_edit_request(request, settings)
     content_type = await run_in_threadpool(inspect_image, image, settings)
-    spec = build_spec(fields, settings, signs_webhooks=principal.signs_webhooks)
+    spec = build_spec(fields, settings, served, signs_webhooks=principal.signs_webhooks)
     submitted = await run_in_threadpool(
         submit_edit,
         sessions,
@@ -83,7 +91,6 @@ async def create_edit(
         spec=spec,
         image=image,
         content_type=content_type,
-        render=render_job,
         idempotency_key=idempotency_key,
         fingerprint=request_fingerprint(
             fields.model_dump(exclude={"image_base64"}, exclude_none=True), image

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.deps import SessionsDep, SettingsDep, StorageDep
 from api.errors import error_response
-from jobs import lifecycle
+from jobs import workers
 from jobs.settings import Settings
 from jobs.storage import Storage
 
@@ -32,7 +32,7 @@ def _checks(
     try:
         with sessions() as session:
             session.execute(text("SELECT 1"))
-            ready = lifecycle.ready_workers(session, settings.worker_stale_s)
+            ready = workers.ready_workers(session, settings.worker_stale_s)
         checks["database"] = "ok"
         checks["workers"] = "ok" if sum(ready.values()) >= 1 else "no ready worker"
     except Exception as e:

@@ -31,7 +31,7 @@ from api.deps import (
 from api.errors import InvalidRequest, ResultExpired, ResultNotReady
 from api.schemas import JobList, JobPublic, error_responses, render_job
 from api.watch import JobWatcher
-from jobs import lifecycle
+from jobs import queries
 from jobs.models import Job, JobStatus
 from jobs.service import cancel_job
 
@@ -100,7 +100,7 @@ def list_jobs(
     """The caller's jobs, newest first; follow `next_cursor` for older ones."""
     limit = min(limit, settings.page_size_max)
     before = _decode_cursor(cursor) if cursor else None
-    jobs = lifecycle.list_jobs(session, principal.id, limit=limit + 1, status=status, before=before)
+    jobs = queries.list_jobs(session, principal.id, limit=limit + 1, status=status, before=before)
     page, more = jobs[:limit], len(jobs) > limit
     return {"data": [render_job(j) for j in page], "next_cursor": _encode_cursor(page[-1]) if more else None}
 

@@ -6,25 +6,26 @@ from fastapi import APIRouter
 
 from api.deps import SessionDep, SettingsDep
 from api.schemas import ModelInfo, ModelList
-from jobs import lifecycle
+from jobs import queries, workers
 
 router = APIRouter(prefix="/v1", tags=["models"])
 
 
 @router.get("/models", response_model=ModelList)
 def list_models(session: SessionDep, settings: SettingsDep) -> ModelList:
-    """Models served, their resolutions, ready workers and queue depth."""
-    ready = lifecycle.ready_workers(session, settings.worker_stale_s)
-    queues = lifecycle.queue_stats(session)
+    """Models served: their resolutions and recommended sampling settings (as their workers report them
+    from the model folder, adjusted by the operator), ready workers and queue depth."""
+    ready = workers.ready_workers(session, settings.worker_stale_s)
+    queues = queries.queue_stats(session)
     data = []
-    for model in settings.models:
-        stats = queues.get(model, lifecycle.QueueStats(0, 0.0))
-        resolutions = settings.resolutions(model)
+    for model, facts in workers.model_facts(session, settings).items():
+        stats = queues.get(model, queries.QueueStats(0, 0.0))
         data.append(
             ModelInfo(
                 id=model,
-                resolutions=resolutions,
-                default_resolution=resolutions[0],
+                resolutions=facts.resolutions if facts else [],
+                default_resolution=facts.default_resolution if facts else None,
+                sampling=facts.sampling if facts else None,
                 ready_workers=ready.get(model, 0),
                 queue_depth=stats.depth,
                 oldest_queued_age_s=round(stats.oldest_age_s, 3),

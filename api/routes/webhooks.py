@@ -8,7 +8,7 @@ from fastapi import APIRouter
 
 from api.deps import OwnedJobDep, SessionsDep
 from api.schemas import WebhookDeliveryList, WebhookDeliveryPublic, error_responses
-from jobs import lifecycle, webhooks
+from jobs import outbox, queries
 from jobs.db import session_scope
 from jobs.models import WebhookDelivery
 
@@ -23,7 +23,7 @@ def _public(delivery: WebhookDelivery) -> dict[str, Any]:
 def list_deliveries(job: OwnedJobDep, sessions: SessionsDep) -> dict[str, Any]:
     """Every webhook message of the job, oldest first, with the outcome of its latest attempt."""
     with session_scope(sessions) as session:
-        return {"data": [_public(d) for d in webhooks.deliveries(session, job.id)]}
+        return {"data": [_public(d) for d in outbox.deliveries(session, job.id)]}
 
 
 @router.post(
@@ -36,4 +36,4 @@ def redeliver(job: OwnedJobDep, sessions: SessionsDep) -> dict[str, Any]:
     """Send the job's terminal event again (same `webhook-id` when it was sent before). 409 while the
     job is not terminal or when it has no webhook_url."""
     with session_scope(sessions) as session:
-        return _public(webhooks.redeliver(session, lifecycle.get_job(session, job.id)))
+        return _public(outbox.redeliver(session, queries.get_job(session, job.id)))

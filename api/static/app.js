@@ -89,14 +89,29 @@ $("image").addEventListener("change", () => {
   if (file) $("before").src = URL.createObjectURL(file);
 });
 
+let models = [];
+
+// The model's recommended settings, as its workers report them, are what an empty field means.
+function showModelDefaults() {
+  const model = models.find((m) => m.id === $("model").value);
+  for (const name of ["cfg", "tau"]) {
+    const value = model?.sampling?.[name];
+    $(name).placeholder = value === undefined ? "default" : `default ${value}`;
+  }
+}
+
 async function loadModels() {
   try {
-    const models = (await (await api("/v1/models")).json()).data;
-    $("model").replaceChildren(...models.map((m) => new Option(`${m.id} (${m.default_resolution} px)`, m.id)));
+    models = (await (await api("/v1/models")).json()).data;
+    const label = (m) => (m.default_resolution ? `${m.id} (${m.default_resolution} px)` : `${m.id} (starting)`);
+    $("model").replaceChildren(...models.map((m) => new Option(label(m), m.id)));
+    showModelDefaults();
   } catch (error) {
     showError(error);
   }
 }
+
+$("model").addEventListener("change", showModelDefaults);
 
 $("api-key").value = localStorage.getItem("varedit-api-key") || "";
 loadModels();

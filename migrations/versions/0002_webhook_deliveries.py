@@ -33,8 +33,13 @@ def upgrade() -> None:
         sa.Column("payload", sa.JSON(), nullable=False),
         sa.Column(
             "status",
-            sa.Enum(*STATUSES, name="webhook_delivery_status", native_enum=False, length=16,
-                    create_constraint=True),
+            sa.Enum(
+                *STATUSES,
+                name="webhook_delivery_status",
+                native_enum=False,
+                length=16,
+                create_constraint=True,
+            ),
             nullable=False,
         ),
         sa.Column("attempts", sa.Integer(), nullable=False),

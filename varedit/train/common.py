@@ -38,7 +38,7 @@ def records_for_step(seed: int, step: int, batch: int, kinds: list[str] = EDIT_K
 
 
 def kind_cycle(mix: str) -> list[str]:
-    """"recolor=3,add=3,remove=1,..." -> the cycle of edit kinds training records follow, each kind
+    """ "recolor=3,add=3,remove=1,..." -> the cycle of edit kinds training records follow, each kind
     repeated by its weight (kinds left out are not trained); "" -> every kind once."""
     if not mix:
         return list(EDIT_KINDS)
@@ -58,8 +58,13 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def save_checkpoint(path: str | Path, step: int, modules: dict[str, torch.nn.Module],
-                    opt: torch.optim.Optimizer, extra: dict | None = None) -> None:
+def save_checkpoint(
+    path: str | Path,
+    step: int,
+    modules: dict[str, torch.nn.Module],
+    opt: torch.optim.Optimizer,
+    extra: dict | None = None,
+) -> None:
     """Atomic write (tmp + rename), so an abrupt stop never leaves a torn checkpoint."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -76,8 +81,9 @@ def save_checkpoint(path: str | Path, step: int, modules: dict[str, torch.nn.Mod
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: str | Path, modules: dict[str, torch.nn.Module],
-                    opt: torch.optim.Optimizer | None = None) -> dict:
+def load_checkpoint(
+    path: str | Path, modules: dict[str, torch.nn.Module], opt: torch.optim.Optimizer | None = None
+) -> dict:
     """Restore modules (+ optimizer and RNG state); returns the raw state (step, extra)."""
     state = torch.load(path, map_location="cpu", weights_only=False)
     for k, m in modules.items():

@@ -41,9 +41,15 @@ SHAPES = ["square", "circle", "triangle", "diamond"]
 SIZES = {"small": 6, "large": 9}  # half-extent in pixels
 CELL_CENTERS = (11, 32, 53)  # cell centres along each axis (3x3 grid)
 POSITIONS = [  # (row, col) -> name
-    "top left", "top middle", "top right",
-    "middle left", "center", "middle right",
-    "bottom left", "bottom middle", "bottom right",
+    "top left",
+    "top middle",
+    "top right",
+    "middle left",
+    "center",
+    "middle right",
+    "bottom left",
+    "bottom middle",
+    "bottom right",
 ]
 EDIT_KINDS = ["recolor", "remove", "add", "move", "resize", "background"]
 MASK_DILATE = 2  # the edit may also touch a 2-pixel rim around what changes (anti-aliasing, VAE)
@@ -52,8 +58,12 @@ MASK_DILATE = 2  # the edit may also touch a 2-pixel rim around what changes (an
 # Slots: {obj} "red circle", {color}, {size} "small"/"large", {shape}, {pos}, {bigger}.
 TEMPLATES = {
     "recolor": (
-        ["make the {obj} {color}", "change the color of the {obj} to {color}",
-         "recolor the {obj} {color}", "turn the {obj} {color}"],
+        [
+            "make the {obj} {color}",
+            "change the color of the {obj} to {color}",
+            "recolor the {obj} {color}",
+            "turn the {obj} {color}",
+        ],
         ["change the {obj} to {color}", "set the color of the {obj} to {color}"],
     ),
     "remove": (
@@ -61,24 +71,39 @@ TEMPLATES = {
         ["remove the {obj} in the image", "delete the {obj} in the image"],
     ),
     "add": (
-        ["add a {size} {color} {shape} at the {pos}", "draw a {size} {color} {shape} in the {pos}",
-         "put a {size} {color} {shape} at the {pos} of the image",
-         "add a {size} {color} {shape} to the {pos}"],
+        [
+            "add a {size} {color} {shape} at the {pos}",
+            "draw a {size} {color} {shape} in the {pos}",
+            "put a {size} {color} {shape} at the {pos} of the image",
+            "add a {size} {color} {shape} to the {pos}",
+        ],
         ["draw a {size} {color} {shape} at the {pos}", "put a {size} {color} {shape} in the {pos}"],
     ),
     "move": (
-        ["move the {obj} to the {pos}", "put the {obj} in the {pos}",
-         "move the {obj} to the {pos} of the image", "shift the {obj} to the {pos}"],
+        [
+            "move the {obj} to the {pos}",
+            "put the {obj} in the {pos}",
+            "move the {obj} to the {pos} of the image",
+            "shift the {obj} to the {pos}",
+        ],
         ["put the {obj} at the {pos}", "shift the {obj} to the {pos} of the image"],
     ),
     "resize": (
-        ["make the {obj} {bigger}", "change the size of the {obj} to {size}",
-         "resize the {obj} to {size}", "make the {obj} {size}"],
+        [
+            "make the {obj} {bigger}",
+            "change the size of the {obj} to {size}",
+            "resize the {obj} to {size}",
+            "make the {obj} {size}",
+        ],
         ["set the size of the {obj} to {size}", "make the size of the {obj} {size}"],
     ),
     "background": (
-        ["change the background to {color}", "make the background {color}",
-         "set the background color to {color}", "recolor the background {color}"],
+        [
+            "change the background to {color}",
+            "make the background {color}",
+            "set the background color to {color}",
+            "recolor the background {color}",
+        ],
         ["turn the background {color}", "change the color of the background to {color}"],
     ),
 }
@@ -115,6 +140,7 @@ class Record:
 
 
 # ----------------------------------------------------------------------------- rendering
+
 
 def _shape_mask(shape: str, half: float, cy: float, cx: float, n: int) -> np.ndarray:
     """Boolean coverage of one shape on an n x n supersampled grid (pixel-centre sampling)."""
@@ -181,16 +207,22 @@ def edit_mask(source: np.ndarray, target: np.ndarray) -> np.ndarray:
 
 # (kind, key) pairs never produced in training; the test split draws only these or held-out templates.
 HELD_OUT_COMBOS = {
-    ("recolor", ("red", "green")), ("recolor", ("blue", "yellow")), ("recolor", ("purple", "orange")),
-    ("add", ("yellow", "triangle")), ("add", ("white", "circle")),
-    ("move", ("diamond", 0)), ("move", ("circle", 8)),
+    ("recolor", ("red", "green")),
+    ("recolor", ("blue", "yellow")),
+    ("recolor", ("purple", "orange")),
+    ("add", ("yellow", "triangle")),
+    ("add", ("white", "circle")),
+    ("move", ("diamond", 0)),
+    ("move", ("circle", 8)),
     ("resize", ("triangle", "green")),
     ("remove", ("orange", "square")),
-    ("background", ("gray", "blue")), ("background", ("white", "yellow")),
+    ("background", ("gray", "blue")),
+    ("background", ("white", "yellow")),
 }
 
 
-def _combo(kind: str, meta: dict) -> tuple:
+def edit_combo(kind: str, meta: dict) -> tuple:
+    """The attribute combination of an edit, as `HELD_OUT_COMBOS` lists it with its kind."""
     if kind == "recolor":
         return (meta["from"], meta["to"])
     if kind == "add":
@@ -205,6 +237,7 @@ def _combo(kind: str, meta: dict) -> tuple:
 
 
 # ----------------------------------------------------------------------------- sampling
+
 
 def _random_scene(rng: np.random.Generator, n_min: int = 1, n_max: int = 3) -> Scene:
     bg = str(rng.choice(BACKGROUND_COLORS))
@@ -251,8 +284,9 @@ def _sample_edit(rng: np.random.Generator, kind: str) -> tuple[Scene, Scene, dic
     if kind == "remove":
         del objs[i]
     elif kind == "recolor":
-        choices = [c for c in OBJECT_COLORS
-                   if c not in (o.color, src.background) and (c, o.shape) not in used]
+        choices = [
+            c for c in OBJECT_COLORS if c not in (o.color, src.background) and (c, o.shape) not in used
+        ]
         to = str(rng.choice(choices))
         objs[i] = replace(o, color=to)
         slots["color"] = to
@@ -293,7 +327,7 @@ def make_record(seed: int, index: int, split: str = "train", kind: str | None = 
             src, tgt, slots, meta = _sample_edit(rng, kind)
         except _Retry:
             continue
-        held_combo = (kind, _combo(kind, meta)) in HELD_OUT_COMBOS
+        held_combo = (kind, edit_combo(kind, meta)) in HELD_OUT_COMBOS
         if split == "train" and held_combo:
             continue
         if split == "test" and held_combo != (novelty >= 1):

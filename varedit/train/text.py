@@ -36,13 +36,25 @@ def build_tokenizer(words: list[str] | None = None) -> PreTrainedTokenizerFast:
     )
 
 
-def build_text_encoder(vocab_size: int, d_model: int = 128, layers: int = 2, heads: int = 2,
-                       d_ff: int = 256, seed: int = 0) -> T5EncoderModel:
+def build_text_encoder(
+    vocab_size: int, d_model: int = 128, layers: int = 2, heads: int = 2, d_ff: int = 256, seed: int = 0
+) -> T5EncoderModel:
     """A small T5 encoder (same code path as flan-t5: relative attention, RMSNorm, gated-gelu)."""
     cfg = T5Config(
-        vocab_size=vocab_size, d_model=d_model, d_kv=d_model // heads, d_ff=d_ff, num_layers=layers,
-        num_decoder_layers=0, num_heads=heads, feed_forward_proj="gated-gelu", dropout_rate=0.0,
-        is_encoder_decoder=False, use_cache=False, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+        vocab_size=vocab_size,
+        d_model=d_model,
+        d_kv=d_model // heads,
+        d_ff=d_ff,
+        num_layers=layers,
+        num_decoder_layers=0,
+        num_heads=heads,
+        feed_forward_proj="gated-gelu",
+        dropout_rate=0.0,
+        is_encoder_decoder=False,
+        use_cache=False,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
         tie_word_embeddings=False,
     )
     torch.manual_seed(seed)

@@ -1,4 +1,4 @@
-"""Train the VAREdit transformer of the small model (teacher forcing, spec section 6).
+"""Train the VAREdit transformer of the small model (teacher forcing, as VAREdit trains).
 
 One step, for a batch of generated records:
   1. source image -> raw VAE features at the finest grid (the reference tokens, unquantized);
@@ -15,10 +15,10 @@ One step, for a batch of generated records:
 The T5 encoder is frozen by default, like the frozen flan-t5-xl of VAREdit. Ours starts random,
 and a random T5 barely encodes word order: "make the red square green" and "make the green square
 red" get features with cosine similarity 0.9997, so the text alone hardly tells a recolour's source
-colour from its target. `--text-lr` trains the T5 along with the transformer. On the shapes task,
-with it, held-out colour pairs went the right way far more often (validation "closer" 54 % -> 90 %;
-a run with the same kind mix and a frozen T5 reached 62 %). The trained T5 still does not encode
-word order: a colour word's row grows more alike in either role, not less.
+colour from its target. `--text-lr` trains the T5 along with the transformer. On the shapes task
+that makes held-out colour pairs go the right way far more often than a frozen T5 does with the same
+kind mix (the model card has the measurements), although the trained T5 still does not encode word
+order: a colour word's row grows more alike in either role, not less.
 
     python -m varedit.train.transformer --vae runs/vae/ckpt.pt --out runs/tf --steps 6000
 
@@ -78,12 +78,22 @@ AVERAGE_OF = {"model": "ema", "text": "text_ema"}  # checkpoint names of the tra
 T5_WIDTH = 128
 
 
-def shapes_config(depth: int = 4, width: int = 128, heads: int = 4,
-                  vae: VAEConfig = SHAPES_VAE) -> VAREditConfig:
+def shapes_config(
+    depth: int = 4, width: int = 128, heads: int = 4, vae: VAEConfig = SHAPES_VAE
+) -> VAREditConfig:
     """The small model: the 2B recipe (no patchify) at 64 px, T5 width 128, on the VAE it is trained on."""
-    return VAREditConfig(name="shapes-64", depth=depth, width=width, num_heads=heads,
-                         text_channels=T5_WIDTH, text_maxlen=32, block_chunks=depth,
-                         vae=vae, resolution=64, text_encoder="text_encoder")
+    return VAREditConfig(
+        name="shapes-64",
+        depth=depth,
+        width=width,
+        num_heads=heads,
+        text_channels=T5_WIDTH,
+        text_maxlen=32,
+        block_chunks=depth,
+        vae=vae,
+        resolution=64,
+        text_encoder="text_encoder",
+    )
 
 
 @dataclass
@@ -125,7 +135,7 @@ def load_trained_vae(path: str | Path) -> VAE:
     state = torch.load(path, map_location="cpu", weights_only=False)
     sd = state["modules"]["vae"] if "modules" in state else state
     sd = {k: v for k, v in sd.items() if not k.startswith("bsq.")}
-    vae = VAE(checkpoint_vae_config(state))  # a plain state dict records none: the shipped sizes
+    vae = VAE(checkpoint_vae_config(state))  # a plain state dict records none: the default sizes
     missing, unexpected = vae.load_state_dict(sd, strict=False)
     assert not unexpected and all(k.endswith("lfq.mask") for k in missing), (missing, unexpected)
     return vae.eval().requires_grad_(False)
@@ -144,8 +154,16 @@ def init_state(folder: Path, cfg: VAREditConfig, grow: bool = False) -> dict[str
     state = ckpts.load_transformer_safetensors(folder / ckpts.TRANSFORMER_FILE, saved).float().state_dict()
     for name, value in VAREditTransformer(cfg).state_dict().items():
         if name not in state:  # a block beyond the saved depth
-            zero = name.endswith((".sa.proj.weight", ".sa.proj.bias", ".ca.proj.weight", ".ca.proj.bias",
-                                  ".ffn.fc2.weight", ".ffn.fc2.bias"))
+            zero = name.endswith(
+                (
+                    ".sa.proj.weight",
+                    ".sa.proj.bias",
+                    ".ca.proj.weight",
+                    ".ca.proj.bias",
+                    ".ffn.fc2.weight",
+                    ".ffn.fc2.bias",
+                )
+            )
             state[name] = torch.zeros_like(value) if zero else value
     return state
 
@@ -205,8 +223,9 @@ class TextCache:
         return TextFeatures.from_list([self.cache[p] for p in prompts])
 
 
-def make_text_encoder(folder: str | Path = "runs/text_encoder", seed: int = 0,
-                      dtype: torch.dtype = torch.float16) -> TextEncoder:
+def make_text_encoder(
+    folder: str | Path = "runs/text_encoder", seed: int = 0, dtype: torch.dtype = torch.float16
+) -> TextEncoder:
     """The T5 + tokenizer, written once as an HF folder and loaded exactly as the pipeline loads it
     (local folder, float16 weights), so a frozen T5 gives training the features inference will see;
     a trained one (`TrainableText`) loads in float32."""
@@ -219,11 +238,11 @@ def make_text_encoder(folder: str | Path = "runs/text_encoder", seed: int = 0,
 
 def token_weights(schedule=SCHEDULE, reweight: bool = True, last_scale: float = 1.0) -> torch.Tensor:
     """(L,) weights of the target tokens, summing to 1; the finest scale's tokens count `last_scale`
-    times more (it decides the detail the VAE decodes, and loses the most edits: see `varedit.eval
-    --oracle-scales`)."""
+    times more (it decides the detail the VAE decodes, and loses the most edits: see
+    `varedit.train.eval --oracle-scales`)."""
     n = [h * w for h, w in schedule]
     w = torch.cat([torch.full((n_k,), (n[-1] / n_k) ** 0.5 if reweight else 1.0) for n_k in n])
-    w[-n[-1]:] *= last_scale
+    w[-n[-1] :] *= last_scale
     return w / w.sum()
 
 
@@ -293,8 +312,11 @@ def evaluate(model, text, vae, n: int = 64) -> dict[str, float]:
     model.train()
     ok = (pred == labels).float()
     tok_ok = ok.min(-1).values  # every bit of a token right
-    return {"bit_acc": ok.mean().item(), "tok_acc": tok_ok.mean().item(),
-            "last_tok_acc": tok_ok[:, -64:].mean().item()}
+    return {
+        "bit_acc": ok.mean().item(),
+        "tok_acc": tok_ok.mean().item(),
+        "last_tok_acc": tok_ok[:, -64:].mean().item(),
+    }
 
 
 def build(cfg: TrainConfig, vae_path: Path) -> tuple[VAE, TextCache | TrainableText, VAREditTransformer]:
@@ -331,11 +353,15 @@ def train(cfg: TrainConfig, vae_path: Path, out: Path) -> VAREditTransformer:
     if cfg.text_lr:
         text = text.to(dev)
         trained["text"] = text.t5
-        groups.append({"params": list(text.t5.parameters()), "weight_decay": 0.0,
-                       "lr_scale": cfg.text_lr / cfg.lr})
+        groups.append(
+            {"params": list(text.t5.parameters()), "weight_decay": 0.0, "lr_scale": cfg.text_lr / cfg.lr}
+        )
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.97))
-    averages = {k: AveragedModel(m, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema))
-                for k, m in trained.items()} if cfg.ema else {}  # a trained T5 is averaged like its reader
+    averages = (
+        {k: AveragedModel(m, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema)) for k, m in trained.items()}
+        if cfg.ema
+        else {}
+    )  # a trained T5 is averaged like its reader
     modules = trained | {AVERAGE_OF[k]: a for k, a in averages.items()}
     ckpt, log = out / "ckpt.pt", LossLog(out / "log.jsonl")
     step = 0
@@ -349,8 +375,17 @@ def train(cfg: TrainConfig, vae_path: Path, out: Path) -> VAREditTransformer:
     bar = tqdm(range(step, cfg.steps), initial=step, total=cfg.steps, desc="transformer")
     t0 = time.time()
     for step in bar:
-        loss = train_step(forward, opt, vae, text, flip, weights, batches(step),
-                          lr_at(step, cfg.steps, cfg.lr, cfg.warmup), cfg)
+        loss = train_step(
+            forward,
+            opt,
+            vae,
+            text,
+            flip,
+            weights,
+            batches(step),
+            lr_at(step, cfg.steps, cfg.lr, cfg.warmup),
+            cfg,
+        )
         for k, average in averages.items():
             average.update_parameters(trained[k])
         bar.set_postfix(loss=f"{loss:.4f}")
@@ -364,8 +399,9 @@ def train(cfg: TrainConfig, vae_path: Path, out: Path) -> VAREditTransformer:
     return shipped(model, text, averages)[0]
 
 
-def shipped(model: VAREditTransformer, text: TextCache | TrainableText,
-            averages: dict[str, AveragedModel]) -> tuple[VAREditTransformer, TextCache | TrainableText]:
+def shipped(
+    model: VAREditTransformer, text: TextCache | TrainableText, averages: dict[str, AveragedModel]
+) -> tuple[VAREditTransformer, TextCache | TrainableText]:
     """The transformer and text reader export would ship: the moving averages where the run keeps them."""
     if "text" in averages:
         text = TrainableText(text.tokenizer, averages["text"].module)

@@ -20,8 +20,9 @@ so with more bits lower `--entropy` in proportion (0.01 for 32 bits) or it domin
 
 `--init FOLDER --decoder-only true` fine-tunes a released model's decoder alone. The encoder is
 frozen, and with it every bit label and source token, so the model's transformer needs no
-retraining; `varedit.train.export --transformer FOLDER` ships the pair. On the shapes model, 3 000
-such steps lifted held-out edit success from 87.7 % to 92.3 % (the model card's step 7).
+retraining; `varedit.train.export --transformer FOLDER` ships the pair. Why a decoder alone: a VAE
+stopped while its joint training still improved has an undertrained decoder, and every dB it gains
+in the edited region turns borderline edits into successes without touching the transformer.
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ from torch import nn
 from tqdm import tqdm
 
 from ..checkpoints import VAE_FILE, read_config
-from ..eval import score
 from ..vae.autoencoder import Decoder, Encoder
 from ..vae.config import VAEConfig
 from ..vae.layers import ResnetBlock
@@ -55,8 +55,9 @@ from .common import (
     to_uint8,
 )
 from .data import make_record
+from .eval import score
 
-# The shipped small model: 64 px images, 8 px per token -> 8x8 latent, 16 bits per latent pixel.
+# Default sizes: 64 px images, 8 px per token -> 8x8 latent, 16 bits per latent pixel (`--codebook-dim`).
 # Width 48 (GroupNorm: 24 groups of 2 channels) rather than 32 (groups of one channel): a one-channel
 # group normalises a flat background to zero, so flat-colour images lose their colour at every norm.
 SHAPES_VAE = VAEConfig(codebook_dim=16, patch_size=8, base_ch=48, ch_mult=(1, 1, 2, 2), num_res_blocks=1)
@@ -179,8 +180,8 @@ def evaluate(model: ShapesVAE, n: int = 64) -> float:
 @torch.no_grad()
 def oracle_success(model: nn.Module, n: int = 300, seed: int = 0, batch: int = 50) -> float:
     """Share of the benchmark's held-out edits that the VAE's own reconstruction of the target
-    passes (`varedit.eval`'s success rule): the ceiling of any transformer trained on this VAE,
-    what `varedit.eval --oracle` reports for an exported folder. Reconstruction PSNR alone hides
+    passes (`varedit.train.eval`'s success rule): the ceiling of any transformer trained on this VAE,
+    what `varedit.train.eval --oracle` reports for an exported folder. Reconstruction PSNR alone hides
     it: a VAE can score well on flat backgrounds and still round the small shapes edits depend on."""
     was_training = model.training
     model.eval()
@@ -244,8 +245,12 @@ def train(cfg: VAETrainConfig, out: Path) -> ShapesVAE:
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         bar.set_postfix(rec=f"{rec.item():.4f}", psnr=f"{psnr(y.detach(), x):.1f}")
-        values = {"loss": loss.item(), "rec": rec.item(),
-                  "commit": float(commit.detach()), "ent": float(ent.detach())}
+        values = {
+            "loss": loss.item(),
+            "rec": rec.item(),
+            "commit": float(commit.detach()),
+            "ent": float(ent.detach()),
+        }
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             values["test_psnr"] = evaluate(model)
             values["test_oracle"] = oracle_success(model)

@@ -5,15 +5,15 @@ Public API (see `model.VAE` for the shape legend and layout conventions):
     vae = load_official_vae("infinity_vae_d32reg.pth")       # or VAE(VAEConfig.preset(...))
     sched = [(1, 1, 1), (1, 2, 2), ..., (1, 32, 32)]          # transformer token grids ((h, w) works too)
 
-    # source image -> reference tokens at the finest scale (unquantized), spec 4.1
+    # source image -> reference tokens at the finest scale (unquantized)
     src_BLd = vae.img_to_source_tokens(x_B3HW, sched)        # (B, l_K-1, d) float32
 
-    # training, spec 6.2: clean labels, or labels + inputs of scales 1..K-1 with self-correction
+    # training: clean labels, or labels + inputs of scales 1..K-1 with self-correction
     labels = vae.img_to_labels(x_B3HW, sched)                 # [(B, l_k, d) int64]
     tf = vae.teacher_forcing(vae.encode_features(x_B3HW), sched, flip=SelfCorrection(13, 0.3, g))
     tf.x_BLd, tf.labels                                       # (B, L - l_0, d), [(B, l_k, d) int64]
 
-    # inference, spec 5.6-5.7: after sampling scale si's bits (B, l_si, d)
+    # inference: after sampling scale si's bits (B, l_si, d)
     f_hat, next_BLd = vae.next_scale_input(si, bits_Bld, f_hat, sched)  # f_hat=None at si=0;
     img_B3HW = vae.decode(f_hat)                              # next_BLd None after the last scale
 

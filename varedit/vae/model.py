@@ -135,7 +135,7 @@ class VAE(nn.Module):
         resize acc (trilinear) to grid k+1 as the next input. Labels stay the clean bits of each
         step, computed against the corrupted accumulation, so the model learns to correct.
         Without flips the accumulated values are BSQ's straight-through output, which differs
-        from `next_scale_input`'s codes by ~1e-7 (official behaviour, spec erratum E3)."""
+        from `next_scale_input`'s codes by ~1e-7, as in the official code (varedit/NOTES.md)."""
         vae_sched = self.vae_schedule(scale_schedule)
         f_Bd1HW = f_BdHW.unsqueeze(2)
         full = vae_sched[-1]

@@ -14,21 +14,17 @@ import structlog
 from celery import Task
 from sqlalchemy.exc import SQLAlchemyError
 
-from jobs import lifecycle
+from jobs import models, transitions
 from jobs.db import session_scope
-from jobs.notify import Notifier
-from jobs.queue import RUN_EDIT_TASK, queue_name
+from jobs.queue import RUN_EDIT_TASK
 from worker import metrics
 from worker.celery_app import app
-from worker.editing import ClaimedJob, EditRun, LeaseKeeper, TransientFault
-from worker.pool import POOL
-from worker.runtime import get_runtime
+from worker.editing import ClaimedJob, EditRun, Fence, LeaseKeeper, TransientFault
+from worker.runtime import Runtime, get_runtime
 
 log = structlog.get_logger(__name__)
 
 CLAIM_RETRY_S = 5  # the database was unreachable while claiming: try the message again soon
-REQUEUE_DELAY_S = 5  # a job given back after a transient fault is republished after this delay
-_notifier: Notifier | None = None
 
 
 @app.task(name=RUN_EDIT_TASK, bind=True, acks_late=True, ignore_result=True, max_retries=12)
@@ -37,13 +33,14 @@ def run_edit(self: Task, job_id: str) -> str:
     rt = get_runtime()
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(job_id=job_id, worker_id=rt.worker_id)
-    if not POOL.models:  # this process serves no model (failed load or a light worker): leave it queued
+    if not rt.pool.models:  # this process serves no model (failed load or a light worker): leave it queued
         log.error("run_edit_without_model", pid=rt.pid)
         return "no_model"
     try:
         with session_scope(rt.sessions) as session:
-            rows = lifecycle.claim_batch(session, job_id, rt.worker_id, rt.settings.lease_s,
-                                         rt.settings.max_batch)
+            rows = transitions.claim_batch(
+                session, job_id, rt.worker_id, rt.settings.lease_s, rt.settings.max_batch
+            )
             jobs = [ClaimedJob.from_row(row) for row in rows]
     except SQLAlchemyError as exc:
         raise self.retry(exc=exc, countdown=CLAIM_RETRY_S) from exc
@@ -54,43 +51,36 @@ def run_edit(self: Task, job_id: str) -> str:
     claim_ms = round((time.perf_counter() - t0) * 1000, 2)
     for job in jobs:
         if job.created_at is not None:
-            wait_s = (lifecycle.utcnow() - job.created_at).total_seconds()
+            wait_s = (models.utcnow() - job.created_at).total_seconds()
             metrics.QUEUE_WAIT_SECONDS.labels(job.model).observe(max(0.0, wait_s))
     log.info("run_edit_claimed", job_ids=[j.id for j in jobs], claim_ms=claim_ms)
-    if jobs[0].model not in POOL.models:  # a message on the wrong queue: hand the jobs back at once
-        EditRun(rt, None, jobs, notifier(), republish).give_back(jobs, f"{jobs[0].model} is not served here")
+    model = jobs[0].model
+    run = EditRun(fence(rt), rt.storage, rt.pool.get(model) if model in rt.pool.models else None, jobs)
+    if run.model is None:  # a message on the wrong queue: hand the jobs back at once
+        run.give_back(f"{model} is not served here")
         return "misrouted"
-    run = EditRun(rt, POOL.get(jobs[0].model), jobs, notifier(), republish)
     for job in jobs:
-        run.notifier.job_changed(job.id)  # running
-    execute(run)
+        rt.notifier.job_changed(job.id)  # running
+    execute(run, rt.settings.heartbeat_s)
     return ",".join(f"{j.id}:{j.state}" for j in jobs)
 
 
-def execute(run: EditRun) -> None:
+def fence(rt: Runtime) -> Fence:
+    return Fence(rt.sessions, rt.notifier, rt.publisher, rt.settings.lease_s, rt.settings.max_attempts)
+
+
+def execute(run: EditRun, heartbeat_s: float) -> None:
     """Sources, generation, results; faults become outcomes, never exceptions out of the task."""
     try:
-        with LeaseKeeper(run):
+        with LeaseKeeper(run.fence, run.jobs, heartbeat_s):
             run.load_sources()
             run.generate()
             run.deliver()
     except (TransientFault, SQLAlchemyError) as exc:
         log.warning("edit_transient_fault", error=str(exc))
-        run.give_back(run.jobs, str(exc))
+        run.give_back(str(exc))
     except Exception as exc:  # a bug: record it on the jobs, keep the worker alive
         log.exception("edit_internal_error")
-        for job in run.active():
-            run._fail(job, "internal_error", f"{type(exc).__name__}: {exc}")
+        run.fail_active("internal_error", f"{type(exc).__name__}: {exc}")
     finally:
         run.cleanup_unfinished()
-
-
-def republish(job_id: str, model: str) -> None:
-    run_edit.apply_async(args=[job_id], queue=queue_name(model), countdown=REQUEUE_DELAY_S)
-
-
-def notifier() -> Notifier:
-    global _notifier
-    if _notifier is None:
-        _notifier = Notifier(get_runtime().settings.broker_url)
-    return _notifier

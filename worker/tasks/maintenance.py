@@ -1,6 +1,6 @@
 """Periodic maintenance (Celery beat -> queue ``maintenance``), each a short batched transaction.
 
-Every task does at most one batch (`jobs.lifecycle.REAP_BATCH` rows) and re-enqueues itself when the
+Every task does at most one batch (`jobs.reapers.REAP_BATCH` rows) and re-enqueues itself when the
 batch was full, up to `MAX_CHAINED_BATCHES` in a row, so a backlog drains without one long transaction.
 Republishing happens after the commit (outbox rule): a requeued job whose message is lost is found
 again by `republish_stranded`.
@@ -11,34 +11,31 @@ from __future__ import annotations
 import structlog
 from celery import Task
 
-from jobs import lifecycle
+from jobs import reapers, workers
 from jobs.db import session_scope
 from jobs.idempotency import prune as prune_idempotency_records
-from jobs.notify import Notifier
-from jobs.queue import RUN_EDIT_TASK, queue_name
+from jobs.queue import publish_quietly
 from worker.celery_app import MAINTENANCE_QUEUE, app
 from worker.runtime import get_runtime
 
 log = structlog.get_logger(__name__)
 
-BATCH = lifecycle.REAP_BATCH  # rows per pass; an indexed UPDATE of 100 rows takes a few ms
+BATCH = reapers.REAP_BATCH  # rows per pass; an indexed UPDATE of 100 rows takes a few ms
 MAX_CHAINED_BATCHES = 50  # then wait for the next beat tick instead of monopolising the queue
 
 
-def _republish(to_publish: list[lifecycle.ToPublish]) -> None:
+def _republish(to_publish: list[reapers.ToPublish]) -> None:
+    publisher = get_runtime().publisher
     for item in to_publish:
-        app.send_task(RUN_EDIT_TASK, args=[item.job_id], queue=queue_name(item.model))
+        publish_quietly(publisher, item.job_id, item.model)
 
 
 def _notify(job_ids: list[str]) -> None:
     if not job_ids:
         return
-    notifier = Notifier(get_runtime().settings.broker_url)
-    try:
-        for job_id in job_ids:
-            notifier.job_changed(job_id)
-    finally:
-        notifier.close()
+    notifier = get_runtime().notifier
+    for job_id in job_ids:
+        notifier.job_changed(job_id)
 
 
 def _chain(task: Task, count: int, chained: int) -> None:
@@ -51,7 +48,7 @@ def reap_expired_leases(self: Task, chained: int = 0) -> int:
     """Requeue (or fail after max_attempts) running jobs whose worker stopped heartbeating."""
     rt = get_runtime()
     with session_scope(rt.sessions) as session:
-        requeued = lifecycle.reap_expired_leases(session, rt.settings.max_attempts, limit=BATCH)
+        requeued = reapers.reap_expired_leases(session, rt.settings.max_attempts, limit=BATCH)
     _republish(requeued)
     _notify([r.job_id for r in requeued])
     if requeued:
@@ -64,7 +61,7 @@ def reap_expired_leases(self: Task, chained: int = 0) -> int:
 def expire_unstarted(self: Task, chained: int = 0) -> int:
     rt = get_runtime()
     with session_scope(rt.sessions) as session:
-        expired = lifecycle.expire_unstarted(session, limit=BATCH)
+        expired = reapers.expire_unstarted(session, limit=BATCH)
     _notify(expired)
     if expired:
         log.info("jobs_expired", count=len(expired))
@@ -77,7 +74,7 @@ def republish_stranded(self: Task, chained: int = 0) -> int:
     """Queued jobs whose message was never sent or got lost are published again."""
     rt = get_runtime()
     with session_scope(rt.sessions) as session:
-        stranded = lifecycle.stranded_queued(session, rt.settings.stranded_after_s, limit=BATCH)
+        stranded = reapers.stranded_queued(session, rt.settings.stranded_after_s, limit=BATCH)
     _republish(stranded)
     if stranded:
         log.info("stranded_republished", count=len(stranded))
@@ -89,7 +86,7 @@ def republish_stranded(self: Task, chained: int = 0) -> int:
 def delete_expired_results(self: Task, chained: int = 0) -> int:
     rt = get_runtime()
     with session_scope(rt.sessions) as session:
-        purged = lifecycle.delete_expired_results(session, rt.storage, rt.settings.result_ttl_s, limit=BATCH)
+        purged = reapers.delete_expired_results(session, rt.storage, rt.settings.result_ttl_s, limit=BATCH)
     if purged:
         log.info("results_purged", count=purged)
     _chain(self, purged, chained)
@@ -108,4 +105,4 @@ def prune_idempotency(self: Task, chained: int = 0) -> int:
 def prune_worker_heartbeats(self: Task, chained: int = 0) -> int:
     rt = get_runtime()
     with session_scope(rt.sessions) as session:
-        return lifecycle.prune_workers(session, rt.settings.worker_stale_s * 10)
+        return workers.prune_workers(session, rt.settings.worker_stale_s * 10)

@@ -1,7 +1,7 @@
 """Webhook tasks on the ``webhooks`` queue (the light worker; never a GPU worker).
 
 New messages are handed to ``deliver_webhook`` right after the commit that made them (see
-`jobs.webhooks.send_after_commit`); ``dispatch_webhooks`` (beat, every `webhook_dispatch_s`) hands over
+`jobs.outbox.send_after_commit`); ``dispatch_webhooks`` (beat, every `webhook_dispatch_s`) hands over
 retries and anything whose hand-over was lost. ``deliver_webhook`` makes one attempt and records its
 outcome. The database decides what is due, so a lost task message only delays an attempt.
 """
@@ -13,16 +13,17 @@ from functools import cache
 import httpcore
 import structlog
 
-from jobs import keys, lifecycle, webhooks
+from jobs import keys, outbox, queries
 from jobs.db import session_scope
 from jobs.netguard import guarded_pool
+from jobs.outbox import Outcome, Verdict
 from jobs.queue import DELIVER_WEBHOOK_TASK, WEBHOOKS_QUEUE
-from jobs.webhooks import Outcome
 from worker.celery_app import app
 from worker.runtime import get_runtime
-from worker.webhooks import send
+from worker.webhook_sender import send
 
 log = structlog.get_logger(__name__)
+
 
 @cache
 def _pool(allow_private: bool, pid: int) -> httpcore.ConnectionPool:
@@ -33,7 +34,7 @@ def _pool(allow_private: bool, pid: int) -> httpcore.ConnectionPool:
 def dispatch_webhooks() -> int:
     rt = get_runtime()
     with session_scope(rt.sessions) as session:
-        due = webhooks.claim_due(session, webhooks.reservation_s(rt.settings.webhook_timeout_s))
+        due = outbox.claim_due(session, outbox.reservation_s(rt.settings.webhook_timeout_s))
     for delivery_id in due:
         app.send_task(DELIVER_WEBHOOK_TASK, args=[delivery_id], queue=WEBHOOKS_QUEUE)
     return len(due)
@@ -46,22 +47,24 @@ def deliver_webhook(delivery_id: str) -> str | None:
     rt = get_runtime()
     settings = rt.settings
     with session_scope(rt.sessions) as session:
-        delivery = webhooks.pending(session, delivery_id)
+        delivery = outbox.pending(session, delivery_id)
         if delivery is None:
             return None
         session.expunge(delivery)
-        owner = lifecycle.get_job(session, delivery.job_id).owner
+        owner = queries.get_job(session, delivery.job_id).owner
         secrets = keys.webhook_secrets_of(session, owner) or settings.webhook_secrets
     structlog.contextvars.bind_contextvars(job_id=delivery.job_id)
     try:
         if secrets:
-            outcome = send(_pool(settings.allow_private_urls, rt.pid), delivery, secrets,
-                           settings.webhook_timeout_s)
+            outcome = send(
+                _pool(settings.allow_private_urls, rt.pid), delivery, secrets, settings.webhook_timeout_s
+            )
         else:  # the deployment's secrets were removed after the job was accepted
-            outcome = Outcome(error="no webhook signing secret is configured", refused=True)
+            outcome = Outcome(Verdict.REFUSED, error="no webhook signing secret is configured")
         with session_scope(rt.sessions) as session:
-            status = webhooks.record_outcome(session, delivery_id, delivery.attempts, outcome,
-                                             settings.webhook_retry_s)
+            status = outbox.record_outcome(
+                session, delivery_id, delivery.attempts, outcome, settings.webhook_retry_s
+            )
     finally:
         structlog.contextvars.unbind_contextvars("job_id")
     return status.value if status is not None else None

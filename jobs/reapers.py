@@ -1,0 +1,165 @@
+"""Periodic transitions and clean-up, run by Celery beat: lost leases, start deadlines, stranded
+messages, expired results. Each pass handles at most ``limit`` rows in one short transaction; like the
+transitions (`jobs.transitions`), every change is a conditional UPDATE, so a pass racing a worker
+changes only rows that are still in the state it expects.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any, NamedTuple
+
+import structlog
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from jobs import outbox
+from jobs.models import TERMINAL_STATUSES, Job, JobStatus, utcnow
+from jobs.storage import Storage
+
+log = structlog.get_logger(__name__)
+
+REAP_BATCH = 100  # rows per maintenance pass; each pass is one short transaction
+
+
+class ToPublish(NamedTuple):
+    """A queued job whose ``run_edit`` message must be (re)sent to ``edits.<model>``."""
+
+    job_id: str
+    model: str
+
+
+def _now(now: datetime | None) -> datetime:
+    return now if now is not None else utcnow()
+
+
+def _ids(session: Session, stmt: Any) -> list[str]:
+    return list(session.execute(stmt).scalars())
+
+
+def _jobs(session: Session, stmt: Any) -> list[Job]:
+    """Run a bulk UPDATE of jobs and return the updated rows."""
+    stmt = stmt.returning(Job).execution_options(synchronize_session=False, populate_existing=True)
+    return list(session.execute(stmt).scalars())
+
+
+def reap_expired_leases(
+    session: Session, max_attempts: int, *, now: datetime | None = None, limit: int = REAP_BATCH
+) -> list[ToPublish]:
+    """Running jobs whose lease expired (their worker died or hung): canceled if a cancel was pending,
+    failed (``lease_expired``) after ``max_attempts``, otherwise back to queued. Returns the requeued
+    jobs, which the caller republishes after commit."""
+    now = _now(now)
+    expired = [Job.status == JobStatus.RUNNING, Job.lease_expires_at < now]
+    ids = _ids(session, select(Job.id).where(*expired).order_by(Job.lease_expires_at).limit(limit))
+    if not ids:
+        return []
+    common = {"worker_id": None, "lease_expires_at": None, "updated_at": now}
+    in_batch = [Job.id.in_(ids), *expired]
+    canceled = _jobs(
+        session,
+        update(Job)
+        .where(*in_batch, Job.cancel_requested.is_(True))
+        .values(status=JobStatus.CANCELED, finished_at=now, **common),
+    )
+    failed = _jobs(
+        session,
+        update(Job)
+        .where(*in_batch, Job.attempts >= max_attempts)
+        .values(
+            status=JobStatus.FAILED,
+            error_code="lease_expired",
+            error_message=f"the worker stopped responding {max_attempts} times",
+            finished_at=now,
+            **common,
+        ),
+    )
+    for job in (*canceled, *failed):
+        outbox.enqueue(session, job, now=now)
+    requeued = session.execute(
+        update(Job)
+        .where(*in_batch)
+        .values(
+            status=JobStatus.QUEUED, progress_scale=None, progress_scales=None, dispatched_at=now, **common
+        )
+        .returning(Job.id, Job.model)
+        .execution_options(synchronize_session=False)
+    ).all()
+    for job in failed:
+        log.warning("job_lease_expired_failed", job_id=job.id)
+    for job_id, _ in requeued:
+        log.warning("job_lease_expired_requeued", job_id=job_id)
+    return [ToPublish(job_id, model) for job_id, model in requeued]
+
+
+def expire_unstarted(session: Session, *, now: datetime | None = None, limit: int = REAP_BATCH) -> list[str]:
+    """queued -> expired for jobs whose start deadline passed."""
+    now = _now(now)
+    due = [Job.status == JobStatus.QUEUED, Job.start_deadline <= now]
+    ids = _ids(session, select(Job.id).where(*due).order_by(Job.start_deadline).limit(limit))
+    if not ids:
+        return []
+    expired = _jobs(
+        session,
+        update(Job)
+        .where(Job.id.in_(ids), *due)
+        .values(
+            status=JobStatus.EXPIRED,
+            error_code="start_deadline_exceeded",
+            error_message="no worker started the job before its start deadline",
+            finished_at=now,
+            updated_at=now,
+        ),
+    )
+    for job in expired:
+        log.info("job_expired", job_id=job.id)
+        outbox.enqueue(session, job, now=now)
+    return [job.id for job in expired]
+
+
+def stranded_queued(
+    session: Session, older_than_s: int, *, now: datetime | None = None, limit: int = REAP_BATCH
+) -> list[ToPublish]:
+    """Queued jobs not (re)published for ``older_than_s`` (the publish after commit failed, or the
+    message was lost). Marks them dispatched now and returns them for republishing after commit;
+    a duplicate message is harmless because only one claim can win."""
+    now = _now(now)
+    cutoff = now - timedelta(seconds=older_than_s)
+    due = [Job.status == JobStatus.QUEUED, Job.dispatched_at < cutoff, Job.start_deadline > now]
+    ids = _ids(session, select(Job.id).where(*due).order_by(Job.dispatched_at).limit(limit))
+    if not ids:
+        return []
+    rows = session.execute(
+        update(Job)
+        .where(Job.id.in_(ids), *due)
+        .values(dispatched_at=now)
+        .returning(Job.id, Job.model)
+        .execution_options(synchronize_session=False)
+    ).all()
+    return [ToPublish(job_id, model) for job_id, model in rows]
+
+
+def delete_expired_results(
+    session: Session, storage: Storage, ttl_s: int, *, now: datetime | None = None, limit: int = REAP_BATCH
+) -> int:
+    """Delete the source and result objects of jobs finished more than ``ttl_s`` ago; the job row stays
+    (its result then answers 410). Object deletes are idempotent, so a rolled-back pass just repeats."""
+    now = _now(now)
+    cutoff = now - timedelta(seconds=ttl_s)
+    due = [Job.status.in_(TERMINAL_STATUSES), Job.finished_at < cutoff, Job.purged_at.is_(None)]
+    rows = session.execute(
+        select(Job.id, Job.source_key, Job.result_key).where(*due).order_by(Job.finished_at).limit(limit)
+    ).all()
+    for _, source, result in rows:
+        for key in (source, result):
+            if key:
+                storage.delete(key)
+    if rows:
+        session.execute(
+            update(Job)
+            .where(Job.id.in_([r.id for r in rows]), *due)
+            .values(source_key=None, result_key=None, purged_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        log.info("job_objects_purged", count=len(rows))
+    return len(rows)

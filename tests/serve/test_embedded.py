@@ -1,0 +1,264 @@
+"""End to end on the embedded default: `varedit-serve` (python -m serve)
+starts SQLite, local storage, its own Redis, a worker running the REAL bundled VAREdit pipeline (trained
+models/varedit-shapes-64), beat and the API; clients talk HTTP to it.
+Also runs scripts/demo.sh, the README's "run the main job" command, the same way a person would."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+from standardwebhooks.webhooks import Webhook
+
+from varedit_client import Client
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLE = ROOT / "assets" / "sample.png"
+JOBS = 20
+READY_S = 180.0
+DEADLINE_S = 120.0
+
+
+def _env(data_dir: Path, **extra: str) -> dict[str, str]:
+    """The defaults a user gets: no VAREDIT_* set, so the bundled model and SQLite/local storage."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VAREDIT_")}
+    env.update({"VAREDIT_DATA_DIR": str(data_dir), "VAREDIT_LOG_JSON": "true", "PYTHONUNBUFFERED": "1"})
+    return env | extra
+
+
+def _mean_rgb(image: Image.Image) -> tuple[float, ...]:
+    return tuple(np.asarray(image, dtype=np.float64).reshape(-1, 3).mean(0))
+
+
+def _processes_with(marker: str) -> list[int]:
+    """Pids of live processes whose environment contains `marker` (our unique data folder)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if marker.encode() in environ and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def _wait_gone(marker: str, timeout_s: float = 30.0) -> list[int]:
+    deadline = time.monotonic() + timeout_s
+    while (left := _processes_with(marker)) and time.monotonic() < deadline:
+        time.sleep(0.1)  # polling /proc for stragglers, bounded by the deadline
+    return left
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """`python -m serve` as a person runs it, stopped with SIGTERM at the end."""
+    data_dir = tmp_path_factory.mktemp("embedded") / "data"
+    ready_file = data_dir.parent / "ready.json"
+    out = open(data_dir.parent / "stdout.txt", "wb")  # noqa: SIM115
+    cmd = [
+        sys.executable,
+        "-m",
+        "serve",
+        "--port",
+        "0",
+        "--data-dir",
+        str(data_dir),
+        "--ready-file",
+        str(ready_file),
+    ]
+    # the one non-default: client-chosen URLs (the test's webhook receiver) may be on 127.0.0.1
+    env = _env(data_dir, VAREDIT_ALLOW_PRIVATE_URLS="true")
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    info: dict = {"proc": proc, "data_dir": data_dir, "stdout": data_dir.parent / "stdout.txt"}
+    try:
+        deadline = time.monotonic() + READY_S
+        while not ready_file.exists():
+            assert proc.poll() is None, info["stdout"].read_text()
+            assert time.monotonic() < deadline, "varedit-serve was not ready in time"
+            time.sleep(0.1)  # polling the ready file under a deadline
+        info.update(json.loads(ready_file.read_text()))
+        yield info
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                info["exit_code"] = proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        out.close()
+        for pid in _processes_with(str(data_dir)):  # never leave anything behind, even on failure
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_embedded_default_runs_twenty_http_jobs_with_the_bundled_model(embedded: dict) -> None:
+    # given the embedded platform (its own Redis, SQLite, local storage, the bundled trained model)
+    data_dir: Path = embedded["data_dir"]
+    assert (data_dir / "varedit.db").exists()
+    source = SAMPLE.read_bytes()
+    with Client(embedded["url"]) as client:
+        models = client.http.get("/v1/models").json()
+        assert any(m["ready_workers"] >= 1 for m in models["data"]), models
+        # when 20 jobs are submitted over HTTP
+        ids = [client.submit(source, f"edit number {i}", seed=i)["id"] for i in range(JOBS)]
+        # then each succeeds once and its result decodes, at the input's size
+        for job_id in ids:
+            job = client.wait(job_id, timeout_s=DEADLINE_S)
+            assert job["status"] == "succeeded", job
+            assert job["attempts"] == 1
+            assert job["progress"]["scale"] == job["progress"]["scales"] >= 2
+            image = Image.open(io.BytesIO(client.result(job_id)))
+            image.load()
+            assert image.size == Image.open(SAMPLE).size
+    # results are files in the local storage folder, one per job
+    assert len(list((data_dir / "objects" / "jobs").glob("*/result-1.png"))) == JOBS
+    # the worker log shows each job generated exactly once (the line is written just after the commit
+    # the client saw, so read until all are there or the deadline passes)
+    log_file = data_dir / "logs" / "edit0-shapes-64.log"
+    deadline = time.monotonic() + DEADLINE_S
+    while True:
+        succeeded = Counter(
+            json.loads(line)["job_id"]
+            for line in log_file.read_text().splitlines()
+            if line.startswith("{") and '"edit_succeeded"' in line
+        )
+        if sum(succeeded.values()) >= JOBS or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)  # polling the log file under a deadline
+    assert [succeeded[j] for j in ids] == [1] * JOBS
+
+
+def test_webhooks_arrive_signed_with_the_data_dirs_secret(embedded: dict, webhook_receiver) -> None:
+    with Client(embedded["url"]) as client:
+        job = client.submit(
+            SAMPLE.read_bytes(), "remove the red circle", seed=1, webhook_url=webhook_receiver.url
+        )
+        assert client.wait(job["id"], timeout_s=DEADLINE_S)["status"] == "succeeded"
+        (_, running_headers, running), (_, headers, body) = webhook_receiver.wait_for(2, DEADLINE_S)
+        log = client.http.get(f"/v1/jobs/{job['id']}/webhooks").json()["data"]
+    secret = (embedded["data_dir"] / "webhook-secret").read_text().strip()
+    assert Webhook(secret).verify(running, running_headers)["type"] == "job.running"
+    event = Webhook(secret).verify(body, headers)
+    assert event["type"] == "job.succeeded" and event["data"]["id"] == job["id"]
+    assert event["data"]["result"]["url"] == f"/v1/jobs/{job['id']}/result"
+    # the delivery log says so once the worker has recorded the answers
+    assert [d["event"] for d in log] == ["job.running", "job.succeeded"]
+
+
+def test_the_web_page_edits_the_sample_in_a_real_browser(embedded: dict, browser, tmp_path: Path) -> None:
+    wait = WebDriverWait(browser, DEADLINE_S)
+    browser.get(embedded["url"] + "/")
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#model option"))  # models came from the API
+    browser.find_element(By.ID, "image").send_keys(str(SAMPLE))
+    browser.find_element(By.ID, "instruction").send_keys("remove the red circle")
+    browser.find_element(By.CSS_SELECTOR, "details summary").click()
+    for field, value in (("seed", "1"), ("cfg", "2"), ("tau", "0.3")):
+        browser.find_element(By.ID, field).send_keys(value)
+    assert browser.find_element(By.ID, "before").get_property("naturalWidth") == 64  # the local preview
+    browser.find_element(By.ID, "submit").click()
+    wait.until(lambda d: d.find_element(By.ID, "status").text == "succeeded")
+    wait.until(lambda d: d.find_element(By.ID, "after").get_property("naturalWidth") == 64)
+    assert browser.find_element(By.ID, "scale").text == "scale 5 of 5"
+    assert browser.find_element(By.ID, "progress").get_property("value") == 1
+    # what the page shows is the job's result, fetched by the page itself
+    job_id = browser.find_element(By.ID, "job-id").text
+    with Client(embedded["url"]) as client:
+        job = client.get(job_id)
+    assert (job["status"], job["params"]["seed"]) == ("succeeded", 1)
+    assert job["instruction"] == "remove the red circle"
+    # bad input is shown with its error code, not swallowed
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_text("hello")
+    browser.find_element(By.ID, "image").send_keys(str(not_an_image))
+    browser.find_element(By.ID, "submit").click()
+    wait.until(lambda d: d.find_element(By.ID, "error").text.startswith("invalid_image:"))
+
+
+def test_varedit_serve_submit_command_waits_and_saves_the_result(embedded: dict, tmp_path: Path) -> None:
+    out = tmp_path / "edited.png"
+    cmd = [
+        sys.executable,
+        "-m",
+        "serve",
+        "submit",
+        str(SAMPLE),
+        "make the circle blue",
+        "--wait",
+        "-o",
+        str(out),
+        "--url",
+        embedded["url"],
+        "--seed",
+        "3",
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=DEADLINE_S, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(out)
+    assert "succeeded" in done.stderr
+    Image.open(out).load()
+
+
+def test_sigterm_stops_every_child(embedded: dict) -> None:
+    # runs last in this module: stop the platform the way Ctrl-C/systemd would
+    proc: subprocess.Popen = embedded["proc"]
+    children = embedded["children"]
+    assert len(children) == 3  # edit worker, light worker (+beat), api
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
+    assert "stopped" in embedded["stdout"].read_text()
+    assert _wait_gone(str(embedded["data_dir"])) == []
+
+
+def test_demo_script_edits_the_sample_through_the_api(tmp_path: Path) -> None:
+    data_dir = tmp_path / "demo-data"
+    out = tmp_path / "out" / "demo.png"
+    env = _env(data_dir) | {"DEMO_OUT": str(out)}
+    done = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "demo.sh")],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    # the last line says where the result is, after the platform has stopped
+    lines = done.stdout.strip().splitlines()
+    assert lines[-1] == f"demo: result saved to {out}", lines
+    assert "varedit-serve: stopped" in lines
+    result = Image.open(out).convert("RGB")
+    assert result.size == Image.open(SAMPLE).size
+    # and the edit is real: "remove the red circle" turned the circle's area into the white background
+    # and left the blue square where it was (regions from scripts/make_sample_image.py: cells 3 and 5)
+    circle, square = (2, 26, 20, 38), (44, 26, 62, 38)
+    red_before, red_after = (
+        _mean_rgb(Image.open(SAMPLE).convert("RGB").crop(circle)),
+        _mean_rgb(result.crop(circle)),
+    )
+    assert red_before[0] - red_before[1] > 100 and red_after[0] - red_after[1] < 40, (red_before, red_after)
+    assert min(red_after) > 180, red_after  # background, not a dark smear
+    blue_after = _mean_rgb(result.crop(square))
+    assert blue_after[2] - blue_after[0] > 80, blue_after
+    assert "ready: http://127.0.0.1:" in done.stdout
+    assert _wait_gone(str(data_dir)) == []  # the demo stopped everything it started

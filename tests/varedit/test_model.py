@@ -1,0 +1,284 @@
+"""Model behaviour on CPU: cached generation = teacher forcing, batching, seeds, cancel, formats, CLI."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from tests.parity import assert_matches_reference
+from varedit import CheckpointError, EditCancelled, EditPipeline, write_random_checkpoint
+from varedit.checkpoints import load_official_golden
+from varedit.cli import main as cli_main
+from varedit.sampling import generate, top_k_top_p_
+from varedit.text import TextFeatures
+
+GOLDEN = Path(__file__).parents[1] / "data" / "golden"
+REPO = Path(__file__).parents[2]
+
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def image(seed: int, w: int, h: int) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    return write_random_checkpoint(tmp_path_factory.mktemp("tiny"), "tiny", seed=3)
+
+
+@pytest.fixture(scope="module")
+def tiny_pipe(tiny_dir) -> EditPipeline:
+    return EditPipeline.from_pretrained(tiny_dir, device="cpu")
+
+
+# ---- the central test: KV-cached inference with forced bits == teacher forcing -----------------
+
+
+@pytest.mark.parametrize("name", ["T1", "T2"])
+@pytest.mark.parametrize("cfg", [1.0, 3.0])
+def test_cached_generation_with_forced_bits_equals_teacher_forcing(name, cfg):
+    _, model, vae = load_official_golden(GOLDEN / name)
+    path = GOLDEN / name / "golden_forward.safetensors"
+    g = load_file(path)
+    with safe_open(path, "pt") as f:
+        meta = json.loads(f.metadata()["meta"])
+    sched = [(h, w) for _, h, w in meta["scale_schedule"]]
+    text = TextFeatures.from_compact(g["input.text.kv_compact"], meta["lens"])  # lens 5 and 11
+    labels = [g[f"gt_bits.{k}"].long() for k in range(len(sched))]
+    # the inputs the sampler builds from these bits (codes, running sum, resized to the next grid)
+    f_hat, inputs = None, []
+    for k, bits in enumerate(labels):
+        f_hat, nxt = vae.next_scale_input(k, bits, f_hat, sched)
+        if nxt is not None:
+            inputs.append(nxt)
+    src = g["source_x_BLC_wo_prefix"]
+    gens = [torch.Generator().manual_seed(0) for _ in range(2)]
+    out = generate(model, vae, text, src, sched, gens, cfg=cfg, tau=1.0, forced_bits=labels, keep_logits=True)
+    cached = torch.cat(out.logits, dim=1)  # (bs, L, V)
+    with torch.no_grad():
+        tf_cond = model(text, src, torch.cat(inputs, 1), sched)
+        assert_matches_reference(cached[:2], tf_cond)
+        if cfg != 1:
+            null = torch.ones(2, dtype=torch.bool)
+            tf_uncond = model(text, src, torch.cat(inputs, 1), sched, null_text_B=null)
+            assert_matches_reference(cached[2:], tf_uncond)
+        else:
+            assert cached.shape[0] == 2  # no unconditional half at cfg 1
+
+
+# ---- pipeline ------------------------------------------------------------------------------------
+
+
+def test_batch_of_four_equals_each_item_alone(tiny_pipe):
+    imgs = [image(1, 40, 30), image(2, 128, 128), image(3, 20, 70), image(4, 200, 150)]
+    texts = ["make it red", "add a hat", "remove the dog", "x"]
+    seeds = [11, 12, 13, 14]
+    batch = tiny_pipe.edit(imgs, texts, seeds=seeds)
+    assert [o.size for o in batch] == [im.size for im in imgs]
+    for im, text, seed, out in zip(imgs, texts, seeds, batch, strict=True):
+        [alone] = tiny_pipe.edit([im], [text], seeds=[seed])
+        assert np.array_equal(np.asarray(alone), np.asarray(out))
+
+
+def test_seed_determines_the_output(tiny_pipe):
+    im = image(5, 64, 48)
+    a, b, c = (tiny_pipe.edit(im, "make it blue", seeds=s)[0] for s in (7, 7, 8))
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+    assert not np.array_equal(np.asarray(a), np.asarray(c))
+    assert a.info["seed"] == 7 and a.mode == "RGB"
+    [d] = tiny_pipe.edit(im, "make it blue")  # random seed, reported
+    assert isinstance(d.info["seed"], int)
+
+
+def test_on_scale_reports_progress_and_can_cancel(tiny_pipe):
+    calls = []
+    tiny_pipe.edit(image(6, 32, 32), "a", seeds=1, on_scale=lambda k, K: calls.append((k, K)))
+    K = tiny_pipe.num_scales()
+    assert calls == [(k, K) for k in range(1, K + 1)]
+    with pytest.raises(EditCancelled) as e:
+        tiny_pipe.edit(image(6, 32, 32), "a", seeds=1, on_scale=lambda k, K: k < 2)
+    assert (e.value.done, e.value.total) == (2, K)
+
+
+def test_non_image_inputs_are_refused(tiny_pipe, tmp_path):
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    with pytest.raises(ValueError, match="not a readable image"):
+        tiny_pipe.edit(bad, "a")
+    with pytest.raises(ValueError, match="PIL image"):
+        tiny_pipe.edit([np.zeros((4, 4, 3))], ["a"])
+    with pytest.raises(ValueError, match="one instruction per image"):
+        tiny_pipe.edit([image(1, 8, 8)], ["a", "b"])
+
+
+def test_save_pretrained_round_trip_and_bf16_blocks(tiny_pipe, tmp_path):
+    im = image(9, 50, 50)
+    [ref] = tiny_pipe.edit(im, "turn it green", seeds=4)
+    again = EditPipeline.from_pretrained(tiny_pipe.save_pretrained(tmp_path / "copy"), device="cpu")
+    assert np.array_equal(np.asarray(again.edit(im, "turn it green", seeds=4)[0]), np.asarray(ref))
+    # bf16 blocks on CPU run and stay close to float32 (guards dtype handling around the fp32 stream)
+    bf16 = EditPipeline.from_pretrained(tmp_path / "copy", device="cpu", dtype=torch.bfloat16)
+    assert bf16.transformer.blocks[0].sa.mat_qkv.weight.dtype == torch.bfloat16
+    assert bf16.transformer.head.weight.dtype == torch.float32
+    sched = bf16.config.schedule()
+    text = bf16.text_encoder.encode(["turn it green"])
+    src = torch.randn(1, sched[-1][0] * sched[-1][1], bf16.config.d_vae)
+    tgt = torch.randn(1, sum(h * w for h, w in sched) - 1, bf16.config.d_vae) * 0.1
+    with torch.no_grad():
+        ref_logits = again.transformer(text, src, tgt, sched)
+        torch.testing.assert_close(bf16.transformer(text, src, tgt, sched), ref_logits, atol=0.15, rtol=0.05)
+    assert bf16.edit(im, "turn it green", seeds=4)[0].size == im.size
+
+
+def test_loading_errors_are_clear(tiny_dir, tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        EditPipeline.from_pretrained(tmp_path / "nowhere")
+    with pytest.raises(CheckpointError, match="neither a varedit folder"):
+        EditPipeline.from_pretrained(tmp_path)
+    with pytest.raises(CheckpointError, match="holds variant 'tiny'"):
+        EditPipeline.from_pretrained(tiny_dir, variant="2B-512")
+    # an official folder whose 2B-512.pth holds another model: refused, naming keys and shapes
+    official = tmp_path / "release"
+    official.mkdir()
+    (official / "2B-512.pth").write_bytes((GOLDEN / "T1" / "infinity_T1.pth").read_bytes())
+    with pytest.raises(CheckpointError, match="missing infinity_vae_d32reg.pth"):
+        EditPipeline.from_pretrained(official)
+    (official / "infinity_vae_d32reg.pth").write_bytes(b"")
+    (official / "flan-t5-xl").mkdir()
+    with pytest.raises(CheckpointError, match="does not fit config '2B-512'"):
+        EditPipeline.from_pretrained(official)
+    with pytest.raises(CheckpointError, match="no 8B-512.pth"):
+        EditPipeline.from_pretrained(official, variant="8B-512")
+
+
+def test_top_p_cuts_the_minority_bit_at_three_percent():
+    logits = torch.tensor([[[0.0, 3.5], [0.0, 3.4], [1.0, 1.0], [-4.0, 0.0]]])  # minority p .029 .032 .5 .018
+    out = top_k_top_p_(logits.clone(), top_k=900, top_p=0.97)
+    assert torch.isinf(out).tolist() == [[[True, False], [False, False], [False, False], [True, False]]]
+
+
+# ---- command line ----------------------------------------------------------------------------
+
+
+def test_cli_edits_a_png_end_to_end(tmp_path, capsys):
+    model = tmp_path / "model"
+    assert cli_main(["random", str(model), "--config", "tiny-patchify"]) == 0
+    src = tmp_path / "in.png"
+    image(10, 60, 40).save(src)
+    out = tmp_path / "out.png"
+    argv = ["edit", str(src), "add a moon", "-o", str(out), "--model", str(model), "--seed", "5"]
+    assert cli_main(argv) == 0
+    assert Image.open(out).size == (60, 40)
+    assert "seed 5" in capsys.readouterr().out
+    assert cli_main(["edit", str(model / "config.json"), "x", "-o", str(out), "--model", str(model)]) == 2
+    # the module entry point in a fresh interpreter
+    out2 = tmp_path / "out2.png"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "varedit.cli",
+            "edit",
+            str(src),
+            "add a moon",
+            "-o",
+            str(out2),
+            "--model",
+            str(model),
+            "--seed",
+            "5",
+            "--threads",
+            "1",
+        ],
+        check=True,
+        cwd=REPO,
+        capture_output=True,
+    )
+    assert np.array_equal(np.asarray(Image.open(out2)), np.asarray(Image.open(out)))
+
+
+def test_cfg_lists_and_the_null_text():
+    _, model, vae = load_official_golden(GOLDEN / "T1")
+    sched = model.cfg.schedule()
+    text = TextFeatures(torch.randn(1, 9, 256), torch.tensor([9]))
+    src = torch.randn(1, 64, 32)
+
+    def run(cfg):
+        return generate(
+            model,
+            vae,
+            text,
+            src,
+            sched,
+            [torch.Generator().manual_seed(1)],
+            cfg=cfg,
+            tau=0.5,
+            keep_logits=True,
+        )
+
+    mixed = run([1.0, 3.0, 1.0, 3.0, 3.0])
+    assert [lg.shape[0] for lg in mixed.logits] == [1, 2, 1, 2, 2]  # cfg-1 scales: cond half only
+    # the null text is cfg_uncond[:len] of the prompt's length, and cfg 1 never reads it
+    lens, null = torch.tensor([5, 3]), torch.tensor([True, True])
+    cond = model.condition(TextFeatures(torch.randn(2, 5, 256), lens), null)
+    again = model.condition(TextFeatures(torch.zeros(2, 5, 256), lens), null)
+    torch.testing.assert_close(cond.cond_BD, again.cond_BD)
+    assert not torch.allclose(cond.cond_BD[0], cond.cond_BD[1])  # depends on the length
+    with torch.no_grad():
+        model.cfg_uncond.fill_(float("nan"))
+    assert all(torch.isfinite(lg).all() for lg in run(1.0).logits)
+
+
+def test_official_release_folder_and_convert(tmp_path, monkeypatch, capsys):
+    """An official-layout folder (the golden T1 files under the release names, standing in for 2B-512)
+    loads directly, converts with `varedit convert` (float32 and bf16), and all give the same edit."""
+    from dataclasses import replace
+
+    from varedit.config import VARIANTS, get_config
+
+    stand_in = replace(get_config("tiny"), name="2B-512", text_encoder="flan-t5-xl")
+    monkeypatch.setitem(VARIANTS, "2B-512", stand_in)
+    release = tmp_path / "VAREdit"
+    release.mkdir()
+    (release / "2B-512.pth").write_bytes((GOLDEN / "T1" / "infinity_T1.pth").read_bytes())
+    (release / "infinity_vae_d32reg.pth").write_bytes((GOLDEN / "T1" / "vae_T1.pth").read_bytes())
+    (release / "flan-t5-xl").mkdir()
+    for f in (GOLDEN / "T5tiny").iterdir():
+        (release / "flan-t5-xl" / f.name).write_bytes(f.read_bytes())
+    im = image(12, 70, 90)
+    [ref] = EditPipeline.from_pretrained(release / "2B-512.pth", device="cpu").edit(im, "add a hat", seeds=3)
+    assert cli_main(["convert", str(release), str(tmp_path / "ours"), "--variant", "2B-512"]) == 0
+    ours = EditPipeline.from_pretrained(tmp_path / "ours", device="cpu")
+    assert ours.name == "2B-512"
+    assert np.array_equal(np.asarray(ours.edit(im, "add a hat", seeds=3)[0]), np.asarray(ref))
+    assert cli_main(["convert", str(release), str(tmp_path / "ours16"), "--bf16"]) == 0
+    with safe_open(tmp_path / "ours16" / "transformer.safetensors", "pt") as f:
+        assert f.get_slice("blocks.0.ffn.fc1.weight").get_dtype() == "BF16"
+        assert f.get_slice("head.weight").get_dtype() == "F32"
+    [out16] = EditPipeline.from_pretrained(tmp_path / "ours16", device="cpu").edit(im, "add a hat")
+    assert out16.size == im.size
+
+
+def test_sar_reference_is_the_source_area_pooled_to_each_grid():
+    import math
+
+    from varedit.transformer import _area_pool
+
+    k_BHLc = torch.randn(2, 3, 64, 4)
+    assert torch.equal(_area_pool(k_BHLc, (8, 8), (8, 8)), k_BHLc)  # finest scale: the full source
+    torch.testing.assert_close(_area_pool(k_BHLc, (8, 8), (1, 1)), k_BHLc.mean(2, keepdim=True))  # scale 0
+    grid = k_BHLc.unflatten(2, (8, 8))  # (B, H, 8, 8, c)
+    win = [(i * 8 // 6, math.ceil((i + 1) * 8 / 6)) for i in range(6)]  # overlapping windows, 8 -> 6
+    ref = torch.stack(
+        [torch.stack([grid[:, :, r0:r1, c0:c1].mean((2, 3)) for c0, c1 in win], 2) for r0, r1 in win], 2
+    ).flatten(2, 3)  # (B, H, 36, c)
+    torch.testing.assert_close(_area_pool(k_BHLc, (8, 8), (6, 6)), ref)

@@ -1,0 +1,152 @@
+"""A real Celery worker process: the model is loaded in the pool child, the heartbeat row says ready only
+after the warm-up, a worker that cannot load its model shuts itself down instead of serving, and the
+light worker (webhooks, maintenance) loads nothing."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from jobs.db import make_engine, make_sessionmaker
+from jobs.models import WorkerHeartbeat
+
+ROOT = Path(__file__).resolve().parents[2]
+DEADLINE_S = 60.0
+
+
+class Worker:
+    def __init__(self, tmp_path: Path, db_url: str, broker: str, model_path: str, queues: str, name: str):
+        self.log = tmp_path / f"{name}.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("VAREDIT_")}
+        env.update(
+            {
+                "VAREDIT_DATABASE_URL": db_url,
+                "VAREDIT_BROKER_URL": broker,
+                "VAREDIT_DATA_DIR": str(tmp_path / "data"),
+                "VAREDIT_MODEL_PATH": model_path,
+                "VAREDIT_HEARTBEAT_S": "1",
+                "VAREDIT_LOG_JSON": "true",
+            }
+        )
+        cmd = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "worker.celery_app",
+            "worker",
+            "-Q",
+            queues,
+            "-c",
+            "1",
+            "-O",
+            "fair",
+            "-n",
+            f"{name}@%h",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ]
+        self._out = open(self.log, "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=self._out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def events(self, event: str) -> list[dict]:
+        return [
+            json.loads(line)
+            for line in self.log.read_text(errors="replace").splitlines()
+            if line.startswith("{") and f'"{event}"' in line
+        ]
+
+    def stop(self) -> int | None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # the pool child, if it outlived its parent
+        self._out.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path, sqlite_url: str, redis_url: str) -> Iterator:
+    started: list[Worker] = []
+
+    def start(model_path: str, queues: str = "edits.tiny", name: str = "w") -> Worker:
+        worker = Worker(tmp_path, sqlite_url, redis_url, model_path, queues, name)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+def _rows(db_url: str) -> list[WorkerHeartbeat]:
+    engine = make_engine(db_url)
+    try:
+        with make_sessionmaker(engine)() as session:
+            return list(session.scalars(select(WorkerHeartbeat)))
+    finally:
+        engine.dispose()
+
+
+def _until(predicate, what: str, timeout_s: float = DEADLINE_S):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)  # polling a real condition under a deadline
+    return value
+
+
+def test_edit_worker_loads_in_the_pool_child_and_reports_ready_after_warm_up(
+    start_worker, sqlite_url
+) -> None:
+    worker = start_worker("fake://?scales=3")
+    _until(lambda: any(r.ready for r in _rows(sqlite_url)), "the worker to report ready")
+    [row] = _rows(sqlite_url)
+    assert row.worker_id == f"w@{os.uname().nodename}" and row.model == "tiny"
+    loaded = worker.events("model_loaded")
+    ready = worker.events("worker_ready")
+    assert loaded and ready and worker.events("model_warmed_up")
+    assert loaded[0]["worker_id"] == row.worker_id
+    parent_pid = worker.proc.pid
+    assert ready[0]["pid"] != parent_pid  # weights live in the pool child, never in the parent
+    # the row is refreshed while the worker lives
+    first_seen = row.last_seen
+    _until(lambda: _rows(sqlite_url)[0].last_seen > first_seen, "a heartbeat refresh")
+    # a clean shutdown removes the row
+    assert worker.stop() == 0
+    assert _rows(sqlite_url) == []
+
+
+def test_worker_that_cannot_load_its_model_shuts_down_without_becoming_ready(
+    start_worker, sqlite_url, tmp_path
+) -> None:
+    worker = start_worker(str(tmp_path / "no-such-model"))
+    _until(lambda: worker.proc.poll() is not None, "the worker to shut itself down")
+    assert worker.events("model_load_failed")
+    assert not any(r.ready for r in _rows(sqlite_url))
+
+
+def test_light_worker_loads_no_model(start_worker, sqlite_url) -> None:
+    worker = start_worker("fake://", queues="webhooks,maintenance", name="light")
+    _until(lambda: "ready." in worker.log.read_text(errors="replace"), "the light worker to start")
+    assert worker.proc.poll() is None
+    assert worker.events("model_loaded") == []
+    assert _rows(sqlite_url) == []

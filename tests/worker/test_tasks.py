@@ -1,0 +1,526 @@
+"""The worker's tasks called as plain functions, against real databases (SQLite and PostgreSQL), local
+storage and the fake model. No Celery worker process: tests/serve has those."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+from sqlalchemy.orm import Session, sessionmaker
+
+from jobs import models, queries, transitions, workers
+from jobs.db import session_scope
+from jobs.models import Job, JobStatus
+from jobs.settings import Settings
+from jobs.storage import Storage, result_key
+from worker import editing
+from worker import pool as pool_mod
+from worker.fake import FakeEditPipeline, FakeOptions
+from worker.pool import LoadedModel
+from worker.runtime import Runtime, install_runtime, reset_runtime
+from worker.tasks import edit as edit_tasks
+from worker.tasks import maintenance
+
+WORKER = "test-worker@host"
+
+
+def _png(color: tuple[int, int, int] = (200, 20, 20), size: int = 32) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (size, size), color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class RecordingPipeline(FakeEditPipeline):
+    """The fake model, recording each call; `hook(k, K)` runs at every scale before on_scale."""
+
+    def __init__(
+        self,
+        hook: Callable[[int, int], None] | None = None,
+        fail: Exception | None = None,
+        resolutions: tuple[int, ...] = (32,),
+    ) -> None:
+        super().__init__(FakeOptions(name="tiny", scales=4, resolutions=resolutions))
+        self.calls: list[dict[str, Any]] = []
+        self.seen_resolutions: list[int | None] = []
+        self.released = 0
+        self.hook = hook
+        self.fail = fail
+
+    def release_memory(self) -> None:
+        self.released += 1
+
+    def edit(
+        self,
+        images,
+        instructions,
+        seeds=None,
+        cfg=None,
+        tau=None,
+        on_scale=None,  # type: ignore[no-untyped-def]
+        resolution=None,
+    ):
+        self.calls.append(
+            {"instructions": list(instructions), "seeds": list(seeds or []), "cfg": cfg, "tau": tau}
+        )
+        self.seen_resolutions.append(resolution)
+        if self.fail is not None:
+            raise self.fail
+
+        def wrapped(k: int, n: int) -> bool | None:
+            if self.hook is not None:
+                self.hook(k, n)
+            return on_scale(k, n) if on_scale else None
+
+        return super().edit(images, instructions, seeds=seeds, cfg=cfg, tau=tau, on_scale=wrapped)
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings], db_url: str, redis_url: str) -> Settings:
+    return make_settings(database_url=db_url, broker_url=redis_url, lease_s=30, heartbeat_s=5, max_batch=1)
+
+
+class RecordingPublisher:
+    """Stands in for the broker: records each ``run_edit`` message (job id, model, delay)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str, float]] = []
+
+    def publish_run_edit(self, job_id: str, model: str, delay_s: float = 0) -> None:
+        self.sent.append((job_id, model, delay_s))
+
+
+@pytest.fixture
+def runtime(settings: Settings) -> Iterator[Runtime]:
+    rt = Runtime(settings=settings, worker_id=WORKER, hostname=socket.gethostname(), pid=os.getpid())
+    rt.__dict__["publisher"] = RecordingPublisher()  # fills the cached property
+    install_runtime(rt)
+    yield rt
+    reset_runtime()
+
+
+@pytest.fixture
+def pipeline(runtime: Runtime) -> Iterator[RecordingPipeline]:
+    pipe = RecordingPipeline()
+    runtime.pool.models["tiny"] = LoadedModel(name="tiny", path="fake://", model=pipe, load_s=0.0)
+    yield pipe
+    runtime.pool.clear()
+
+
+@pytest.fixture
+def republished(runtime: Runtime) -> list[tuple[str, str, float]]:
+    return runtime.publisher.sent
+
+
+@pytest.fixture
+def submit(runtime: Runtime, submit_job: Callable[..., str]) -> Callable[..., str]:
+    """A queued job whose source object is stored (the API's order: object first, then the row)."""
+
+    def make(source: bytes | None = None, **overrides: Any) -> str:
+        job_id = submit_job(**overrides)
+        if source is not False:
+            runtime.storage.put(f"jobs/{job_id}/source.png", source or _png(), "image/png")
+        return job_id
+
+    return make
+
+
+def _job(sessions: sessionmaker[Session], job_id: str) -> Job:
+    with sessions() as session:
+        return queries.get_job(session, job_id)
+
+
+def _objects(storage: Storage, job_id: str) -> list[str]:
+    root = Path(storage.root) / "jobs" / job_id  # type: ignore[attr-defined]
+    return sorted(p.name for p in root.iterdir()) if root.exists() else []
+
+
+# -- the happy path and duplicates ----------------------------------------------------------------
+
+
+def test_run_edit_succeeds_and_stores_a_decodable_result(runtime, pipeline, submit, sessions) -> None:
+    # given
+    job_id = submit(instruction="invert it", seed=11, cfg=2.5, tau=0.3)
+    # when
+    outcome = edit_tasks.run_edit(job_id)
+    # then
+    job = _job(sessions, job_id)
+    assert job.status is JobStatus.SUCCEEDED, (job.error_code, job.error_message)
+    assert job.attempts == 1 and job.worker_id == WORKER
+    assert job.progress == (4, 4)
+    assert job.result_key == result_key(job_id, 1)
+    image = Image.open(io.BytesIO(runtime.storage.get(job.result_key)))
+    assert image.size == (32, 32) and (job.result_width, job.result_height) == (32, 32)
+    assert job.result_bytes == len(runtime.storage.get(job.result_key))
+    assert pipeline.calls == [{"instructions": ["invert it"], "seeds": [11], "cfg": 2.5, "tau": 0.3}]
+    assert pipeline.seen_resolutions == [32]
+    assert outcome == f"{job_id}:succeeded"
+
+
+def test_run_edit_delivered_twice_runs_once(runtime, pipeline, submit, sessions) -> None:
+    job_id = submit()
+    assert edit_tasks.run_edit(job_id).endswith(":succeeded")
+    assert edit_tasks.run_edit(job_id) == "dropped"
+    job = _job(sessions, job_id)
+    assert job.status is JobStatus.SUCCEEDED and job.attempts == 1
+    assert len(pipeline.calls) == 1
+    assert _objects(runtime.storage, job_id) == ["result-1.png", "source.png"]
+
+
+def test_run_edit_drops_unknown_and_canceled_jobs(runtime, pipeline, submit, sessions) -> None:
+    job_id = submit()
+    with session_scope(sessions) as session:
+        transitions.cancel(session, job_id)
+    assert edit_tasks.run_edit(job_id) == "dropped"
+    assert edit_tasks.run_edit("00000000-0000-0000-0000-000000000000") == "dropped"
+    assert pipeline.calls == []
+    assert _job(sessions, job_id).status is JobStatus.CANCELED
+    assert _objects(runtime.storage, job_id) == ["source.png"]
+
+
+def test_run_edit_without_a_loaded_model_leaves_the_job_queued(runtime, submit, sessions) -> None:
+    runtime.pool.clear()
+    job_id = submit()
+    assert edit_tasks.run_edit(job_id) == "no_model"
+    assert _job(sessions, job_id).status is JobStatus.QUEUED
+
+
+# -- cancellation and fencing ---------------------------------------------------------------------
+
+
+def test_cancel_during_generation_stops_at_the_next_scale_and_writes_no_result(
+    runtime, pipeline, submit, sessions
+) -> None:
+    job_id = submit()
+
+    def cancel_at_scale_2(k: int, _: int) -> None:
+        if k == 2:
+            with session_scope(sessions) as session:
+                assert transitions.cancel(session, job_id).cancel_requested
+
+    pipeline.hook = cancel_at_scale_2
+    edit_tasks.run_edit(job_id)
+    job = _job(sessions, job_id)
+    assert job.status is JobStatus.CANCELED
+    assert job.progress == (2, 4)  # scale 2's check saw the cancel; scales 3 and 4 never ran
+    assert job.result_key is None
+    assert _objects(runtime.storage, job_id) == ["source.png"]
+
+
+def test_cancel_after_the_last_scale_still_wins_before_upload(
+    runtime, pipeline, submit, sessions, monkeypatch
+) -> None:
+    job_id = submit()
+    deliver = edit_tasks.EditRun.deliver
+
+    def cancel_then_deliver(self: edit_tasks.EditRun) -> None:
+        with session_scope(sessions) as session:  # generation is over; the result is not stored yet
+            transitions.cancel(session, job_id)
+        deliver(self)
+
+    monkeypatch.setattr(edit_tasks.EditRun, "deliver", cancel_then_deliver)
+    edit_tasks.run_edit(job_id)
+    assert _job(sessions, job_id).status is JobStatus.CANCELED
+    assert _objects(runtime.storage, job_id) == ["source.png"]
+
+
+def test_lost_lease_is_fenced_out_and_leaves_no_result(runtime, pipeline, submit, sessions) -> None:
+    # given a job whose lease is reaped and claimed again by another worker mid-run
+    job_id = submit()
+
+    def stolen_at_scale_2(k: int, _: int) -> None:
+        if k == 2:
+            with session_scope(sessions) as session:
+                session.execute(
+                    Job.__table__.update().where(Job.id == job_id).values(status=JobStatus.QUEUED)
+                )
+                assert transitions.claim(session, job_id, "other-worker", 30) is not None
+
+    pipeline.hook = stolen_at_scale_2
+    # when
+    edit_tasks.run_edit(job_id)
+    # then the other attempt owns the job; this one wrote nothing and changed nothing
+    job = _job(sessions, job_id)
+    assert job.status is JobStatus.RUNNING and job.attempts == 2 and job.worker_id == "other-worker"
+    assert _objects(runtime.storage, job_id) == ["source.png"]
+
+
+# -- failures become outcomes ---------------------------------------------------------------------
+
+
+def test_pipeline_error_fails_the_job_and_the_next_job_still_runs(
+    runtime, pipeline, submit, sessions
+) -> None:
+    bad, good = submit(), submit()
+    pipeline.fail = RuntimeError("CUDA kernel exploded")
+    edit_tasks.run_edit(bad)
+    pipeline.fail = None
+    edit_tasks.run_edit(good)
+    job = _job(sessions, bad)
+    assert job.status is JobStatus.FAILED and job.error_code == "edit_failed"
+    assert "CUDA kernel exploded" in (job.error_message or "")
+    assert _job(sessions, good).status is JobStatus.SUCCEEDED
+    assert pipeline.released == 0
+
+
+def test_out_of_memory_fails_the_batch_and_releases_the_models_memory(runtime, pipeline, submit, sessions):
+    job_id = submit()
+    pipeline.fail = MemoryError("out of memory on cuda:0")
+    edit_tasks.run_edit(job_id)
+    job = _job(sessions, job_id)
+    assert job.status is JobStatus.FAILED and job.error_code == "out_of_memory"
+    assert pipeline.released == 1
+
+
+@pytest.mark.parametrize(
+    ("source", "code"), [(False, "source_missing"), (b"definitely not an image", "invalid_image")]
+)
+def test_bad_source_fails_with_a_code(runtime, pipeline, submit, sessions, source, code) -> None:
+    job_id = submit(source=source)
+    edit_tasks.run_edit(job_id)
+    job = _job(sessions, job_id)
+    assert job.status is JobStatus.FAILED and job.error_code == code
+    assert pipeline.calls == []
+
+
+def test_storage_outage_gives_the_job_back_then_fails_after_max_attempts(
+    runtime, pipeline, submit, sessions, republished, monkeypatch
+) -> None:
+    from jobs.errors import StorageError
+
+    def broken_put(key: str, data: bytes, content_type: str) -> None:
+        raise StorageError("S3 is down")
+
+    job_id = submit()
+    monkeypatch.setattr(runtime.storage, "put", broken_put)
+    edit_tasks.run_edit(job_id)
+    job = _job(sessions, job_id)
+    assert job.status is JobStatus.QUEUED and job.attempts == 1  # released, not failed
+    assert republished == [(job_id, "tiny", editing.REQUEUE_DELAY_S)]
+    # each redelivery fails the same way until max_attempts (3) is spent
+    edit_tasks.run_edit(job_id)
+    edit_tasks.run_edit(job_id)
+    job = _job(sessions, job_id)
+    assert job.status is JobStatus.FAILED and job.error_code == "transient_fault" and job.attempts == 3
+    assert len(republished) == 2
+    assert _objects(runtime.storage, job_id) == ["source.png"]
+
+
+# -- batching -------------------------------------------------------------------------------------
+
+
+def test_batch_claims_companions_and_groups_by_cfg_and_tau(runtime, pipeline, submit, sessions) -> None:
+    runtime.settings.max_batch = 4
+    a = submit(instruction="a", seed=1, cfg=3.0)
+    b = submit(instruction="b", seed=2, cfg=3.0)
+    c = submit(instruction="c", seed=3, cfg=5.0)
+    other_res = submit(instruction="d", resolution=64)
+    edit_tasks.run_edit(a)
+    for job_id in (a, b, c):
+        job = _job(sessions, job_id)
+        assert job.status is JobStatus.SUCCEEDED and job.attempts == 1
+    assert _job(sessions, other_res).status is JobStatus.QUEUED  # other resolution: not a companion
+    calls = sorted((call["cfg"], tuple(call["seeds"])) for call in pipeline.calls)
+    assert calls == [(3.0, (1, 2)), (5.0, (3,))]
+    # the companions' own messages arrive later and are dropped
+    assert edit_tasks.run_edit(b) == "dropped"
+    # each result belongs to its own job (the fake's output depends on instruction and seed)
+    results = {runtime.storage.get(result_key(j, 1)) for j in (a, b, c)}
+    assert len(results) == 3
+
+
+def test_cancel_of_one_batch_member_leaves_the_others_running(runtime, pipeline, submit, sessions) -> None:
+    runtime.settings.max_batch = 2
+    a, b = submit(instruction="a"), submit(instruction="b")
+
+    def cancel_b(k: int, _: int) -> None:
+        if k == 2:
+            with session_scope(sessions) as session:
+                transitions.cancel(session, b)
+
+    pipeline.hook = cancel_b
+    edit_tasks.run_edit(a)
+    assert _job(sessions, a).status is JobStatus.SUCCEEDED
+    assert _job(sessions, b).status is JobStatus.CANCELED
+    assert _objects(runtime.storage, b) == ["source.png"]
+
+
+# -- maintenance ----------------------------------------------------------------------------------
+
+
+def test_reaper_requeues_a_dead_workers_job_and_republishes_it(runtime, submit, sessions, republished):
+    from datetime import timedelta
+
+    job_id = submit()
+    with session_scope(sessions) as session:
+        claimed = transitions.claim(
+            session, job_id, "dead-worker", 30, now=models.utcnow() - timedelta(seconds=60)
+        )
+        assert claimed is not None
+    assert maintenance.reap_expired_leases() == 1
+    job = _job(sessions, job_id)
+    assert job.status is JobStatus.QUEUED and job.attempts == 1 and job.worker_id is None
+    assert republished == [(job_id, "tiny", 0)]
+    assert maintenance.reap_expired_leases() == 0
+
+
+def test_stranded_queued_jobs_are_republished(runtime, submit, sessions, republished) -> None:
+    from datetime import timedelta
+
+    old = submit(now=models.utcnow() - timedelta(seconds=runtime.settings.stranded_after_s + 5))
+    submit()
+    assert maintenance.republish_stranded() == 1
+    assert republished == [(old, "tiny", 0)]
+
+
+def test_expire_and_purge_tasks_return_counts(runtime, submit, sessions) -> None:
+    from datetime import timedelta
+
+    long_ago = models.utcnow() - timedelta(days=30)
+    job_id = submit(now=long_ago, start_timeout_s=60)
+    assert maintenance.expire_unstarted() == 1
+    assert _job(sessions, job_id).status is JobStatus.EXPIRED
+    with session_scope(sessions) as session:  # finished a month ago: past the result TTL
+        session.execute(Job.__table__.update().where(Job.id == job_id).values(finished_at=long_ago))
+    assert maintenance.delete_expired_results() == 1
+    assert _objects(runtime.storage, job_id) == []
+    assert _job(sessions, job_id).purged_at is not None
+
+
+# -- pool and process helpers ---------------------------------------------------------------------
+
+
+def test_pool_loads_the_fake_once_and_warms_it_up(monkeypatch) -> None:
+    warmed: list[tuple[int, ...]] = []
+    monkeypatch.setattr(pool_mod, "warm_up", lambda model: warmed.append(model.resolutions) or 0.0)
+    pool = pool_mod.ModelPool()
+    first = pool.load("tiny", "fake://?scales=7&resolutions=32,64")
+    again = pool.load("tiny", "fake://?scales=7")
+    assert first is again and warmed == [(32, 64)]
+    assert pool.get("tiny").name == "tiny" and first.model.options.scales == 7
+    with pytest.raises(pool_mod.ModelNotLoaded):
+        pool.get("8B-1024")
+
+
+def test_warm_up_runs_one_edit_per_served_resolution() -> None:
+    pipe = RecordingPipeline(resolutions=(32, 128))
+    assert pool_mod.warm_up(pipe) >= 0.0
+    assert [c["instructions"] for c in pipe.calls] == [[pool_mod.WARMUP_INSTRUCTION]] * 2
+    assert pipe.seen_resolutions == [32, 128]
+
+
+def test_loading_a_model_records_its_facts_for_the_api(runtime, sessions) -> None:
+    from worker.process import load_model
+
+    runtime.settings.model_path = "fake://?resolutions=64,32&cfg=2&tau=0.3"
+    load_model(runtime, "tiny")
+    with sessions() as session:
+        facts = workers.model_facts(session, runtime.settings)
+    assert facts == {"tiny": workers.ModelFacts("tiny", [64, 32], {"cfg": 2.0, "tau": 0.3})}
+
+
+def test_model_path_is_the_setting_or_a_bundled_folder(tmp_path, monkeypatch) -> None:
+    assert pool_mod.resolve_model_path("fake://", "tiny") == "fake://"
+    monkeypatch.setattr(pool_mod, "BUNDLED_MODELS_DIR", tmp_path)
+    with pytest.raises(pool_mod.ModelNotFound, match="VAREDIT_MODEL_PATH"):
+        pool_mod.resolve_model_path(None, "tiny")
+    (tmp_path / "shipped").mkdir()
+    (tmp_path / "shipped" / "config.json").write_text('{"format": "varedit", "config": {"name": "tiny"}}')
+    assert pool_mod.resolve_model_path(None, "tiny") == str(tmp_path / "shipped")
+    with pytest.raises(pool_mod.ModelNotFound):
+        pool_mod.resolve_model_path(None, "8B-1024")
+
+
+def test_misrouted_message_hands_the_job_back(runtime, pipeline, submit, sessions, republished) -> None:
+    job_id = submit(model="2B-512", resolution=512)
+    assert edit_tasks.run_edit(job_id) == "misrouted"
+    assert _job(sessions, job_id).status is JobStatus.QUEUED
+    assert republished == [(job_id, "2B-512", editing.REQUEUE_DELAY_S)]
+    assert pipeline.calls == []
+
+
+def test_fake_path_survives_being_a_path_setting(make_settings) -> None:
+    s = make_settings(model_path="fake://?scales=9&gate=/tmp/g")
+    pipe = FakeEditPipeline.from_url(str(s.model_path))
+    assert pipe.options.scales == 9 and pipe.options.gate == "/tmp/g"
+
+
+def test_served_models_come_from_the_edits_queues() -> None:
+    from worker.process import heartbeat_rows, served_models
+
+    assert served_models(["edits.tiny", "webhooks", "edits.2B-512"]) == ["2B-512", "tiny"]
+    assert served_models(["webhooks", "maintenance"]) == []
+    assert heartbeat_rows("gpu0@h", ["tiny"]) == [("gpu0@h", "tiny")]
+    assert heartbeat_rows("gpu0@h", ["a", "b"]) == [("gpu0@h:a", "a"), ("gpu0@h:b", "b")]
+
+
+def test_heartbeat_rows_are_written_refreshed_and_removed(runtime, sessions) -> None:
+    from worker import heartbeat
+
+    beats = heartbeat.HeartbeatThread(runtime.sessions, rows=[(WORKER, "tiny")], hostname="h", interval_s=60)
+    beats.beat(ready=False)
+    with sessions() as session:
+        assert workers.ready_workers(session, 60) == {}
+    beats.beat(ready=True)
+    with sessions() as session:
+        assert workers.ready_workers(session, 60) == {"tiny": 1}
+    beats.goodbye()
+    with sessions() as session:
+        assert workers.ready_workers(session, 60) == {}
+
+
+def test_progress_writes_are_throttled_but_every_scale_checks_for_cancel(
+    runtime, pipeline, submit, sessions, monkeypatch
+) -> None:
+    from worker import editing
+
+    written: list[tuple[int, int] | None] = []
+    real_heartbeat = transitions.heartbeat
+
+    def counting_heartbeat(session, job_id, attempt, lease_s, progress=None, **kw):  # type: ignore[no-untyped-def]
+        written.append(progress)
+        return real_heartbeat(session, job_id, attempt, lease_s, progress, **kw)
+
+    monkeypatch.setattr(editing.transitions, "heartbeat", counting_heartbeat)
+    pipeline.options = FakeOptions(scales=10)
+    # an instant 10-scale edit writes progress on its last scale only (the claim wrote the lease)
+    done = submit()
+    edit_tasks.run_edit(done)
+    assert [w for w in written if w is not None] == [(10, 10)]
+    assert _job(sessions, done).status is JobStatus.SUCCEEDED
+    # and a cancel between two unwritten scales is still seen at the very next boundary
+    written.clear()
+    job_id = submit()
+
+    def cancel_at_5(k: int, _: int) -> None:
+        if k == 5:
+            with session_scope(sessions) as session:
+                transitions.cancel(session, job_id)
+
+    pipeline.hook = cancel_at_5
+    edit_tasks.run_edit(job_id)
+    job = _job(sessions, job_id)
+    assert job.status is JobStatus.CANCELED and job.progress == (5, 10)
+    assert [w for w in written if w is not None] == [(5, 10)]
+
+
+def test_worker_metrics_count_outcomes_scales_and_run_time(runtime, pipeline, submit, sessions) -> None:
+    from worker import metrics
+
+    def value(name: str, labels: dict[str, str]) -> float:
+        return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before_ok = value("varedit_worker_edits_total", {"model": "tiny", "outcome": "succeeded"})
+    before_scales = value("varedit_worker_scales_total", {"model": "tiny"})
+    before_runs = value("varedit_worker_run_seconds_count", {"model": "tiny"})
+    before_waits = value("varedit_worker_queue_wait_seconds_count", {"model": "tiny"})
+    edit_tasks.run_edit(submit())
+    assert value("varedit_worker_edits_total", {"model": "tiny", "outcome": "succeeded"}) == before_ok + 1
+    assert value("varedit_worker_scales_total", {"model": "tiny"}) == before_scales + 4
+    assert value("varedit_worker_run_seconds_count", {"model": "tiny"}) == before_runs + 1
+    assert value("varedit_worker_queue_wait_seconds_count", {"model": "tiny"}) == before_waits + 1

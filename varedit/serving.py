@@ -1,0 +1,69 @@
+"""What a server needs to know about a model besides its weights: the resolutions it serves and the
+sampling settings it recommends. A folder in our format states them in ``config.json`` under
+``"serving"``; an official release folder gets the official ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import VAREditConfig
+
+
+@dataclass(frozen=True)
+class SamplingDefaults:
+    """Sampler settings used when a caller does not choose them.
+
+    The defaults are the official inference settings: cfg 3 and tau 0.1 are what the official README's
+    configuration and its web demo's sliders use (its other entry points disagree among themselves);
+    top-k 900 and top-p 0.97 are the official sampler's. With two logits per bit, top-k never cuts.
+    """
+
+    cfg: float = 3.0  # classifier-free guidance on logits (1 = off)
+    tau: float = 0.1  # logit temperature (lower is closer to greedy)
+    top_k: int = 900
+    top_p: float = 0.97
+
+    def to_dict(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Serving:
+    """The resolutions a model serves (the first is its default) and its sampling defaults."""
+
+    resolutions: tuple[int, ...]
+    sampling: SamplingDefaults = field(default_factory=SamplingDefaults)
+
+    def __post_init__(self) -> None:
+        if not self.resolutions:
+            raise ValueError("a model serves at least one resolution")
+
+    def check(self, config: VAREditConfig) -> None:
+        """Refuse resolutions the model's scale schedule cannot produce."""
+        bad = [r for r in self.resolutions if r not in config.resolutions]
+        if bad:
+            raise ValueError(
+                f"{config.name} cannot serve resolutions {bad}; it can serve {config.resolutions}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"resolutions": list(self.resolutions), "sampling": self.sampling.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Serving:
+        unknown = set(d) - {"resolutions", "sampling"}
+        if unknown:
+            raise ValueError(f"unknown serving fields {sorted(unknown)}")
+        sampling = d.get("sampling", {})
+        known = {f.name for f in dataclasses.fields(SamplingDefaults)}
+        if set(sampling) - known:
+            raise ValueError(f"unknown sampling fields {sorted(set(sampling) - known)}")
+        return cls(tuple(int(r) for r in d["resolutions"]), SamplingDefaults(**sampling))
+
+    @classmethod
+    def trained(cls, config: VAREditConfig, sampling: SamplingDefaults | None = None) -> Serving:
+        """Serve the resolution the model was trained at (others run, but were never trained)."""
+        return cls((config.resolution,), sampling or SamplingDefaults())

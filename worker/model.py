@@ -1,0 +1,52 @@
+"""The seam between a worker and a model: what the worker needs, typed, and nothing else.
+
+`varedit.EditPipeline` (the real model) and `worker.fake.FakeEditPipeline` (the instant stand-in)
+both satisfy `EditModel`. The worker never imports torch through this module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from PIL import Image
+
+from jobs.workers import ModelFacts
+
+# on_scale(k, K) after scale k of K; returning False stops the edit (the model raises).
+OnScale = Callable[[int, int], bool | None]
+
+
+class EditModel(Protocol):
+    """A loaded model that edits batches of images, reports its facts and frees memory on demand.
+
+    ``edit`` raises `MemoryError` when the device runs out of memory (after releasing its cache) and
+    raises when ``on_scale`` returns False; any other exception is a failed edit.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def resolutions(self) -> tuple[int, ...]: ...
+
+    @property
+    def sampling_defaults(self) -> dict[str, float]: ...
+
+    def edit(
+        self,
+        images: Sequence[Image.Image],
+        instructions: Sequence[str],
+        seeds: Sequence[int] | None = None,
+        cfg: float | None = None,
+        tau: float | None = None,
+        on_scale: OnScale | None = None,
+        resolution: int | None = None,
+    ) -> list[Image.Image]: ...
+
+    def release_memory(self) -> None: ...
+
+
+def facts_of(model: EditModel) -> ModelFacts:
+    """What a worker reports about its loaded model when it announces itself ready."""
+    return ModelFacts(model.name, list(model.resolutions), dict(model.sampling_defaults))
