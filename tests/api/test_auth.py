@@ -152,6 +152,7 @@ def test_webhooks_are_signed_with_the_owning_keys_secret(
         reset_runtime()
 
 
+@pytest.mark.slow
 def test_keys_commands(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VAREDIT_")}
     env["VAREDIT_DATA_DIR"] = str(tmp_path / "data")

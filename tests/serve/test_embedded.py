@@ -25,7 +25,7 @@ from standardwebhooks.webhooks import Webhook
 
 from varedit_client import Client
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "assets" / "sample.png"

@@ -31,7 +31,7 @@ from jobs.models import Job
 from serve.embedded import EmbeddedPlatform
 from varedit_client import Client
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 JOBS = 20
 DEADLINE_S = 60.0

@@ -15,6 +15,8 @@ from varedit.train.vae import SHAPES_VAE, ShapesVAE, image_batch
 from varedit.transformer import VAREditTransformer
 from varedit.vae import VAE, SelfCorrection
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def parts(tmp_path_factory):

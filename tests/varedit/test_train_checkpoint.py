@@ -8,6 +8,8 @@ import pytest
 from varedit.train.data import make_record
 from varedit.train.eval import edit_record, masked_psnr, score
 
+pytestmark = pytest.mark.slow
+
 MODEL = Path(__file__).resolve().parents[2] / "models" / "varedit-shapes-64"
 # Held-out records (a phrasing or a combination never trained on), by (data seed, index); edited with
 # the settings of the model card (cfg 2, tau 0.3) and seed = index, as `python -m varedit.train.eval` does:

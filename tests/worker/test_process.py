@@ -20,6 +20,8 @@ from sqlalchemy import select
 from jobs.db import make_engine, make_sessionmaker
 from jobs.models import WorkerHeartbeat
 
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
 ROOT = Path(__file__).resolve().parents[2]
 DEADLINE_S = 60.0
 

@@ -107,8 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", default="models/varedit-shapes-64")
     p.add_argument("--n", type=int, default=300, help="held-out records (edit kinds cycle)")
     p.add_argument("--seed", type=int, default=0, help="data seed of the held-out split")
-    p.add_argument("--cfg", type=float, default=3.0)
-    p.add_argument("--tau", type=float, default=0.5)
+    p.add_argument("--cfg", type=float, help="default: the model's recommended value (config.json)")
+    p.add_argument("--tau", type=float, help="default: the model's recommended value (config.json)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     p.add_argument(
         "--oracle",
@@ -132,6 +132,8 @@ def main(argv: list[str] | None = None) -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     pipe = EditPipeline.from_pretrained(a.model)
+    a.cfg = pipe.sampling.cfg if a.cfg is None else a.cfg
+    a.tau = pipe.sampling.tau if a.tau is None else a.tau
     n_oracle = pipe.num_scales() if a.oracle else a.oracle_scales
     recs = [make_record(a.seed, i, "test") for i in range(a.n)]
     rows, latencies = [], []
@@ -185,8 +187,8 @@ def edit_with_oracle(pipe, rec: Record, seed: int, cfg: float, tau: float, n_sca
             gens,
             cfg=cfg,
             tau=tau,
-            top_k=pipe.config.top_k,
-            top_p=pipe.config.top_p,
+            top_k=pipe.sampling.top_k,
+            top_p=pipe.sampling.top_p,
             forced_bits=labels[:n_scales],
         )
         return np.asarray(postprocess(pipe.decode(out.f_hat)[0], rec.target.shape[1::-1]))
