@@ -6,8 +6,10 @@ gives each its HTTP status. Errors that only exist at the HTTP edge are `ApiErro
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+import sqlalchemy.exc
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
@@ -28,8 +30,21 @@ DOMAIN_STATUS: dict[type[domain.JobsError], int] = {
     domain.JobNotTerminal: 409,
     domain.StorageError: 503,
     domain.ModelNotReady: 503,
+    domain.InFlightLimit: 429,
 }
-RETRY_AFTER_S: dict[type[domain.JobsError], int] = {domain.ModelNotReady: 10, domain.StorageError: 5}
+RETRY_AFTER_S: dict[type[domain.JobsError], int] = {
+    domain.ModelNotReady: 10,
+    domain.StorageError: 5,
+    domain.InFlightLimit: 5,  # a guess at when one of the caller's jobs will have finished
+}
+OUTAGE_RETRY_AFTER_S = 5
+# Raised when the database cannot be reached or a pooled connection died; other database errors are bugs.
+DATABASE_OUTAGES: tuple[type[Exception], ...] = (
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    sqlalchemy.exc.TimeoutError,
+    sqlalchemy.exc.DisconnectionError,
+)
 
 STATUS_CODES = {
     400: "bad_request",
@@ -73,10 +88,6 @@ class RateLimited(ApiError):
         self.headers = {"Retry-After": str(retry_after_s)}
 
 
-class TooManyInFlight(RateLimited):
-    code = "too_many_jobs_in_flight"
-
-
 class InvalidRequest(ApiError):
     code, status = "invalid_request", 422
 
@@ -113,6 +124,14 @@ class PayloadTooLarge(ApiError):
     code, status = "payload_too_large", 413
 
 
+class PriorityNotAllowed(ApiError):
+    code, status = "priority_not_allowed", 403
+
+
+class RedeliveryLimit(RateLimited):
+    code = "redelivery_limit"
+
+
 class ResultNotReady(ApiError):
     code, status = "result_not_ready", 409
 
@@ -121,10 +140,39 @@ class ResultExpired(ApiError):
     code, status = "result_expired", 410
 
 
+class ImageTooLarge(ApiError):
+    code, status = "image_too_large", 422
+
+
+class ImageAspectRatio(ApiError):
+    code, status = "image_aspect_ratio", 422
+
+
+class TooManyFetches(RateLimited):
+    code = "too_many_fetches"
+
+
+def json_safe(value: Any) -> Any:
+    """`value` as strict JSON can carry it: non-finite floats (an echoed NaN or 1e999) and anything
+    without a JSON form become strings, so rendering an error can never fail."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if value is None or isinstance(value, str | int | bool):
+        return value
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    try:
+        return json_safe(jsonable_encoder(value))
+    except (TypeError, ValueError, RecursionError):
+        return str(value)
+
+
 def error_response(
     status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None
 ) -> JSONResponse:
-    body = {"error": {"code": code, "message": message, "details": jsonable_encoder(details)}}
+    body = {"error": {"code": code, "message": message, "details": json_safe(details)}}
     return JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -138,7 +186,22 @@ async def _domain_error(_: Request, exc: Exception) -> JSONResponse:
     kind = type(exc)
     retry_after = RETRY_AFTER_S.get(kind)
     headers = {"Retry-After": str(retry_after)} if retry_after else None
+    if isinstance(exc, domain.StorageError):  # its message names the backend: for the log only
+        log.warning("storage_unavailable", error=exc.message)
+        return error_response(503, exc.code, "object storage is unavailable; retry later", headers=headers)
     return error_response(DOMAIN_STATUS.get(kind, 500), exc.code, exc.message, exc.details, headers)
+
+
+async def _database_unavailable(_: Request, exc: Exception) -> JSONResponse:
+    """The database cannot be reached (restart, failover, pool exhausted): a transient outage the
+    client should retry, not a bug."""
+    log.warning("database_unavailable", error=f"{type(exc).__name__}: {exc}"[:500])
+    return error_response(
+        503,
+        "service_unavailable",
+        "the database is unavailable; retry later",
+        headers={"Retry-After": str(OUTAGE_RETRY_AFTER_S)},
+    )
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
@@ -161,6 +224,8 @@ async def _unhandled(_: Request, exc: Exception) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(domain.JobsError, _domain_error)
+    for outage in DATABASE_OUTAGES:
+        app.add_exception_handler(outage, _database_unavailable)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unhandled)

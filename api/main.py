@@ -12,8 +12,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
+from api.body_limit import BodyLimitMiddleware
 from api.errors import install_error_handlers
-from api.limits import EditLimits
+from api.limits import WriteLimits
 from api.metrics import Metrics
 from api.middleware import RequestContextMiddleware
 from api.routes import edits, health, jobs, models, page
@@ -47,7 +48,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     app.state.notifier = Notifier(settings.broker_url)
     app.state.watcher = JobWatcher(settings.broker_url, settings.wait_recheck_s)
-    app.state.limits = EditLimits(settings)
+    app.state.limits = WriteLimits(settings)
     app.state.metrics.watch_jobs(app.state.sessions, settings)
     await app.state.watcher.start()
     try:
@@ -66,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = Metrics()
     install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, settings=settings)
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)
     for module in (edits, jobs, webhook_routes, models, health, page):
         app.include_router(module.router)

@@ -20,6 +20,7 @@ class EditCreate(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
+        allow_inf_nan=False,  # NaN and infinities (also 1e999, "Infinity") are refused with 422
         json_schema_extra={
             "examples": [
                 {
@@ -43,8 +44,8 @@ class EditCreate(BaseModel):
     model: str | None = Field(None, description="A model from GET /v1/models; default: the first one.")
     resolution: int | None = Field(None, description="Output side in pixels; default: the model's first.")
     seed: int | None = Field(None, ge=0, description="Default: a random seed, reported in params.seed.")
-    cfg: float | None = Field(None, description="Classifier-free guidance scale.")
-    tau: float | None = Field(None, gt=0, description="Sampling temperature.")
+    cfg: float | None = Field(None, description="Classifier-free guidance scale; default: the model's.")
+    tau: float | None = Field(None, gt=0, description="Sampling temperature; default: the model's.")
     priority: int = Field(0, ge=-10, le=10, description="Higher runs first among queued jobs.")
     start_timeout_s: int | None = Field(None, gt=0, description="Expire if not started within this.")
     webhook_url: str | None = Field(None, max_length=2048, pattern=r"^https?://")

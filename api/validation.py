@@ -9,23 +9,26 @@ import secrets
 from typing import Any
 
 from fastapi import Request
-from fastapi.concurrency import run_in_threadpool
 from PIL import Image, UnidentifiedImageError
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from api.errors import (
+    ImageAspectRatio,
+    ImageTooLarge,
     ImageUrlFetchFailed,
     ImageUrlNotAllowed,
     InvalidImage,
     InvalidRequest,
     PayloadTooLarge,
+    PriorityNotAllowed,
+    TooManyFetches,
     UnsupportedImageFormat,
     UnsupportedMediaType,
     WebhooksNotConfigured,
     WebhookUrlNotAllowed,
 )
-from api.image_fetch import FetchFailed, ResponseTooLarge, fetch
+from api.image_fetch import FetchFailed, ResponseTooLarge, TooManyFetchesInFlight, fetch, fetch_slot
 from api.schemas import EditCreate
 from jobs.errors import ModelNotReady
 from jobs.netguard import UnsafeURL, check_url_syntax
@@ -33,14 +36,7 @@ from jobs.settings import Settings
 from jobs.transitions import EditSpec
 from jobs.workers import ModelFacts
 
-FORM_OVERHEAD_BYTES = 64 * 1024  # room for form fields and multipart framing next to the image
 CONTENT_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
-
-
-def _check_length(request: Request, limit: int) -> None:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"the request is larger than {limit} bytes", details={"limit": limit})
 
 
 def _parse(fields: dict[str, Any]) -> EditCreate:
@@ -53,13 +49,12 @@ def _parse(fields: dict[str, Any]) -> EditCreate:
         raise InvalidRequest("the request is not valid", details=details) from None
 
 
-async def read_edit_request(request: Request, settings: Settings) -> tuple[EditCreate, bytes]:
+async def read_edit_request(request: Request, settings: Settings, owner: str) -> tuple[EditCreate, bytes]:
     """The fields and the raw image bytes, from multipart (``image`` file) or JSON (``image_base64``, or
     ``image_url`` fetched through the address guard)."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     max_image = settings.max_upload_bytes
     if content_type == "multipart/form-data":
-        _check_length(request, max_image + FORM_OVERHEAD_BYTES)
         async with request.form(max_files=1, max_fields=32) as form:
             upload = form.get("image")
             fields: dict[str, Any] = {
@@ -72,7 +67,6 @@ async def read_edit_request(request: Request, settings: Settings) -> tuple[EditC
             image = await upload.read(max_image + 1)
         parsed = _parse(fields)
     elif content_type == "application/json":
-        _check_length(request, max_image * 4 // 3 + FORM_OVERHEAD_BYTES)
         try:
             body = await request.json()
         except ValueError:
@@ -86,7 +80,7 @@ async def read_edit_request(request: Request, settings: Settings) -> tuple[EditC
                 details=[{"loc": ["body", "image_base64"]}, {"loc": ["body", "image_url"]}],
             )
         if parsed.image_url is not None:
-            image = await run_in_threadpool(fetch_image, parsed.image_url, settings)
+            image = await fetch_image(parsed.image_url, settings, owner)
         else:
             try:
                 image = base64.b64decode(parsed.image_base64 or "", validate=True)
@@ -99,28 +93,44 @@ async def read_edit_request(request: Request, settings: Settings) -> tuple[EditC
     return parsed, image
 
 
-def fetch_image(url: str, settings: Settings) -> bytes:
-    """The bytes behind ``image_url``, fetched through the address guard (jobs/netguard.py)."""
+async def fetch_image(url: str, settings: Settings, owner: str) -> bytes:
+    """The bytes behind ``image_url``, fetched through the address guard (jobs/netguard.py), with at
+    most ``image_url_max_concurrent`` fetches of one caller in flight in this process."""
+    where = [{"loc": ["body", "image_url"], "input": url}]
     try:
-        return fetch(
-            url,
-            max_bytes=settings.max_upload_bytes,
-            timeout_s=settings.image_url_timeout_s,
-            max_redirects=settings.image_url_max_redirects,
-            allow_private=settings.allow_private_urls,
-        )
+        with fetch_slot(owner, settings.image_url_max_concurrent):
+            return await fetch(
+                url,
+                max_bytes=settings.max_upload_bytes,
+                timeout_s=settings.image_url_timeout_s,
+                max_redirects=settings.image_url_max_redirects,
+                allow_private=settings.allow_private_urls,
+                allowed_ports=settings.allowed_url_ports,
+            )
+    except TooManyFetchesInFlight:
+        limit = settings.image_url_max_concurrent
+        raise TooManyFetches(
+            f"at most {limit} image_url fetches may be in flight per caller; retry shortly",
+            retry_after_s=1,
+            details={"limit": limit},
+        ) from None
     except UnsafeURL as e:
-        raise ImageUrlNotAllowed(str(e), details=[{"loc": ["body", "image_url"], "input": url}]) from e
+        raise ImageUrlNotAllowed(str(e), details=where) from e
     except ResponseTooLarge as e:
         raise PayloadTooLarge(str(e), details={"limit": settings.max_upload_bytes}) from e
     except FetchFailed as e:
-        raise ImageUrlFetchFailed(str(e), details=[{"loc": ["body", "image_url"], "input": url}]) from e
+        raise ImageUrlFetchFailed(str(e), details=where) from e
 
 
 def inspect_image(data: bytes, settings: Settings) -> str:
-    """The image's content type, after checking format, pixel count (decompression bombs) and decoding."""
+    """The image's content type, after checking format, pixel count (decompression bombs), longest side
+    and aspect ratio (the model pads to a square of the longest side), then decoding.
+
+    An animation (APNG, animated WebP) is accepted and edited as its first frame: only that frame is
+    decoded here, and the model takes only that one.
+    """
     try:
-        # open() reads only the header, so the pixel count is checked before anything is decoded.
+        # open() reads only the header, so size and shape are checked before anything is decoded.
         with Image.open(io.BytesIO(data)) as img:
             if img.format not in CONTENT_TYPES:
                 raise UnsupportedImageFormat(
@@ -132,6 +142,18 @@ def inspect_image(data: bytes, settings: Settings) -> str:
                 raise InvalidImage(
                     f"the image has {width * height} pixels; at most {settings.max_pixels} are accepted",
                     details={"width": width, "height": height, "max_pixels": settings.max_pixels},
+                )
+            long, short = max(width, height), min(width, height)
+            max_side, max_ratio = settings.max_image_side, settings.max_aspect_ratio
+            if long > max_side:
+                raise ImageTooLarge(
+                    f"the image is {width}x{height}; its longest side may be at most {max_side}",
+                    details={"width": width, "height": height, "limit": max_side},
+                )
+            if long > max_ratio * short:
+                raise ImageAspectRatio(
+                    f"the image is {width}x{height}; its long side may be at most {max_ratio}x its short one",
+                    details={"width": width, "height": height, "limit": max_ratio},
                 )
             img.load()  # decode fully: truncated or corrupt data fails here, not on the GPU
             return CONTENT_TYPES[img.format]
@@ -153,10 +175,12 @@ def build_spec(
     settings: Settings,
     served: dict[str, ModelFacts | None],
     signs_webhooks: bool = False,
+    max_priority: int = 0,
 ) -> EditSpec:
     """Check fields against the deployment's limits and the model's facts (`jobs.workers.model_facts`)
     and fill in defaults: the model's recommended cfg and tau, its default resolution, a random seed.
-    ``signs_webhooks``: the caller has a webhook secret of its own (an API key)."""
+    ``signs_webhooks``: the caller has a webhook secret of its own (an API key); ``max_priority``: the
+    highest priority it may ask for (above normal is a right an operator grants a key)."""
     instruction = fields.instruction.strip()
     if not instruction:
         raise InvalidRequest("instruction must not be empty", details=[{"loc": ["body", "instruction"]}])
@@ -193,6 +217,13 @@ def build_spec(
         raise _range_error("seed", seed, 0, settings.seed_max)
     if fields.webhook_url is not None:
         check_webhook_url(fields.webhook_url, settings, signs_webhooks)
+    if fields.priority > max_priority:
+        raise PriorityNotAllowed(
+            f"this caller may ask for priority {max_priority} at most",
+            details=[
+                {"loc": ["body", "priority"], "msg": f"at most {max_priority}", "input": fields.priority}
+            ],
+        )
     start_timeout_s = fields.start_timeout_s or settings.start_timeout_s
     if start_timeout_s > settings.start_timeout_s:
         raise _range_error("start_timeout_s", start_timeout_s, 1, settings.start_timeout_s)
@@ -215,6 +246,6 @@ def check_webhook_url(url: str, settings: Settings, signs_webhooks: bool) -> Non
     if not (signs_webhooks or settings.webhook_secrets):
         raise WebhooksNotConfigured("this deployment has no webhook secret (VAREDIT_WEBHOOK_SECRETS)")
     try:
-        check_url_syntax(url, settings.allow_private_urls)
+        check_url_syntax(url, settings.allow_private_urls, settings.allowed_url_ports)
     except UnsafeURL as e:
         raise WebhookUrlNotAllowed(str(e), details=[{"loc": ["body", "webhook_url"], "input": url}]) from e

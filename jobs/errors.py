@@ -55,3 +55,9 @@ class ModelNotReady(JobsError):
     """No worker has announced the model yet, so its resolutions and defaults are unknown."""
 
     code = "model_not_ready"
+
+
+class InFlightLimit(JobsError):
+    """The owner already has as many queued and running jobs as it may."""
+
+    code = "too_many_jobs_in_flight"

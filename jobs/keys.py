@@ -45,9 +45,11 @@ def create(
     *,
     rate_limit: str | None = None,
     max_in_flight: int | None = None,
+    max_priority: int = 0,
     now: datetime | None = None,
 ) -> NewKey:
-    """A new key; ``rate_limit`` in the `limits` notation ("60/minute", "1000/day"), checked here."""
+    """A new key; ``rate_limit`` in the `limits` notation ("60/minute", "1000/day"), checked here.
+    ``max_priority``: the highest job priority it may ask for (0, normal, unless granted more)."""
     if rate_limit is not None:
         parse(rate_limit)  # ValueError for nonsense, before anything is stored
     key_id = secrets.token_hex(6)
@@ -59,6 +61,7 @@ def create(
         webhook_secret=new_webhook_secret(),
         rate_limit=rate_limit,
         max_in_flight=max_in_flight,
+        max_priority=max_priority,
         created_at=now or utcnow(),
     )
     session.add(key)

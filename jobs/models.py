@@ -225,6 +225,7 @@ class ApiKey(Base):
     previous_webhook_secret: Mapped[str | None] = mapped_column(String(128))
     rate_limit: Mapped[str | None] = mapped_column(String(64))  # e.g. "60/minute"; None: the deployment's
     max_in_flight: Mapped[int | None] = mapped_column(Integer)  # queued + running; None: the deployment's
+    max_priority: Mapped[int] = mapped_column(Integer, default=0)  # highest job priority it may ask for
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 

@@ -256,11 +256,23 @@ def redeliver(session: Session, job: Job, *, now: datetime | None = None) -> Web
     return _add(session, job, event, f"msg_{uuid.uuid4().hex}", payload, now)
 
 
-def count_by_status(session: Session) -> dict[tuple[str, DeliveryStatus], int]:
-    """Messages per (event, status): the delivery-outcomes gauge."""
+def redeliveries(session: Session, job: Job) -> int:
+    """How often the job's terminal event was redelivered: its messages beyond the first for that
+    event (each redelivery adds one)."""
+    event = EVENT_OF_STATUS.get(job.status)
+    count = session.scalar(
+        select(func.count())
+        .select_from(WebhookDelivery)
+        .where(WebhookDelivery.job_id == job.id, WebhookDelivery.event == event)
+    )
+    return max(0, (count or 0) - 1)
+
+
+def count_pending(session: Session) -> dict[str, int]:
+    """Messages not yet settled, per event (an index range: settled ones are never scanned)."""
     rows = session.execute(
-        select(WebhookDelivery.event, WebhookDelivery.status, func.count()).group_by(
-            WebhookDelivery.event, WebhookDelivery.status
-        )
+        select(WebhookDelivery.event, func.count())
+        .where(WebhookDelivery.status == DeliveryStatus.PENDING)
+        .group_by(WebhookDelivery.event)
     ).all()
-    return {(event, DeliveryStatus(status)): count for event, status, count in rows}
+    return dict(rows)

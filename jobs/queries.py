@@ -60,9 +60,14 @@ def queue_stats(session: Session, *, now: datetime | None = None) -> dict[str, Q
     return stats
 
 
-def count_by_status(session: Session) -> dict[tuple[str, JobStatus], int]:
-    """Jobs per (model, status), for the jobs-by-state gauge."""
-    rows = session.execute(select(Job.model, Job.status, func.count()).group_by(Job.model, Job.status)).all()
+def count_open(session: Session) -> dict[tuple[str, JobStatus], int]:
+    """Queued and running jobs per (model, status): an index range, however many jobs have ended."""
+    open_statuses = [JobStatus.QUEUED, JobStatus.RUNNING]
+    rows = session.execute(
+        select(Job.model, Job.status, func.count())
+        .where(Job.status.in_(open_statuses))
+        .group_by(Job.model, Job.status)
+    ).all()
     return {(model, JobStatus(status)): count for model, status, count in rows}
 
 

@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs import idempotency, queries, transitions
 from jobs.db import session_scope
+from jobs.errors import InFlightLimit
 from jobs.models import Job
 from jobs.notify import Notifier
 from jobs.queue import Publisher, publish_quietly
@@ -25,6 +27,7 @@ from jobs.storage import Storage, source_key
 from jobs.views import render_job
 
 ACCEPTED = 202
+UNKNOWN = object()  # the outcome of a failed COMMIT could not be read back
 
 log = structlog.get_logger(__name__)
 
@@ -54,11 +57,14 @@ def submit_edit(
     spec: transitions.EditSpec,
     image: bytes,
     content_type: str,
+    max_in_flight: int | None = None,
     idempotency_key: str | None = None,
     fingerprint: str = "",
 ) -> Submitted:
     """Accept one validated edit; the response body (the job's public view) is stored with the
-    Idempotency-Key for replays. Raises the idempotency errors, `StorageError` or database errors."""
+    Idempotency-Key for replays. ``max_in_flight`` caps the owner's queued + running jobs, counted in
+    the inserting transaction so concurrent submits cannot both slip under it. Raises `InFlightLimit`,
+    the idempotency errors, `StorageError` or database errors."""
     if idempotency_key is not None:
         with session_scope(sessions) as session:
             record = idempotency.reserve(session, owner, idempotency_key, fingerprint)
@@ -72,6 +78,8 @@ def submit_edit(
     try:
         storage.put(key, image, content_type)
         with session_scope(sessions) as session:
+            if max_in_flight is not None:
+                _serialize_owner(session, owner)
             job = transitions.submit(
                 session,
                 job_id=job_id,
@@ -80,22 +88,56 @@ def submit_edit(
                 source_key=key,
                 source_content_type=content_type,
             )
+            if max_in_flight is not None and queries.count_in_flight(session, owner) > max_in_flight:
+                raise InFlightLimit(
+                    f"{max_in_flight} jobs are already queued or running",
+                    details={"max_in_flight": max_in_flight},
+                )
             body = render_job(job)
             if idempotency_key is not None:
                 idempotency.complete(session, owner, idempotency_key, job_id, ACCEPTED, body)
-    except BaseException:
-        log.warning("job_submit_rolled_back", job_id=job_id, exc_info=True)
-        _undo(sessions, storage, key, owner, idempotency_key)
-        raise
+    except BaseException as exc:
+        committed = _committed(sessions, job_id)
+        if committed is UNKNOWN:
+            raise  # keep the source: the job may exist (an orphan object is harmless, a lost source is not)
+        if committed is None:
+            log.warning("job_submit_rolled_back", job_id=job_id, exc_info=True)
+            _undo(sessions, storage, key, owner, idempotency_key)
+            raise
+        # The COMMIT went through and only its answer was lost: the job is accepted as it stands.
+        log.warning("job_submit_commit_reply_lost", job_id=job_id, error=repr(exc))
+        body = committed
 
     publish_quietly(publisher, job_id, spec.model)
     return Submitted(job_id, ACCEPTED, body, False)
 
 
+def _serialize_owner(session: Session, owner: str) -> None:
+    """Make concurrent submits of one owner take turns until commit, so the in-flight count each sees
+    includes the others'. PostgreSQL: a transaction-scoped advisory lock. SQLite needs none: the
+    INSERT takes the database's single write lock before the count."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_advisory_xact_lock(func.hashtext(f"in-flight:{owner}"))))
+
+
+def _committed(sessions: sessionmaker[Session], job_id: str) -> dict[str, Any] | None | object:
+    """After a failed submit, what the database says: the job's public view if its row exists after all
+    (the COMMIT succeeded and only its reply was lost), None when it does not, `UNKNOWN` when the
+    database cannot be asked."""
+    try:
+        with sessions() as session:
+            job = session.get(Job, job_id)
+            return None if job is None else render_job(job)
+    except Exception:
+        log.warning("job_submit_outcome_unknown", job_id=job_id, exc_info=True)
+        return UNKNOWN
+
+
 def _undo(
     sessions: sessionmaker[Session], storage: Storage, key: str, owner: str, idempotency_key: str | None
 ) -> None:
-    """Best effort: a leftover object or reservation is harmless, the original error matters more."""
+    """The submit did not commit: remove what it left. Best effort: a leftover object or reservation is
+    harmless, the original error matters more."""
     try:
         storage.delete(key)
     except Exception:

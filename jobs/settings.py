@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     # Input limits.
     max_upload_bytes: int = Field(20 * 1024 * 1024, gt=0)
     max_pixels: int = Field(4096 * 4096, gt=0)  # decompression-bomb guard on the decoded image
+    # The pipeline pads an image to a square of its longest side: these bound what that square costs.
+    max_image_side: int = Field(8192, gt=0)  # longest side, pixels
+    max_aspect_ratio: float = Field(8.0, ge=1.0)  # longest side / shortest side
     max_instruction_chars: int = Field(1000, gt=0)
     cfg_min: float = 1.0  # accepted ranges of the sampling parameters a caller may set
     cfg_max: float = 10.0
@@ -95,6 +98,9 @@ class Settings(BaseSettings):
     # URLs chosen by clients (webhook_url, image_url) may reach loopback/private/link-local addresses
     # only when this is set (tests, LANs); see jobs/netguard.py.
     allow_private_urls: bool = False
+    # Ports client-chosen URLs may use; empty: 80 and 443, or any port while private URLs are allowed.
+    allowed_url_ports: list[int] = Field(default_factory=list)
+    image_url_max_concurrent: int = Field(4, gt=0)  # image_url fetches in flight per caller, per API process
     image_url_timeout_s: float = Field(10.0, gt=0)
     image_url_max_redirects: int = Field(3, ge=0)
 
@@ -105,6 +111,11 @@ class Settings(BaseSettings):
     # Delays between attempts after the first (the Standard Webhooks schedule: ~27 h in all), +-10% jitter.
     webhook_retry_s: list[float] = Field(default_factory=lambda: [5, 300, 1800, 7200, 18000, 36000, 36000])
     webhook_dispatch_s: float = Field(1.0, gt=0)  # how often due deliveries are handed to the webhook worker
+    max_redeliveries: int = Field(5, ge=0)  # POST .../webhooks/redeliver per job
+
+    # Operator surfaces. /metrics answers only with `Authorization: Bearer <metrics_token>` when set
+    # (with VAREDIT_AUTH=api_key it must be set, or /metrics is off).
+    metrics_token: str | None = None
 
     # Logging.
     log_level: str = "INFO"

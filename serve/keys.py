@@ -1,6 +1,6 @@
 """`varedit-serve keys ...`: the operator's API-key commands, run against the configured database.
 
-    varedit-serve keys create NAME [--rate-limit 60/minute] [--max-in-flight 10]
+    varedit-serve keys create NAME [--rate-limit 60/minute] [--max-in-flight 10] [--max-priority 5]
     varedit-serve keys list
     varedit-serve keys revoke KEY_ID
     varedit-serve keys rotate-webhook-secret KEY_ID
@@ -31,6 +31,7 @@ def _view(key: ApiKey, **extra: Any) -> dict[str, Any]:
         "name": key.name,
         "rate_limit": key.rate_limit,
         "max_in_flight": key.max_in_flight,
+        "max_priority": key.max_priority,
         "created_at": key.created_at.isoformat(),
         "revoked_at": key.revoked_at.isoformat() if key.revoked_at else None,
         **extra,
@@ -46,6 +47,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     create.add_argument("name")
     create.add_argument("--rate-limit", help="edits per period for this key, e.g. 60/minute")
     create.add_argument("--max-in-flight", type=int, help="queued + running jobs for this key")
+    create.add_argument(
+        "--max-priority",
+        type=int,
+        default=0,
+        choices=range(0, 11),
+        metavar="0..10",
+        help="the highest job priority this key may ask for (default 0: normal only)",
+    )
     commands.add_parser("list", help="every key (never the tokens)")
     for name, text in (("revoke", "stop a key at once"), ("rotate-webhook-secret", "new signing secret")):
         commands.add_parser(name, help=text).add_argument("key_id")
@@ -58,7 +67,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         with session_scope(make_sessionmaker(engine)) as session:
             if args.command == "create":
                 new = keys.create(
-                    session, args.name, rate_limit=args.rate_limit, max_in_flight=args.max_in_flight
+                    session,
+                    args.name,
+                    rate_limit=args.rate_limit,
+                    max_in_flight=args.max_in_flight,
+                    max_priority=args.max_priority,
                 )
                 out: Any = _view(new.key, token=new.token, webhook_secret=new.key.webhook_secret)
             elif args.command == "list":

@@ -356,6 +356,38 @@ class ApiHarness:
         self.client.__exit__(*exc)
 
 
+def lose_next_commit_reply(sessions: sessionmaker[Session], when: Callable[[str], bool]) -> list[bool]:
+    """Make the next COMMIT of a transaction that ran a statement for which ``when(sql)`` holds
+    succeed in the database but fail for the caller, as when the connection drops before the server's
+    reply arrives. Statements are ORM executes (``UPDATE jobs SET ...``) and flushes, seen as
+    ``INSERT INTO <table>``. Returns a list that gets one entry when the fault has fired."""
+    from sqlalchemy import event
+    from sqlalchemy.exc import OperationalError
+
+    fired: list[bool] = []
+
+    def aim(session: Session, sql: str) -> None:
+        if not fired and when(sql):
+            session.info["lose_commit_reply"] = True
+
+    def watch(state: Any) -> None:  # every ORM statement of the transaction
+        aim(state.session, str(state.statement))
+
+    def watch_flush(session: Session, _: Any) -> None:  # rows added with session.add
+        for row in session.new:
+            aim(session, f"INSERT INTO {row.__tablename__}")
+
+    def lose_reply(session: Session) -> None:
+        if session.info.pop("lose_commit_reply", False):
+            fired.append(True)
+            raise OperationalError("COMMIT", {}, ConnectionResetError("the reply to COMMIT was lost"))
+
+    event.listen(sessions, "do_orm_execute", watch)
+    event.listen(sessions, "after_flush", watch_flush)
+    event.listen(sessions, "after_commit", lose_reply)
+    return fired
+
+
 @pytest.fixture
 def one_torch_thread() -> Iterator[None]:
     """torch on one thread: the golden references ran on one (two round convolutions differently), and

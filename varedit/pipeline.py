@@ -7,6 +7,9 @@
 Pre- and post-processing are the official ones: the image is padded to a square with white at the
 bottom/right (the original sits top-left), resized with LANCZOS to the model resolution, mapped to
 [-1, 1]; the output is resized back to the padded square (LANCZOS) and cropped to the input size.
+Inputs are first normalised by `images.to_rgb` (first frame, EXIF orientation, 16-bit, alpha on white).
+Above a longest side of `exact_bound(S)` both steps take a shortcut whose memory does not grow with the
+padded square (a 20000x1 image would otherwise need a 20000x20000 one); see `preprocess`/`postprocess`.
 
 Shapes: B images, S model resolution (pixels), d bits per token.
 """
@@ -24,6 +27,7 @@ from PIL import Image, UnidentifiedImageError
 
 from . import checkpoints as ckpt
 from .config import VAREditConfig
+from .images import to_rgb
 from .sampling import EditCancelled, OnScale, generate
 from .serving import SamplingDefaults, Serving
 from .text import TextEncoder
@@ -36,7 +40,7 @@ ImageInput = Image.Image | str | Path
 
 
 def load_image(image: ImageInput) -> Image.Image:
-    """A PIL image (or a path to one) as RGB; anything else raises ValueError."""
+    """A PIL image (or a path to one) as 8-bit RGB via `images.to_rgb`; anything else raises ValueError."""
     if isinstance(image, str | Path):
         try:
             with Image.open(image) as im:
@@ -46,11 +50,33 @@ def load_image(image: ImageInput) -> Image.Image:
             raise ValueError(f"not a readable image: {image} ({e})") from e
     if not isinstance(image, Image.Image):
         raise ValueError(f"expected a PIL image or an image path, got {type(image).__name__}")
-    return image.convert("RGB")
+    return to_rgb(image)
+
+
+def exact_bound(size: int) -> int:
+    """Longest input side up to which pre- and post-processing are exactly the official ones at model
+    size `size`: the padded square they build is then at most (4S)^2 pixels (64 MB at S = 1024)."""
+    return max(4 * size, 1024)
+
+
+def shrink_to(image: Image.Image, bound: int) -> Image.Image:
+    """`image` LANCZOS-resized, aspect kept, so that its longest side is `bound` (unchanged if it fits)."""
+    w, h = image.size
+    side = max(w, h)
+    if side <= bound:
+        return image
+    return image.resize((max(1, round(w * bound / side)), max(1, round(h * bound / side))), Image.LANCZOS)
 
 
 def preprocess(image: Image.Image, size: int) -> torch.Tensor:
-    """Official `infer.transform`: white top-left square pad, LANCZOS to size, [-1, 1]. (3, S, S)."""
+    """Official `infer.transform`: white top-left square pad, LANCZOS to size, [-1, 1]. (3, S, S).
+
+    Exact for a longest side up to `exact_bound(size)`. A larger image is first shrunk to that longest
+    side (LANCZOS, aspect kept), so memory is bounded by the model size, not the input; the result then
+    differs from the official one by the second resampling and the rounding of the shrunk size (under
+    half a pixel of the shrunk image), which is far below what the model resolves.
+    """
+    image = shrink_to(image, exact_bound(size))
     side = max(image.size)
     square = Image.new("RGB", (side, side), (255, 255, 255))
     square.paste(image, (0, 0))
@@ -60,11 +86,30 @@ def preprocess(image: Image.Image, size: int) -> torch.Tensor:
 
 
 def postprocess(img_3SS: torch.Tensor, size: tuple[int, int]) -> Image.Image:
-    """[-1, 1] -> uint8 (truncated, as official), back to the padded square, cropped to `size` (w, h)."""
+    """[-1, 1] -> uint8 (truncated, as official), back to the padded square, cropped to `size` (w, h).
+
+    Exact for a longest side up to `exact_bound(S)`. A larger one never builds the padded square: see
+    `resize_top_left`.
+    """
     u8 = ((img_3SS.float().clamp(-1, 1) + 1) / 2).permute(1, 2, 0).mul(255).to(torch.uint8)
     out = Image.fromarray(u8.cpu().numpy())
     side = max(size)
-    return out.resize((side, side), resample=Image.LANCZOS).crop((0, 0, *size))
+    if side <= exact_bound(out.width):
+        return out.resize((side, side), resample=Image.LANCZOS).crop((0, 0, *size))
+    return resize_top_left(out, size)
+
+
+def resize_top_left(square: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """`square` resized to max(size) squared and cropped to `size`, in memory O(w * (S + h)).
+
+    The official resize's two LANCZOS passes (horizontal, then vertical) run one at a time on the part
+    of `square` that shows the image. Each pixel samples the same source positions with the same
+    weights up to Pillow's float32 crop box, so a few pixels may differ from the official by 1 or 2.
+    """
+    w, h = size
+    s, side = square.width, max(size)
+    rows = square.resize((w, s), resample=Image.LANCZOS, box=(0, 0, s * w / side, s))
+    return rows.resize((w, h), resample=Image.LANCZOS, box=(0, 0, w, s * h / side))
 
 
 class EditPipeline:
@@ -281,4 +326,4 @@ class EditPipeline:
             return self.vae.decode(f_hat.squeeze(2).contiguous(memory_format=torch.channels_last)).float()
 
 
-__all__ = ["EditCancelled", "EditPipeline", "load_image", "postprocess", "preprocess"]
+__all__ = ["EditCancelled", "EditPipeline", "exact_bound", "load_image", "postprocess", "preprocess"]

@@ -61,6 +61,7 @@ class JobState(enum.StrEnum):
     FAILED = "failed"
     RELEASED = "released"  # given back to the queue after a transient fault
     SUCCEEDED = "succeeded"
+    UNKNOWN = "unknown"  # its finish may have committed, and the database could not be asked
 
 
 @dataclass
@@ -164,9 +165,36 @@ class Fence:
         log.warning("edit_failed", job_id=job.id, attempt=job.attempt, code=code, error=message[:500])
 
     def finish(self, job: ClaimedJob, meta: transitions.ResultMeta) -> bool:
-        applied = self._tx(lambda s: transitions.finish(s, job.id, job.attempt, meta), job)
+        """running -> succeeded with the uploaded result. When the COMMIT fails, the row is read back
+        before anything is undone: a COMMIT whose reply was lost did finish the job, and its result must
+        stay. If the row cannot be read either, the job is UNKNOWN and its result is kept."""
+        try:
+            applied = self._tx(lambda s: transitions.finish(s, job.id, job.attempt, meta), job)
+        except SQLAlchemyError:
+            finished = self._finished_with(job, meta)
+            if finished is None:
+                self._set(job, JobState.UNKNOWN)
+                raise
+            if not finished:
+                raise
+            log.warning("job_finish_commit_reply_lost", job_id=job.id, attempt=job.attempt)
+            self.notifier.job_changed(job.id)
+            applied = True
         self._set(job, JobState.SUCCEEDED if applied else JobState.LOST)
         return applied
+
+    def _finished_with(self, job: ClaimedJob, meta: transitions.ResultMeta) -> bool | None:
+        """Whether the database holds the job as succeeded by this attempt with this result; None when
+        it cannot be asked."""
+        try:
+            with self.sessions() as session:
+                row = queries.get_job(session, job.id)
+        except SQLAlchemyError:
+            log.warning("job_finish_outcome_unknown", job_id=job.id, exc_info=True)
+            return None
+        return (
+            row.status is JobStatus.SUCCEEDED and row.attempts == job.attempt and row.result_key == meta.key
+        )
 
     def give_back(self, job: ClaimedJob, reason: str) -> None:
         """After a transient fault: requeue (and republish) while attempts remain, else fail."""
@@ -220,7 +248,9 @@ class EditRun:
                 raise TransientFault(f"storage: {exc}") from exc
             try:
                 with Image.open(io.BytesIO(data)) as img:
-                    job.image = img.convert("RGB")
+                    img.load()  # decode the first frame here: an undecodable source fails its job
+                    # Mode and EXIF kept: the model normalises its input (varedit.images.to_rgb).
+                    job.image = img.copy()
             except (UnidentifiedImageError, OSError, ValueError) as exc:
                 self.fence.fail(job, "invalid_image", f"the source image does not decode: {exc}")
 
@@ -272,16 +302,22 @@ class EditRun:
                 resolution=resolution,
             )
         except Exception as exc:
-            if not any(j.state is JobState.ACTIVE for j in group):
+            still_active = self.fence.active(group)
+            if not still_active:
                 return  # we stopped it (all canceled or lost); not an error
             out_of_memory = isinstance(exc, MemoryError)
             log.exception("pipeline_error", job_ids=[j.id for j in group], out_of_memory=out_of_memory)
-            for job in self.fence.active(group):
-                self.fence.fail(
-                    job, "out_of_memory" if out_of_memory else "edit_failed", f"{type(exc).__name__}: {exc}"
-                )
             if out_of_memory:
                 self.model.release_memory()
+            if len(still_active) > 1:
+                # One job's input (or the batch's size) failed the batch: each job runs alone, so only
+                # a job that fails by itself fails, with its own error.
+                log.warning("batch_split_after_error", job_ids=[j.id for j in still_active])
+                for job in still_active:
+                    self._generate_group([job], resolution, cfg, tau)
+                return
+            code = "out_of_memory" if out_of_memory else "edit_failed"
+            self.fence.fail(still_active[0], code, f"{type(exc).__name__}: {exc}")
             return
         now = time.perf_counter()
         for job, image in zip(group, images, strict=True):
@@ -343,9 +379,11 @@ class EditRun:
             log.warning("result_delete_failed", key=key, exc_info=True)
 
     def cleanup_unfinished(self) -> None:
-        """Delete the result objects of jobs that did not succeed (a fault between upload and finish)."""
+        """Delete the result objects of jobs that did not succeed (a fault between upload and finish);
+        a job whose finish may have committed (UNKNOWN) keeps its object: an orphan is harmless, a
+        succeeded job without its result is not."""
         for job in self.jobs:
-            if job.state is not JobState.SUCCEEDED and job.output is not None:
+            if job.state not in (JobState.SUCCEEDED, JobState.UNKNOWN) and job.output is not None:
                 self._delete_quietly(result_key(job.id, job.attempt))
 
 

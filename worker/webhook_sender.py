@@ -14,15 +14,18 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 import httpcore
+import structlog
 from standardwebhooks.webhooks import Webhook
 
 from jobs.models import WebhookDelivery
-from jobs.netguard import Unresolvable, UnsafeURL, header_map, timeouts
+from jobs.netguard import Unresolvable, UnsafeURL, describe_failure, header_map, timeouts
 from jobs.outbox import Outcome, Verdict
 
 USER_AGENT = "varedit-serve-webhooks/1"
 GONE = 410  # the endpoint's way to say "stop sending"
 MAX_ERROR_CHARS = 500
+
+log = structlog.get_logger(__name__)
 
 
 def body_of(delivery: WebhookDelivery) -> bytes:
@@ -69,8 +72,12 @@ def send(
             status, answer_headers = response.status, response.headers
     except UnsafeURL as e:
         return Outcome(Verdict.REFUSED, error=str(e))
-    except (Unresolvable, httpcore.TimeoutException, httpcore.NetworkError, httpcore.ProtocolError) as e:
+    except Unresolvable as e:
         return Outcome(Verdict.RETRY, error=f"{type(e).__name__}: {e}"[:MAX_ERROR_CHARS])
+    except (httpcore.TimeoutException, httpcore.NetworkError, httpcore.ProtocolError) as e:
+        # last_error is shown to the client: the details (socket errors may name the peer) are logged.
+        log.info("webhook_attempt_failed", error=repr(e), cause=repr(e.__cause__))
+        return Outcome(Verdict.RETRY, error=describe_failure(e)[:MAX_ERROR_CHARS])
     except httpcore.UnsupportedProtocol as e:
         return Outcome(Verdict.REFUSED, error=str(e)[:MAX_ERROR_CHARS])
     return judge(status, header_map(answer_headers).get("retry-after"), now)

@@ -9,8 +9,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.deps import Principal, PrincipalDep, PublisherDep, SessionsDep, SettingsDep, StorageDep
-from api.limits import EditLimits
+from api.deps import PublisherDep, SessionsDep, SettingsDep, StorageDep
+from api.limits import WriterDep
 from api.schemas import EditCreate, JobPublic, error_responses, job_path
 from api.validation import build_spec, inspect_image, read_edit_request
 from jobs.service import request_fingerprint, submit_edit
@@ -47,12 +47,8 @@ _REQUEST_BODY = {
 }
 
 
-def _check_limits_and_read_models(
-    limits: EditLimits, principal: Principal, sessions: sessionmaker[Session], settings: Settings
-) -> dict[str, ModelFacts | None]:
-    """The caller's limits (raises 429), then what the served models accept, in one short session."""
+def _served_models(sessions: sessionmaker[Session], settings: Settings) -> dict[str, ModelFacts | None]:
     with sessions() as session:
-        limits.check(principal, session)
         return model_facts(session, settings)
 
 
@@ -68,7 +64,7 @@ def _check_limits_and_read_models(
 )
 async def create_edit(
     request: Request,
-    principal: PrincipalDep,
+    principal: WriterDep,
     settings: SettingsDep,
     sessions: SessionsDep,
     storage: StorageDep,
@@ -76,18 +72,19 @@ async def create_edit(
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> JSONResponse:
     """Submit an edit: the image and instruction are stored and the job is queued for a GPU worker."""
-    served = await run_in_threadpool(
-        _check_limits_and_read_models, request.app.state.limits, principal, sessions, settings
-    )
-    fields, image = await read_edit_request(request, settings)
+    served = await run_in_threadpool(_served_models, sessions, settings)
+    fields, image = await read_edit_request(request, settings, principal.id)
     content_type = await run_in_threadpool(inspect_image, image, settings)
-    spec = build_spec(fields, settings, served, signs_webhooks=principal.signs_webhooks)
+    spec = build_spec(
+        fields, settings, served, signs_webhooks=principal.signs_webhooks, max_priority=principal.max_priority
+    )
     submitted = await run_in_threadpool(
         submit_edit,
         sessions,
         storage,
         publisher,
         owner=principal.id,
+        max_in_flight=principal.max_in_flight or settings.max_in_flight,
         spec=spec,
         image=image,
         content_type=content_type,

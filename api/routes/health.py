@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hmac
+
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
@@ -62,7 +64,22 @@ async def readyz(
     return error_response(503, "not_ready", "a dependency is not ready", checks)
 
 
-@router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
-def metrics(request: Request) -> Response:
-    """Prometheus metrics."""
+def _may_scrape(request: Request, settings: Settings) -> bool:
+    """With VAREDIT_METRICS_TOKEN set, only a scraper presenting it; with keys on and no token, nobody
+    (queue depths and worker counts are the operator's); on a laptop (auth off), anyone."""
+    if settings.metrics_token:
+        presented = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        return hmac.compare_digest(presented.encode(), settings.metrics_token.encode())
+    return settings.auth == "none"
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}, 403: {"description": "not for this caller"}},
+)
+def metrics(request: Request, settings: SettingsDep) -> Response:
+    """Prometheus metrics (see `VAREDIT_METRICS_TOKEN`)."""
+    if not _may_scrape(request, settings):
+        return error_response(403, "forbidden", "metrics need the metrics token (VAREDIT_METRICS_TOKEN)")
     return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -29,6 +29,7 @@ from api.deps import (
     read_owned_job,
 )
 from api.errors import InvalidRequest, ResultExpired, ResultNotReady
+from api.limits import WriterDep
 from api.schemas import JobList, JobPublic, error_responses, render_job
 from api.watch import JobWatcher
 from jobs import queries
@@ -105,10 +106,8 @@ def list_jobs(
     return {"data": [render_job(j) for j in page], "next_cursor": _encode_cursor(page[-1]) if more else None}
 
 
-@router.post("/jobs/{job_id}/cancel", response_model=JobPublic, responses=error_responses(404))
-def cancel(
-    job_id: str, principal: PrincipalDep, sessions: SessionsDep, notifier: NotifierDep
-) -> dict[str, Any]:
+@router.post("/jobs/{job_id}/cancel", response_model=JobPublic, responses=error_responses(401, 404, 429))
+def cancel(job_id: str, principal: WriterDep, sessions: SessionsDep, notifier: NotifierDep) -> dict[str, Any]:
     """Cancel: a queued job at once, a running one at its next scale. Idempotent."""
     return render_job(cancel_job(sessions, notifier, job_id, principal.id))
 

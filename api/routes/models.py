@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from api.deps import SessionDep, SettingsDep
-from api.schemas import ModelInfo, ModelList
+from api.deps import PrincipalDep, SessionDep, SettingsDep
+from api.schemas import ModelInfo, ModelList, error_responses
 from jobs import queries, workers
 
 router = APIRouter(prefix="/v1", tags=["models"])
 
 
-@router.get("/models", response_model=ModelList)
-def list_models(session: SessionDep, settings: SettingsDep) -> ModelList:
+@router.get("/models", response_model=ModelList, responses=error_responses(401))
+def list_models(_: PrincipalDep, session: SessionDep, settings: SettingsDep) -> ModelList:
     """Models served: their resolutions and recommended sampling settings (as their workers report them
     from the model folder, adjusted by the operator), ready workers and queue depth."""
     ready = workers.ready_workers(session, settings.worker_stale_s)

@@ -28,6 +28,7 @@ from jobs.settings import Settings
 from jobs.storage import LocalStorage
 from jobs.transitions import EditSpec
 from serve.redis_server import free_port
+from tests.conftest import lose_next_commit_reply
 
 Sessions = sessionmaker[Session]
 SPEC = EditSpec(instruction="x", model="tiny", resolution=32, seed=1, cfg=3.0, tau=0.1, start_timeout_s=60)
@@ -83,6 +84,22 @@ def test_submit_edit_failing_in_the_transaction_leaves_nothing(
     assert _rows(sessions, Job) == 0 and _rows(sessions, IdempotencyRecord) == 0
     assert [p for p in storage.root.rglob("*") if p.is_file()] == []
     assert publisher.published == []
+
+
+def test_a_lost_commit_reply_on_submit_keeps_the_job_and_its_source(
+    sessions: Sessions, tmp_path: Path
+) -> None:
+    # given a submit whose COMMIT succeeds but whose reply is lost
+    storage, publisher = LocalStorage(tmp_path / "objects"), RecordingPublisher()
+    fired = lose_next_commit_reply(sessions, lambda sql: sql.startswith("INSERT INTO jobs"))
+    # when
+    submitted = _submit(sessions, storage, publisher, idempotency_key="k", fingerprint="f")
+    # then the database said the job exists: it is accepted, its source kept and its message sent
+    assert fired and submitted.body["status"] == "queued"
+    assert storage.get(f"jobs/{submitted.job_id}/source.png") == b"png-bytes"
+    assert publisher.published == [(submitted.job_id, "tiny")]
+    replay = _submit(sessions, storage, publisher, idempotency_key="k", fingerprint="f")
+    assert replay.replayed and replay.job_id == submitted.job_id
 
 
 def test_idempotency_reserve_conflict_in_flight_and_stale_takeover(sessions: Sessions) -> None:

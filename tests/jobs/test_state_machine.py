@@ -320,9 +320,10 @@ def test_queue_stats_and_counts(sessions: Sessions, submit_job: Callable[..., st
     submit_job(now=now - timedelta(seconds=10))
     running = submit_job()
     _claim(sessions, running)
-    with sessions() as session:
+    with session_scope(sessions) as session:
+        transitions.cancel(session, submit_job())  # ended jobs are not counted
         stats = queries.queue_stats(session, now=now)
-        counts = queries.count_by_status(session)
+        counts = queries.count_open(session)
     assert stats["tiny"].depth == 2 and abs(stats["tiny"].oldest_age_s - 40) < 1e-3
     assert counts == {("tiny", JobStatus.QUEUED): 2, ("tiny", JobStatus.RUNNING): 1}
 

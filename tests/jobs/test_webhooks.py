@@ -286,11 +286,19 @@ def test_redirects_are_not_followed_and_retry_after_is_read(webhook_receiver: Lo
 
 
 def test_the_guard_refuses_non_public_addresses_before_connecting(webhook_receiver: LocalHTTPServer) -> None:
-    pool = guarded_pool(allow_private=False)
-    port = webhook_receiver.url.split(":")[2].split("/")[0]
+    port = int(webhook_receiver.url.split(":")[2].split("/")[0])
+    pool = guarded_pool(allow_private=False, allowed_ports=[port])  # the port passes: the address decides
     for url in (webhook_receiver.url, f"http://localhost:{port}/hook"):
         outcome = send(pool, _delivery(url), [WEBHOOK_SECRET], 5.0)
-        assert outcome.verdict is Verdict.REFUSED and "non-public" in (outcome.error or "")
+        assert outcome.verdict is Verdict.REFUSED and "not allowed" in (outcome.error or "")
+        assert "127.0.0.1" not in (outcome.error or "")  # what a name resolves to stays in the log
+    assert webhook_receiver.requests == []
+
+
+def test_the_guard_refuses_ports_off_the_allow_list(webhook_receiver: LocalHTTPServer) -> None:
+    for pool in (guarded_pool(allow_private=False), guarded_pool(allow_private=True, allowed_ports=[443])):
+        outcome = send(pool, _delivery(webhook_receiver.url), [WEBHOOK_SECRET], 5.0)
+        assert outcome.verdict is Verdict.REFUSED and "not allowed" in (outcome.error or "")
     assert webhook_receiver.requests == []
 
 
@@ -325,6 +333,9 @@ def test_an_unreachable_endpoint_is_retried_not_refused() -> None:
     closed = _delivery(f"http://127.0.0.1:{port}/")
     outcome = send(guarded_pool(allow_private=True), closed, [WEBHOOK_SECRET], 5.0)
     assert outcome.answer is None and outcome.verdict is Verdict.RETRY and outcome.error
+    assert (
+        outcome.error.startswith("ConnectError") and "127.0.0.1" not in outcome.error
+    )  # last_error is public
 
 
 # -- the tasks --------------------------------------------------------------------------------------
@@ -402,7 +413,7 @@ def test_messages_are_counted_in_metrics(harness: ApiHarness) -> None:
     job = post_json(harness, image_bytes(), webhook_url=HOOK).json()
     _run_to_success(harness.sessions, job["id"])
     text = harness.client.get("/metrics").text
-    assert 'varedit_webhook_deliveries{event="job.succeeded",status="pending"} 1.0' in text
+    assert 'varedit_webhook_deliveries_pending{event="job.succeeded"} 1.0' in text
     with harness.sessions() as session:
         assert len(list(session.scalars(select(WebhookDelivery)))) == 2
 

@@ -19,6 +19,7 @@ from jobs.db import session_scope
 from jobs.models import Job, JobStatus
 from jobs.settings import Settings
 from jobs.storage import Storage, result_key
+from tests.conftest import lose_next_commit_reply
 from worker import editing
 from worker import pool as pool_mod
 from worker.fake import FakeEditPipeline, FakeOptions
@@ -334,6 +335,43 @@ def test_batch_claims_companions_and_groups_by_cfg_and_tau(runtime, pipeline, su
     assert len(results) == 3
 
 
+def test_a_bad_input_in_a_batch_fails_alone_with_its_own_error(runtime, pipeline, submit, sessions) -> None:
+    # given a batch of four where one job's input makes the model raise whenever it is in the call
+    runtime.settings.max_batch = 4
+    ids = [submit(instruction=f"job {i}" + (" poison" if i == 2 else ""), seed=i) for i in range(4)]
+
+    def fail_on_poison(images, instructions, **kw):  # type: ignore[no-untyped-def]
+        bad = [text for text in instructions if "poison" in text]
+        if bad:
+            raise ValueError(f"cannot edit {bad[0]!r}")
+        return FakeEditPipeline.edit(pipeline, images, instructions, **kw)
+
+    pipeline.edit = fail_on_poison  # type: ignore[method-assign]
+    # when
+    edit_tasks.run_edit(ids[0])
+    # then the other three succeed and the bad one fails with its own error only
+    jobs = [_job(sessions, job_id) for job_id in ids]
+    assert [j.status for j in jobs] == [JobStatus.SUCCEEDED] * 2 + [JobStatus.FAILED] + [JobStatus.SUCCEEDED]
+    assert jobs[2].error_message == "ValueError: cannot edit 'job 2 poison'"
+    assert all(j.error_message is None for i, j in enumerate(jobs) if i != 2)
+
+
+def test_a_lost_commit_reply_on_finish_keeps_the_result(runtime, pipeline, submit, sessions) -> None:
+    # given a finish whose COMMIT succeeds but whose reply is lost
+    job_id = submit()
+
+    fired = lose_next_commit_reply(
+        runtime.sessions, lambda sql: sql.startswith("UPDATE jobs SET") and "result_key=:result_key" in sql
+    )
+    # when
+    edit_tasks.run_edit(job_id)
+    # then the job is succeeded and its result is still there
+    job = _job(sessions, job_id)
+    assert fired and job.status is JobStatus.SUCCEEDED
+    assert runtime.storage.get(job.result_key)
+    assert _objects(runtime.storage, job_id) == ["result-1.png", "source.png"]
+
+
 def test_cancel_of_one_batch_member_leaves_the_others_running(runtime, pipeline, submit, sessions) -> None:
     runtime.settings.max_batch = 2
     a, b = submit(instruction="a"), submit(instruction="b")
@@ -477,7 +515,6 @@ def test_heartbeat_rows_are_written_refreshed_and_removed(runtime, sessions) -> 
 def test_progress_writes_are_throttled_but_every_scale_checks_for_cancel(
     runtime, pipeline, submit, sessions, monkeypatch
 ) -> None:
-    from worker import editing
 
     written: list[tuple[int, int] | None] = []
     real_heartbeat = transitions.heartbeat

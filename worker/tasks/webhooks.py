@@ -27,7 +27,7 @@ log = structlog.get_logger(__name__)
 
 @cache
 def _pool(allow_private: bool, pid: int) -> httpcore.ConnectionPool:
-    return guarded_pool(allow_private)  # one per process (keyed by pid: never shared across a fork)
+    return guarded_pool(allow_private, get_runtime().settings.allowed_url_ports)  # one per process (pid key)
 
 
 @app.task(name="worker.dispatch_webhooks", acks_late=True, ignore_result=True)
