@@ -13,6 +13,9 @@ What it starts, each child in its own process group, all stopped on Ctrl-C / SIG
 5. the API under uvicorn.
 
 It prints the URL once the API answers and a worker has loaded its model and run the warm-up edit.
+A child that dies (a crash, the OOM killer, a lost broker) is restarted after a short backoff, and the
+restart is printed; the platform stops with the cause only when restarting cannot help: an edit worker
+whose model does not load, or a child that died `RESTART_LIMIT` times within `RESTART_WINDOW_S`.
 ``--ready-file PATH`` also writes ``{"url", "pid", "children"}`` there at that moment, for scripts.
 Child logs go to ``<data_dir>/logs/<name>.log`` (``--log-to-console`` streams them instead). Webhooks
 are signed with ``<data_dir>/webhook-secret`` (made on first start) unless VAREDIT_WEBHOOK_SECRETS is set.
@@ -44,6 +47,10 @@ from serve.redis_server import RedisServer, free_port, redis_reachable
 READY_TIMEOUT_S = 600.0  # loading a real model on CPU can take minutes
 STOP_GRACE_S = 20.0  # warm shutdown of the workers before SIGKILL
 POLL_S = 0.2
+RESTART_LIMIT = 5  # restarts of one child within RESTART_WINDOW_S; one more death stops the platform
+RESTART_WINDOW_S = 60.0
+RESTART_BACKOFF_S = 0.5  # before the first restart; doubles with each recent one
+RESTART_BACKOFF_MAX_S = 8.0
 
 
 @dataclass
@@ -52,13 +59,17 @@ class Child:
     args: list[str]
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    restarts: list[float] = field(default_factory=list)  # monotonic times, within the restart window
+    restart_at: float | None = None  # set while a restart waits for its backoff
     _log: IO[bytes] | None = field(default=None, repr=False)
+    _log_offset: int = field(default=0, repr=False)
 
     def start(self, env: dict[str, str], log_dir: Path | None) -> None:
         out: int | IO[bytes] | None = None
         if log_dir is not None:
             self.log_path = log_dir / f"{self.name}.log"
             self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+            self._log_offset = self._log.tell()  # the log is appended to across runs and restarts
             out = self._log
         # A new session: Ctrl-C in the terminal reaches only us, and we stop each child's whole group.
         err = subprocess.STDOUT if out else None
@@ -66,6 +77,27 @@ class Child:
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+    def exit_code(self) -> int | None:
+        return self.process.returncode if self.process else None
+
+    def where(self) -> str:
+        return f"log: {self.log_path}" if self.log_path else "its output is above"
+
+    def recent_restarts(self, now: float) -> int:
+        """Restarts within the last RESTART_WINDOW_S (older ones are forgotten)."""
+        self.restarts = [t for t in self.restarts if now - t < RESTART_WINDOW_S]
+        return len(self.restarts)
+
+    def restart(self, env: dict[str, str], log_dir: Path | None) -> None:
+        """Start again, after killing what is left of the old process group (an orphaned pool child or
+        beat would otherwise keep consuming next to the new worker)."""
+        self.signal_group(signal.SIGKILL)
+        self.wait_group_gone(time.monotonic() + 10)
+        self.close_log()
+        self.restarts.append(time.monotonic())
+        self.restart_at = None
+        self.start(env, log_dir)
 
     def signal_group(self, sig: int) -> None:
         if self.process is None:
@@ -109,9 +141,17 @@ class Child:
             return ""
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
 
+    def _log_since_start(self, n: int) -> list[str]:
+        """The last `n` lines this process wrote (not an earlier run's or an earlier restart's)."""
+        if self.log_path is None or not self.log_path.exists():
+            return []
+        with open(self.log_path, "rb") as f:
+            f.seek(self._log_offset)
+            return f.read().decode(errors="replace").splitlines()[-n:]
+
     def load_failure(self) -> str | None:
         """The cause an edit worker logged when its model failed to load (`model_load_failed`)."""
-        for line in reversed(self.log_tail(400).splitlines()):
+        for line in reversed(self._log_since_start(400)):
             try:
                 record = json.loads(line)
             except ValueError:
@@ -151,6 +191,7 @@ class EmbeddedPlatform:
         self.redis: RedisServer | None = None
         self.children: list[Child] = []
         self.env: dict[str, str] = {}
+        self.log_dir: Path | None = None
 
     @property
     def url(self) -> str:
@@ -167,6 +208,7 @@ class EmbeddedPlatform:
         log_dir = None if self.log_to_console else data_dir / "logs"
         if log_dir is not None:
             log_dir.mkdir(exist_ok=True)
+        self.log_dir = log_dir
 
         broker_url = env.get("VAREDIT_BROKER_URL")
         if not broker_url:
@@ -236,16 +278,30 @@ class EmbeddedPlatform:
         return [c for c in self.children if c.name.startswith("edit")]
 
     def check_children(self) -> None:
+        """Restart children that died, each after its backoff; raises RuntimeError (the one-line cause)
+        when a restart cannot help. Called in a polling loop: it never waits for a backoff itself."""
+        now = time.monotonic()
         for child in self.children:
-            if not child.alive():
-                code = child.process.returncode if child.process else None
-                cause = child.load_failure()
-                if cause is not None:
-                    raise RuntimeError(
-                        f"{child.name} could not load its model: {cause} (log: {child.log_path})"
-                    )
-                where = f"log: {child.log_path}" if child.log_path else "its output is above"
-                raise RuntimeError(f"{child.name} exited with code {code} ({where})")
+            if child.alive():
+                continue
+            if child.restart_at is None:
+                self._schedule_restart(child, now)
+            elif now >= child.restart_at:
+                child.restart(self.env, self.log_dir)
+                pid = child.process.pid if child.process else None
+                _say(f"{child.name} restarted (pid {pid})")
+
+    def _schedule_restart(self, child: Child, now: float) -> None:
+        cause = child.load_failure()
+        if cause is not None:  # the same model would fail the same way: stop with the reason
+            raise RuntimeError(f"{child.name} could not load its model: {cause} (log: {child.log_path})")
+        died = f"{child.name} exited with code {child.exit_code()} ({child.where()})"
+        recent = child.recent_restarts(now)
+        if recent >= RESTART_LIMIT:
+            raise RuntimeError(f"{died}; restarted {recent} times within {RESTART_WINDOW_S:.0f}s, giving up")
+        delay = min(RESTART_BACKOFF_S * 2**recent, RESTART_BACKOFF_MAX_S)
+        child.restart_at = now + delay
+        _say(f"{died}; restarting it in {delay:.1f}s")
 
     # -- stop -----------------------------------------------------------------------------------
 
@@ -409,7 +465,7 @@ def serve(argv: Sequence[str]) -> int:
             tmp.replace(args.ready_file)
         while True:
             platform.check_children()
-            time.sleep(1.0)  # supervising: a child that dies takes the platform down with a message
+            time.sleep(1.0)  # supervising: a dead child is restarted, or the platform stops with the cause
     except Shutdown as sig:
         _say(f"stopping ({sig})")
     except RuntimeError as exc:

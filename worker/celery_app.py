@@ -27,6 +27,7 @@ from kombu import Exchange, Queue
 
 from jobs.queue import DELIVER_WEBHOOK_TASK, RUN_EDIT_TASK, WEBHOOKS_QUEUE, queue_name
 from jobs.settings import Settings, get_settings
+from worker.broker import install_redis_restore_guard
 
 MAINTENANCE_QUEUE = "maintenance"
 
@@ -110,6 +111,9 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
     app.conf.include = ["worker.tasks.edit", "worker.tasks.maintenance", "worker.tasks.webhooks"]
     return app
 
+
+# Before any connection exists: a worker must survive Redis dying while it holds a message (worker/broker.py).
+install_redis_restore_guard()
 
 app = create_celery_app()
 

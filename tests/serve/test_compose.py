@@ -112,3 +112,24 @@ def test_dockerfile_has_both_targets_and_api_skips_torch() -> None:
     api_stage = text.split(" AS api", 1)[1].split(" AS worker", 1)[0]
     install = [line for line in api_stage.splitlines() if "pip install" in line]
     assert install and all('".[platform]"' in line for line in install), install
+
+
+def test_long_running_services_restart_and_one_shots_do_not() -> None:
+    # A crashed worker, API or store comes back on its own; a one-shot that finished must stay
+    # finished (with a restart policy, `migrate` and `minio-init` would run again after every exit).
+    services = resolved()["services"]
+    long_running = [
+        "api",
+        "gpu-worker",
+        "gpu-worker-1",
+        "webhook-worker",
+        "beat",
+        "postgres",
+        "redis",
+        "minio",
+    ]
+    for name in long_running:
+        assert services[name].get("restart") == "unless-stopped", name
+    for name in ["migrate", "minio-init"]:
+        assert services[name].get("restart", "no") == "no", name
+    assert set(services) == set(long_running) | {"migrate", "minio-init"}  # a new service needs a decision
