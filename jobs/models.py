@@ -9,6 +9,10 @@ from typing import Any
 from sqlalchemy import JSON, Boolean, DateTime, Enum, Float, Index, Integer, String, Text, TypeDecorator
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+# The job states are part of the public contract: one definition, shared with the client.
+from varedit_client.types import TERMINAL_STATUSES as TERMINAL_STATUSES
+from varedit_client.types import JobStatus as JobStatus
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -34,20 +38,7 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-class JobStatus(enum.StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELED = "canceled"
-    EXPIRED = "expired"
-
-    @property
-    def terminal(self) -> bool:
-        return self in TERMINAL_STATUSES
-
-
-TERMINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.EXPIRED})
+# The job states are part of the public contract: one definition, shared with the client.
 
 
 class Base(DeclarativeBase):

@@ -1,0 +1,119 @@
+"""The API's public shapes, shared: the API renders jobs with them (`jobs/views.py`) and the client parses
+answers into them, so neither side types a job by hand. Plain pydantic; no platform imports."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict
+
+
+class JobStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    EXPIRED = "expired"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.EXPIRED})
+
+
+class EditParams(BaseModel):
+    model: str
+    resolution: int
+    seed: int
+    cfg: float
+    tau: float
+
+
+class Progress(BaseModel):
+    scale: int
+    scales: int
+
+
+class JobErrorPublic(BaseModel):
+    code: str
+    message: str
+
+
+class JobResult(BaseModel):
+    url: str
+    width: int
+    height: int
+    content_type: str
+    bytes: int
+
+
+class JobMetrics(BaseModel):
+    queue_ms: int | None
+    run_ms: int | None
+
+
+class JobUrls(BaseModel):
+    self: str
+    cancel: str
+    result: str
+    events: str
+
+
+class WebhookPublic(BaseModel):
+    url: str
+    events: list[str] | None
+
+
+class JobPublic(BaseModel):
+    """A job as clients see it."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "0b3c6a9e-4f0e-4a53-9d4e-1f1f7b1f7c11",
+                    "status": "running",
+                    "instruction": "make the sky purple",
+                    "params": {"model": "shapes-64", "resolution": 64, "seed": 42, "cfg": 3.0, "tau": 0.1},
+                    "priority": 0,
+                    "created_at": "2026-11-27T10:00:00Z",
+                    "started_at": "2026-11-27T10:00:01Z",
+                    "finished_at": None,
+                    "attempts": 1,
+                    "cancel_requested": False,
+                    "progress": {"scale": 3, "scales": 6},
+                    "error": None,
+                    "result": None,
+                    "metrics": {"queue_ms": 1000, "run_ms": None},
+                    "urls": {
+                        "self": "/v1/jobs/0b3c6a9e-4f0e-4a53-9d4e-1f1f7b1f7c11",
+                        "cancel": "/v1/jobs/0b3c6a9e-4f0e-4a53-9d4e-1f1f7b1f7c11/cancel",
+                        "result": "/v1/jobs/0b3c6a9e-4f0e-4a53-9d4e-1f1f7b1f7c11/result",
+                        "events": "/v1/jobs/0b3c6a9e-4f0e-4a53-9d4e-1f1f7b1f7c11/events",
+                    },
+                    "webhook": None,
+                }
+            ]
+        }
+    )
+
+    id: str
+    status: JobStatus
+    instruction: str
+    params: EditParams
+    priority: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    attempts: int
+    cancel_requested: bool
+    progress: Progress | None
+    error: JobErrorPublic | None
+    result: JobResult | None
+    metrics: JobMetrics
+    urls: JobUrls
+    webhook: WebhookPublic | None
