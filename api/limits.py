@@ -33,26 +33,33 @@ class WriteLimits:
         self.limiter = strategies.MovingWindowRateLimiter(storage.storage_from_string(uri))
         self.default_rate: RateLimitItem = parse(settings.rate_limit)
 
-    def check(self, principal: Principal) -> None:
-        """Count this request against the caller's rate; raise `RateLimited` when it is over."""
+    def check(self, principal: Principal) -> dict[str, str]:
+        """Count this request against the caller's rate; raise `RateLimited` when it is over. Returns
+        the `RateLimit-*` headers that tell the caller where it stands (empty when Redis is down)."""
         rate = parse(principal.rate_limit) if principal.rate_limit else self.default_rate
         try:
             allowed = self.limiter.hit(rate, WINDOW, principal.id)
+            reset_at, remaining = self.limiter.get_window_stats(rate, WINDOW, principal.id)
         except Exception:  # Redis down: keep accepting (the outbox already covers a broker outage)
             log.warning("rate_limit_unavailable", exc_info=True)
-            allowed = True
+            return {}
+        reset_s = max(1, math.ceil(reset_at - time.time()))
+        headers = {
+            "RateLimit-Limit": str(rate.amount),
+            "RateLimit-Remaining": str(remaining),
+            "RateLimit-Reset": str(reset_s),
+        }
         if not allowed:
-            reset_at, _ = self.limiter.get_window_stats(rate, WINDOW, principal.id)
-            raise RateLimited(
-                f"more than {rate} write requests",
-                max(1, math.ceil(reset_at - time.time())),
-                details={"limit": str(rate)},
-            )
+            error = RateLimited(f"more than {rate} write requests", reset_s, details={"limit": str(rate)})
+            error.headers = {**headers, **(error.headers or {})}
+            raise error
+        return headers
 
 
 def rate_limited_writer(request: Request, principal: PrincipalDep) -> Principal:
-    """The caller of a write route, after counting the request against its rate."""
-    request.app.state.limits.check(principal)
+    """The caller of a write route, after counting the request against its rate; the answer carries
+    `RateLimit-Limit`, `-Remaining` and `-Reset` (added by `api.middleware`)."""
+    request.state.response_headers = request.app.state.limits.check(principal)
     return principal
 
 

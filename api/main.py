@@ -11,12 +11,14 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 
 from api.body_limit import BodyLimitMiddleware
 from api.errors import install_error_handlers
 from api.limits import WriteLimits
 from api.metrics import Metrics
 from api.middleware import RequestContextMiddleware
+from api.openapi import build_openapi, describe_webhooks, operation_id
 from api.routes import edits, health, jobs, models, page
 from api.routes import webhooks as webhook_routes
 from api.watch import JobWatcher
@@ -63,7 +65,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """The API for ``settings`` (default: from the environment)."""
     settings = settings or get_settings()
     configure_logging(settings.log_level, settings.log_json)
-    app = FastAPI(title="VAREdit Serve", version="1", description=DESCRIPTION, lifespan=lifespan)
+    # FastAPIOffline serves /docs and /redoc from assets installed with the package (no CDN).
+    app = FastAPIOffline(
+        title="VAREdit Serve",
+        version="1",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        generate_unique_id_function=operation_id,
+    )
     app.state.settings = settings
     app.state.metrics = Metrics()
     install_error_handlers(app)
@@ -72,6 +81,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (edits, jobs, webhook_routes, models, health, page):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=page.STATIC_DIR), name="static")
+    describe_webhooks(app)
+    app.openapi = lambda: build_openapi(app)  # type: ignore[method-assign]
     return app
 
 

@@ -1,5 +1,6 @@
 """Per-request context: a request id (taken from X-Request-ID or made), bound into every log line and
-echoed back, plus the access log and the HTTP metrics. Plain ASGI so streaming (SSE) passes through."""
+echoed back, headers a dependency left in `request.state.response_headers`, plus the access log and
+the HTTP metrics. Plain ASGI so streaming (SSE) passes through."""
 
 from __future__ import annotations
 
@@ -39,7 +40,11 @@ class RequestContextMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                MutableHeaders(scope=message)["X-Request-ID"] = request_id
+                headers = MutableHeaders(scope=message)
+                headers["X-Request-ID"] = request_id
+                # Headers a dependency asked for (`request.state.response_headers`): rate-limit state.
+                for name, value in scope.get("state", {}).get("response_headers", {}).items():
+                    headers.setdefault(name, value)
             await send(message)
 
         try:

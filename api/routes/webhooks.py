@@ -23,7 +23,7 @@ def _public(delivery: WebhookDelivery) -> dict[str, Any]:
 
 
 @router.get("/jobs/{job_id}/webhooks", response_model=WebhookDeliveryList, responses=error_responses(404))
-def list_deliveries(job: OwnedJobDep, sessions: SessionsDep) -> dict[str, Any]:
+def list_webhook_deliveries(job: OwnedJobDep, sessions: SessionsDep) -> dict[str, Any]:
     """Every webhook message of the job, oldest first, with the outcome of its latest attempt."""
     with session_scope(sessions) as session:
         return {"data": [_public(d) for d in outbox.deliveries(session, job.id)]}
@@ -35,7 +35,9 @@ def list_deliveries(job: OwnedJobDep, sessions: SessionsDep) -> dict[str, Any]:
     response_model=WebhookDeliveryPublic,
     responses=error_responses(401, 404, 409, 429),
 )
-def redeliver(_: WriterDep, job: OwnedJobDep, sessions: SessionsDep, settings: SettingsDep) -> dict[str, Any]:
+def redeliver_webhook(
+    _: WriterDep, job: OwnedJobDep, sessions: SessionsDep, settings: SettingsDep
+) -> dict[str, Any]:
     """Send the job's terminal event again (same `webhook-id` when it was sent before). 409 while the
     job is not terminal or when it has no webhook_url; 429 after `VAREDIT_MAX_REDELIVERIES` of them."""
     with session_scope(sessions) as session:

@@ -50,13 +50,16 @@ def test_priority_above_normal_is_a_right_granted_per_key(keyed) -> None:
 def test_every_write_route_counts_against_the_keys_rate(keyed) -> None:
     with keyed() as harness:
         headers = _key(harness, rate_limit="3/minute")
-        job_id = post_multipart(harness, headers=headers).json()["id"]
+        first = post_multipart(harness, headers=headers)
+        job_id = first.json()["id"]
+        assert (first.headers["ratelimit-limit"], first.headers["ratelimit-remaining"]) == ("3", "2")
         assert harness.client.post(f"/v1/jobs/{job_id}/cancel", headers=headers).status_code == 200
         assert (
             harness.client.post(f"/v1/jobs/{job_id}/webhooks/redeliver", headers=headers).status_code == 409
         )
         over = harness.client.post(f"/v1/jobs/{job_id}/cancel", headers=headers)
         assert over.status_code == 429 and int(over.headers["retry-after"]) >= 1
+        assert over.headers["ratelimit-remaining"] == "0" and int(over.headers["ratelimit-reset"]) >= 1
         assert harness.client.get(f"/v1/jobs/{job_id}", headers=headers).status_code == 200  # reads are free
 
 
