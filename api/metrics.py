@@ -65,6 +65,11 @@ class JobsCollector(Collector):
         yield from (jobs, depth, oldest, ready_gauge, hooks)
 
 
+# Up to 10 minutes: long polls (`Prefer: wait`, up to a minute) and event streams must not all land
+# in +Inf.
+HTTP_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+
 class Metrics:
     """A registry per app (tests build many apps) with the HTTP instruments."""
 
@@ -81,6 +86,7 @@ class Metrics:
             "HTTP request duration by method and route template",
             ["method", "route"],
             registry=self.registry,
+            buckets=HTTP_BUCKETS_S,
         )
 
     def watch_jobs(self, sessions: sessionmaker[Session], settings: Settings) -> None:

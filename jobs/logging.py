@@ -47,3 +47,10 @@ def configure_logging(level: str = "INFO", json: bool = True) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    for chatty in CHATTY_LOGGERS:  # heard again at DEBUG
+        logging.getLogger(chatty).setLevel(logging.DEBUG if root.level <= logging.DEBUG else logging.WARNING)
+
+
+# Celery logs every periodic task it sends, receives and completes at INFO: once a second for the
+# webhook dispatch, idle or not. What happens to jobs is logged by our own tasks instead.
+CHATTY_LOGGERS = ("celery.beat", "celery.worker.strategy", "celery.app.trace")

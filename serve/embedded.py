@@ -47,6 +47,8 @@ from serve.redis_server import RedisServer, free_port, redis_reachable
 READY_TIMEOUT_S = 600.0  # loading a real model on CPU can take minutes
 STOP_GRACE_S = 20.0  # warm shutdown of the workers before SIGKILL
 POLL_S = 0.2
+LOG_MAX_BYTES = 10 * 1024 * 1024  # a child's log is rotated at its next start past this size
+LOG_KEEP = 3
 RESTART_LIMIT = 5  # restarts of one child within RESTART_WINDOW_S; one more death stops the platform
 RESTART_WINDOW_S = 60.0
 RESTART_BACKOFF_S = 0.5  # before the first restart; doubles with each recent one
@@ -68,6 +70,7 @@ class Child:
         out: int | IO[bytes] | None = None
         if log_dir is not None:
             self.log_path = log_dir / f"{self.name}.log"
+            rotate(self.log_path)
             self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
             self._log_offset = self._log.tell()  # the log is appended to across runs and restarts
             out = self._log
@@ -159,6 +162,18 @@ class Child:
             if isinstance(record, dict) and record.get("event") == "model_load_failed":
                 return str(record.get("error", "unknown error"))
         return None
+
+
+def rotate(path: Path, max_bytes: int = LOG_MAX_BYTES, keep: int = LOG_KEEP) -> None:
+    """Before a child starts writing: a log past ``max_bytes`` becomes ``.1`` (older ones shift up to
+    ``.keep``, the oldest is dropped), so logs kept across runs stay bounded."""
+    if not path.exists() or path.stat().st_size < max_bytes:
+        return
+    for i in range(keep - 1, 0, -1):
+        older = path.with_name(f"{path.name}.{i}")
+        if older.exists():
+            older.replace(path.with_name(f"{path.name}.{i + 1}"))
+    path.replace(path.with_name(f"{path.name}.1"))
 
 
 class Shutdown(Exception):

@@ -66,6 +66,7 @@ class Worker:
                 "VAREDIT_MODEL_PATH": "fake://",
                 "VAREDIT_MODELS": '["tiny"]',
                 "VAREDIT_LOG_JSON": "true",
+                "VAREDIT_LOG_LEVEL": "DEBUG",  # Celery's per-task lines, which `ran` reads
                 "PYTHONUNBUFFERED": "1",
             }
         )
