@@ -1,129 +1,283 @@
-"""The client's commands, also reachable as ``varedit-serve submit|get|wait|cancel``.
+"""The client's commands, also reachable as ``varedit-serve submit|get|wait|cancel|list|result|events``.
 
     varedit-client submit photo.png "make the sky purple" --wait -o edited.png
-    varedit-client get JOB_ID
-    varedit-client wait JOB_ID -o edited.png
+    varedit-client submit https://example.com/cat.jpg "give the cat a hat"   # the server fetches it
+    varedit-client get JOB_ID                  # the job as JSON
+    varedit-client wait JOB_ID -o edited.png   # until it ends, with progress; save the result
     varedit-client cancel JOB_ID
+    varedit-client list --status running --limit 50
+    varedit-client result JOB_ID -o edited.png
+    varedit-client events JOB_ID               # each server-sent event as a JSON line
 
 ``--url`` (or ``VAREDIT_URL``, default http://127.0.0.1:8000) and ``--api-key`` (or ``VAREDIT_API_KEY``,
 sent as ``Authorization: Bearer``). Parameters left out (cfg, tau, resolution) take the model's
-recommended values on the server. Exit status: 0 when the job succeeded (or was submitted, without
-``--wait``), 1 when it ended otherwise, 2 on a usage or HTTP error.
+recommended values on the server. Progress goes to stderr: a per-scale bar at a terminal, plain lines
+otherwise; stdout carries only what a script reads (a job id, JSON, a saved path, image bytes).
+
+Exit status: 0 success (the job succeeded, or the command did what it says); 1 the job ended otherwise
+(failed, canceled, expired); 2 a usage, HTTP or connection error, or a wait that timed out; 130
+interrupted (Ctrl-C; a submitted job keeps running on the server).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import mimetypes
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import httpx
+from varedit_client.client import Client, Job
+from varedit_client.config import API_KEY_ENV, DEFAULT_URL, URL_ENV
+from varedit_client.errors import ApiError, ConnectionFailed, JobFailed
+from varedit_client.progress import describe, view_for
+from varedit_client.types import JobStatus
 
-from varedit_client.client import DEFAULT_URL, ApiError, Client
-
-COMMANDS = ("submit", "get", "wait", "cancel")
-
-
-def _print_update(job: dict[str, Any]) -> None:
-    progress = job.get("progress") or {}
-    scale = f" scale {progress.get('scale')}/{progress.get('scales')}" if progress.get("scales") else ""
-    print(f"{job['id']}: {job['status']}{scale}", file=sys.stderr, flush=True)
+COMMANDS = ("submit", "get", "wait", "cancel", "list", "result", "events")
+EXIT_CODES = """exit status:
+  0  success (the job succeeded, or the command did what it says)
+  1  the job ended otherwise (failed, canceled, expired)
+  2  a usage, HTTP or connection error, or a wait that timed out
+  130  interrupted (Ctrl-C; a submitted job keeps running)"""
 
 
-def _finish(client: Client, job: dict[str, Any], out: Path | None) -> int:
-    if job["status"] != "succeeded":
-        error = job.get("error") or {}
-        print(
-            f"{job['id']}: {job['status']} {error.get('code', '')} {error.get('message', '')}".rstrip(),
-            file=sys.stderr,
-        )
-        return 1
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_bytes(client.result(job["id"]))
-        print(str(out))
-    return 0
+def _common_options() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    url = os.environ.get(URL_ENV) or DEFAULT_URL
+    common.add_argument(
+        "--url", default=url, help=f"the API's base URL (env {URL_ENV}; default: %(default)s)"
+    )
+    key_default = f"${API_KEY_ENV}, which is set" if os.environ.get(API_KEY_ENV) else "none"
+    common.add_argument(
+        "--api-key",
+        default=os.environ.get(API_KEY_ENV) or None,
+        help=f"sent as Authorization: Bearer (env {API_KEY_ENV}; default: {key_default})",
+    )
+    common.add_argument(
+        "--max-attempts",
+        type=int,
+        default=3,
+        help="tries per request on connection errors, 429 and 503 (default: %(default)s)",
+    )
+    return common
+
+
+def _timeout(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait (default: %(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--url", default=os.environ.get("VAREDIT_URL", DEFAULT_URL), help="API base URL (VAREDIT_URL)"
+    common = [_common_options()]
+    parser = argparse.ArgumentParser(
+        prog="varedit-client",
+        description="VAREdit Serve HTTP client",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    common.add_argument("--api-key", default=os.environ.get("VAREDIT_API_KEY"), help="(VAREDIT_API_KEY)")
-    parser = argparse.ArgumentParser(prog="varedit-client", description="VAREdit Serve HTTP client")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("submit", help="submit an edit", parents=[common])
-    p.add_argument("image", type=Path)
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name,
+            help=text,
+            description=text,
+            parents=common,
+            epilog=EXIT_CODES,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    p = command("submit", "submit an edit")
+    p.add_argument("image", help="a PNG, JPEG or WebP file, or an http(s) URL the server fetches")
     p.add_argument("instruction")
-    p.add_argument("--model")
-    p.add_argument("--resolution", type=int)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--cfg", type=float)
-    p.add_argument("--tau", type=float)
-    p.add_argument("--idempotency-key")
-    p.add_argument("--wait", action="store_true", help="wait until the job ends")
+    p.add_argument("--model", help="default: the server's first model")
+    p.add_argument("--resolution", type=int, help="default: the model's first")
+    p.add_argument("--seed", type=int, help="default: random (reported in the job)")
+    p.add_argument("--cfg", type=float, help="default: the model's recommended value")
+    p.add_argument("--tau", type=float, help="default: the model's recommended value")
+    p.add_argument("--priority", type=int, help="higher runs first (above 0 needs a key allowed to)")
+    p.add_argument("--start-timeout", type=int, dest="start_timeout_s", help="expire if not started by then")
+    p.add_argument("--webhook-url")
+    p.add_argument("--webhook-event", action="append", dest="webhook_events", help="repeat for several")
+    p.add_argument("--idempotency-key", help="default: a new one, reused on this command's retries")
+    p.add_argument("--wait", action="store_true", help="wait until the job ends, showing its progress")
     p.add_argument("-o", "--output", type=Path, help="save the result here (implies --wait)")
-    p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait (default 600)")
+    _timeout(p)
 
-    for name in ("get", "cancel"):
-        q = sub.add_parser(name, help=f"{name} a job", parents=[common])
-        q.add_argument("job_id")
-    w = sub.add_parser("wait", help="wait for a job to end", parents=[common])
+    for name, text in (("get", "print a job as JSON"), ("cancel", "cancel a job; print it as JSON")):
+        command(name, text).add_argument("job_id")
+
+    w = command("wait", "wait until a job ends, showing its progress")
     w.add_argument("job_id")
-    w.add_argument("-o", "--output", type=Path)
-    w.add_argument("--timeout", type=float, default=600.0)
+    w.add_argument("-o", "--output", type=Path, help="save the result here")
+    _timeout(w)
+
+    ls = command("list", "list your jobs, newest first")
+    ls.add_argument("--status", choices=[s.value for s in JobStatus])
+    ls.add_argument("--limit", type=int, default=20, help="at most this many (default: %(default)s)")
+    ls.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    r = command("result", "save a job's result (waiting for it to end)")
+    r.add_argument("job_id")
+    r.add_argument("-o", "--output", type=Path, help="the file (default: stdout, when it is not a terminal)")
+    _timeout(r)
+
+    e = command("events", "print a job's server-sent events as JSON lines until it ends")
+    e.add_argument("job_id")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        with Client(args.url, args.api_key) as client:
-            return _run(client, args)
-    except httpx.TransportError as exc:
-        print(f"error: cannot reach the API at {args.url} ({exc}); set --url or VAREDIT_URL", file=sys.stderr)
+        with Client(args.url, args.api_key, max_attempts=max(1, args.max_attempts)) as client:
+            return HANDLERS[args.command](client, args)
+    except ConnectionFailed as exc:
+        cause = f"{type(exc.cause).__name__}: {exc.cause}" if str(exc.cause) else type(exc.cause).__name__
+        print(f"error: cannot reach the API at {args.url} ({cause}); set --url or {URL_ENV}", file=sys.stderr)
         return 2
-    except (ApiError, httpx.HTTPError, TimeoutError, OSError) as exc:
+    except JobFailed as exc:
+        print(describe(exc.job), file=sys.stderr)
+        return 1
+    except ApiError as exc:
+        print(api_error_text(exc), file=sys.stderr)
+        return 2
+    except (TimeoutError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted (a submitted job keeps running on the server)", file=sys.stderr)
+        return 130
 
 
-def _run(client: Client, args: argparse.Namespace) -> int:
-    if args.command == "submit":
-        content_type = mimetypes.guess_type(args.image.name)[0] or "application/octet-stream"
-        job = client.submit(
-            args.image.read_bytes(),
-            args.instruction,
-            filename=args.image.name,
-            content_type=content_type,
-            idempotency_key=args.idempotency_key,
-            model=args.model,
-            resolution=args.resolution,
-            seed=args.seed,
-            cfg=args.cfg,
-            tau=args.tau,
-        )
-        _print_update(job)
-        if not (args.wait or args.output):
-            print(job["id"])
-            return 0
-        return _finish(client, client.wait(job["id"], args.timeout, on_update=_print_update), args.output)
-    if args.command == "wait":
-        return _finish(client, client.wait(args.job_id, args.timeout, on_update=_print_update), args.output)
-    if args.command == "get":
-        print(json.dumps(client.get(args.job_id), indent=2))
+def api_error_text(error: ApiError) -> str:
+    """``error: code (HTTP n): message`` and one indented line per detail (the field and what is wrong)."""
+    lines = [f"error: {error.code} (HTTP {error.status}): {error.message}"]
+    details = error.details
+    if isinstance(details, list):
+        lines += [f"  {_detail(d)}" for d in details]
+    elif isinstance(details, dict):
+        lines += [f"  {k}: {json.dumps(v)}" for k, v in details.items()]
+    elif details is not None:
+        lines.append(f"  {details}")
+    return "\n".join(lines)
+
+
+def _detail(detail: Any) -> str:
+    if not isinstance(detail, dict):
+        return str(detail)
+    where = ".".join(str(part) for part in detail.get("loc", []))
+    text = detail.get("msg") or detail.get("type") or ""
+    given = f" (got {json.dumps(detail['input'])})" if "input" in detail else ""
+    return f"{where}: {text}{given}".strip(": ") if where else f"{text}{given}"
+
+
+# -- commands ---------------------------------------------------------------------------------------
+
+
+def _follow(job: Job, args: argparse.Namespace) -> int:
+    """Wait with progress on stderr, then save the result when asked."""
+    view = view_for(sys.stderr)
+    if not job.done:
+        view.started(job.data)
+    try:
+        job.wait(progress=view.progress, timeout=args.timeout)
+    except JobFailed:
+        view.ended(job.data)
+        return 1
+    view.ended(job.data)
+    if args.output is not None:
+        _save(job.result(), args.output)
+    return 0
+
+
+def _save(content: bytes, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    print(str(path))
+
+
+def _submit(client: Client, args: argparse.Namespace) -> int:
+    job = client.edit(
+        args.image,
+        args.instruction,
+        model=args.model,
+        resolution=args.resolution,
+        seed=args.seed,
+        cfg=args.cfg,
+        tau=args.tau,
+        priority=args.priority,
+        start_timeout_s=args.start_timeout_s,
+        webhook_url=args.webhook_url,
+        webhook_events=args.webhook_events,
+        idempotency_key=args.idempotency_key,
+    )
+    if not (args.wait or args.output):
+        print(describe(job.data), file=sys.stderr)
+        print(job.id)
         return 0
-    if args.command == "cancel":
-        print(json.dumps(client.cancel(args.job_id), indent=2))
-        return 0
-    raise AssertionError(args.command)
+    code = _follow(job, args)
+    if code == 0 and args.output is None:
+        print(job.id)
+    return code
+
+
+def _wait(client: Client, args: argparse.Namespace) -> int:
+    return _follow(client.jobs.get(args.job_id), args)
+
+
+def _get(client: Client, args: argparse.Namespace) -> int:
+    print(client.jobs.get(args.job_id).data.model_dump_json(indent=2))
+    return 0
+
+
+def _cancel(client: Client, args: argparse.Namespace) -> int:
+    print(client.jobs.cancel(args.job_id).data.model_dump_json(indent=2))
+    return 0
+
+
+def _list(client: Client, args: argparse.Namespace) -> int:
+    for job in client.jobs.list(status=args.status, limit=args.limit):
+        data = job.data
+        if args.json:
+            print(data.model_dump_json())
+            continue
+        progress = f"{data.progress.scale}/{data.progress.scales}" if data.progress else "-"
+        created = data.created_at.isoformat(timespec="seconds")
+        print(f"{data.id}  {data.status.value:<9}  {progress:>5}  {created}  {data.instruction}")
+    return 0
+
+
+def _result(client: Client, args: argparse.Namespace) -> int:
+    if args.output is None and sys.stdout.isatty():
+        print("error: the result is an image; pass -o FILE or redirect stdout", file=sys.stderr)
+        return 2
+    content = client.jobs.get(args.job_id).result(timeout=args.timeout)
+    if args.output is not None:
+        _save(content, args.output)
+    else:
+        sys.stdout.buffer.write(content)
+        sys.stdout.flush()
+    return 0
+
+
+def _events(client: Client, args: argparse.Namespace) -> int:
+    job = client.jobs.get(args.job_id)
+    for event in job.events():
+        print(event.model_dump_json(), flush=True)
+    return 0 if job.status is JobStatus.SUCCEEDED else 1
+
+
+HANDLERS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
+    "submit": _submit,
+    "get": _get,
+    "wait": _wait,
+    "cancel": _cancel,
+    "list": _list,
+    "result": _result,
+    "events": _events,
+}
 
 
 if __name__ == "__main__":

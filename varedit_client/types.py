@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -31,11 +32,22 @@ class EditParams(BaseModel):
     seed: int
     cfg: float
     tau: float
+    previews: bool = False
 
 
 class Progress(BaseModel):
     scale: int
     scales: int
+
+
+class JobPreviewEvent(BaseModel):
+    """SSE ``preview``: the preview image of scale ``scale`` of ``scales`` is at ``url`` (a small PNG; the
+    last one is the result at preview size). Sent once per scale, in order, for jobs with previews."""
+
+    id: str
+    scale: int
+    scales: int
+    url: str
 
 
 class JobErrorPublic(BaseModel):
@@ -117,3 +129,32 @@ class JobPublic(BaseModel):
     metrics: JobMetrics
     urls: JobUrls
     webhook: WebhookPublic | None
+
+
+class JobStatusEvent(BaseModel):
+    """SSE ``status`` (``GET /v1/jobs/{id}/events``): the job after a state change; a stream's first event
+    is the job as it was when the stream opened."""
+
+    type: Literal["status"] = "status"
+    job: JobPublic
+
+
+class JobProgressEvent(BaseModel):
+    """SSE ``progress``: a running job finished scale ``scale`` of ``scales``."""
+
+    type: Literal["progress"] = "progress"
+    id: str
+    status: JobStatus
+    scale: int
+    scales: int
+
+
+JobEvent = JobStatusEvent | JobProgressEvent
+
+
+class WebhookEvent(BaseModel):
+    """A webhook delivery's body: ``job.running``, ``job.succeeded``, ... with the job as it was then."""
+
+    type: str
+    timestamp: datetime
+    data: JobPublic

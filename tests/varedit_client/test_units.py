@@ -1,0 +1,130 @@
+"""The client's IO-free parts, fast: event-stream decoding, the retry policy, image inputs, error mapping and
+webhook verification of a locally signed message."""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+from standardwebhooks import Webhook
+
+from varedit_client import (
+    ConnectionFailed,
+    InvalidRequest,
+    NotFound,
+    RateLimited,
+    ServiceUnavailable,
+    WebhookVerificationFailed,
+    verify_webhook,
+)
+from varedit_client.calls import edit
+from varedit_client.errors import Conflict, from_response
+from varedit_client.images import RemoteImage, Upload, prepare
+from varedit_client.retry import RetryPolicy
+from varedit_client.sse import SseDecoder, job_event
+from varedit_client.types import JobProgressEvent, JobPublic, JobStatusEvent
+
+JOB = JobPublic.model_config["json_schema_extra"]["examples"][0]  # type: ignore[index]  # a valid job
+SECRET = "whsec_" + "dGVzdC1zZWNyZXQtb2YtdGhlLXRlc3RzLTMyLWJ5dGVz"
+
+
+def _response(status: int, body: object, headers: dict[str, str] | None = None) -> httpx.Response:
+    request = httpx.Request("GET", "http://api.test/v1/jobs/x")
+    return httpx.Response(status, json=body, headers=headers, request=request)
+
+
+def _envelope(code: str, details: object = None) -> dict:
+    return {"error": {"code": code, "message": f"{code} happened", "details": details}}
+
+
+def test_the_decoder_reads_crlf_events_skips_pings_and_joins_data_lines() -> None:
+    decoder = SseDecoder()
+    stream = (
+        'event: progress\r\ndata: {"id": "j", "status": "running",\r\ndata:  "scale": 2, "scales": 4}\r\n\r\n'
+    )
+    lines = [": ping - 2026-01-01", "", *stream.split("\r\n")]
+    events = [e for e in (decoder.feed(line) for line in lines) if e is not None]
+    assert [(e.event, e.data) for e in events] == [
+        ("progress", '{"id": "j", "status": "running",\n "scale": 2, "scales": 4}')
+    ]
+    progress = job_event(events[0])
+    assert isinstance(progress, JobProgressEvent) and (progress.scale, progress.scales) == (2, 4)
+    status = job_event(type(events[0])("status", json.dumps(JOB)))
+    assert isinstance(status, JobStatusEvent) and status.job.id == JOB["id"]
+    assert job_event(type(events[0])("something-newer", "{}")) is None
+
+
+def test_the_policy_retries_what_is_transient_and_gives_up_on_the_rest() -> None:
+    policy = RetryPolicy(max_attempts=3, backoff_s=1.0, max_backoff_s=30.0, max_retry_after_s=60.0)
+    refused = ConnectionFailed("http://api.test", httpx.ConnectError("refused"))
+    delays = [policy.delay(n, refused) for n in (1, 2, 3)]
+    assert 0.5 <= delays[0] <= 1.0 and 1.0 <= delays[1] <= 2.0 and delays[2] is None  # bounded attempts
+    assert policy.delay(1, from_response(_response(404, _envelope("job_not_found")))) is None
+    assert policy.delay(1, from_response(_response(422, _envelope("invalid_request")))) is None
+    short = from_response(_response(429, _envelope("rate_limited"), {"Retry-After": "7"}))
+    assert isinstance(short, RateLimited) and short.retry_after == 7 and policy.delay(1, short) == 7
+    long = from_response(_response(503, _envelope("model_not_ready"), {"Retry-After": "600"}))
+    assert isinstance(long, ServiceUnavailable) and policy.delay(1, long) is None  # not worth waiting
+    in_flight = from_response(_response(409, _envelope("idempotency_request_in_flight")))
+    assert isinstance(in_flight, Conflict) and policy.delay(1, in_flight) is not None
+    assert policy.delay(1, from_response(_response(409, _envelope("result_not_ready")))) is None
+
+
+def test_error_answers_map_to_their_classes_with_code_message_and_details() -> None:
+    missing = from_response(_response(404, _envelope("job_not_found")))
+    assert isinstance(missing, NotFound) and (missing.status, missing.code) == (404, "job_not_found")
+    details = [{"loc": ["body", "model"], "msg": "one of ['tiny']", "input": "nope"}]
+    invalid = from_response(_response(422, _envelope("invalid_request", details)))
+    assert isinstance(invalid, InvalidRequest) and invalid.details == details
+    assert invalid.message == "invalid_request happened"
+    proxy_page = httpx.Response(
+        502, text="<html>bad gateway</html>", request=httpx.Request("GET", "http://x")
+    )
+    assert (
+        from_response(proxy_page).code == "http_error" and "bad gateway" in from_response(proxy_page).details
+    )
+
+
+def test_images_travel_as_uploads_or_as_urls(tmp_path: Path) -> None:
+    path = tmp_path / "photo.jpg"
+    Image.new("RGB", (8, 8)).save(path, format="JPEG")
+    assert prepare(path) == Upload("photo.jpg", path.read_bytes(), "image/jpeg")
+    assert prepare(str(path)).filename == "photo.jpg"
+    raw = path.read_bytes()
+    assert prepare(raw) == Upload("image.jpg", raw, "image/jpeg")
+    pil = prepare(Image.new("RGBA", (4, 4)))
+    assert isinstance(pil, Upload) and Image.open(io.BytesIO(pil.content)).mode == "RGBA"
+    assert prepare("https://example.com/cat.png") == RemoteImage("https://example.com/cat.png")
+    with pytest.raises(FileNotFoundError):
+        prepare(tmp_path / "missing.png")
+    remote = edit(RemoteImage("https://example.com/cat.png"), "hat", {"seed": 1, "cfg": None}, "key-1")
+    assert remote.json == {"instruction": "hat", "image_url": "https://example.com/cat.png", "seed": 1}
+    assert remote.headers == {"Idempotency-Key": "key-1"} and remote.files is None
+    form = edit(
+        Upload("a.png", b"x", "image/png"), "hat", {"webhook_events": ["job.failed"], "tau": 0.5}, "k"
+    )
+    assert form.data == {"instruction": "hat", "webhook_events": ["job.failed"], "tau": "0.5"}
+
+
+def test_a_locally_signed_webhook_verifies_and_a_tampered_one_does_not() -> None:
+    body = json.dumps({"type": "job.succeeded", "timestamp": "2026-01-01T00:00:00Z", "data": JOB}).encode()
+    now = datetime.now(UTC)
+    headers = {
+        "Webhook-Id": "msg_1",
+        "Webhook-Timestamp": str(int(now.timestamp())),
+        "Webhook-Signature": Webhook(SECRET).sign("msg_1", now, body.decode()),
+    }
+    event = verify_webhook(body, headers, SECRET)
+    assert event.type == "job.succeeded" and event.data.id == JOB["id"]
+    with pytest.raises(WebhookVerificationFailed, match="signature"):
+        verify_webhook(body.replace(b"succeeded", b"failed", 1), headers, SECRET)
+    stale = {**headers, "Webhook-Timestamp": str(int(now.timestamp()) - 3600)}
+    with pytest.raises(WebhookVerificationFailed):
+        verify_webhook(body, stale, SECRET)
+    with pytest.raises(ValueError):
+        verify_webhook(body, headers, [])
