@@ -132,6 +132,14 @@ class RedeliveryLimit(RateLimited):
     code = "redelivery_limit"
 
 
+class NotFound(ApiError):
+    code, status = "not_found", 404
+
+
+class PreviewNotFound(ApiError):
+    code, status = "preview_not_found", 404
+
+
 class ResultNotReady(ApiError):
     code, status = "result_not_ready", 409
 

@@ -50,6 +50,11 @@ class EditCreate(BaseModel):
     start_timeout_s: int | None = Field(None, gt=0, description="Expire if not started within this.")
     webhook_url: str | None = Field(None, max_length=2048, pattern=r"^https?://")
     webhook_events: list[WebhookEvent] | None = None
+    previews: bool | None = Field(
+        None,
+        description="Store a small preview after every scale: SSE `preview` events and "
+        "GET /v1/jobs/{id}/previews/{k}. Default false.",
+    )
 
 
 class JobList(BaseModel):
@@ -82,6 +87,13 @@ class WebhookDeliveryList(BaseModel):
     data: list[WebhookDeliveryPublic]
 
 
+class ModelExample(BaseModel):
+    """An edit the model does well, to try with one click."""
+
+    instruction: str
+    image_url: str = Field(description="The source image, from this server.")
+
+
 class ModelInfo(BaseModel):
     id: str
     resolutions: list[int] = Field(description="Square output sides it serves; empty until a worker reports")
@@ -89,6 +101,10 @@ class ModelInfo(BaseModel):
     sampling: dict[str, float] | None = Field(
         description="Recommended sampling settings, used for parameters a job leaves out (cfg, tau, ...)",
         examples=[{"cfg": 2.0, "tau": 0.3, "top_k": 900, "top_p": 0.97}],
+    )
+    description: str = Field("", description="What the model understands, for people trying it.")
+    examples: list[ModelExample] = Field(
+        default_factory=list, description="Edits it does well; none for a release."
     )
     ready_workers: int
     queue_depth: int

@@ -238,6 +238,7 @@ def build_spec(
         priority=fields.priority,
         webhook_url=fields.webhook_url,
         webhook_events=list(fields.webhook_events) if fields.webhook_events else None,
+        previews=bool(fields.previews),
     )
 
 

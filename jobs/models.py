@@ -78,6 +78,7 @@ class Job(Base):
     source_content_type: Mapped[str] = mapped_column(String(64))
     webhook_url: Mapped[str | None] = mapped_column(Text)
     webhook_events: Mapped[list[str] | None] = mapped_column(JSON)
+    previews: Mapped[bool] = mapped_column(Boolean, default=False)  # store a preview after every scale
 
     # Execution: lease, fencing and progress.
     attempts: Mapped[int] = mapped_column(Integer, default=0)  # bumped by every claim; fences completion
@@ -86,6 +87,8 @@ class Job(Base):
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     progress_scale: Mapped[int | None] = mapped_column(Integer)
     progress_scales: Mapped[int | None] = mapped_column(Integer)
+    # The previews of scales 1..preview_scale are stored (`storage.preview_key`); written with progress.
+    preview_scale: Mapped[int | None] = mapped_column(Integer)
 
     # Outcome.
     error_code: Mapped[str | None] = mapped_column(String(64))
@@ -159,6 +162,8 @@ class ServedModel(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     resolutions: Mapped[list[int]] = mapped_column(JSON)
     sampling: Mapped[dict[str, float]] = mapped_column(JSON)  # cfg, tau and the sampler's other settings
+    description: Mapped[str] = mapped_column(Text, default="")  # what it understands, for people
+    examples: Mapped[list[dict[str, str]]] = mapped_column(JSON, default=list)  # instruction, image_key
     reported_by: Mapped[str] = mapped_column(String(128))
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 

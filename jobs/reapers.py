@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from jobs import outbox
 from jobs.models import TERMINAL_STATUSES, Job, JobStatus, utcnow
-from jobs.storage import Storage
+from jobs.storage import Storage, preview_key
 
 log = structlog.get_logger(__name__)
 
@@ -142,24 +142,37 @@ def stranded_queued(
 def delete_expired_results(
     session: Session, storage: Storage, ttl_s: int, *, now: datetime | None = None, limit: int = REAP_BATCH
 ) -> int:
-    """Delete the source and result objects of jobs finished more than ``ttl_s`` ago; the job row stays
-    (its result then answers 410). Object deletes are idempotent, so a rolled-back pass just repeats."""
+    """Delete the source, result and preview objects of jobs finished more than ``ttl_s`` ago; the job
+    row stays (its result then answers 410). Object deletes are idempotent, so a rolled-back pass just
+    repeats."""
     now = _now(now)
     cutoff = now - timedelta(seconds=ttl_s)
     due = [Job.status.in_(TERMINAL_STATUSES), Job.finished_at < cutoff, Job.purged_at.is_(None)]
     rows = session.execute(
-        select(Job.id, Job.source_key, Job.result_key).where(*due).order_by(Job.finished_at).limit(limit)
+        select(Job.id, Job.source_key, Job.result_key, Job.previews, Job.preview_scale, Job.progress_scales)
+        .where(*due)
+        .order_by(Job.finished_at)
+        .limit(limit)
     ).all()
-    for _, source, result in rows:
-        for key in (source, result):
+    for row in rows:
+        for key in (row.source_key, row.result_key, *_preview_keys(row)):
             if key:
                 storage.delete(key)
     if rows:
         session.execute(
             update(Job)
             .where(Job.id.in_([r.id for r in rows]), *due)
-            .values(source_key=None, result_key=None, purged_at=now)
+            .values(source_key=None, result_key=None, preview_scale=None, purged_at=now)
             .execution_options(synchronize_session=False)
         )
         log.info("job_objects_purged", count=len(rows))
     return len(rows)
+
+
+def _preview_keys(row: Any) -> list[str]:
+    """The preview keys a job may have: up to its recorded preview, or its last known scale count (a
+    worker may have stored previews it never got to record)."""
+    if not row.previews:
+        return []
+    last = max(row.preview_scale or 0, row.progress_scales or 0)
+    return [preview_key(row.id, k) for k in range(1, last + 1)]

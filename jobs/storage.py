@@ -1,7 +1,8 @@
 """Object storage for source images and results: a local folder, or any S3-compatible service.
 
-Keys are ``jobs/<job_id>/source.<ext>`` and ``jobs/<job_id>/result-<attempt>.png``; the key of the
-result lives on the job row, so readers never derive it.
+Keys are ``jobs/<job_id>/source.<ext>``, ``jobs/<job_id>/result-<attempt>.png`` and the previews
+``jobs/<job_id>/previews/<scale>.png``; the key of the result lives on the job row, so readers never
+derive it.
 """
 
 from __future__ import annotations
@@ -29,6 +30,17 @@ def source_key(job_id: str, content_type: str) -> str:
 def result_key(job_id: str, attempt: int) -> str:
     """Per attempt, so a fenced-out stale attempt can never overwrite the result that was accepted."""
     return f"jobs/{job_id}/result-{attempt}.png"
+
+
+def preview_key(job_id: str, scale: int) -> str:
+    """One per scale, not per attempt: a later attempt rewrites them (same seed, so nearly the same
+    images), and the job row records how many are stored."""
+    return f"jobs/{job_id}/previews/{scale}.png"
+
+
+def model_example_key(model: str, index: int) -> str:
+    """Where a model's example source image is kept (written by its workers when they load it)."""
+    return f"models/{model}/examples/{index}"
 
 
 class Storage(Protocol):

@@ -43,6 +43,7 @@ class EditSpec:
     priority: int = 0
     webhook_url: str | None = None
     webhook_events: list[str] | None = None
+    previews: bool = False
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,7 @@ def submit(
         priority=spec.priority,
         webhook_url=spec.webhook_url,
         webhook_events=spec.webhook_events,
+        previews=spec.previews,
         source_key=source_key,
         source_content_type=source_content_type,
         attempts=0,
@@ -236,15 +238,19 @@ def heartbeat(
     attempt: int,
     lease_s: int,
     progress: tuple[int, int] | None = None,
+    preview_scale: int | None = None,
     *,
     now: datetime | None = None,
 ) -> bool:
-    """Extend the lease and record progress (scale k of K). False means stop: the lease was lost
-    (fenced out) or a cancel was requested (then confirm it with `mark_canceled`)."""
+    """Extend the lease and record progress (scale k of K) and the stored previews (scales
+    1..preview_scale; 0 clears what an earlier attempt recorded) in the same UPDATE. False means stop:
+    the lease was lost (fenced out) or a cancel was requested (then confirm it with `mark_canceled`)."""
     now = _now(now)
     values: dict[str, Any] = {"lease_expires_at": now + timedelta(seconds=lease_s), "updated_at": now}
     if progress is not None:
         values["progress_scale"], values["progress_scales"] = progress
+    if preview_scale is not None:
+        values["preview_scale"] = preview_scale or None
     job = _update_one(session, job_id, _holds_lease(attempt), **values)
     return job is not None and not job.cancel_requested
 

@@ -15,6 +15,7 @@ from varedit_client.types import (
     EditParams,
     JobErrorPublic,
     JobMetrics,
+    JobPreviewEvent,
     JobPublic,
     JobResult,
     JobUrls,
@@ -29,6 +30,20 @@ def _ms(start: datetime | None, end: datetime | None) -> int | None:
 
 def job_path(job_id: str) -> str:
     return f"/v1/jobs/{job_id}"
+
+
+def preview_path(job_id: str, scale: int) -> str:
+    return f"{job_path(job_id)}/previews/{scale}"
+
+
+def preview_events(job: Job, after: int) -> list[JobPreviewEvent]:
+    """The previews stored since scale ``after``, in order (a job that records previews knows K)."""
+    if not job.previews or job.preview_scale is None or job.progress_scales is None:
+        return []
+    return [
+        JobPreviewEvent(id=job.id, scale=k, scales=job.progress_scales, url=preview_path(job.id, k))
+        for k in range(after + 1, job.preview_scale + 1)
+    ]
 
 
 def public_job(job: Job) -> JobPublic:
@@ -48,7 +63,12 @@ def public_job(job: Job) -> JobPublic:
         status=job.status,
         instruction=job.instruction,
         params=EditParams(
-            model=job.model, resolution=job.resolution, seed=job.seed, cfg=job.cfg, tau=job.tau
+            model=job.model,
+            resolution=job.resolution,
+            seed=job.seed,
+            cfg=job.cfg,
+            tau=job.tau,
+            previews=job.previews,
         ),
         priority=job.priority,
         created_at=job.created_at,

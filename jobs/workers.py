@@ -4,7 +4,7 @@ they report about the models they loaded (resolutions, recommended sampling sett
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -79,6 +79,9 @@ class ModelFacts:
     name: str
     resolutions: list[int]
     sampling: dict[str, float]
+    description: str = ""  # what the model understands, in a sentence or two for people trying it
+    # {"instruction", "image_key", "content_type"}: the image is in storage, put there by the worker
+    examples: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def default_resolution(self) -> int:
@@ -89,13 +92,20 @@ class ModelFacts:
         if override is None:
             return self
         sampling = {**self.sampling, **override.sampling()}
-        return ModelFacts(self.name, list(override.resolutions or self.resolutions), sampling)
+        resolutions = list(override.resolutions or self.resolutions)
+        return ModelFacts(self.name, resolutions, sampling, self.description, self.examples)
 
 
 def record_model(session: Session, facts: ModelFacts, worker_id: str, *, now: datetime | None = None) -> None:
     """Upsert the facts a worker reports about the model it has loaded (when it announces itself ready)."""
     now = _now(now)
-    values = {"resolutions": facts.resolutions, "sampling": facts.sampling, "reported_by": worker_id}
+    values = {
+        "resolutions": facts.resolutions,
+        "sampling": facts.sampling,
+        "description": facts.description,
+        "examples": facts.examples,
+        "reported_by": worker_id,
+    }
     stmt = _insert(session)(ServedModel).values(name=facts.name, updated_at=now, **values)
     stmt = stmt.on_conflict_do_update(index_elements=[ServedModel.name], set_={**values, "updated_at": now})
     session.execute(stmt)
@@ -110,7 +120,8 @@ def model_facts(session: Session, settings: Settings) -> dict[str, ModelFacts | 
     for name in settings.models:
         row, override = rows.get(name), settings.model_overrides.get(name)
         if row is not None:
-            out[name] = ModelFacts(name, list(row.resolutions), dict(row.sampling)).with_override(override)
+            facts = ModelFacts(name, list(row.resolutions), dict(row.sampling), row.description, row.examples)
+            out[name] = facts.with_override(override)
         elif override is not None and override.complete:
             out[name] = ModelFacts(name, [], {}).with_override(override)
         else:

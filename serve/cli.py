@@ -1,7 +1,7 @@
 """``varedit-serve``: one command for the operator, dispatching to the tool that does the job.
 
     varedit-serve [serve] [--port ...]            the whole platform on this machine (serve.embedded)
-    varedit-serve submit|get|wait|cancel ...      the HTTP client (varedit_client.cli)
+    varedit-serve submit|get|wait|cancel|list|result|events ...   the HTTP client (varedit_client.cli)
     varedit-serve keys create|list|revoke|...     API keys in the configured database (serve.keys)
 
 Each tool is imported only when asked for, so the client commands work where only the client is

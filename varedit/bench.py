@@ -9,6 +9,11 @@ decode under bf16 autocast), which is also fast on CPUs with AVX512-BF16/AMX.
 
     python -m varedit.bench --config S --threads 2 --repeat 4          # CPU, compute-bound small model
     python -m varedit.bench --config 8B-512 --device cuda --batch 1    # full size, random weights
+    python -m varedit.bench --config models/varedit-shapes-64 --previews 128   # a folder's architecture
+
+`--previews N` also times the previews of scales 1..K-1 (`EditPipeline.preview_images`, longest side
+N; the last preview is the result resized), all together and per scale, after the edit, so the other
+stages are timed as without it.
 """
 
 from __future__ import annotations
@@ -17,22 +22,29 @@ import argparse
 import resource
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from .config import get_config
-from .pipeline import EditPipeline, postprocess
+from .checkpoints import describe
+from .config import VAREditConfig, get_config
+from .pipeline import EditPipeline, postprocess, preview_dims
 from .sampling import generate
 from .text import TextFeatures
 from .transformer import VAREditTransformer
 from .vae import VAE
 
 
+def config_of(name: str) -> VAREditConfig:
+    """A variant's config, or the config of a model folder (its weights are not used)."""
+    return describe(name)[0] if Path(name).is_dir() else get_config(name)
+
+
 def build(name: str, device: torch.device, dtype: torch.dtype) -> tuple:
     """Random-weight transformer and VAE, materialised directly on the device."""
-    cfg = get_config(name)
+    cfg = config_of(name)
     with torch.device("meta"):
         model, vae = VAREditTransformer(cfg), VAE(cfg.vae)
     model.to_empty(device=device)
@@ -54,7 +66,9 @@ def build(name: str, device: torch.device, dtype: torch.dtype) -> tuple:
     return cfg, model.eval(), vae.eval()
 
 
-def run_once(pipe: EditPipeline, batch: int, text_len: int, cfg_scale: float, tau: float) -> dict:
+def run_once(
+    pipe: EditPipeline, batch: int, text_len: int, cfg_scale: float, tau: float, preview_size: int = 0
+) -> dict:
     """One edit of random images with random text features; returns seconds per stage."""
     cfg, device = pipe.config, pipe.device
     schedule = cfg.schedule()
@@ -71,8 +85,7 @@ def run_once(pipe: EditPipeline, batch: int, text_len: int, cfg_scale: float, ta
     marks: list[float] = []
 
     def tick(*_):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        sync(device)
         marks.append(time.perf_counter())
 
     with torch.inference_mode():
@@ -93,7 +106,34 @@ def run_once(pipe: EditPipeline, batch: int, text_len: int, cfg_scale: float, ta
         stages[f"scale_{k}"] = marks[k + 1] - marks[k]
     stages["vae_decode"] = marks[-1] - marks[-2]
     stages["total"] = marks[-1] - marks[0]
+    if preview_size:
+        stages["previews_1..K-1"] = previews = time_previews(pipe, out.bits, schedule, preview_size)
+        stages["preview_mean"] = previews / (K - 1)
     return stages
+
+
+def time_previews(
+    pipe: EditPipeline, bits: list[torch.Tensor], schedule: list[tuple[int, int]], preview_size: int
+) -> float:
+    """Seconds of the previews of scales 1..K-1 together, each from the codes its scale had summed."""
+    dims = [preview_dims((pipe.config.resolution,) * 2, preview_size)] * bits[0].shape[0]
+    stride = pipe.config.vae.token_stride
+    seconds = 0.0
+    with torch.inference_mode():
+        for k in range(1, len(schedule)):
+            f_hat = pipe.vae.bits_to_f_hat(bits[:k], schedule)  # what generate held after scale k
+            h, w = schedule[k - 1]
+            sync(pipe.device)
+            t0 = time.perf_counter()
+            pipe.preview_images(f_hat, dims, (h * stride, w * stride))
+            sync(pipe.device)
+            seconds += time.perf_counter() - t0
+    return seconds
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -108,6 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tau", type=float, default=0.5)
     p.add_argument("--repeat", type=int, default=4)
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--previews", type=int, default=0, help="also time a preview of this longest side")
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -117,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg, model, vae = build(args.config, device, dtype)
     pipe = EditPipeline(cfg, model, vae, text_encoder=None, device=device)  # text features are random
     runs = [
-        run_once(pipe, args.batch, args.text_len, args.cfg, args.tau)
+        run_once(pipe, args.batch, args.text_len, args.cfg, args.tau, args.previews)
         for _ in range(args.warmup + args.repeat)
     ][args.warmup :]
 

@@ -235,6 +235,9 @@ def read_folder(folder: Path) -> tuple[VAREditConfig, Serving]:
         serving.check(config)
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{folder / CONFIG_FILE}: {e}") from e
+    missing = [e.image for e in serving.examples if not (folder / e.image).is_file()]
+    if missing:
+        raise CheckpointError(f"{folder / CONFIG_FILE}: example images not found: {missing}")
     return config, serving
 
 

@@ -18,17 +18,18 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from . import checkpoints as ckpt
 from .config import VAREditConfig
 from .images import to_rgb
-from .sampling import EditCancelled, OnScale, generate
+from .sampling import EditCancelled, OnCodes, OnScale, generate
 from .serving import SamplingDefaults, Serving
 from .text import TextEncoder
 from .transformer import VAREditTransformer
@@ -37,6 +38,9 @@ from .vae import VAE
 log = logging.getLogger(__name__)
 
 ImageInput = Image.Image | str | Path
+# on_preview(k, K, previews) after scale k of K: one small RGB image per input, in input order.
+OnPreview = Callable[[int, int, list[Image.Image]], None]
+PREVIEW_SIZE = 128  # default longest side of a preview, in pixels
 
 
 def load_image(image: ImageInput) -> Image.Image:
@@ -97,6 +101,22 @@ def postprocess(img_3SS: torch.Tensor, size: tuple[int, int]) -> Image.Image:
     if side <= exact_bound(out.width):
         return out.resize((side, side), resample=Image.LANCZOS).crop((0, 0, *size))
     return resize_top_left(out, size)
+
+
+def preview_dims(size: tuple[int, int], preview_size: int) -> tuple[int, int]:
+    """The (w, h) of a preview of an image of `size`: longest side `preview_size`, aspect kept, never
+    enlarged (a preview is a cheap look, not more pixels than the result)."""
+    w, h = size
+    side = max(w, h)
+    if side <= preview_size:
+        return w, h
+    return max(1, round(w * preview_size / side)), max(1, round(h * preview_size / side))
+
+
+def preview_of(image: Image.Image, preview_size: int) -> Image.Image:
+    """`image` resized to its preview size: what the last preview of an edit is, made from its result."""
+    dims = preview_dims(image.size, preview_size)
+    return image.copy() if dims == image.size else image.resize(dims, resample=Image.BILINEAR)
 
 
 def resize_top_left(square: Image.Image, size: tuple[int, int]) -> Image.Image:
@@ -240,6 +260,8 @@ class EditPipeline:
         resolution: int | None = None,
         top_k: int | None = None,
         top_p: float | None = None,
+        on_preview: OnPreview | None = None,
+        preview_size: int = PREVIEW_SIZE,
     ) -> list[Image.Image]:
         """Edit each image by its instruction; returns one RGB image per input, each of its input's size.
 
@@ -254,6 +276,9 @@ class EditPipeline:
             edit by raising `EditCancelled`.
         resolution: square side to generate at (default: the model's own).
         cfg, tau, top_k, top_p left out take the model's recommended values (`self.sampling`).
+        on_preview: called as on_preview(k, K, previews) after scale k of K with one small image per
+            input (`preview_dims(input size, preview_size)`): scales k < K are a cheap decode of the
+            codes so far (`preview_images`); the last one is each result resized (`preview_of`).
         Raises `MemoryError` when the device runs out of memory (its cache is released first).
         Example: pipe.edit([img], ["make it snowy"], seeds=[0], on_scale=lambda k, K: print(k, K))
         """
@@ -265,6 +290,8 @@ class EditPipeline:
             raise ValueError(
                 f"need one instruction per image: {len(images)} images, {len(instructions)} instructions"
             )
+        if preview_size < 1:
+            raise ValueError(f"preview_size must be at least 1, got {preview_size}")
         if seeds is None:
             seeds = [random.SystemRandom().randrange(2**31) for _ in images]
         seeds = [seeds] if isinstance(seeds, int) else [int(s) for s in seeds]
@@ -278,8 +305,11 @@ class EditPipeline:
             top_k=d.top_k if top_k is None else top_k,
             top_p=d.top_p if top_p is None else top_p,
         )
+        previews = None if on_preview is None else (on_preview, preview_size)
         try:
-            return self._edit(pils, instructions, seeds, resolution or self.resolution, on_scale, **sampling)
+            return self._edit(
+                pils, instructions, seeds, resolution or self.resolution, on_scale, previews, **sampling
+            )
         except torch.OutOfMemoryError as e:
             self.release_memory()
             raise MemoryError(f"out of memory on {self.device}: {e}") from e
@@ -291,6 +321,7 @@ class EditPipeline:
         seeds: list[int],
         size: int,
         on_scale: OnScale | None,
+        previews: tuple[OnPreview, int] | None,
         **sampling,
     ) -> list[Image.Image]:
         schedule = self.config.schedule(size)
@@ -300,8 +331,18 @@ class EditPipeline:
         source_BLd = self.encode_sources(pils, schedule, size)
         # 4-5. prefill and scale loop
         gens = [torch.Generator().manual_seed(s) for s in seeds]
+        sizes = [im.size for im in pils]
+        on_codes = None if previews is None else self._preview_codes(previews, sizes, schedule)
         out = generate(
-            self.transformer, self.vae, text, source_BLd, schedule, gens, on_scale=on_scale, **sampling
+            self.transformer,
+            self.vae,
+            text,
+            source_BLd,
+            schedule,
+            gens,
+            on_scale=on_scale,
+            on_codes=on_codes,
+            **sampling,
         )
         # 6. decode and return
         results = []
@@ -309,7 +350,45 @@ class EditPipeline:
             res = postprocess(self.decode(out.f_hat[b : b + 1])[0], im.size)
             res.info.update(seed=seeds[b], instruction=instructions[b], model=self.name)
             results.append(res)
+        if previews is not None:  # the last preview is the result itself, so the two always agree
+            on_preview, preview_size = previews
+            on_preview(len(schedule), len(schedule), [preview_of(res, preview_size) for res in results])
         return results
+
+    def _preview_codes(
+        self, previews: tuple[OnPreview, int], sizes: list[tuple[int, int]], schedule: list[tuple[int, int]]
+    ) -> OnCodes:
+        """The `generate` callback that turns scales 1..K-1 into previews (scale K waits for the result)."""
+        on_preview, preview_size = previews
+        dims = [preview_dims(size, preview_size) for size in sizes]
+        stride = self.config.vae.token_stride
+
+        def on_codes(k: int, K: int, f_hat: torch.Tensor) -> None:
+            if k < K:
+                h, w = schedule[k - 1]
+                on_preview(k, K, self.preview_images(f_hat, dims, (h * stride, w * stride)))
+
+        return on_codes
+
+    def preview_images(
+        self, f_hat: torch.Tensor, dims: list[tuple[int, int]], detail: tuple[int, int] | None = None
+    ) -> list[Image.Image]:
+        """Summed codes (B, dq, 1, H, W) -> one image of (w, h) `dims[b]` each, cheaply.
+
+        f_hat is area-shrunk to the smallest latent grid that still shows it at preview size: that of the
+        largest preview, and at most `detail`, the latent grid of the last scale summed (its codes carry
+        nothing finer), but at least 2x2 (the decoder's GroupNorm needs more than one value per group).
+        The decoder runs there, on a few latent pixels instead of (S / p)^2: early scales cost next to
+        nothing, later ones at most a decode at preview size. The square is then cropped and resized
+        like `postprocess`."""
+        p = self.config.vae.patch_size  # image pixels per latent pixel
+        H, W = f_hat.shape[-2:]
+        side = -(-max(max(d) for d in dims) // p)  # latent pixels covering the largest preview, ceil
+        gh, gw = detail or (H, W)
+        g = (min(H, max(2, min(side, gh))), min(W, max(2, min(side, gw))))
+        small = f_hat if g == (H, W) else F.interpolate(f_hat, size=(1, *g), mode="area")  # (B, dq, 1, *g)
+        images = self.decode(small)  # (B, 3, g*p, g*p)
+        return [postprocess(img, d) for img, d in zip(images, dims, strict=True)]
 
     def encode_sources(
         self, images: list[Image.Image], schedule: list[tuple[int, int]], size: int
@@ -326,4 +405,14 @@ class EditPipeline:
             return self.vae.decode(f_hat.squeeze(2).contiguous(memory_format=torch.channels_last)).float()
 
 
-__all__ = ["EditCancelled", "EditPipeline", "exact_bound", "load_image", "postprocess", "preprocess"]
+__all__ = [
+    "EditCancelled",
+    "EditPipeline",
+    "OnPreview",
+    "exact_bound",
+    "load_image",
+    "postprocess",
+    "preprocess",
+    "preview_dims",
+    "preview_of",
+]

@@ -27,6 +27,8 @@ from .vae import VAE
 
 # on_scale(k, K) after scale k (1-based) of K; returning False stops the generation.
 OnScale = Callable[[int, int], "bool | None"]
+# on_codes(k, K, f_hat) after scale k's on_scale: the summed codes so far, (B, dq, 1, H, W), to read only.
+OnCodes = Callable[[int, int, torch.Tensor], None]
 
 
 class EditCancelled(Exception):
@@ -101,6 +103,7 @@ def generate(
     on_scale: OnScale | None = None,
     forced_bits: Sequence[torch.Tensor] | None = None,
     keep_logits: bool = False,
+    on_codes: OnCodes | None = None,
 ) -> Generation:
     """Sample the target's bits scale by scale; returns the summed codes and every scale's bits.
 
@@ -110,6 +113,8 @@ def generate(
     forced_bits: (B, l, d) bits of the first len(forced_bits) scales, used instead of sampling (all
     scales: teacher forcing through the cached path, for tests; a prefix: the benchmark's question of
     how much the later scales lose); keep_logits: also return every scale's raw head output.
+    on_codes: called after each scale (after `on_scale`) with the running f_hat, e.g. to decode a
+    preview; it must not modify f_hat, which the next scales keep adding to.
     """
     K, B = len(schedule), source_BLd.shape[0]
     cfg_k, tau_k = per_scale(cfg, K, "cfg"), per_scale(tau, K, "tau")
@@ -146,4 +151,6 @@ def generate(
             x_BlC = x_BlC.repeat(2 if use_cfg else 1, 1, 1)  # (bs, l, C)
         if on_scale is not None and on_scale(k + 1, K) is False:
             raise EditCancelled(k + 1, K)
+        if on_codes is not None:
+            on_codes(k + 1, K, out.f_hat)
     return out

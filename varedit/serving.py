@@ -31,11 +31,22 @@ class SamplingDefaults:
 
 
 @dataclass(frozen=True)
+class Example:
+    """An edit the model does well: an instruction and its source image (a file in the model folder)."""
+
+    instruction: str
+    image: str  # path relative to the folder
+
+
+@dataclass(frozen=True)
 class Serving:
-    """The resolutions a model serves (the first is its default) and its sampling defaults."""
+    """The resolutions a model serves (the first is its default), its sampling defaults, and for people
+    trying it: what it understands and example edits it does well (none for a converted release)."""
 
     resolutions: tuple[int, ...]
     sampling: SamplingDefaults = field(default_factory=SamplingDefaults)
+    description: str = ""
+    examples: tuple[Example, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.resolutions:
@@ -50,18 +61,29 @@ class Serving:
             )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"resolutions": list(self.resolutions), "sampling": self.sampling.to_dict()}
+        out: dict[str, Any] = {"resolutions": list(self.resolutions), "sampling": self.sampling.to_dict()}
+        if self.description:
+            out["description"] = self.description
+        if self.examples:
+            out["examples"] = [dataclasses.asdict(e) for e in self.examples]
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Serving:
-        unknown = set(d) - {"resolutions", "sampling"}
+        unknown = set(d) - {"resolutions", "sampling", "description", "examples"}
         if unknown:
             raise ValueError(f"unknown serving fields {sorted(unknown)}")
         sampling = d.get("sampling", {})
         known = {f.name for f in dataclasses.fields(SamplingDefaults)}
         if set(sampling) - known:
             raise ValueError(f"unknown sampling fields {sorted(set(sampling) - known)}")
-        return cls(tuple(int(r) for r in d["resolutions"]), SamplingDefaults(**sampling))
+        examples = tuple(Example(str(e["instruction"]), str(e["image"])) for e in d.get("examples", []))
+        return cls(
+            tuple(int(r) for r in d["resolutions"]),
+            SamplingDefaults(**sampling),
+            str(d.get("description", "")),
+            examples,
+        )
 
     @classmethod
     def trained(cls, config: VAREditConfig, sampling: SamplingDefaults | None = None) -> Serving:

@@ -4,9 +4,11 @@
 
 1. `load_sources`   read each source image from storage; a missing or undecodable one fails its job.
 2. `generate`       run the model, one call per group of jobs sharing (cfg, tau); `on_scale` heartbeats
-                    every job (lease + progress) and confirms cancellations at the scale boundary.
-3. `deliver`        per job: a last fenced heartbeat, upload ``result-<attempt>.png``, fenced `finish`;
-                    an upload whose finish is fenced out is deleted again.
+                    every job (lease + progress + stored previews) and confirms cancellations at the
+                    scale boundary; `on_preview` hands each scale's previews to a `PreviewWriter`.
+3. `deliver`        per job: a last fenced heartbeat (recording its last previews), upload
+                    ``result-<attempt>.png``, fenced `finish`; an upload whose finish is fenced out is
+                    deleted again.
 
 Every state change goes through `Fence`, which runs one `jobs.transitions` call (one conditional
 UPDATE) per transaction and, after its commit, sends a "job changed" notification. A job canceled or
@@ -23,8 +25,11 @@ import io
 import threading
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_all
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import structlog
 from PIL import Image, UnidentifiedImageError
@@ -37,9 +42,9 @@ from jobs.errors import StorageError
 from jobs.models import Job, JobStatus
 from jobs.notify import Notifier
 from jobs.queue import Publisher, publish_quietly
-from jobs.storage import Storage, result_key
+from jobs.storage import Storage, preview_key, result_key
 from worker import metrics
-from worker.model import EditModel
+from worker.model import PREVIEW_SIZE, EditModel
 
 log = structlog.get_logger(__name__)
 
@@ -52,6 +57,10 @@ REQUEUE_DELAY_S = 5  # a job given back after a transient fault is republished a
 # A committed write costs a WAL flush (~5 ms on PostgreSQL here), a read well under 1 ms, and the small
 # models run many scales per second.
 PROGRESS_EVERY_S = 0.25
+# Previews are encoded and stored on these threads, so a scale waits for neither (an upload to S3 takes
+# longer than a scale of the small models); `deliver` waits at most PREVIEW_FLUSH_S for a job's last ones.
+PREVIEW_THREADS = 2
+PREVIEW_FLUSH_S = 10.0
 
 
 class JobState(enum.StrEnum):
@@ -78,6 +87,7 @@ class ClaimedJob:
     tau: float
     source_key: str | None
     created_at: datetime | None = None
+    previews: bool = False
     image: Image.Image | None = None
     output: Image.Image | None = None
     state: JobState = JobState.ACTIVE
@@ -97,6 +107,7 @@ class ClaimedJob:
             tau=job.tau,
             source_key=job.source_key,
             created_at=job.created_at,
+            previews=job.previews,
         )
 
 
@@ -133,9 +144,17 @@ class Fence:
         with self._lock:
             return [j for j in jobs if j.state is JobState.ACTIVE]
 
-    def heartbeat(self, job: ClaimedJob, progress: tuple[int, int] | None) -> bool:
-        """Renew the lease (and record progress); False means stop: canceled or taken away."""
-        return self._tx(lambda s: transitions.heartbeat(s, job.id, job.attempt, self.lease_s, progress), job)
+    def heartbeat(
+        self, job: ClaimedJob, progress: tuple[int, int] | None, preview_scale: int | None = None
+    ) -> bool:
+        """Renew the lease (and record progress and stored previews); False means stop: canceled or
+        taken away."""
+        return self._tx(
+            lambda s: transitions.heartbeat(
+                s, job.id, job.attempt, self.lease_s, progress, preview_scale=preview_scale
+            ),
+            job,
+        )
 
     def still_ours(self, job: ClaimedJob) -> bool:
         """A read-only check: still running under this attempt, and no cancel requested."""
@@ -212,6 +231,58 @@ class Fence:
         log.warning("edit_released", job_id=job.id, attempt=job.attempt, reason=reason)
 
 
+class PreviewWriter:
+    """Stores previews off the generation thread (PNG encoding and upload on a small pool) and knows,
+    per job, the last scale k whose previews 1..k are all dealt with: what the job row may announce.
+
+    A preview that cannot be stored is logged and counted as dealt with: its URL answers 404, the later
+    ones are still announced, and the job never fails for it."""
+
+    def __init__(self, storage: Storage, threads: int = PREVIEW_THREADS) -> None:
+        self.storage = storage
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="previews")
+        self._lock = threading.Lock()
+        self._done: dict[str, set[int]] = {}
+        self._last: dict[str, int] = {}
+        self._pending: dict[str, list[Future[None]]] = {}
+
+    def submit(self, job_id: str, scale: int, image: Image.Image) -> None:
+        future = self._pool.submit(self._store, job_id, scale, image)
+        with self._lock:
+            self._pending.setdefault(job_id, []).append(future)
+
+    def stored(self, job_id: str) -> int:
+        """The last scale k such that the previews 1..k are stored (or failed); 0 before the first."""
+        with self._lock:
+            return self._last.get(job_id, 0)
+
+    def flush(self, job_id: str, timeout_s: float) -> int:
+        """Wait (at most ``timeout_s``) for the job's submitted previews; then `stored`."""
+        with self._lock:
+            pending = list(self._pending.get(job_id, ()))
+        wait_all(pending, timeout=timeout_s)
+        return self.stored(job_id)
+
+    def close(self) -> None:
+        """Drop the previews not started yet; an upload in progress finishes on its own."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _store(self, job_id: str, scale: int, image: Image.Image) -> None:
+        try:
+            buf = io.BytesIO()
+            image.save(buf, format="PNG")
+            self.storage.put(preview_key(job_id, scale), buf.getvalue(), RESULT_CONTENT_TYPE)
+        except Exception:
+            log.warning("preview_store_failed", job_id=job_id, scale=scale, exc_info=True)
+        with self._lock:
+            done = self._done.setdefault(job_id, set())
+            done.add(scale)
+            last = self._last.get(job_id, 0)
+            while last + 1 in done:
+                last += 1
+            self._last[job_id] = last
+
+
 @dataclass
 class EditRun:
     """One run of a model over a claimed batch: sources, generation, results (see the module doc)."""
@@ -220,6 +291,7 @@ class EditRun:
     storage: Storage
     model: EditModel | None  # None: this process does not serve the jobs' model (give them back)
     jobs: list[ClaimedJob]
+    previews: PreviewWriter | None = None  # made when a job of the run asks for previews
 
     def active(self) -> list[ClaimedJob]:
         return self.fence.active(self.jobs)
@@ -265,7 +337,7 @@ class EditRun:
                 continue
             try:
                 if k == n_scales or now - job.progress_written_at >= PROGRESS_EVERY_S:
-                    keep = self.fence.heartbeat(job, (k, n_scales))
+                    keep = self.fence.heartbeat(job, (k, n_scales), self._stored_previews(job))
                     job.progress_written_at = now
                 else:
                     keep = self.fence.still_ours(job) or self.fence.heartbeat(job, (k, n_scales))
@@ -275,6 +347,32 @@ class EditRun:
                 log.warning("job_heartbeat_failed", job_id=job.id, exc_info=True)
                 continue  # the lease still runs; the next scale tries again
         return any(j.state is JobState.ACTIVE for j in group)
+
+    def on_preview(self, k: int, images: list[Image.Image], group: list[ClaimedJob]) -> None:
+        """Hand scale k's previews of the jobs that asked for them to the writer; never raises."""
+        assert self.previews is not None
+        try:
+            for job, image in zip(group, images, strict=True):
+                if job.previews and job.state is JobState.ACTIVE:
+                    self.previews.submit(job.id, k, image)
+        except Exception:
+            log.warning("preview_not_stored", job_ids=[j.id for j in group], scale=k, exc_info=True)
+
+    def _stored_previews(self, job: ClaimedJob) -> int | None:
+        """What the next heartbeat records as the job's stored previews (None: nothing to record)."""
+        return self.previews.stored(job.id) if job.previews and self.previews is not None else None
+
+    def _preview_args(self, group: list[ClaimedJob]) -> dict[str, Any]:
+        """The model's preview arguments, when a job of the group asks for previews (a model is only
+        asked for what some job wants)."""
+        if not any(j.previews for j in group):
+            return {}
+        if self.previews is None:
+            self.previews = PreviewWriter(self.storage)
+        return {
+            "on_preview": lambda k, _, images: self.on_preview(k, images, group),
+            "preview_size": PREVIEW_SIZE,
+        }
 
     def generate(self) -> None:
         # One pipeline call per (resolution, cfg, tau): the sampler takes them per call, seeds per image.
@@ -300,6 +398,7 @@ class EditRun:
                 tau=tau,
                 on_scale=lambda k, n: self.on_scale(k, n, group),
                 resolution=resolution,
+                **self._preview_args(group),
             )
         except Exception as exc:
             still_active = self.fence.active(group)
@@ -334,9 +433,7 @@ class EditRun:
             if job.output is None:
                 self.fence.fail(job, "edit_failed", "the pipeline returned no image")
                 continue
-            # A last check right before storing: a cancel that arrived after the final scale still wins,
-            # and a job that was taken away is never written (finish is fenced as well).
-            if not self.fence.still_ours(job) and not self.fence.heartbeat(job, None):
+            if not self._last_check(job):
                 self.fence.stop(job)
                 continue
             meta = self._upload(job)
@@ -353,6 +450,14 @@ class EditRun:
             else:
                 self._delete_quietly(meta.key)
                 log.warning("edit_result_fenced_out", job_id=job.id, attempt=job.attempt)
+
+    def _last_check(self, job: ClaimedJob) -> bool:
+        """Right before storing: a cancel that arrived after the final scale still wins, and a job that
+        was taken away is never written (finish is fenced as well). A job with previews waits for its
+        last ones and records them in this heartbeat, so they are announced before it succeeds."""
+        if job.previews and self.previews is not None:
+            return self.fence.heartbeat(job, None, self.previews.flush(job.id, PREVIEW_FLUSH_S))
+        return self.fence.still_ours(job) or self.fence.heartbeat(job, None)
 
     def _upload(self, job: ClaimedJob) -> transitions.ResultMeta:
         assert job.output is not None
@@ -381,7 +486,9 @@ class EditRun:
     def cleanup_unfinished(self) -> None:
         """Delete the result objects of jobs that did not succeed (a fault between upload and finish);
         a job whose finish may have committed (UNKNOWN) keeps its object: an orphan is harmless, a
-        succeeded job without its result is not."""
+        succeeded job without its result is not. Previews not yet started are dropped."""
+        if self.previews is not None:
+            self.previews.close()
         for job in self.jobs:
             if job.state not in (JobState.SUCCEEDED, JobState.UNKNOWN) and job.output is not None:
                 self._delete_quietly(result_key(job.id, job.attempt))

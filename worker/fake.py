@@ -1,7 +1,7 @@
 """A stand-in for `varedit.EditPipeline` that returns at once.
 
-It has the same `edit(images, instructions, seeds, cfg, tau, on_scale)` contract as the real pipeline
-and no torch import, so it serves two purposes:
+It has the same `edit(images, instructions, seeds, cfg, tau, on_scale, resolution, on_preview,
+preview_size)` contract as the real pipeline and no torch import, so it serves two purposes:
 
 - the platform-overhead benchmark (every millisecond measured is the platform's, not the model's);
 - platform tests that need a worker but not a model (cancellation, crash recovery, batching).
@@ -23,7 +23,9 @@ It is selected by a model path of the form ``fake://?scales=4&scale_ms=0&gate=/d
                 hangs a worker forever.
 
 The edited image is a deterministic function of the source, the instruction and the seed (the source
-with inverted colours, tinted by the seed), so tests can check that results belong to their job.
+with inverted colours, tinted by the seed), so tests can check that results belong to their job. Its
+preview of scale k is that result at preview size, pixelated to k/K of it (sharper at every scale);
+the last one is the result resized, as the real pipeline's is.
 """
 
 from __future__ import annotations
@@ -31,12 +33,14 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from PIL import Image, ImageOps
+
+from worker.model import PREVIEW_SIZE, OnPreview, OnScale
 
 FAKE_SCHEME = "fake:"  # `fake://?...` (also accepted: `fake:/?...`, `fake:?...`)
 
@@ -112,12 +116,18 @@ class FakeEditPipeline:
         seeds: Sequence[int] | None = None,
         cfg: float | None = None,
         tau: float | None = None,
-        on_scale: Callable[[int, int], bool | None] | None = None,
+        on_scale: OnScale | None = None,
         resolution: int | None = None,
+        on_preview: OnPreview | None = None,
+        preview_size: int = PREVIEW_SIZE,
     ) -> list[Image.Image]:
         if len(images) != len(instructions):
             raise ValueError(f"got {len(images)} images but {len(instructions)} instructions")
         seeds = list(seeds) if seeds is not None else [0] * len(images)
+        results = [
+            _edited(img, instr, seed) for img, instr, seed in zip(images, instructions, seeds, strict=True)
+        ]
+        finals = [preview_of(r, preview_size) for r in results] if on_preview is not None else []
         n_scales = self.options.scales
         for k in range(1, n_scales + 1):
             if self.options.scale_ms:
@@ -127,9 +137,9 @@ class FakeEditPipeline:
                     self._wait_at_gate(token)
             if on_scale is not None and on_scale(k, n_scales) is False:
                 raise EditStopped(k, n_scales)
-        return [
-            _edited(img, instr, seed) for img, instr, seed in zip(images, instructions, seeds, strict=True)
-        ]
+            if on_preview is not None:
+                on_preview(k, n_scales, [_pixelated(f, k / n_scales) for f in finals])
+        return results
 
     def _wait_at_gate(self, token: str) -> None:
         gate = Path(self.options.gate or "")
@@ -148,6 +158,25 @@ class FakeEditPipeline:
 def gate_tokens(instructions: Sequence[str]) -> list[str]:
     """The ``gate:<token>`` words of the instructions, in order."""
     return [w.split(":", 1)[1] for text in instructions for w in text.split() if w.startswith("gate:")]
+
+
+def preview_of(image: Image.Image, preview_size: int) -> Image.Image:
+    """`image` at preview size: longest side `preview_size`, never enlarged (as `varedit.pipeline`)."""
+    w, h = image.size
+    side = max(w, h)
+    if side <= preview_size:
+        return image.copy()
+    dims = (max(1, round(w * preview_size / side)), max(1, round(h * preview_size / side)))
+    return image.resize(dims, Image.BILINEAR)
+
+
+def _pixelated(image: Image.Image, detail: float) -> Image.Image:
+    """`image` shrunk to `detail` of its size and blown up again: a coarser look, the same size."""
+    if detail >= 1:
+        return image
+    w, h = image.size
+    small = image.resize((max(1, round(w * detail)), max(1, round(h * detail))), Image.BOX)
+    return small.resize((w, h), Image.NEAREST)
 
 
 class EditStopped(Exception):

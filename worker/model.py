@@ -15,13 +15,19 @@ from jobs.workers import ModelFacts
 
 # on_scale(k, K) after scale k of K; returning False stops the edit (the model raises).
 OnScale = Callable[[int, int], bool | None]
+# on_preview(k, K, previews) after scale k of K: one small RGB image per input, in input order.
+OnPreview = Callable[[int, int, list[Image.Image]], None]
+PREVIEW_SIZE = 128  # longest side of a preview (never larger than the result)
 
 
 class EditModel(Protocol):
     """A loaded model that edits batches of images, reports its facts and frees memory on demand.
 
     ``edit`` raises `MemoryError` when the device runs out of memory (after releasing its cache) and
-    raises when ``on_scale`` returns False; any other exception is a failed edit.
+    raises when ``on_scale`` returns False; any other exception is a failed edit. With ``on_preview``
+    it also calls on_preview(k, K, previews) once per scale, in order, after that scale's on_scale:
+    each preview has the longest side ``preview_size`` (or its result's size, if smaller), and the
+    last (k = K) is the result itself resized to that size, so the two always agree.
     """
 
     @property
@@ -42,6 +48,8 @@ class EditModel(Protocol):
         tau: float | None = None,
         on_scale: OnScale | None = None,
         resolution: int | None = None,
+        on_preview: OnPreview | None = None,
+        preview_size: int = PREVIEW_SIZE,
     ) -> list[Image.Image]: ...
 
     def release_memory(self) -> None: ...

@@ -19,8 +19,11 @@ cannot run its model must not claim jobs. Messages it received are not claimed, 
 
 from __future__ import annotations
 
+import dataclasses
+import mimetypes
 import os
 import signal
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -32,7 +35,9 @@ from jobs.db import session_scope
 from jobs.logging import configure_logging
 from jobs.queue import queue_name, webhook_sender
 from jobs.settings import get_settings
+from jobs.storage import model_example_key
 from worker import heartbeat, metrics
+from worker.fake import is_fake_path
 from worker.model import facts_of
 from worker.pool import resolve_model_path
 from worker.runtime import Runtime, get_runtime, reset_runtime, set_nodename
@@ -98,11 +103,28 @@ def _init_pool_child(sender: str | None = None, **_: Any) -> None:
 
 
 def load_model(rt: Runtime, name: str) -> None:
-    """Load and warm up the model served as `name`, then record its facts for the API."""
+    """Load and warm up the model served as `name`, then record its facts for the API (with the
+    folder's example images copied to storage, where the API can serve them)."""
     path = resolve_model_path(rt.settings.model_path, name)
     loaded = rt.pool.load(name, path, device=rt.settings.device, dtype=rt.settings.dtype)
+    description, examples = ("", []) if is_fake_path(path) else publish_examples(rt, name, Path(path))
+    facts = dataclasses.replace(facts_of(loaded.model), description=description, examples=examples)
     with session_scope(rt.sessions) as session:
-        workers.record_model(session, facts_of(loaded.model), rt.worker_id)
+        workers.record_model(session, facts, rt.worker_id)
+
+
+def publish_examples(rt: Runtime, name: str, folder: Path) -> tuple[str, list[dict[str, str]]]:
+    """The folder's description, and its example edits with their images put into storage."""
+    from varedit.checkpoints import describe
+
+    _, serving = describe(folder, name)
+    examples = []
+    for i, example in enumerate(serving.examples):
+        key = model_example_key(name, i)
+        content_type = mimetypes.guess_type(example.image)[0] or "application/octet-stream"
+        rt.storage.put(key, (folder / example.image).read_bytes(), content_type)
+        examples.append({"instruction": example.instruction, "image_key": key, "content_type": content_type})
+    return serving.description, examples
 
 
 @worker_process_shutdown.connect

@@ -1,4 +1,4 @@
-"""Jobs: read (with ``Prefer: wait``), list, cancel, fetch the result, stream events."""
+"""Jobs: read (with ``Prefer: wait``), list, cancel, fetch the result and previews, stream events."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, Path, Query, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse
 from sqlalchemy.orm import Session, sessionmaker
@@ -28,13 +28,15 @@ from api.deps import (
     WatcherDep,
     read_owned_job,
 )
-from api.errors import InvalidRequest, ResultExpired, ResultNotReady
+from api.errors import InvalidRequest, PreviewNotFound, ResultExpired, ResultNotReady
 from api.limits import WriterDep
 from api.schemas import JobList, JobPublic, error_responses, render_job
 from api.watch import JobWatcher
 from jobs import queries
 from jobs.models import Job, JobStatus
 from jobs.service import cancel_job
+from jobs.storage import preview_key
+from jobs.views import preview_events
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
@@ -140,6 +142,27 @@ def get_result(job: OwnedJobDep, storage: StorageDep, settings: SettingsDep) -> 
 
 
 @router.get(
+    "/jobs/{job_id}/previews/{scale}",
+    response_class=Response,
+    responses={
+        200: {"content": {"image/png": {}}, "description": "the preview (PNG)"},
+        **error_responses(404),
+    },
+)
+def get_preview(job: OwnedJobDep, storage: StorageDep, scale: Annotated[int, Path(ge=1)]) -> Response:
+    """The small preview image of scale `scale` (a job submitted with `previews`): 404 until it is stored
+    (the SSE `preview` event says when), and again once the job's objects are deleted. The bytes, also
+    on S3: they are small, and a redirect to another origin would be refused by the web page's policy."""
+    if not job.previews or job.preview_scale is None or scale > job.preview_scale:
+        raise PreviewNotFound(f"job {job.id} has no preview of scale {scale} (yet)")
+    try:
+        data = storage.get(preview_key(job.id, scale))
+    except KeyError:
+        raise PreviewNotFound(f"the preview of scale {scale} could not be stored") from None
+    return Response(data, media_type="image/png", headers={"Cache-Control": "private, no-cache"})
+
+
+@router.get(
     "/jobs/{job_id}/events",
     response_class=EventSourceResponse,
     responses={200: {"content": {"text/event-stream": {}}}, **error_responses(404)},
@@ -147,18 +170,26 @@ def get_result(job: OwnedJobDep, storage: StorageDep, settings: SettingsDep) -> 
 async def job_events(
     job: OwnedJobDep, principal: PrincipalDep, sessions: SessionsDep, watcher: WatcherDep
 ) -> EventSourceResponse:
-    """Server-Sent Events: `status` (the job JSON) on every state change, `progress` between scales;
-    the stream ends when the job is terminal."""
+    """Server-Sent Events: `status` (the job JSON) on every state change, `progress` between scales,
+    `preview` once per stored preview (jobs with `previews`), in order and before the job's terminal
+    `status`; the stream ends when the job is terminal."""
 
     async def stream() -> AsyncIterator[dict[str, str]]:
         last: Job | None = None
+        announced = 0  # previews 1..announced were sent
         async for current in _changes(sessions, watcher, job.id, principal.id, float("inf")):
-            if last is None or current.status != last.status:
+            status_changed = last is None or current.status != last.status
+            if status_changed and not current.status.terminal:
                 yield {"event": "status", "data": json.dumps(render_job(current))}
-            elif current.progress != last.progress and current.progress is not None:
+            elif not status_changed and current.progress != last.progress and current.progress is not None:
                 scale, scales = current.progress
                 data = {"id": current.id, "status": current.status.value, "scale": scale, "scales": scales}
                 yield {"event": "progress", "data": json.dumps(data)}
+            for preview in preview_events(current, announced):
+                yield {"event": "preview", "data": preview.model_dump_json()}
+                announced = preview.scale
+            if status_changed and current.status.terminal:
+                yield {"event": "status", "data": json.dumps(render_job(current))}
             last = current
 
     return EventSourceResponse(stream(), ping=SSE_PING_S)

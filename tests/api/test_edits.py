@@ -69,7 +69,14 @@ def test_multipart_edit_is_stored_committed_then_published(harness: ApiHarness) 
     job = response.json()
     assert response.headers["location"] == f"/v1/jobs/{job['id']}" == job["urls"]["self"]
     assert job["status"] == "queued" and job["instruction"] == "make the sky purple"
-    assert job["params"] == {"model": "tiny", "resolution": 32, "seed": 42, "cfg": 4.5, "tau": 0.5}
+    assert job["params"] == {
+        "model": "tiny",
+        "resolution": 32,
+        "seed": 42,
+        "cfg": 4.5,
+        "tau": 0.5,
+        "previews": False,
+    }
     assert (job["attempts"], job["progress"], job["error"], job["result"], job["webhook"]) == (
         0,
         None,
@@ -136,6 +143,7 @@ def test_a_complete_override_serves_a_model_before_any_worker(
             "seed": 0,
             "cfg": 3.0,
             "tau": 0.1,
+            "previews": False,
         }
 
 

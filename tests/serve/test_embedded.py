@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -193,6 +194,95 @@ def test_the_web_page_edits_the_sample_in_a_real_browser(embedded: dict, browser
     browser.find_element(By.ID, "image").send_keys(str(not_an_image))
     browser.find_element(By.ID, "submit").click()
     wait.until(lambda d: d.find_element(By.ID, "error").text.startswith("invalid_image:"))
+
+
+def _events(http: httpx.Client, path: str) -> list[tuple[str, dict]]:
+    """A job's Server-Sent Events, from the stream's start to its end (the job is terminal)."""
+    events, name = [], None
+    with http.stream("GET", path) as response:
+        for line in response.iter_lines():
+            if line.startswith("event:"):
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("data:") and name:
+                events.append((name, json.loads(line.split(":", 1)[1])))
+    return events
+
+
+def _pixels(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.int16)
+
+
+def test_previews_sharpen_scale_by_scale_over_http(embedded: dict) -> None:
+    # given a job that asks for previews, edited by the bundled model (5 scales at 64 px)
+    with httpx.Client(base_url=embedded["url"], timeout=DEADLINE_S) as http:
+        image = {"image": ("sample.png", SAMPLE.read_bytes(), "image/png")}
+        fields = {"instruction": "remove the red circle", "seed": "2", "previews": "true"}
+        job = http.post("/v1/edits", files=image, data=fields).json()
+        # when a client follows its events
+        events = _events(http, job["urls"]["events"])
+        previews = [data for name, data in events if name == "preview"]
+        shown = [http.get(p["url"]) for p in previews]
+        result = http.get(job["urls"]["result"]).content
+    # then each scale's preview is announced once, in order, before the job ends
+    assert [(p["scale"], p["scales"]) for p in previews] == [(k, 5) for k in range(1, 6)]
+    assert events[-1][0] == "status" and events[-1][1]["status"] == "succeeded"
+    assert [r.status_code for r in shown] == [200] * 5
+    # they come closer to the result at every scale, and the last one is the result (64 px, its own size)
+    distance = [float(np.abs(_pixels(r.content) - _pixels(result)).mean()) for r in shown]
+    assert all(a > b for a, b in zip(distance, distance[1:], strict=False)), distance
+    assert distance[-1] == 0
+
+
+# Records, in the page, which image the after figure has loaded: a preview's "k/K", or "final".
+RECORD_AFTER_LOADS = """
+window.afterLoads = [];
+document.getElementById("after").addEventListener("load", (e) => {
+  window.afterLoads.push(e.target.dataset.preview || "final");
+});
+"""
+
+
+def test_the_web_page_shows_previews_before_the_final_image(embedded: dict, browser) -> None:
+    wait = WebDriverWait(browser, DEADLINE_S)
+    browser.get(embedded["url"] + "/")
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#model option"))
+    assert browser.find_element(By.ID, "previews").is_selected()  # on by default
+    browser.execute_script(RECORD_AFTER_LOADS)
+    browser.find_element(By.ID, "image").send_keys(str(SAMPLE))
+    browser.find_element(By.ID, "instruction").send_keys("remove the red circle")
+    browser.find_element(By.ID, "submit").click()
+    wait.until(lambda d: (d.execute_script("return window.afterLoads") or [None])[-1] == "final")
+    # every scale's preview was on screen, in order, before the result replaced the last one
+    assert browser.execute_script("return window.afterLoads") == [f"{k}/5" for k in range(1, 6)] + ["final"]
+    assert browser.find_element(By.ID, "status").text == "succeeded"
+    assert browser.find_element(By.ID, "after-caption").text == "After"
+    assert browser.find_element(By.ID, "after").get_property("naturalWidth") == 64
+
+
+def test_the_page_offers_the_models_examples_and_edits_one_in_one_click(embedded: dict, browser) -> None:
+    wait = WebDriverWait(browser, DEADLINE_S)
+    browser.get(embedded["url"] + "/")
+    # what the bundled model understands, and its examples, come from its folder through /v1/models
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#samples button"))
+    assert "six edit kinds" in browser.find_element(By.ID, "model-note").text
+    samples = browser.find_elements(By.CSS_SELECTOR, "#samples button")
+    assert len(samples) == 6
+    wait.until(
+        lambda d: all(
+            i.get_property("naturalWidth") == 64 for i in d.find_elements(By.CSS_SELECTOR, "#samples img")
+        )
+    )
+    samples[0].click()
+    wait.until(lambda d: d.find_element(By.ID, "instruction").get_property("value") == samples[0].text)
+    wait.until(lambda d: d.find_element(By.ID, "before").get_property("naturalWidth") == 64)
+    browser.find_element(By.ID, "submit").click()
+    wait.until(lambda d: d.find_element(By.ID, "status").text == "succeeded")
+    wait.until(lambda d: d.find_element(By.ID, "after").get_property("naturalWidth") == 64)
+    assert not browser.find_element(By.ID, "error").is_displayed()
+    # the favicon is served from here, as the strict Content-Security-Policy wants
+    icon = browser.find_element(By.CSS_SELECTOR, "link[rel=icon]").get_attribute("href")
+    assert icon == embedded["url"] + "/static/favicon.svg"
+    assert httpx.get(icon).status_code == 200
 
 
 def test_varedit_serve_submit_command_waits_and_saves_the_result(embedded: dict, tmp_path: Path) -> None:

@@ -106,6 +106,7 @@ def test_a_random_tiny_folder_is_served_at_its_real_resolution(tmp_path: Path) -
         "seed": 3,
         "cfg": OFFICIAL["cfg"],
         "tau": OFFICIAL["tau"],
+        "previews": False,
     }
 
 
