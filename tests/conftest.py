@@ -286,11 +286,13 @@ def submit_job(sessions: sessionmaker[Session]) -> Callable[..., str]:
 
 class FakePublisher:
     """Records ``run_edit`` publishes, and what a fresh session saw at that moment (proves publish
-    happens after commit). ``fail=True`` makes the broker refuse."""
+    happens after commit). ``fail=True`` makes the broker refuse; ``on_publish(job_id, model)`` plays a
+    worker that picks the job up."""
 
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self.sessions = sessions
         self.fail = False
+        self.on_publish: Callable[[str, str], None] | None = None
         self.published: list[tuple[str, str]] = []
         self.status_seen: list[str | None] = []
 
@@ -301,6 +303,8 @@ class FakePublisher:
         if self.fail:
             raise ConnectionError("broker down")
         self.published.append((job_id, model))
+        if self.on_publish is not None:
+            self.on_publish(job_id, model)
 
 
 @pytest.fixture

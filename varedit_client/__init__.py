@@ -27,6 +27,7 @@ from varedit_client.errors import (
 from varedit_client.retry import RetryPolicy
 from varedit_client.types import (
     JobEvent,
+    JobPreviewEvent,
     JobProgressEvent,
     JobPublic,
     JobStatus,
@@ -50,6 +51,7 @@ __all__ = [
     "Job",
     "JobEvent",
     "JobFailed",
+    "JobPreviewEvent",
     "JobProgressEvent",
     "JobPublic",
     "JobStatus",

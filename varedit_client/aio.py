@@ -27,6 +27,7 @@ from varedit_client.errors import ApiError, ConnectionFailed, VareditError, from
 from varedit_client.handle import (
     STREAM_FAILURES,
     STREAM_SILENCE_S,
+    AsyncPreviewCallback,
     AsyncProgressCallback,
     Deadline,
     JobHandleBase,
@@ -37,7 +38,7 @@ from varedit_client.handle import (
 from varedit_client.images import ImageInput, prepare
 from varedit_client.retry import RetryPolicy
 from varedit_client.sse import SseDecoder, job_event
-from varedit_client.types import JobEvent, JobPublic, JobStatus, JobStatusEvent
+from varedit_client.types import JobEvent, JobPreviewEvent, JobPublic, JobStatus, JobStatusEvent
 
 
 class AsyncClient:
@@ -187,13 +188,22 @@ class AsyncJob(JobHandleBase):
         return self
 
     async def wait(
-        self, progress: AsyncProgressCallback | None = None, timeout: float | None = None
+        self,
+        progress: AsyncProgressCallback | None = None,
+        timeout: float | None = None,
+        preview: AsyncPreviewCallback | None = None,
     ) -> AsyncJob:
         """See `Job.wait`."""
         deadline = Deadline(timeout)
         reporter = ProgressReporter()
 
-        async def seen() -> None:
+        async def seen(event: JobEvent | None = None) -> None:
+            if isinstance(event, JobPreviewEvent):
+                if preview is not None:
+                    outcome = preview(event, await self.preview(event.scale))
+                    if inspect.isawaitable(outcome):
+                        await outcome
+                return
             report = reporter.advance(self._data)
             if report is not None and progress is not None:
                 outcome = progress(report)
@@ -215,7 +225,11 @@ class AsyncJob(JobHandleBase):
         self._check_succeeded()
         return self
 
-    async def _follow(self, deadline: Deadline, seen: Callable[[], Any]) -> None:
+    async def preview(self, scale: int) -> bytes:
+        """See `Job.preview`."""
+        return (await self._client._send(calls.preview(self.id, scale))).content
+
+    async def _follow(self, deadline: Deadline, seen: Callable[[JobEvent | None], Any]) -> None:
         """See `Job._follow`."""
         async with aclosing(self._client._job_stream(self.id, deadline.stream_silence_s())) as stream:
             while True:
@@ -225,7 +239,7 @@ class AsyncJob(JobHandleBase):
                     return
                 if event is not None:
                     self._apply(event)
-                    await seen()
+                    await seen(event)
                 if self.done or deadline.near():
                     return
 

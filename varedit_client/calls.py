@@ -117,6 +117,10 @@ def result(job_id: str) -> Call:
     return Call("GET", f"{job_path(job_id)}/result")
 
 
+def preview(job_id: str, scale: int) -> Call:
+    return Call("GET", f"{job_path(job_id)}/previews/{scale}")
+
+
 def events(job_id: str, read_timeout: float) -> Call:
     """The event stream; the server pings every 15 s, so a longer silence means the stream is dead."""
     headers = {"Accept": "text/event-stream"}

@@ -31,6 +31,7 @@ from varedit_client.handle import (
     STREAM_SILENCE_S,
     Deadline,
     JobHandleBase,
+    PreviewCallback,
     ProgressCallback,
     ProgressReporter,
     progress_made,
@@ -39,7 +40,7 @@ from varedit_client.handle import (
 from varedit_client.images import ImageInput, Upload, prepare
 from varedit_client.retry import RetryPolicy
 from varedit_client.sse import SseDecoder, job_event
-from varedit_client.types import JobEvent, JobPublic, JobStatus, JobStatusEvent
+from varedit_client.types import JobEvent, JobPreviewEvent, JobPublic, JobStatus, JobStatusEvent
 
 
 class Client:
@@ -242,14 +243,25 @@ class Job(JobHandleBase):
         self._set(calls.job(self._client._send(calls.cancel(self.id))))
         return self
 
-    def wait(self, progress: ProgressCallback | None = None, timeout: float | None = None) -> Job:
+    def wait(
+        self,
+        progress: ProgressCallback | None = None,
+        timeout: float | None = None,
+        preview: PreviewCallback | None = None,
+    ) -> Job:
         """Until the job ends; raises `JobFailed` unless it succeeded, `TimeoutError` after ``timeout``
         seconds (None: no limit). Follows the event stream, and long polls when the stream fails.
-        ``progress`` is called with a `JobProgressEvent` for each scale, in order."""
+        ``progress`` is called with a `JobProgressEvent` for each scale, in order; ``preview`` (for a
+        job submitted with ``previews=True``) with each preview's event and its PNG, as the stream
+        announces them (previews arrive only over the stream)."""
         deadline = Deadline(timeout)
         reporter = ProgressReporter()
 
-        def seen() -> None:
+        def seen(event: JobEvent | None = None) -> None:
+            if isinstance(event, JobPreviewEvent):
+                if preview is not None:
+                    preview(event, self.preview(event.scale))
+                return
             report = reporter.advance(self._data)
             if report is not None and progress is not None:
                 progress(report)
@@ -269,7 +281,11 @@ class Job(JobHandleBase):
         self._check_succeeded()
         return self
 
-    def _follow(self, deadline: Deadline, seen: Callable[[], None]) -> None:
+    def preview(self, scale: int) -> bytes:
+        """The PNG of the preview of scale ``scale`` (404 `NotFound` until it is stored)."""
+        return self._client._send(calls.preview(self.id, scale)).content
+
+    def _follow(self, deadline: Deadline, seen: Callable[[JobEvent | None], None]) -> None:
         """Follow the event stream until the job ends, the stream fails or the deadline draws near; the
         caller long-polls from there (a poll bounded by the time left ends the wait on time, where the
         stream's next byte may be a ping 15 s away)."""
@@ -281,13 +297,14 @@ class Job(JobHandleBase):
                     return
                 if event is not None:
                     self._apply(event)
-                    seen()
+                    seen(event)
                 if self.done or deadline.near():
                     return
 
     def events(self) -> Iterator[JobEvent]:
-        """The job's events (`JobStatusEvent`, `JobProgressEvent`) until it ends; a dropped stream is
-        reopened (bounded by the retry policy) without repeating the status it already reported."""
+        """The job's events (`JobStatusEvent`, `JobProgressEvent`, `JobPreviewEvent`) until it ends; a
+        dropped stream is reopened (bounded by the retry policy) without repeating the status it already
+        reported."""
         attempt = 0
         last_status: JobStatus | None = None
         while True:

@@ -11,10 +11,21 @@ import httpx
 
 from varedit_client.calls import MAX_WAIT_S
 from varedit_client.errors import ApiError, ConnectionFailed, JobFailed
-from varedit_client.types import JobEvent, JobProgressEvent, JobPublic, JobStatus, JobStatusEvent, Progress
+from varedit_client.types import (
+    JobEvent,
+    JobPreviewEvent,
+    JobProgressEvent,
+    JobPublic,
+    JobStatus,
+    JobStatusEvent,
+    Progress,
+)
 
 ProgressCallback = Callable[[JobProgressEvent], object]
 AsyncProgressCallback = Callable[[JobProgressEvent], Awaitable[object] | object]
+# Called with a preview's event and its image (PNG bytes), for jobs submitted with ``previews=True``.
+PreviewCallback = Callable[[JobPreviewEvent, bytes], object]
+AsyncPreviewCallback = Callable[[JobPreviewEvent, bytes], Awaitable[object] | object]
 
 SERVER_PING_S = 15.0  # the server sends a keep-alive comment this often on an event stream
 STREAM_SILENCE_S = 45.0  # no byte for this long: the stream is dead (three missed pings)
@@ -62,7 +73,7 @@ class JobHandleBase:
         """Fold an event into the job as last seen (a progress event carries only the scale)."""
         if isinstance(event, JobStatusEvent):
             self._data = event.job
-        else:
+        elif isinstance(event, JobProgressEvent):
             progress = Progress(scale=event.scale, scales=event.scales)
             self._data = self._data.model_copy(update={"status": event.status, "progress": progress})
 

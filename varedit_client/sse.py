@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from varedit_client.types import JobEvent, JobProgressEvent, JobPublic, JobStatusEvent
+from varedit_client.types import JobEvent, JobPreviewEvent, JobProgressEvent, JobPublic, JobStatusEvent
 
 
 @dataclass(frozen=True)
@@ -50,4 +50,6 @@ def job_event(sse: ServerSentEvent) -> JobEvent | None:
         return JobStatusEvent(job=JobPublic.model_validate_json(sse.data))
     if sse.event == "progress":
         return JobProgressEvent.model_validate(json.loads(sse.data))
+    if sse.event == "preview":
+        return JobPreviewEvent.model_validate(json.loads(sse.data))
     return None

@@ -149,7 +149,7 @@ class JobProgressEvent(BaseModel):
     scales: int
 
 
-JobEvent = JobStatusEvent | JobProgressEvent
+JobEvent = JobStatusEvent | JobProgressEvent | JobPreviewEvent
 
 
 class WebhookEvent(BaseModel):

@@ -9,10 +9,11 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.deps import PublisherDep, SessionsDep, SettingsDep, StorageDep
+from api.deps import PublisherDep, SessionsDep, SettingsDep, StorageDep, WatcherDep
 from api.limits import WriterDep
-from api.schemas import EditCreate, JobPublic, error_responses, job_path
+from api.schemas import EditCreate, JobPublic, error_responses, job_path, render_job
 from api.validation import build_spec, inspect_image, read_edit_request
+from api.waiting import changes, preferred_wait_s
 from jobs.service import request_fingerprint, submit_edit
 from jobs.settings import Settings
 from jobs.workers import ModelFacts, model_facts
@@ -58,6 +59,7 @@ def _served_models(sessions: sessionmaker[Session], settings: Settings) -> dict[
     response_model=JobPublic,
     openapi_extra=_REQUEST_BODY,
     responses={
+        200: {"model": JobPublic, "description": "with `Prefer: wait=N`: the job, finished within N s"},
         202: {"headers": {"Location": {"schema": {"type": "string"}, "description": "the job's URL"}}},
         **error_responses(401, 409, 413, 415, 422, 429, 503),
     },
@@ -69,9 +71,16 @@ async def create_edit(
     sessions: SessionsDep,
     storage: StorageDep,
     publisher: PublisherDep,
+    watcher: WatcherDep,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    prefer: Annotated[
+        str | None,
+        Header(description="`wait=N` (N <= 60): answer with the finished job if it ends within N s"),
+    ] = None,
 ) -> JSONResponse:
-    """Submit an edit: the image and instruction are stored and the job is queued for a GPU worker."""
+    """Submit an edit: the image and instruction are stored and the job is queued for a GPU worker.
+    With `Prefer: wait=N` the answer waits for the job: 200 with the finished job when it ends within
+    N seconds, else 202 with the job as it is then (poll, stream or wait on it as usual)."""
     served = await run_in_threadpool(_served_models, sessions, settings)
     fields, image = await read_edit_request(request, settings, principal.id)
     content_type = await run_in_threadpool(inspect_image, image, settings)
@@ -96,4 +105,11 @@ async def create_edit(
     headers = {"Location": job_path(submitted.job_id)}
     if submitted.replayed:
         headers["Idempotent-Replayed"] = "true"
-    return JSONResponse(submitted.body, status_code=submitted.status_code, headers=headers)
+    wait_s = preferred_wait_s(prefer, settings)
+    if wait_s is None:
+        return JSONResponse(submitted.body, status_code=submitted.status_code, headers=headers)
+    headers["Preference-Applied"] = f"wait={wait_s}"
+    async for job in changes(sessions, watcher, submitted.job_id, principal.id, wait_s):
+        latest = job
+    status = 200 if latest.status.terminal else submitted.status_code
+    return JSONResponse(render_job(latest), status_code=status, headers=headers)

@@ -5,16 +5,12 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import re
-import time
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Response
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse
-from sqlalchemy.orm import Session, sessionmaker
 from sse_starlette import EventSourceResponse
 
 from api.deps import (
@@ -26,12 +22,11 @@ from api.deps import (
     SettingsDep,
     StorageDep,
     WatcherDep,
-    read_owned_job,
 )
 from api.errors import InvalidRequest, PreviewNotFound, ResultExpired, ResultNotReady
 from api.limits import WriterDep
 from api.schemas import JobList, JobPublic, error_responses, render_job
-from api.watch import JobWatcher
+from api.waiting import changes, preferred_wait_s
 from jobs import queries
 from jobs.models import Job, JobStatus
 from jobs.service import cancel_job
@@ -40,23 +35,7 @@ from jobs.views import preview_events
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
-PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+)", re.IGNORECASE)
 SSE_PING_S = 15  # keeps proxies from closing an idle event stream
-
-
-async def _changes(
-    sessions: sessionmaker[Session], watcher: JobWatcher, job_id: str, owner: str, timeout_s: float
-) -> AsyncIterator[Job]:
-    """The job now and after every change, until it is terminal or ``timeout_s`` passes."""
-    deadline = time.monotonic() + timeout_s
-    async with watcher.watch(job_id) as changed:
-        while True:
-            job = await run_in_threadpool(read_owned_job, sessions, job_id, owner)
-            yield job
-            remaining = deadline - time.monotonic()
-            if job.status.terminal or remaining <= 0:
-                return
-            await watcher.wait(changed, remaining)
 
 
 @router.get("/jobs/{job_id}", response_model=JobPublic, responses=error_responses(404))
@@ -70,11 +49,10 @@ async def get_job(
     prefer: Annotated[str | None, Header(description="`wait=N` holds the reply until done or N s")] = None,
 ) -> dict[str, Any]:
     """The job; `Prefer: wait=N` (N <= 60) holds the reply until the job is terminal or N seconds pass."""
-    match = PREFER_WAIT.search(prefer or "")
-    if match and not job.status.terminal:
-        wait_s = min(int(match.group(1)), settings.max_wait_s)
+    wait_s = preferred_wait_s(prefer, settings)
+    if wait_s is not None and not job.status.terminal:
         response.headers["Preference-Applied"] = f"wait={wait_s}"
-        async for latest in _changes(sessions, watcher, job.id, principal.id, wait_s):
+        async for latest in changes(sessions, watcher, job.id, principal.id, wait_s):
             job = latest
     return render_job(job)
 
@@ -177,7 +155,7 @@ async def job_events(
     async def stream() -> AsyncIterator[dict[str, str]]:
         last: Job | None = None
         announced = 0  # previews 1..announced were sent
-        async for current in _changes(sessions, watcher, job.id, principal.id, float("inf")):
+        async for current in changes(sessions, watcher, job.id, principal.id, float("inf")):
             status_changed = last is None or current.status != last.status
             if status_changed and not current.status.terminal:
                 yield {"event": "status", "data": json.dumps(render_job(current))}

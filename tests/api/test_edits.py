@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import func, select
 
-from jobs import idempotency
+from jobs import idempotency, transitions
 from jobs.db import session_scope
 from jobs.models import IdempotencyRecord, Job, JobStatus
 from jobs.reapers import stranded_queued
@@ -312,3 +312,31 @@ def test_storage_failure_leaves_nothing_and_frees_the_key(harness: ApiHarness) -
         assert session.scalar(select(func.count()).select_from(IdempotencyRecord)) == 0
     harness.storage.put = real_put
     assert post_multipart(harness, headers={"Idempotency-Key": "k4"}).status_code == 202
+
+
+def test_prefer_wait_answers_with_the_finished_job(harness: ApiHarness) -> None:
+    # the job does not finish here (no worker): after the wait the answer is 202 with the queued job
+    waited = harness.client.post(
+        "/v1/edits",
+        data={"instruction": "make it blue"},
+        files={"image": ("a.png", image_bytes(), "image/png")},
+        headers={"Prefer": "wait=1"},
+    )
+    assert waited.status_code == 202 and waited.json()["status"] == "queued"
+    assert waited.headers["preference-applied"] == "wait=1"
+
+
+def test_prefer_wait_answers_200_once_the_job_has_ended(harness: ApiHarness) -> None:
+    # a job that has ended when the wait looks (canceled by the publisher hook, as a worker could end it)
+    def end_it(job_id: str, model: str) -> None:
+        with session_scope(harness.sessions) as session:
+            transitions.cancel(session, job_id)
+
+    harness.publisher.on_publish = end_it
+    answer = harness.client.post(
+        "/v1/edits",
+        data={"instruction": "make it blue"},
+        files={"image": ("a.png", image_bytes(), "image/png")},
+        headers={"Prefer": "wait=30"},
+    )
+    assert answer.status_code == 200 and answer.json()["status"] == "canceled", answer.text

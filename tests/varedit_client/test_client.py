@@ -87,6 +87,22 @@ def test_wait_reports_scales_in_order_while_the_job_runs(platform: Platform) -> 
     assert job.status is JobStatus.SUCCEEDED
 
 
+def test_wait_hands_each_preview_to_its_callback_in_order(platform: Platform) -> None:
+    previews: list[tuple[int, int, bytes]] = []
+    with Client(platform.url) as client:
+        job = client.edit(png(), "sharpen as you go", previews=True)
+        job.wait(
+            preview=lambda event, image: previews.append((event.scale, event.scales, image)),
+            timeout=DEADLINE_S,
+        )
+        assert job.data.params.previews and job.status is JobStatus.SUCCEEDED
+        # every scale's preview, once, in order; each is the image the API serves for that scale
+        assert [(k, n) for k, n, _ in previews] == [(k, SCALES) for k in range(1, SCALES + 1)]
+        assert all(image == job.preview(k) for k, _, image in previews)
+        final = Image.open(io.BytesIO(previews[-1][2]))
+        assert final.size == Image.open(io.BytesIO(job.result())).size  # the result, at preview size
+
+
 def test_wait_falls_back_to_long_polls_when_the_event_stream_is_cut(platform: Platform) -> None:
     proxy = FaultyProxy(platform.port)
     proxy.refuse(rb"^GET /v1/jobs/[^ ]+/events ")  # every event stream; everything else passes

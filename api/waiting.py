@@ -1,0 +1,42 @@
+"""Holding a reply until a job changes: `Prefer: wait=N` on reads and submits, and the event stream.
+
+Each step re-reads the job in a short session (a long wait must not hold a database connection); the
+watcher wakes it on a change and at least every few seconds (`api/watch.py`).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import AsyncIterator
+
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.deps import read_owned_job
+from api.watch import JobWatcher
+from jobs.models import Job
+from jobs.settings import Settings
+
+PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+)", re.IGNORECASE)
+
+
+def preferred_wait_s(prefer: str | None, settings: Settings) -> int | None:
+    """Seconds a `Prefer: wait=N` header asks to hold the reply (capped at `max_wait_s`), or None."""
+    match = PREFER_WAIT.search(prefer or "")
+    return min(int(match.group(1)), settings.max_wait_s) if match else None
+
+
+async def changes(
+    sessions: sessionmaker[Session], watcher: JobWatcher, job_id: str, owner: str, timeout_s: float
+) -> AsyncIterator[Job]:
+    """The job now and after every change, until it is terminal or ``timeout_s`` passes."""
+    deadline = time.monotonic() + timeout_s
+    async with watcher.watch(job_id) as changed:
+        while True:
+            job = await run_in_threadpool(read_owned_job, sessions, job_id, owner)
+            yield job
+            remaining = deadline - time.monotonic()
+            if job.status.terminal or remaining <= 0:
+                return
+            await watcher.wait(changed, remaining)
