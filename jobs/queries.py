@@ -81,3 +81,20 @@ def count_in_flight(session: Session, owner: str) -> int:
         )
         or 0
     )
+
+
+def queue_position(session: Session, job: Job) -> int | None:
+    """How many queued jobs of the job's model were accepted before it, or None when it is not queued.
+    The broker hands messages out in that order; a republished job, or a batch's companions (chosen by
+    priority), can move a job forward. One indexed count."""
+    if job.status is not JobStatus.QUEUED:
+        return None
+    earlier = (Job.created_at < job.created_at) | ((Job.created_at == job.created_at) & (Job.id < job.id))
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(Job)
+            .where(Job.status == JobStatus.QUEUED, Job.model == job.model, earlier)
+        )
+        or 0
+    )

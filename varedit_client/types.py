@@ -7,7 +7,7 @@ import enum
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class JobStatus(enum.StrEnum):
@@ -129,6 +129,11 @@ class JobPublic(BaseModel):
     metrics: JobMetrics
     urls: JobUrls
     webhook: WebhookPublic | None
+    queue_position: int | None = Field(
+        None,
+        description="On GET /v1/jobs/{id} while queued: how many queued jobs of its model were accepted "
+        "before it (the order workers receive them; a republished job or a batch can change it).",
+    )
 
 
 class JobStatusEvent(BaseModel):

@@ -10,7 +10,9 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse
+from sqlalchemy.orm import Session, sessionmaker
 from sse_starlette import EventSourceResponse
 
 from api.deps import (
@@ -54,7 +56,15 @@ async def get_job(
         response.headers["Preference-Applied"] = f"wait={wait_s}"
         async for latest in changes(sessions, watcher, job.id, principal.id, wait_s):
             job = latest
-    return render_job(job)
+    body = render_job(job)
+    if job.status is JobStatus.QUEUED:
+        body["queue_position"] = await run_in_threadpool(_queue_position, sessions, job)
+    return body
+
+
+def _queue_position(sessions: sessionmaker[Session], job: Job) -> int | None:
+    with sessions() as session:
+        return queries.queue_position(session, job)
 
 
 def _encode_cursor(job: Job) -> str:

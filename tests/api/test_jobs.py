@@ -257,3 +257,13 @@ def test_events_of_a_terminal_job_end_at_once(harness: ApiHarness) -> None:
     name, data = events.get_nowait()
     assert (name, data["status"]) == ("status", "canceled")
     assert events.get_nowait() is None
+
+
+def test_a_queued_job_shows_its_position_in_the_queue(harness: ApiHarness) -> None:
+    ids = [post_multipart(harness, instruction=f"edit {i}").json()["id"] for i in range(3)]
+    positions = [harness.client.get(f"/v1/jobs/{job_id}").json()["queue_position"] for job_id in ids]
+    assert positions == [0, 1, 2]
+    with session_scope(harness.sessions) as session:
+        transitions.cancel(session, ids[0])
+    assert harness.client.get(f"/v1/jobs/{ids[2]}").json()["queue_position"] == 1
+    assert harness.client.get(f"/v1/jobs/{ids[0]}").json()["queue_position"] is None
