@@ -148,9 +148,21 @@ def delete_expired_results(
     now = _now(now)
     cutoff = now - timedelta(seconds=ttl_s)
     due = [Job.status.in_(TERMINAL_STATUSES), Job.finished_at < cutoff, Job.purged_at.is_(None)]
+    count = purge_objects(session, storage, due, now, limit)
+    if count:
+        log.info("job_objects_purged", count=count)
+    return count
+
+
+def purge_objects(
+    session: Session, storage: Storage, where: list[Any], now: datetime, limit: int = REAP_BATCH
+) -> int:
+    """Delete the source, result and preview objects of the jobs matching ``where`` (terminal ones) and
+    mark them purged (their result then answers 410): what the result TTL and `DELETE /v1/jobs/{id}`
+    both do."""
     rows = session.execute(
         select(Job.id, Job.source_key, Job.result_key, Job.previews, Job.preview_scale, Job.progress_scales)
-        .where(*due)
+        .where(*where)
         .order_by(Job.finished_at)
         .limit(limit)
     ).all()
@@ -161,11 +173,10 @@ def delete_expired_results(
     if rows:
         session.execute(
             update(Job)
-            .where(Job.id.in_([r.id for r in rows]), *due)
+            .where(Job.id.in_([r.id for r in rows]), *where)
             .values(source_key=None, result_key=None, preview_scale=None, purged_at=now)
             .execution_options(synchronize_session=False)
         )
-        log.info("job_objects_purged", count=len(rows))
     return len(rows)
 
 

@@ -17,10 +17,10 @@ import structlog
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from jobs import idempotency, queries, transitions
+from jobs import idempotency, queries, reapers, transitions
 from jobs.db import session_scope
-from jobs.errors import InFlightLimit
-from jobs.models import Job
+from jobs.errors import InFlightLimit, JobNotTerminal
+from jobs.models import Job, utcnow
 from jobs.notify import Notifier
 from jobs.queue import Publisher, publish_quietly
 from jobs.storage import Storage, source_key
@@ -158,3 +158,18 @@ def cancel_job(sessions: sessionmaker[Session], notifier: Notifier, job_id: str,
         job = transitions.cancel(session, job_id)
     notifier.job_changed(job_id)
     return job
+
+
+def delete_job(sessions: sessionmaker[Session], storage: Storage, job_id: str, owner: str) -> Job:
+    """Delete a terminal job's objects (source, result, previews) now, not at the result TTL, and mark it
+    purged; idempotent. The row stays, so its id is never reused and its webhooks keep their history.
+    `JobNotTerminal` while it is queued or running (cancel it first)."""
+    with session_scope(sessions) as session:
+        job = queries.get_job(session, job_id, owner)
+        if not job.status.terminal:
+            raise JobNotTerminal(
+                f"job {job_id} is {job.status.value}; cancel it first", details={"status": job.status.value}
+            )
+        reapers.purge_objects(session, storage, [Job.id == job_id, Job.purged_at.is_(None)], utcnow())
+    with sessions() as session:
+        return queries.get_job(session, job_id, owner)

@@ -29,7 +29,7 @@ from api.errors import InvalidRequest, PreviewNotFound, ResultExpired, ResultNot
 from api.limits import WriterDep
 from api.schemas import JobList, JobPublic, error_responses, render_job
 from api.waiting import changes, preferred_wait_s
-from jobs import queries
+from jobs import queries, service
 from jobs.models import Job, JobStatus
 from jobs.service import cancel_job
 from jobs.storage import preview_key
@@ -100,6 +100,14 @@ def list_jobs(
 def cancel(job_id: str, principal: WriterDep, sessions: SessionsDep, notifier: NotifierDep) -> dict[str, Any]:
     """Cancel: a queued job at once, a running one at its next scale. Idempotent."""
     return render_job(cancel_job(sessions, notifier, job_id, principal.id))
+
+
+@router.delete("/jobs/{job_id}", status_code=204, responses=error_responses(401, 404, 409, 429))
+def delete_job(job_id: str, principal: WriterDep, sessions: SessionsDep, storage: StorageDep) -> Response:
+    """Delete a finished job's images (source, result, previews) now instead of at the result TTL; its
+    result then answers 410. Idempotent; 409 while the job is queued or running (cancel it first)."""
+    service.delete_job(sessions, storage, job_id, principal.id)
+    return Response(status_code=204)
 
 
 @router.get(

@@ -267,3 +267,18 @@ def test_a_queued_job_shows_its_position_in_the_queue(harness: ApiHarness) -> No
         transitions.cancel(session, ids[0])
     assert harness.client.get(f"/v1/jobs/{ids[2]}").json()["queue_position"] == 1
     assert harness.client.get(f"/v1/jobs/{ids[0]}").json()["queue_position"] is None
+
+
+def test_delete_removes_a_finished_jobs_images_and_is_idempotent(harness: ApiHarness) -> None:
+    job_id = submit(harness)
+    assert harness.client.delete(f"/v1/jobs/{job_id}").status_code == 409  # queued: cancel it first
+    finish(harness, job_id, claim(harness, job_id))
+    assert harness.storage.exists(f"jobs/{job_id}/result-1.png")
+    assert harness.client.delete(f"/v1/jobs/{job_id}").status_code == 204
+    assert harness.client.delete(f"/v1/jobs/{job_id}").status_code == 204  # again: nothing left to do
+    assert not harness.storage.exists(f"jobs/{job_id}/result-1.png")
+    assert not any(harness.storage.exists(f"jobs/{job_id}/source.{ext}") for ext in ("png", "jpg", "webp"))
+    response = harness.client.get(f"/v1/jobs/{job_id}/result")
+    assert (response.status_code, response.json()["error"]["code"]) == (410, "result_expired")
+    assert harness.client.get(f"/v1/jobs/{job_id}").json()["status"] == "succeeded"  # the record stays
+    assert harness.client.delete("/v1/jobs/00000000-0000-0000-0000-000000000000").status_code == 404
