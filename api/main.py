@@ -17,7 +17,7 @@ from api.body_limit import BodyLimitMiddleware
 from api.errors import install_error_handlers
 from api.limits import WriteLimits
 from api.metrics import Metrics
-from api.middleware import RequestContextMiddleware
+from api.middleware import DocsPolicyMiddleware, RequestContextMiddleware
 from api.openapi import build_openapi, describe_webhooks, operation_id
 from api.routes import edits, health, jobs, models, page
 from api.routes import webhooks as webhook_routes
@@ -77,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = Metrics()
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, settings=settings)
+    app.add_middleware(DocsPolicyMiddleware)
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)
     for module in (edits, jobs, webhook_routes, models, health, page):
         app.include_router(module.router)

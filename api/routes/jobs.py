@@ -96,7 +96,12 @@ def list_jobs(
     return {"data": [render_job(j) for j in page], "next_cursor": _encode_cursor(page[-1]) if more else None}
 
 
-@router.post("/jobs/{job_id}/cancel", response_model=JobPublic, responses=error_responses(401, 404, 429))
+@router.post(
+    "/jobs/{job_id}/cancel",
+    name="cancel_job",
+    response_model=JobPublic,
+    responses=error_responses(401, 404, 429),
+)
 def cancel(job_id: str, principal: WriterDep, sessions: SessionsDep, notifier: NotifierDep) -> dict[str, Any]:
     """Cancel: a queued job at once, a running one at its next scale. Idempotent."""
     return render_job(cancel_job(sessions, notifier, job_id, principal.id))

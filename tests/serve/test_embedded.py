@@ -285,6 +285,22 @@ def test_the_page_offers_the_models_examples_and_edits_one_in_one_click(embedded
     assert httpx.get(icon).status_code == 200
 
 
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_the_api_docs_render_with_nothing_fetched_from_elsewhere(embedded: dict, browser, page: str) -> None:
+    wait = WebDriverWait(browser, DEADLINE_S)
+    browser.get(embedded["url"] + page)
+    # the rendered docs show the operations, so the UI's script ran and read /openapi.json
+    wait.until(lambda d: "createEdit" in d.page_source or "Submit an edit" in d.page_source)
+    fetched = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    elsewhere = [url for url in fetched if not url.startswith(embedded["url"])]
+    # Redoc's footer names a logo on its CDN; the page's policy blocks it before any request is made
+    assert elsewhere in ([], ["https://cdn.redoc.ly/redoc/logo-mini.svg"] if page == "/redoc" else []), (
+        fetched
+    )
+    policy = httpx.get(embedded["url"] + page).headers["content-security-policy"]
+    assert "img-src 'self' data:" in policy and "default-src 'self'" in policy
+
+
 def test_varedit_serve_submit_command_waits_and_saves_the_result(embedded: dict, tmp_path: Path) -> None:
     out = tmp_path / "edited.png"
     cmd = [
