@@ -78,18 +78,20 @@ WatcherDep = Annotated[JobWatcher, Depends(get_watcher)]
 BEARER = HTTPBearer(auto_error=False, description="An API key from `varedit-serve keys create`.")
 
 
-def current_principal(
+async def current_principal(
+    request: Request,
     settings: SettingsDep,
-    sessions: SessionsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)],
 ) -> Principal:
-    """The caller: the API key in `Authorization: Bearer`, or ``anonymous`` when auth is off."""
+    """The caller: the API key in `Authorization: Bearer`, or ``anonymous`` when auth is off. Async all
+    the way (an asyncio database session): authenticating never waits for a worker thread, so slow
+    requests holding threads cannot starve it."""
     if settings.auth == "none":
         return ANONYMOUS
     if credentials is None:
         raise Unauthorized("send the API key as `Authorization: Bearer <key>`")
-    with sessions() as session:
-        key = keys.authenticate(session, credentials.credentials)
+    async with request.app.state.async_sessions() as session:
+        key = await keys.authenticate_async(session, credentials.credentials)
     if key is None:
         raise Unauthorized("the API key is not valid or was revoked")
     structlog.contextvars.bind_contextvars(api_key=key.id)

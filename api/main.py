@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
+from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from api.body_limit import BodyLimitMiddleware
 from api.errors import install_error_handlers
@@ -23,7 +24,7 @@ from api.routes import edits, health, jobs, models, page
 from api.routes import webhooks as webhook_routes
 from api.watch import JobWatcher
 from jobs import outbox
-from jobs.db import make_engine, make_sessionmaker
+from jobs.db import make_async_engine, make_engine, make_sessionmaker
 from jobs.logging import configure_logging
 from jobs.notify import Notifier
 from jobs.queue import CeleryPublisher, make_celery, webhook_sender
@@ -41,6 +42,8 @@ Every error is `{"error": {"code", "message", "details"}}`."""
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     engine = make_engine(settings.database_url)
+    async_engine = make_async_engine(settings.database_url)
+    app.state.async_sessions = async_sessionmaker(async_engine, expire_on_commit=False)
     app.state.sessions = make_sessionmaker(engine)
     app.state.storage = storage_from_settings(settings)
     app.state.celery = make_celery(settings)
@@ -59,6 +62,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await app.state.watcher.stop()
         app.state.notifier.close()
         engine.dispose()
+        await async_engine.dispose()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

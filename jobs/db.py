@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
@@ -36,6 +37,17 @@ def make_engine(url: str, **engine_kwargs: Any) -> Engine:
         cur.close()
 
     return engine
+
+
+def make_async_engine(url: str) -> AsyncEngine:
+    """An asyncio engine for ``url`` (psycopg 3 natively, SQLite through aiosqlite): for the API's few
+    per-request reads that must not take a worker thread, such as authentication."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return create_async_engine(
+            parsed.set(drivername="sqlite+aiosqlite"), connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S}
+        )
+    return create_async_engine(url, pool_pre_ping=True)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

@@ -17,6 +17,7 @@ from datetime import datetime
 
 from limits import parse
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from jobs.errors import ApiKeyNotFound
@@ -71,10 +72,26 @@ def create(
 
 def authenticate(session: Session, token: str) -> ApiKey | None:
     """The live key this token belongs to, or None (malformed, unknown, wrong secret or revoked)."""
+    key_id = token_key_id(token)
+    return checked(session.get(ApiKey, key_id) if key_id else None, token)
+
+
+async def authenticate_async(session: AsyncSession, token: str) -> ApiKey | None:
+    """`authenticate` on an asyncio session: no thread is taken while the database answers."""
+    key_id = token_key_id(token)
+    return checked(await session.get(ApiKey, key_id) if key_id else None, token)
+
+
+def token_key_id(token: str) -> str | None:
+    """The key id a well-formed token names (`vsk_<id>_<secret>`), else None."""
     if not token.startswith(TOKEN_PREFIX):
         return None
     key_id, _, rest = token.removeprefix(TOKEN_PREFIX).partition("_")
-    key = session.get(ApiKey, key_id) if key_id and rest else None
+    return key_id if key_id and rest else None
+
+
+def checked(key: ApiKey | None, token: str) -> ApiKey | None:
+    """The key when it is live and the token's digest matches (constant-time), else None."""
     if key is None or key.revoked_at is not None:
         return None
     return key if hmac.compare_digest(key.token_sha256, _digest(token)) else None

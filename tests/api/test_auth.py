@@ -197,3 +197,23 @@ def test_keys_survive_a_rotation_with_both_secrets(keyed: ApiHarness, new_key) -
         first = keys.get(session, key_id).webhook_secret
         rotated = keys.rotate_webhook_secret(session, key_id)
         assert rotated.webhook_secrets == [rotated.webhook_secret, first]
+
+
+def test_authentication_takes_no_worker_thread(keyed: ApiHarness, new_key, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+    from types import SimpleNamespace
+
+    import anyio.to_thread
+    from fastapi.security import HTTPAuthorizationCredentials
+
+    from api.deps import current_principal
+
+    def no_threads(*_: object, **__: object) -> None:
+        raise AssertionError("authentication asked for a worker thread")
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", no_threads)
+    key_id, auth = new_key()
+    request = SimpleNamespace(app=keyed.app)
+    credentials = HTTPAuthorizationCredentials(scheme="Bearer", credentials=auth.removeprefix("Bearer "))
+    principal = asyncio.run(current_principal(request, keyed.settings, credentials))  # type: ignore[arg-type]
+    assert principal.id == key_id
