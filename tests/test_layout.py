@@ -89,9 +89,11 @@ def test_every_domain_error_has_a_status_in_the_apis_table() -> None:
     assert domain_errors - {errors.JobsError} == set(DOMAIN_STATUS)
 
 
+# Section numbers of a specification, errata ids, and the names of the design notes the project was
+# built from, which live outside this repository (character classes keep this line from matching).
 OUTSIDE_DOCUMENTS = re.compile(
     r"\bspec(ification)? \d+\.\d|\berrat(a|um) E\d|\bE\d+/E\d+\b|\bDESIGN(\.md| section)|STYLE\.md|"
-    r"varedit-model-spec|\.\./shared\b|golden README"
+    r"varedit-model-sp[e]c|\.\./sh[a]red\b|golden R[E]ADME"
 )
 
 
@@ -104,7 +106,7 @@ def test_no_comment_or_doc_cites_a_document_outside_the_repository() -> None:
     cites = [
         f"{p.relative_to(ROOT)}:{n}: {line.strip()}"
         for p in paths
-        if p.exists() and p != Path(__file__)
+        if p.exists()
         for n, line in enumerate(p.read_text(errors="replace").splitlines(), 1)
         if OUTSIDE_DOCUMENTS.search(line)
     ]
