@@ -54,7 +54,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.notifier = Notifier(settings.broker_url)
     app.state.watcher = JobWatcher(settings.broker_url, settings.wait_recheck_s)
     app.state.limits = WriteLimits(settings)
-    app.state.metrics.watch_jobs(app.state.sessions, settings)
     await app.state.watcher.start()
     try:
         yield

@@ -116,6 +116,9 @@ class Settings(BaseSettings):
     # Operator surfaces. /metrics answers only with `Authorization: Bearer <metrics_token>` when set
     # (with VAREDIT_AUTH=api_key it must be set, or /metrics is off).
     metrics_token: str | None = None
+    # The database-derived gauges (queue depth, oldest queued age, open jobs, ready workers) are
+    # exported once, by the beat process, on this port (worker/job_gauges.py); unset: not exported.
+    job_metrics_port: int | None = None
 
     # Logging.
     log_level: str = "INFO"

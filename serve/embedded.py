@@ -212,6 +212,11 @@ class EmbeddedPlatform:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
+    @property
+    def job_metrics_url(self) -> str:
+        """Where beat exports the queue and job gauges (always on the loopback address)."""
+        return f"http://127.0.0.1:{self.env['VAREDIT_JOB_METRICS_PORT']}/metrics"
+
     # -- start ----------------------------------------------------------------------------------
 
     def start(self) -> EmbeddedPlatform:
@@ -243,6 +248,8 @@ class EmbeddedPlatform:
             "VAREDIT_STORAGE_URL": settings.storage_url,
             "PYTHONUNBUFFERED": "1",
         }
+        if settings.job_metrics_port is None:  # beat (in the light worker) exports the job gauges
+            self.env["VAREDIT_JOB_METRICS_PORT"] = str(free_port())
         if not settings.webhook_secrets:
             self.env["VAREDIT_WEBHOOK_SECRETS"] = json.dumps([webhook_secret(data_dir)])
         _check_model(settings)
@@ -473,10 +480,20 @@ def serve(argv: Sequence[str]) -> int:
         )
         platform.wait_ready()
         _say(f"ready: {platform.url}  (API {platform.url}/v1 , docs {platform.url}/docs ; Ctrl-C stops)")
+        _say(f"metrics: {platform.url}/metrics (the API's) and {platform.job_metrics_url} (queue and jobs)")
         if args.ready_file:
             tmp = args.ready_file.with_suffix(".tmp")
             children = [c.process.pid for c in platform.children if c.process]
-            tmp.write_text(json.dumps({"url": platform.url, "pid": os.getpid(), "children": children}))
+            tmp.write_text(
+                json.dumps(
+                    {
+                        "url": platform.url,
+                        "job_metrics": platform.job_metrics_url,
+                        "pid": os.getpid(),
+                        "children": children,
+                    }
+                )
+            )
             tmp.replace(args.ready_file)
         while True:
             platform.check_children()

@@ -117,5 +117,6 @@ install_redis_restore_guard()
 
 app = create_celery_app()
 
-# Signal handlers (model loading in the pool child, heartbeats, logging) register on import.
+# Signal handlers (model loading in the pool child, heartbeats, logging; beat's gauges) register on import.
+import worker.job_gauges  # noqa: E402, F401
 import worker.process  # noqa: E402, F401

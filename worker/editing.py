@@ -88,6 +88,7 @@ class ClaimedJob:
     source_key: str | None
     created_at: datetime | None = None
     previews: bool = False
+    negative_instruction: str = ""
     image: Image.Image | None = None
     output: Image.Image | None = None
     state: JobState = JobState.ACTIVE
@@ -108,6 +109,7 @@ class ClaimedJob:
             source_key=job.source_key,
             created_at=job.created_at,
             previews=job.previews,
+            negative_instruction=job.negative_instruction,
         )
 
 
@@ -374,6 +376,13 @@ class EditRun:
             "preview_size": PREVIEW_SIZE,
         }
 
+    @staticmethod
+    def _negative_args(group: list[ClaimedJob]) -> dict[str, Any]:
+        """One negative instruction per image ("" for none), when a job of the group has one."""
+        if not any(j.negative_instruction for j in group):
+            return {}
+        return {"negative_instruction": [j.negative_instruction for j in group]}
+
     def generate(self) -> None:
         # One pipeline call per (resolution, cfg, tau): the sampler takes them per call, seeds per image.
         groups: dict[tuple[int, float, float], list[ClaimedJob]] = {}
@@ -383,7 +392,8 @@ class EditRun:
             group = [j for j in group if j.state is JobState.ACTIVE]
             if not group:
                 continue
-            self._generate_group(group, resolution, cfg, tau)
+            with metrics.BUSY.labels(group[0].model).track_inprogress():
+                self._generate_group(group, resolution, cfg, tau)
 
     def _generate_group(self, group: list[ClaimedJob], resolution: int, cfg: float, tau: float) -> None:
         assert self.model is not None
@@ -399,6 +409,7 @@ class EditRun:
                 on_scale=lambda k, n: self.on_scale(k, n, group),
                 resolution=resolution,
                 **self._preview_args(group),
+                **self._negative_args(group),
             )
         except Exception as exc:
             still_active = self.fence.active(group)

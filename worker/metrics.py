@@ -1,9 +1,9 @@
-"""Prometheus metrics of a GPU worker process: what only the worker sees (run time, scales per second,
-batch sizes, outcomes). Jobs by state, queue depth and ready workers come from the API's /metrics,
-which reads them from the database.
+"""Prometheus metrics of a worker process: what only the worker sees. A GPU worker: run time, scales
+per second, batch sizes, outcomes, busy or idle; the light worker: webhook attempts. Jobs by state,
+queue depth and ready workers are read from the database once, by beat (worker/job_gauges.py).
 
 Served from the pool child on ``VAREDIT_WORKER_METRICS_PORT`` when set (one port per worker process;
-in compose, one per GPU service). Without it the instruments still count, nobody scrapes them.
+in compose, one per service). Without it the instruments still count, nobody scrapes them.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 log = structlog.get_logger(__name__)
 
@@ -36,6 +36,18 @@ QUEUE_WAIT_SECONDS = Histogram(
 )
 SCALES = Counter(
     "varedit_worker_scales", "Scales generated (rate() gives scales per second)", ["model"], registry=REGISTRY
+)
+WEBHOOK_ATTEMPTS = Counter(
+    "varedit_webhook_attempts",
+    "Webhook delivery attempts of this (light) worker, by verdict (delivered, retry, gone, refused)",
+    ["verdict"],
+    registry=REGISTRY,
+)
+BUSY = Gauge(
+    "varedit_worker_busy",
+    "1 while this worker runs a batch, else 0 (avg by model is the fleet's utilisation)",
+    ["model"],
+    registry=REGISTRY,
 )
 BATCH_SIZE = Histogram(
     "varedit_worker_batch_size",

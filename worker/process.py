@@ -79,7 +79,8 @@ def _init_pool_child(sender: str | None = None, **_: Any) -> None:
         rt.sessions, webhook_sender(current_app), outbox.reservation_s(rt.settings.webhook_timeout_s)
     )
     models = served_models(list(current_app.amqp.queues.consume_from))
-    if not models:
+    if not models:  # the light worker: webhook deliveries and maintenance
+        metrics.serve_from_env()
         return
     structlog.contextvars.bind_contextvars(worker_id=rt.worker_id)
     rows = heartbeat_rows(rt.worker_id, models)
@@ -107,6 +108,7 @@ def load_model(rt: Runtime, name: str) -> None:
     folder's example images copied to storage, where the API can serve them)."""
     path = resolve_model_path(rt.settings.model_path, name)
     loaded = rt.pool.load(name, path, device=rt.settings.device, dtype=rt.settings.dtype)
+    metrics.BUSY.labels(name).set(0)  # an idle worker reports 0, so utilisation averages over all
     description, examples = ("", []) if is_fake_path(path) else publish_examples(rt, name, Path(path))
     facts = dataclasses.replace(facts_of(loaded.model), description=description, examples=examples)
     with session_scope(rt.sessions) as session:

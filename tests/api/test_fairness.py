@@ -122,7 +122,7 @@ def test_with_keys_on_models_needs_a_key_and_metrics_its_token(keyed) -> None:
     with keyed(metrics_token="scrape-me") as harness:
         assert harness.client.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 403
         scraped = harness.client.get("/metrics", headers={"Authorization": "Bearer scrape-me"})
-        assert scraped.status_code == 200 and "varedit_queue_depth" in scraped.text
+        assert scraped.status_code == 200 and "varedit_http_requests_total" in scraped.text
 
 
 def test_on_a_laptop_metrics_stay_open(harness: ApiHarness) -> None:

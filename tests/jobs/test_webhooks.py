@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from prometheus_client import generate_latest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from standardwebhooks.webhooks import Webhook
@@ -27,6 +28,8 @@ from jobs.settings import Settings
 from jobs.transitions import ResultMeta
 from tests.api.test_edits import image_bytes, post_json
 from tests.conftest import WEBHOOK_SECRET, ApiHarness, LocalHTTPServer
+from worker import metrics
+from worker.job_gauges import registry_for
 from worker.runtime import Runtime, install_runtime, reset_runtime
 from worker.tasks import webhooks as webhook_tasks
 from worker.webhook_sender import send
@@ -352,6 +355,10 @@ def webhook_runtime(make_settings: Callable[..., Settings], db_url: str, redis_u
     reset_runtime()
 
 
+def attempts(verdict: str) -> float:
+    return metrics.REGISTRY.get_sample_value("varedit_webhook_attempts_total", {"verdict": verdict}) or 0.0
+
+
 def test_deliver_task_sends_each_message_once_and_retries_failures(
     webhook_runtime: Runtime, webhook_receiver: LocalHTTPServer
 ) -> None:
@@ -371,12 +378,17 @@ def test_deliver_task_sends_each_message_once_and_retries_failures(
     with session_scope(sessions) as session:
         due = outbox.claim_due(session, 60)
     assert len(due) == 2
+    before = {v: attempts(v) for v in ("retry", "delivered")}
     statuses = [webhook_tasks.deliver_webhook(d) for d in due]
     assert statuses == ["pending", "delivered"]
     assert webhook_tasks.deliver_webhook(due[1]) is None  # a duplicate task for a settled message
     with session_scope(sessions) as session:  # retry schedule 0 s: due again at once
         assert outbox.claim_due(session, 60) == [due[0]]
     assert webhook_tasks.deliver_webhook(due[0]) == "delivered"
+    assert {v: attempts(v) - before[v] for v in before} == {
+        "retry": 1,
+        "delivered": 2,
+    }  # the worker's counter
     events = [json.loads(body)["type"] for _, _, body in webhook_receiver.wait_for(3)]
     assert events == ["job.running", "job.succeeded", "job.running"]
     ids = [headers["webhook-id"] for _, headers, _ in webhook_receiver.requests]
@@ -412,7 +424,7 @@ def test_delivery_log_and_redeliver_routes(harness: ApiHarness) -> None:
 def test_messages_are_counted_in_metrics(harness: ApiHarness) -> None:
     job = post_json(harness, image_bytes(), webhook_url=HOOK).json()
     _run_to_success(harness.sessions, job["id"])
-    text = harness.client.get("/metrics").text
+    text = generate_latest(registry_for(harness.sessions, harness.settings)).decode()  # beat's gauges
     assert 'varedit_webhook_deliveries_pending{event="job.succeeded"} 1.0' in text
     with harness.sessions() as session:
         assert len(list(session.scalars(select(WebhookDelivery)))) == 2

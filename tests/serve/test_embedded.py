@@ -150,6 +150,14 @@ def test_embedded_default_runs_twenty_http_jobs_with_the_bundled_model(embedded:
     assert [succeeded[j] for j in ids] == [1] * JOBS
 
 
+def test_beat_exports_the_queue_gauges_and_the_api_does_not(embedded: dict) -> None:
+    gauges = httpx.get(embedded["job_metrics"], timeout=10).text
+    assert "varedit_queue_depth{" in gauges and "varedit_workers_ready{" in gauges
+    ready = [line for line in gauges.splitlines() if line.startswith("varedit_workers_ready{")]
+    assert any(float(line.rsplit(" ", 1)[1]) >= 1 for line in ready), ready
+    assert "varedit_queue_depth" not in httpx.get(f"{embedded['url']}/metrics", timeout=10).text
+
+
 def test_webhooks_arrive_signed_with_the_data_dirs_secret(embedded: dict, webhook_receiver) -> None:
     with Client(embedded["url"]) as client:
         job = client.submit(

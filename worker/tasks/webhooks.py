@@ -18,6 +18,7 @@ from jobs.db import session_scope
 from jobs.netguard import guarded_pool
 from jobs.outbox import Outcome, Verdict
 from jobs.queue import DELIVER_WEBHOOK_TASK, WEBHOOKS_QUEUE
+from worker import metrics
 from worker.celery_app import app
 from worker.runtime import get_runtime
 from worker.webhook_sender import send
@@ -65,6 +66,7 @@ def deliver_webhook(delivery_id: str) -> str | None:
             status = outbox.record_outcome(
                 session, delivery_id, delivery.attempts, outcome, settings.webhook_retry_s
             )
+        metrics.WEBHOOK_ATTEMPTS.labels(outcome.verdict.value).inc()
     finally:
         structlog.contextvars.unbind_contextvars("job_id")
     return status.value if status is not None else None
