@@ -220,6 +220,11 @@ def test_exactly_one_beat_that_never_overlaps(kustomization: str) -> None:
         for d in of_kind(objects, "Deployment")
         for c in pod_spec(d)["containers"]
     ), "a worker with an embedded beat would be a second one"
+    # The one beat is the one exporter of the job gauges, and Prometheus is told where.
+    (container,) = pod_spec(beats[0])["containers"]
+    port = {e["name"]: e.get("value") for e in container["env"]}["VAREDIT_JOB_METRICS_PORT"]
+    annotations = beats[0]["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == port and annotations["prometheus.io/scrape"] == "true"
 
 
 @pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
@@ -367,7 +372,7 @@ def test_networking_is_denied_by_default_and_opened_per_need(kustomization: str)
 
     assert egress_ports("gpu-worker") == {53, 5432, 6379, 9000, 443}
     assert egress_ports("migrate") == {53, 5432}
-    assert egress_ports("beat") == {53, 6379}
+    assert egress_ports("beat") == {53, 5432, 6379}  # its gauges read the database
     assert {80, 443, 5432, 6379, 9000} <= egress_ports("light-worker")
     # The internet, for webhooks, only outside the private and link-local ranges, and never for a
     # GPU worker.
@@ -419,7 +424,9 @@ def test_every_gpu_worker_scales_from_zero_on_its_own_queue(kustomization: str) 
         assert any("varedit_queue_oldest_age_seconds" in q for q in queries)
         for q in queries:
             assert set(re.findall(r'model="([^"]*)"', q)) == {model}, q
-            assert "sum(" not in q, "every API replica reports the same gauges: max(), not sum()"
+            assert "max(" not in q, "beat alone exports the gauges: a sum counts each job once"
+            assert "sum(" in q
+        assert all(t["metadata"]["ignoreNullValues"] == "false" for t in spec["triggers"])
 
 
 @pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
@@ -500,9 +507,10 @@ def test_the_migration_phase_can_run_alone(kustomization: str) -> None:
 
 @functools.cache
 def exported_metrics() -> set[str]:
-    """Every series name the API (api/metrics.py) and the workers (worker/metrics.py) export."""
+    """Every series name the API (api/metrics.py), the workers (worker/metrics.py) and beat
+    (worker/job_gauges.py) export."""
     names = set()
-    for module in ("api/metrics.py", "worker/metrics.py"):
+    for module in ("api/metrics.py", "worker/metrics.py", "worker/job_gauges.py"):
         names |= set(re.findall(r'"(varedit_[a-z_]+)"', (ROOT / module).read_text()))
     suffixes = ("", "_total", "_bucket", "_sum", "_count")
     return {n + s for n in names for s in suffixes}
@@ -528,6 +536,8 @@ def test_the_grafana_dashboard_shows_the_platform_with_exported_metrics() -> Non
         "varedit_worker_run_seconds_bucket",
         "varedit_workers_ready",
         "varedit_webhook_deliveries_pending",
+        "varedit_webhook_attempts_total",
+        "varedit_worker_busy",
     } <= used
     for quantile in ("0.5", "0.99"):
         assert any(f"histogram_quantile({quantile}, " in e for e in exprs)
