@@ -10,6 +10,10 @@ Official transformer file (`2B-512.pth`, ...): a plain state dict. Key mapping t
 Anything else (an unknown key, a missing tensor, a shape mismatch such as a checkpoint of another
 variant) raises `CheckpointError` naming the keys. Official VAE files go through `varedit.vae`.
 
+Loading never holds the weights twice: files are memory-mapped (`torch.load(mmap=True)`, safetensors),
+the model is built on the meta device and adopts each tensor cast once to its final device and dtype;
+a tensor already there (bf16 blocks on the CPU) is the mapped file itself, read from disk on first use.
+
 Our folder format (written by `save_pretrained`, read by `EditPipeline.from_pretrained`):
   config.json              {"format": "varedit", "format_version": 1, "config": VAREditConfig fields,
                             "serving": {"resolutions": [...], "sampling": {"cfg", "tau", "top_k", "top_p"}}}
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import shutil
 from collections.abc import Mapping
@@ -32,7 +37,8 @@ import torch
 from .config import VAREditConfig, get_config
 from .serving import SamplingDefaults, Serving
 from .transformer import VAREditTransformer, null_text_init
-from .vae import VAE, VAECheckpointError, load_official_vae, remap_official_keys
+from .vae import VAE, VAECheckpointError, load_official_vae
+from .vae.loading import build_vae
 
 log = logging.getLogger(__name__)
 
@@ -167,9 +173,7 @@ def load_vae(path: str | Path, cfg: VAREditConfig, device: Device = "cpu") -> VA
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            vae = VAE(cfg.vae)
-            vae.load_state_dict(remap_official_keys(load_file(path), vae), strict=True)
-            return vae.to(device).eval().requires_grad_(False)
+            return build_vae(cfg.vae, load_file(path), device).requires_grad_(False)
         return load_official_vae(path, cfg.vae, device).requires_grad_(False)
     except VAECheckpointError as e:
         raise CheckpointError(str(e)) from e
@@ -305,6 +309,8 @@ def save_pretrained(
 def load_transformer_safetensors(
     path: Path, cfg: VAREditConfig, device: Device = "cpu", dtype: torch.dtype | None = None
 ) -> VAREditTransformer:
+    """Our transformer file, memory-mapped (safetensors maps the file; on the CPU a tensor already
+    in its final dtype is adopted without a copy)."""
     from safetensors.torch import load_file
 
     if not path.is_file():
@@ -409,6 +415,74 @@ def write_random_checkpoint(
     folder = save_pretrained(folder, cfg, transformer, vae, serving=Serving.trained(cfg))
     _write_random_t5(folder / TEXT_ENCODER_DIR, cfg.text_channels, cfg.text_maxlen, seed)
     return folder
+
+
+def official_layout(cfg: VAREditConfig) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """Key -> (shape, dtype) of an official transformer file of `cfg`: the chunked block keys in
+    bfloat16, the other tensors in float32, the all-zero `zero_k_bias` buffers included (the layout
+    the official manifests record), derived from this model on the meta device."""
+    with torch.device("meta"):
+        model = VAREditTransformer(cfg)
+    per_chunk = cfg.depth // cfg.block_chunks
+    layout: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
+    for key, t in model.state_dict().items():
+        if m := re.fullmatch(r"blocks\.(\d+)\.(.+)", key):
+            i, rest = int(m[1]), m[2]
+            layout[f"block_chunks.{i // per_chunk}.module.{i % per_chunk}.{rest}"] = (
+                tuple(t.shape),
+                torch.bfloat16,
+            )
+        else:
+            layout[key] = (tuple(t.shape), torch.float32)
+    layout["text_proj_for_sos.ca.zero_k_bias"] = ((cfg.width,), torch.float32)
+    for i in range(cfg.depth):
+        for attn in ("sa", "ca"):
+            key = f"block_chunks.{i // per_chunk}.module.{i % per_chunk}.{attn}.zero_k_bias"
+            layout[key] = ((cfg.width,), torch.bfloat16)
+    return layout
+
+
+def random_tensor(
+    key: str, shape: tuple[int, ...], dtype: torch.dtype, gen: torch.Generator, device: Device = "cpu"
+) -> torch.Tensor:
+    """A stand-in weight that keeps a random model's activations finite at any size: normal(0, 0.02)
+    matrices, unit norm weights, zero biases, the official attention-scale init and bit masks."""
+    if key.endswith("mask"):
+        return 2 ** torch.arange(shape[0] - 1, -1, -1, device=device)
+    if key.endswith("scale_mul_1H11"):
+        return torch.full(shape, math.log(4.0), dtype=dtype, device=device)
+    if len(shape) == 1:
+        fill = 1.0 if key.endswith(".weight") else 0.0
+        return torch.full(shape, fill, dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device).normal_(0, 0.02, generator=gen)
+
+
+def write_random_official(
+    folder: str | Path, config_name: str | VAREditConfig = "2B-512", seed: int = 0, device: Device = "cpu"
+) -> Path:
+    """Write an official-format release folder with random weights: `<name>.pth` (`official_layout`),
+    the VAE `.pth` ({'vae': float32 state dict}) and a random tiny T5 under the text encoder's folder
+    name (real width, two layers). For load and speed checks at full size without the released files.
+    `device` only generates the values (a GPU does it fast); the files hold CPU tensors. Returns the
+    transformer file."""
+    cfg = config_name if isinstance(config_name, VAREditConfig) else get_config(config_name)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator(device).manual_seed(seed)
+    state = {
+        k: random_tensor(k, shape, dt, gen, device).cpu() for k, (shape, dt) in official_layout(cfg).items()
+    }
+    tf_path = folder / f"{cfg.name}.pth"
+    torch.save(state, tf_path)
+    del state
+    with torch.device("meta"):
+        vae_layout = VAE(cfg.vae).state_dict()
+    vae_state = {
+        k: random_tensor(k, tuple(t.shape), t.dtype, gen, device).cpu() for k, t in vae_layout.items()
+    }
+    torch.save({"vae": vae_state}, folder / OFFICIAL_VAE_FILES[cfg.vae.spatial_patchify])
+    _write_random_t5(folder / cfg.text_encoder, cfg.text_channels, cfg.text_maxlen, seed)
+    return tf_path
 
 
 def _write_random_t5(folder: Path, d_model: int, max_length: int, seed: int) -> None:

@@ -5,6 +5,10 @@ accepting each key as is or without the inner `.conv.` / `.norm.` level (plain F
 `encoder.conv_in.weight` for `encoder.conv_in.conv.weight`). Here both spellings are accepted too,
 but every key must map to exactly one model tensor of the same shape and every model tensor must be
 filled; anything else raises `VAECheckpointError` naming the keys.
+
+Loading is lean: the file is memory-mapped, the model is built on the meta device and adopts each
+tensor once in its final dtype and device (on the CPU in float32 that is the mapped tensor itself), so
+a load never holds the weights twice.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import torch
 
 from .config import PRESETS, VAEConfig
 from .model import VAE
+from .quantizer import BSQ
 
 log = logging.getLogger(__name__)
 
@@ -39,15 +44,29 @@ def load_official_vae(
     (spatial patchify, a transformer setting absent from the file, is taken from the preset whose
     architecture matches, else off).
     """
-    raw = torch.load(path, map_location="cpu", weights_only=True)
+    raw = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     state = unwrap_state_dict(raw)
     if config is None:
         config = config_from_state_dict(state)
     elif isinstance(config, str):
         config = VAEConfig.preset(config)
-    vae = VAE(config)
-    vae.load_state_dict(remap_official_keys(state, vae), strict=True)
-    return vae.to(device).eval()
+    return build_vae(config, state, device)
+
+
+def build_vae(
+    config: VAEConfig, state: Mapping[str, torch.Tensor], device: str | torch.device = "cpu"
+) -> VAE:
+    """A VAE built on the meta device that adopts `state` (either key spelling), each floating tensor
+    cast once to float32 on `device`: no random initialisation, no second copy of the weights."""
+    with torch.device("meta"):
+        vae = VAE(config)
+    state = remap_official_keys(state, vae)
+    vae.load_state_dict(
+        {k: v.to(device, torch.float32) if v.is_floating_point() else v.to(device) for k, v in state.items()},
+        strict=True,
+        assign=True,
+    )
+    return vae.eval()
 
 
 def unwrap_state_dict(raw: Mapping[str, object]) -> dict[str, torch.Tensor]:
@@ -80,8 +99,8 @@ def remap_official_keys(state: Mapping[str, torch.Tensor], vae: VAE) -> dict[str
             mismatched.append(f"{key}: checkpoint {tuple(tensor.shape)} vs model {tuple(target[name].shape)}")
         else:
             out[name], source_of[name] = tensor, key
+    expected = BSQ(vae.config.codebook_dim).mask  # real values, also when `vae` is on the meta device
     for name in _MASK_KEYS:
-        expected = target[name]
         if name in out and not torch.equal(out[name].to(expected.device), expected):
             mismatched.append(f"{source_of[name]}: values differ from 2**arange(dq-1, -1, -1)")
         out.setdefault(name, expected.detach().clone())

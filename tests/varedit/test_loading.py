@@ -1,0 +1,83 @@
+"""Lean loading: weights are adopted from the memory-mapped file, never copied twice; random
+official-format folders have exactly the official layout."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from varedit import checkpoints as ckpt
+from varedit.config import get_config
+
+GOLDEN = Path(__file__).parents[1] / "data" / "golden"
+
+
+def mapped_from(path: Path, module: torch.nn.Module) -> set[str]:
+    """Keys of `module`'s tensors whose memory lies in a mapping of the file `path` (not a copy)."""
+    ranges = []
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5] == str(path.resolve()):
+            lo, hi = (int(x, 16) for x in fields[0].split("-"))
+            ranges.append((lo, hi))
+    return {
+        k
+        for k, t in module.state_dict().items()
+        if any(lo <= t.data_ptr() and t.data_ptr() + t.nbytes <= hi for lo, hi in ranges)
+    }
+
+
+@pytest.mark.parametrize(
+    ("variant", "manifest"),
+    [("2B-512", "manifest_infinity_2b.json"), ("8B-512", "manifest_infinity_8b.json")],
+)
+def test_official_layout_is_the_official_manifest(variant: str, manifest: str) -> None:
+    official = json.loads((GOLDEN / manifest).read_text())
+    official.pop("_config")
+    layout = ckpt.official_layout(get_config(variant))
+    assert {k: [list(shape), str(dt).removeprefix("torch.")] for k, (shape, dt) in layout.items()} == official
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("release")
+    ckpt.write_random_official(folder, "tiny-patchify", seed=1)
+    return folder
+
+
+def test_official_file_in_bf16_is_adopted_without_a_copy(release: Path) -> None:
+    cfg = get_config("tiny-patchify")
+    tf_path, vae_path, t5_dir = ckpt.official_files(release, cfg)
+    raw = torch.load(tf_path, weights_only=True)
+    model = ckpt.load_official_transformer(tf_path, cfg, dtype=torch.bfloat16)
+    assert mapped_from(tf_path, model) == set(model.state_dict())  # every tensor is the file's memory
+    for key, value in ckpt.official_to_ours(raw, cfg).items():
+        assert torch.equal(model.state_dict()[key], value), key
+    assert model.blocks[0].ffn.fc1.weight.dtype == torch.bfloat16 and model.head.weight.dtype == torch.float32
+    vae = ckpt.load_vae(vae_path, cfg)
+    assert mapped_from(vae_path, vae) == set(vae.state_dict())
+    assert torch.equal(vae.quantizer.lfq.mask, 2 ** torch.arange(cfg.vae.codebook_dim - 1, -1, -1))
+    assert (t5_dir / "config.json").is_file()
+
+
+def test_float32_blocks_are_converted_tensor_by_tensor(release: Path) -> None:
+    cfg = get_config("tiny-patchify")
+    model = ckpt.load_official_transformer(release / "tiny-patchify.pth", cfg, dtype=torch.float32)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert not any(p.requires_grad for p in model.parameters())
+
+
+def test_our_folder_is_adopted_without_a_copy(release: Path, tmp_path: Path) -> None:
+    cfg = get_config("tiny-patchify")
+    tf_path, vae_path, _ = ckpt.official_files(release, cfg)
+    model = ckpt.load_official_transformer(tf_path, cfg, dtype=torch.bfloat16)
+    ckpt.save_transformer_state(tmp_path / ckpt.TRANSFORMER_FILE, model.state_dict())
+    ckpt.save_vae_state(tmp_path / ckpt.VAE_FILE, ckpt.load_vae(vae_path, cfg))
+    again = ckpt.load_transformer_safetensors(tmp_path / ckpt.TRANSFORMER_FILE, cfg, dtype=torch.bfloat16)
+    assert mapped_from(tmp_path / ckpt.TRANSFORMER_FILE, again) == set(again.state_dict())
+    for key, value in model.state_dict().items():
+        assert torch.equal(again.state_dict()[key], value), key
+    vae = ckpt.load_vae(tmp_path / ckpt.VAE_FILE, cfg)
+    masks = {"quantizer.lfq.mask", "quantize.lfq.mask"}  # not stored in our format: made on load
+    assert mapped_from(tmp_path / ckpt.VAE_FILE, vae) == set(vae.state_dict()) - masks
