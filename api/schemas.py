@@ -25,6 +25,7 @@ class EditCreate(BaseModel):
             "examples": [
                 {
                     "instruction": "make the sky purple",
+                    "negative_instruction": "blurry, low quality",
                     "image_base64": "iVBORw0KGgoAAAANSUhEUgAA...",
                     "model": "shapes-64",
                     "resolution": 64,
@@ -37,6 +38,12 @@ class EditCreate(BaseModel):
     )
 
     instruction: str = Field(description="What to change in the image.")
+    negative_instruction: str | None = Field(
+        None,
+        description="What guidance steers away from, e.g. `blurry, low quality`: its text replaces the "
+        "model's learned null text in classifier-free guidance (no effect with cfg 1). At most as long "
+        "as `instruction` may be; default: none.",
+    )
     image_base64: str | None = Field(None, description="The source image (PNG, JPEG or WebP), base64.")
     image_url: str | None = Field(
         None, max_length=2048, description="Or: the source image's http(s) URL (public addresses only)."

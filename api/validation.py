@@ -186,6 +186,8 @@ def build_spec(
         raise InvalidRequest("instruction must not be empty", details=[{"loc": ["body", "instruction"]}])
     if len(instruction) > settings.max_instruction_chars:
         raise _range_error("instruction length", len(instruction), 1, settings.max_instruction_chars)
+    negative_instruction = (fields.negative_instruction or "").strip()
+    check_negative_instruction(negative_instruction, settings.max_instruction_chars)
     model = fields.model or settings.default_model
     if model not in served:
         raise InvalidRequest(
@@ -239,7 +241,23 @@ def build_spec(
         webhook_url=fields.webhook_url,
         webhook_events=list(fields.webhook_events) if fields.webhook_events else None,
         previews=bool(fields.previews),
+        negative_instruction=negative_instruction,
     )
+
+
+def check_negative_instruction(text: str, max_chars: int) -> None:
+    """At most ``max_chars`` characters (as an instruction), and storable: no NUL character."""
+    where = {"loc": ["body", "negative_instruction"]}
+    if len(text) > max_chars:
+        raise InvalidRequest(
+            f"negative_instruction may be at most {max_chars} characters, got {len(text)}",
+            details=[{**where, "msg": f"at most {max_chars} characters", "input": len(text)}],
+        )
+    if "\x00" in text:
+        raise InvalidRequest(
+            "negative_instruction must not contain NUL characters",
+            details=[{**where, "msg": "contains a NUL character"}],
+        )
 
 
 def check_webhook_url(url: str, settings: Settings, signs_webhooks: bool) -> None:

@@ -68,6 +68,8 @@ class Job(Base):
 
     # What to do.
     instruction: Mapped[str] = mapped_column(Text)
+    # What guidance steers away from: the unconditional text of CFG; "" is the model's learned null text.
+    negative_instruction: Mapped[str] = mapped_column(Text, default="")
     model: Mapped[str] = mapped_column(String(64))
     resolution: Mapped[int] = mapped_column(Integer)
     seed: Mapped[int] = mapped_column(Integer)  # the seed actually used (drawn at submit when not given)

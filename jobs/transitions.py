@@ -44,6 +44,7 @@ class EditSpec:
     webhook_url: str | None = None
     webhook_events: list[str] | None = None
     previews: bool = False
+    negative_instruction: str = ""
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,7 @@ def submit(
         owner=owner,
         status=JobStatus.QUEUED,
         instruction=spec.instruction,
+        negative_instruction=spec.negative_instruction,
         model=spec.model,
         resolution=spec.resolution,
         seed=spec.seed,

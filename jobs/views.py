@@ -69,6 +69,7 @@ def public_job(job: Job) -> JobPublic:
             cfg=job.cfg,
             tau=job.tau,
             previews=job.previews,
+            negative_instruction=job.negative_instruction,
         ),
         priority=job.priority,
         created_at=job.created_at,

@@ -1,6 +1,7 @@
 """Command line: `varedit edit`, `varedit info`, `varedit convert`, `varedit random`.
 
 varedit edit cat.png "give the cat a red hat" -o out.png --model /models/VAREdit --variant 2B-512
+varedit edit cat.png "make it a painting" -o out.png --model /models/VAREdit --negative "blurry"
 varedit convert /models/VAREdit /models/varedit-2b --variant 2B-512 --bf16
 varedit random /tmp/tiny-model --config tiny
 varedit info /models/varedit-2b --json          # name, resolutions, sampling defaults; no weights read
@@ -36,6 +37,7 @@ def _edit(args: argparse.Namespace) -> int:
         cfg=args.cfg,
         tau=args.tau,
         resolution=args.resolution,
+        negative_instruction=args.negative,
     )
     out.save(args.output)
     print(
@@ -92,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("-o", "--output", type=Path, required=True, help="output image file (PNG, JPEG, ...)")
     e.add_argument("--model", type=Path, required=True, help="official release folder or our folder format")
     e.add_argument("--variant", help="2B-512, 8B-512 or 8B-1024 (needed if the folder holds several)")
+    e.add_argument(
+        "--negative",
+        default="",
+        help="negative instruction: what guidance steers away from (default: none, the learned null text)",
+    )
     e.add_argument("--seed", type=int, help="default: random (printed)")
     e.add_argument("--cfg", type=float, help="classifier-free guidance (default: the model's)")
     e.add_argument("--tau", type=float, help="temperature (default: the model's)")

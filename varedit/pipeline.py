@@ -31,7 +31,7 @@ from .config import VAREditConfig
 from .images import to_rgb
 from .sampling import EditCancelled, OnCodes, OnScale, generate
 from .serving import SamplingDefaults, Serving
-from .text import TextEncoder
+from .text import TextEncoder, TextFeatures
 from .transformer import VAREditTransformer
 from .vae import VAE
 
@@ -262,6 +262,7 @@ class EditPipeline:
         top_p: float | None = None,
         on_preview: OnPreview | None = None,
         preview_size: int = PREVIEW_SIZE,
+        negative_instruction: str | Sequence[str] = "",
     ) -> list[Image.Image]:
         """Edit each image by its instruction; returns one RGB image per input, each of its input's size.
 
@@ -279,6 +280,9 @@ class EditPipeline:
         on_preview: called as on_preview(k, K, previews) after scale k of K with one small image per
             input (`preview_dims(input size, preview_size)`): scales k < K are a cheap decode of the
             codes so far (`preview_images`); the last one is each result resized (`preview_of`).
+        negative_instruction: what to steer away from, one for all images or one per image, used
+            verbatim: its T5 features replace the learned null text as the unconditional text of
+            classifier-free guidance; "" keeps the null text (no effect when cfg is 1).
         Raises `MemoryError` when the device runs out of memory (its cache is released first).
         Example: pipe.edit([img], ["make it snowy"], seeds=[0], on_scale=lambda k, K: print(k, K))
         """
@@ -289,6 +293,15 @@ class EditPipeline:
         if len(images) != len(instructions) or not images:
             raise ValueError(
                 f"need one instruction per image: {len(images)} images, {len(instructions)} instructions"
+            )
+        negatives = (
+            [negative_instruction] * len(images)
+            if isinstance(negative_instruction, str)
+            else list(negative_instruction)
+        )
+        if len(negatives) != len(images):
+            raise ValueError(
+                f"need one negative instruction per image: {len(negatives)} for {len(images)} images"
             )
         if preview_size < 1:
             raise ValueError(f"preview_size must be at least 1, got {preview_size}")
@@ -308,7 +321,14 @@ class EditPipeline:
         previews = None if on_preview is None else (on_preview, preview_size)
         try:
             return self._edit(
-                pils, instructions, seeds, resolution or self.resolution, on_scale, previews, **sampling
+                pils,
+                instructions,
+                negatives,
+                seeds,
+                resolution or self.resolution,
+                on_scale,
+                previews,
+                **sampling,
             )
         except torch.OutOfMemoryError as e:
             self.release_memory()
@@ -318,6 +338,7 @@ class EditPipeline:
         self,
         pils: list[Image.Image],
         instructions: list[str],
+        negatives: list[str],
         seeds: list[int],
         size: int,
         on_scale: OnScale | None,
@@ -327,6 +348,7 @@ class EditPipeline:
         schedule = self.config.schedule(size)
         # 2. encode text
         text = self.text_encoder.encode(instructions).to(self.device)
+        negative = self.encode_negatives(negatives)
         # 3. encode the sources
         source_BLd = self.encode_sources(pils, schedule, size)
         # 4-5. prefill and scale loop
@@ -342,13 +364,16 @@ class EditPipeline:
             gens,
             on_scale=on_scale,
             on_codes=on_codes,
+            negative=negative,
             **sampling,
         )
         # 6. decode and return
         results = []
         for b, im in enumerate(pils):
             res = postprocess(self.decode(out.f_hat[b : b + 1])[0], im.size)
-            res.info.update(seed=seeds[b], instruction=instructions[b], model=self.name)
+            res.info.update(
+                seed=seeds[b], instruction=instructions[b], negative_instruction=negatives[b], model=self.name
+            )
             results.append(res)
         if previews is not None:  # the last preview is the result itself, so the two always agree
             on_preview, preview_size = previews
@@ -389,6 +414,15 @@ class EditPipeline:
         small = f_hat if g == (H, W) else F.interpolate(f_hat, size=(1, *g), mode="area")  # (B, dq, 1, *g)
         images = self.decode(small)  # (B, 3, g*p, g*p)
         return [postprocess(img, d) for img, d in zip(images, dims, strict=True)]
+
+    def encode_negatives(self, negatives: list[str]) -> TextFeatures | None:
+        """T5 features of each negative instruction, a row without tokens for "" (the null text);
+        None when all are "", which leaves generation exactly as without negatives."""
+        if not any(negatives):
+            return None
+        empty = torch.zeros(0, self.config.text_channels, device=self.device)
+        rows = [self.text_encoder.encode([n]).feats_BTC[0].to(self.device) if n else empty for n in negatives]
+        return TextFeatures.from_list(rows)
 
     def encode_sources(
         self, images: list[Image.Image], schedule: list[tuple[int, int]], size: int

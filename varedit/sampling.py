@@ -54,6 +54,27 @@ def per_scale(value: float | Sequence[float], K: int, name: str) -> list[float]:
     return values
 
 
+def unconditional_text(
+    text: TextFeatures, negative: TextFeatures | None
+) -> tuple[TextFeatures, torch.Tensor]:
+    """The unconditional half of the CFG batch, and which of its rows take the null text (bool, B).
+
+    A sample's negative prompt (a row of `negative` with tokens) is its unconditional text, at its own
+    length. A sample without one (a row without tokens, or no `negative`) keeps its prompt, which
+    `condition` replaces by the learned null text of the prompt's length."""
+    B = text.lens_B.shape[0]
+    if negative is None:
+        return text, torch.ones(B, dtype=torch.bool)
+    if negative.lens_B.shape[0] != B:
+        raise ValueError(f"need one negative prompt per sample: {negative.lens_B.shape[0]} for {B}")
+    neg_lens, lens = negative.lens_B.tolist(), text.lens_B.tolist()
+    rows = [
+        negative.feats_BTC[b, : neg_lens[b]] if neg_lens[b] else text.feats_BTC[b, : lens[b]]
+        for b in range(B)
+    ]
+    return TextFeatures.from_list(rows), torch.tensor([n == 0 for n in neg_lens])
+
+
 def top_k_top_p_(logits_BNV: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
     """Set to -inf, in place, the logits outside the top-k and the low tail of mass <= 1 - top_p.
 
@@ -104,6 +125,7 @@ def generate(
     forced_bits: Sequence[torch.Tensor] | None = None,
     keep_logits: bool = False,
     on_codes: OnCodes | None = None,
+    negative: TextFeatures | None = None,
 ) -> Generation:
     """Sample the target's bits scale by scale; returns the summed codes and every scale's bits.
 
@@ -115,15 +137,18 @@ def generate(
     how much the later scales lose); keep_logits: also return every scale's raw head output.
     on_codes: called after each scale (after `on_scale`) with the running f_hat, e.g. to decode a
     preview; it must not modify f_hat, which the next scales keep adding to.
+    negative: one negative prompt per sample, the unconditional text of CFG instead of the null text; a
+    sample whose row has no tokens keeps the null text (`unconditional_text`).
     """
     K, B = len(schedule), source_BLd.shape[0]
     cfg_k, tau_k = per_scale(cfg, K, "cfg"), per_scale(tau, K, "tau")
     if len(generators) != B:
         raise ValueError(f"need one generator per sample: {len(generators)} for {B}")
     use_cfg = any(c != 1 for c in cfg_k)
-    if use_cfg:  # rows [cond; uncond]: the uncond text is the null text of the same length
-        text = TextFeatures(text.feats_BTC.repeat(2, 1, 1), text.lens_B.repeat(2))
-        null_B = torch.arange(2 * B) >= B
+    if use_cfg:  # rows [cond; uncond]: the uncond text is the negative prompt or the null text
+        uncond, null_uncond_B = unconditional_text(text, negative)
+        text = TextFeatures.cat([text, uncond])
+        null_B = torch.cat([torch.zeros(B, dtype=torch.bool), null_uncond_B])
     else:
         null_B = None
     cond = model.condition(text, null_B)

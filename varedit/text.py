@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 
 @dataclass
@@ -45,6 +46,13 @@ class TextFeatures:
             out[b, : f.shape[0]] = f
         lens = torch.tensor([f.shape[0] for f in feats], device=out.device)
         return cls(out, lens)
+
+    @classmethod
+    def cat(cls, parts: list[TextFeatures]) -> TextFeatures:
+        """Batches one after another, zero-padded to the longest prompt of all."""
+        T = max(p.feats_BTC.shape[1] for p in parts)
+        feats = torch.cat([F.pad(p.feats_BTC, (0, 0, 0, T - p.feats_BTC.shape[1])) for p in parts])
+        return cls(feats, torch.cat([p.lens_B for p in parts]))
 
     def to(self, device: torch.device | str) -> TextFeatures:
         return TextFeatures(self.feats_BTC.to(device), self.lens_B.to(device))

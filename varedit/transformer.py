@@ -134,8 +134,21 @@ class VAREditTransformer(nn.Module):
 
     # ---- pieces shared by training and inference -------------------------------------------
 
+    def check_schedule(self, schedule: Schedule) -> None:
+        """Refuse a schedule whose RoPE layout `rope` lacks. The table is the square template's, so
+        only its prefixes read the positions the checkpoints were trained with; any other schedule
+        would run, with wrong source and target positions."""
+        square = reference_schedule()[: self.cfg.num_levels]
+        grids = [tuple(hw) for hw in schedule]
+        if not grids or grids != square[: len(grids)]:
+            raise ValueError(
+                f"scale schedule {grids} is not supported: RoPE positions exist only for the square "
+                f"template's first K grids, K = 1..{len(square)}, i.e. prefixes of {square}"
+            )
+
     def rope(self, start: int, length: int) -> torch.Tensor:
-        """cos/sin rows of global token indices start..start+length-1: (2, length, c/2)."""
+        """cos/sin rows of global token indices start..start+length-1 of the square template's table
+        (`check_schedule` says which schedules it fits): (2, length, c/2)."""
         dev = self.pos_start.device
         if dev not in self._rope:
             self._rope[dev] = rope_table(self.cfg.head_dim, reference_schedule()).to(dev)
@@ -200,6 +213,7 @@ class VAREditTransformer(nn.Module):
         target_BLd: inputs of scales 1..K-1 concatenated (B, sum_{k>=1} l_k, d); scale 0 is SOS.
         null_text_B: samples whose text is dropped (replaced by the null text), for CFG training.
         """
+        self.check_schedule(schedule)
         K = len(schedule)
         n = [h * w for h, w in schedule]
         n_src = n[-1]
@@ -251,6 +265,7 @@ class VAREditTransformer(nn.Module):
     def prefill(self, cond: Condition, source_BLd: torch.Tensor, schedule: Schedule) -> KVCache:
         """Run the source through every block to fill the cache. Rows of `cond` may be 2x the
         source batch ([cond; uncond] for CFG): the source is repeated to match."""
+        self.check_schedule(schedule)
         bs = cond.cond_BD.shape[0]
         x_BLC = self.embed_source(source_BLd, len(schedule))
         x_BLC = x_BLC.repeat(bs // x_BLC.shape[0], 1, 1)  # (bs, n_src, C)

@@ -75,6 +75,7 @@ class AsyncClient:
         image: ImageInput,
         instruction: str,
         *,
+        negative_instruction: str | None = None,
         model: str | None = None,
         resolution: int | None = None,
         seed: int | None = None,
@@ -89,6 +90,7 @@ class AsyncClient:
     ) -> AsyncJob:
         """See `Client.edit`."""
         fields = {
+            "negative_instruction": negative_instruction,
             "model": model,
             "resolution": resolution,
             "seed": seed,

@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("submit", "submit an edit")
     p.add_argument("image", help="a PNG, JPEG or WebP file, or an http(s) URL the server fetches")
     p.add_argument("instruction")
+    p.add_argument("--negative", dest="negative_instruction", help="what guidance steers away from")
     p.add_argument("--model", help="default: the server's first model")
     p.add_argument("--resolution", type=int, help="default: the model's first")
     p.add_argument("--seed", type=int, help="default: random (reported in the job)")
@@ -202,6 +203,7 @@ def _submit(client: Client, args: argparse.Namespace) -> int:
     job = client.edit(
         args.image,
         args.instruction,
+        negative_instruction=args.negative_instruction,
         model=args.model,
         resolution=args.resolution,
         seed=args.seed,

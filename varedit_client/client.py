@@ -81,6 +81,7 @@ class Client:
         image: ImageInput,
         instruction: str,
         *,
+        negative_instruction: str | None = None,
         model: str | None = None,
         resolution: int | None = None,
         seed: int | None = None,
@@ -94,9 +95,11 @@ class Client:
         **params: Any,
     ) -> Job:
         """Submit an edit of ``image`` (a path, bytes, a PIL image or an http(s) URL the server fetches).
+        ``negative_instruction``: what guidance steers away from (default: none, the model's null text).
         Parameters left out take the model's recommended values; ``params`` passes fields this client does
         not name yet."""
         fields = {
+            "negative_instruction": negative_instruction,
             "model": model,
             "resolution": resolution,
             "seed": seed,

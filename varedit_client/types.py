@@ -33,6 +33,9 @@ class EditParams(BaseModel):
     cfg: float
     tau: float
     previews: bool = False
+    negative_instruction: str = Field(
+        "", description="What guidance steered away from; empty: the model's learned null text."
+    )
 
 
 class Progress(BaseModel):

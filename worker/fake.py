@@ -1,7 +1,8 @@
 """A stand-in for `varedit.EditPipeline` that returns at once.
 
 It has the same `edit(images, instructions, seeds, cfg, tau, on_scale, resolution, on_preview,
-preview_size)` contract as the real pipeline and no torch import, so it serves two purposes:
+preview_size, negative_instruction)` contract as the real pipeline and no torch import, so it serves
+two purposes:
 
 - the platform-overhead benchmark (every millisecond measured is the platform's, not the model's);
 - platform tests that need a worker but not a model (cancellation, crash recovery, batching).
@@ -22,10 +23,11 @@ It is selected by a model path of the form ``fake://?scales=4&scale_ms=0&gate=/d
 ``gate_timeout_s``  give up waiting after this long (default 120) and raise, so a broken test never
                 hangs a worker forever.
 
-The edited image is a deterministic function of the source, the instruction and the seed (the source
-with inverted colours, tinted by the seed), so tests can check that results belong to their job. Its
-preview of scale k is that result at preview size, pixelated to k/K of it (sharper at every scale);
-the last one is the result resized, as the real pipeline's is.
+The edited image is a deterministic function of the source, the instruction, the negative instruction
+and the seed (the source with inverted colours, tinted by a hash of the texts and the seed), so tests
+can check that results belong to their job. Its preview of scale k is that result at preview size,
+pixelated to k/K of it (sharper at every scale); the last one is the result resized, as the real
+pipeline's is.
 """
 
 from __future__ import annotations
@@ -120,12 +122,21 @@ class FakeEditPipeline:
         resolution: int | None = None,
         on_preview: OnPreview | None = None,
         preview_size: int = PREVIEW_SIZE,
+        negative_instruction: str | Sequence[str] = "",
     ) -> list[Image.Image]:
         if len(images) != len(instructions):
             raise ValueError(f"got {len(images)} images but {len(instructions)} instructions")
         seeds = list(seeds) if seeds is not None else [0] * len(images)
+        negatives = (
+            [negative_instruction] * len(images)
+            if isinstance(negative_instruction, str)
+            else list(negative_instruction)
+        )
+        if len(negatives) != len(images):
+            raise ValueError(f"got {len(images)} images but {len(negatives)} negative instructions")
         results = [
-            _edited(img, instr, seed) for img, instr, seed in zip(images, instructions, seeds, strict=True)
+            _edited(img, instr, seed, neg)
+            for img, instr, seed, neg in zip(images, instructions, seeds, negatives, strict=True)
         ]
         finals = [preview_of(r, preview_size) for r in results] if on_preview is not None else []
         n_scales = self.options.scales
@@ -188,7 +199,9 @@ class EditStopped(Exception):
         self.scales = n_scales
 
 
-def _edited(image: Image.Image, instruction: str, seed: int) -> Image.Image:
-    digest = hashlib.sha256(f"{instruction}\0{seed}".encode()).digest()
+def _edited(image: Image.Image, instruction: str, seed: int, negative: str = "") -> Image.Image:
+    # no negative: the same digest as before negatives existed, so earlier results stay reproducible
+    text = f"{instruction}\0{seed}" + (f"\0{negative}" if negative else "")
+    digest = hashlib.sha256(text.encode()).digest()
     tint = Image.new("RGB", image.size, tuple(digest[:3]))
     return Image.blend(ImageOps.invert(image.convert("RGB")), tint, 0.25)

@@ -28,6 +28,8 @@ class EditModel(Protocol):
     it also calls on_preview(k, K, previews) once per scale, in order, after that scale's on_scale:
     each preview has the longest side ``preview_size`` (or its result's size, if smaller), and the
     last (k = K) is the result itself resized to that size, so the two always agree.
+    ``negative_instruction`` (one for all images or one per image, "" for none) is what guidance
+    steers away from: its text replaces the learned null text as the unconditional text of CFG.
     """
 
     @property
@@ -50,6 +52,7 @@ class EditModel(Protocol):
         resolution: int | None = None,
         on_preview: OnPreview | None = None,
         preview_size: int = PREVIEW_SIZE,
+        negative_instruction: str | Sequence[str] = "",
     ) -> list[Image.Image]: ...
 
     def release_memory(self) -> None: ...

@@ -141,7 +141,7 @@ $("edit-form").addEventListener("submit", async (event) => {
   const form = new FormData();
   form.append("image", $("image").files[0]);
   form.append("instruction", $("instruction").value);
-  for (const name of ["model", "seed", "cfg", "tau"]) {
+  for (const name of ["negative_instruction", "model", "seed", "cfg", "tau"]) {
     if ($(name).value !== "") form.append(name, $(name).value);
   }
   if ($("previews").checked) form.append("previews", "true");

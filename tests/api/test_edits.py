@@ -76,6 +76,7 @@ def test_multipart_edit_is_stored_committed_then_published(harness: ApiHarness) 
         "cfg": 4.5,
         "tau": 0.5,
         "previews": False,
+        "negative_instruction": "",
     }
     assert (job["attempts"], job["progress"], job["error"], job["result"], job["webhook"]) == (
         0,
@@ -103,6 +104,25 @@ def test_json_edit_fills_defaults_and_draws_a_seed(harness: ApiHarness) -> None:
     assert harness.storage.exists(f"jobs/{job['id']}/source.jpg")
     with harness.sessions() as session:
         assert session.get(Job, job["id"]).source_content_type == "image/jpeg"
+
+
+@pytest.mark.parametrize("post", [post_multipart, post_json])
+def test_a_negative_instruction_is_stored_and_shown(harness: ApiHarness, post: Any) -> None:
+    response = post(harness, negative_instruction="  blurry, low quality ")
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert job["params"]["negative_instruction"] == "blurry, low quality"
+    with harness.sessions() as session:
+        assert session.get(Job, job["id"]).negative_instruction == "blurry, low quality"
+    # as long as an instruction may be, and the same idempotent request with another negative is refused
+    assert post(harness, negative_instruction="x" * 1000).status_code == 202
+    key = {"Idempotency-Key": "negative-1"}
+    assert post(harness, headers=key, negative_instruction="a").status_code == 202
+    reused = post(harness, headers=key, negative_instruction="b")
+    assert (reused.status_code, reused.json()["error"]["code"]) == (422, "idempotency_key_reused")
+    error = post(harness, negative_instruction="x" * 1001).json()["error"]
+    assert error["code"] == "invalid_request" and "at most 1000 characters" in error["message"]
+    assert error["details"][0]["loc"] == ["body", "negative_instruction"]
 
 
 def test_operator_override_adjusts_the_reported_defaults(
@@ -144,6 +164,7 @@ def test_a_complete_override_serves_a_model_before_any_worker(
             "cfg": 3.0,
             "tau": 0.1,
             "previews": False,
+            "negative_instruction": "",
         }
 
 
@@ -170,6 +191,8 @@ BAD_INPUTS = [
     ("too many pixels", dict(image=png_header_only(5000, 5000)), 422, "invalid_image"),
     ("empty instruction", dict(instruction="   "), 422, "invalid_request"),
     ("long instruction", dict(instruction="x" * 1001), 422, "invalid_request"),
+    ("long negative instruction", dict(negative_instruction="x" * 1001), 422, "invalid_request"),
+    ("NUL in negative instruction", dict(negative_instruction="a\x00b"), 422, "invalid_request"),
     ("cfg too high", dict(cfg="11"), 422, "invalid_request"),
     ("cfg not a number", dict(cfg="lots"), 422, "invalid_request"),
     ("tau zero", dict(tau="0"), 422, "invalid_request"),
@@ -210,6 +233,11 @@ def test_bad_multipart_input_stores_and_queues_nothing(
             "invalid_request",
         ),
         ({"instruction": "x", "image_url": "http://127.0.0.1:9/a.png"}, 422, "image_url_not_allowed"),
+        (
+            {"instruction": "x", "image_url": "https://example.com/a.png", "negative_instruction": 5},
+            422,
+            "invalid_request",
+        ),
         ({"instruction": "x", "image_url": "http://169.254.169.254/latest"}, 422, "image_url_not_allowed"),
         ({"instruction": "x", "image_url": "file:///etc/passwd"}, 422, "image_url_not_allowed"),
         ({"image_base64": base64.b64encode(image_bytes()).decode()}, 422, "invalid_request"),

@@ -107,6 +107,7 @@ def test_a_random_tiny_folder_is_served_at_its_real_resolution(tmp_path: Path) -
         "cfg": OFFICIAL["cfg"],
         "tau": OFFICIAL["tau"],
         "previews": False,
+        "negative_instruction": "",
     }
 
 

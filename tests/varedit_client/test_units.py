@@ -3,6 +3,7 @@ webhook verification of a locally signed message."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 from datetime import UTC, datetime
@@ -14,6 +15,7 @@ from PIL import Image
 from standardwebhooks import Webhook
 
 from varedit_client import (
+    AsyncClient,
     ConnectionFailed,
     InvalidRequest,
     NotFound,
@@ -23,6 +25,7 @@ from varedit_client import (
     verify_webhook,
 )
 from varedit_client.calls import edit
+from varedit_client.cli import main as cli_main
 from varedit_client.errors import Conflict, from_response
 from varedit_client.images import RemoteImage, Upload, prepare
 from varedit_client.retry import RetryPolicy
@@ -109,6 +112,38 @@ def test_images_travel_as_uploads_or_as_urls(tmp_path: Path) -> None:
         Upload("a.png", b"x", "image/png"), "hat", {"webhook_events": ["job.failed"], "tau": 0.5}, "k"
     )
     assert form.data == {"instruction": "hat", "webhook_events": ["job.failed"], "tau": "0.5"}
+
+
+def test_the_negative_instruction_is_sent_and_read_back(tmp_path: Path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    sent: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(
+            202, json={**JOB, "params": {**JOB["params"], "negative_instruction": "blurry"}}
+        )
+
+    transport = httpx.MockTransport(answer)
+    sync, async_ = httpx.Client, httpx.AsyncClient
+    monkeypatch.setattr(httpx, "Client", lambda **kw: sync(transport=transport, **kw))
+    monkeypatch.setattr(httpx, "AsyncClient", lambda **kw: async_(transport=transport, **kw))
+    path = tmp_path / "photo.png"
+    Image.new("RGB", (8, 8)).save(path)
+    # the CLI's flag, as a multipart field of Client.edit
+    assert cli_main(["submit", str(path), "hat", "--negative", "blurry", "--url", "http://api.test"]) == 0
+    assert capsys.readouterr().out.strip() == JOB["id"]
+    assert b'name="negative_instruction"\r\n\r\nblurry\r\n' in sent[0].read()
+
+    async def submit_url() -> JobPublic:
+        async with AsyncClient("http://api.test") as client:
+            job = await client.edit("https://example.com/cat.png", "hat", negative_instruction="blurry")
+            return job.data
+
+    data = asyncio.run(submit_url())
+    assert json.loads(sent[1].read())["negative_instruction"] == "blurry"
+    assert data.params.negative_instruction == "blurry"
+    # an answer from a server that predates negatives still reads, as none
+    assert JobPublic.model_validate(JOB).params.negative_instruction == ""
 
 
 def test_a_locally_signed_webhook_verifies_and_a_tampered_one_does_not() -> None:

@@ -49,6 +49,7 @@ class RecordingPipeline(FakeEditPipeline):
         super().__init__(FakeOptions(name="tiny", scales=4, resolutions=resolutions))
         self.calls: list[dict[str, Any]] = []
         self.seen_resolutions: list[int | None] = []
+        self.seen_negatives: list[list[str] | None] = []  # None: the call had no negative_instruction
         self.released = 0
         self.hook = hook
         self.fail = fail
@@ -65,11 +66,13 @@ class RecordingPipeline(FakeEditPipeline):
         tau=None,
         on_scale=None,  # type: ignore[no-untyped-def]
         resolution=None,
+        negative_instruction=None,
     ):
         self.calls.append(
             {"instructions": list(instructions), "seeds": list(seeds or []), "cfg": cfg, "tau": tau}
         )
         self.seen_resolutions.append(resolution)
+        self.seen_negatives.append(None if negative_instruction is None else list(negative_instruction))
         if self.fail is not None:
             raise self.fail
 
@@ -78,7 +81,15 @@ class RecordingPipeline(FakeEditPipeline):
                 self.hook(k, n)
             return on_scale(k, n) if on_scale else None
 
-        return super().edit(images, instructions, seeds=seeds, cfg=cfg, tau=tau, on_scale=wrapped)
+        return super().edit(
+            images,
+            instructions,
+            seeds=seeds,
+            cfg=cfg,
+            tau=tau,
+            on_scale=wrapped,
+            negative_instruction="" if negative_instruction is None else negative_instruction,
+        )
 
 
 @pytest.fixture
@@ -161,6 +172,16 @@ def test_run_edit_succeeds_and_stores_a_decodable_result(runtime, pipeline, subm
     assert pipeline.calls == [{"instructions": ["invert it"], "seeds": [11], "cfg": 2.5, "tau": 0.3}]
     assert pipeline.seen_resolutions == [32]
     assert outcome == f"{job_id}:succeeded"
+
+
+def test_a_negative_instruction_reaches_the_model(runtime, pipeline, submit, sessions) -> None:
+    plain, steered = submit(seed=5), submit(seed=5, negative_instruction="blurry")
+    assert edit_tasks.run_edit(plain).endswith(":succeeded")
+    assert edit_tasks.run_edit(steered).endswith(":succeeded")
+    # a model is only asked for negatives when a job has one
+    assert pipeline.seen_negatives == [None, ["blurry"]]
+    results = [runtime.storage.get(_job(sessions, job_id).result_key) for job_id in (plain, steered)]
+    assert results[0] != results[1]  # the fake's result depends on the negative instruction
 
 
 def test_run_edit_delivered_twice_runs_once(runtime, pipeline, submit, sessions) -> None:
