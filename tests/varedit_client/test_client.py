@@ -69,6 +69,19 @@ def test_edits_from_a_path_bytes_and_a_pil_image_succeed_with_their_results(
             assert isinstance(image, Image.Image) and image.size == (40, 40)
 
 
+def test_a_negative_instruction_reaches_the_model_and_comes_back(platform: Platform) -> None:
+    with Client(platform.url) as client:
+        plain = client.edit(png(4), "steer it", seed=3)
+        steered = client.edit(png(4), "steer it", seed=3, negative_instruction="blurry")
+        for job in (plain, steered):
+            assert job.wait(timeout=DEADLINE_S).status is JobStatus.SUCCEEDED
+        assert (plain.data.params.negative_instruction, steered.data.params.negative_instruction) == (
+            "",
+            "blurry",
+        )
+        assert steered.result() != plain.result()  # the fake model's result depends on it
+
+
 def test_wait_reports_scales_in_order_while_the_job_runs(platform: Platform) -> None:
     token = _token()
     seen: list[tuple[int, int, str]] = []
