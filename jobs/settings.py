@@ -11,6 +11,7 @@ import socket
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 import limits
 from pydantic import BaseModel, Field, model_validator
@@ -36,6 +37,27 @@ class ModelOverride(BaseModel):
         return bool(self.resolutions) and self.cfg is not None and self.tau is not None
 
 
+# Secrets that are public: old compose defaults, MinIO's own, the placeholders of .env.example and
+# deploy/k8s/secrets.example.yaml. Production refuses them (compared case-insensitively).
+KNOWN_DEFAULT_SECRETS = frozenset(
+    {
+        "varedit",
+        "varedit-secret",
+        "minioadmin",
+        "postgres",
+        "password",
+        "secret",
+        "changeme",
+        "change-me",
+        "dev-postgres-password",
+        "dev-redis-password",
+        "dev-minio-root-password",
+        "dev-minio-app-password",
+        "whsec_ZGV2LW9ubHktd2ViaG9vay1zZWNyZXQtbm90LWZvci1wcm9k",
+    }
+)
+
+
 def _default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
@@ -51,6 +73,9 @@ class Settings(BaseSettings):
     broker_url: str = "redis://127.0.0.1:6379/0"  # Celery broker; also carries job-change notifications
     storage_url: str = ""  # empty: file://<data_dir>/objects ; or s3://bucket/prefix
     s3_endpoint_url: str | None = None  # MinIO or any S3-compatible endpoint
+    # Where clients reach that endpoint, when not at s3_endpoint_url (e.g. MinIO inside compose):
+    # presigned result URLs are signed for this one; reads and writes keep using s3_endpoint_url.
+    s3_public_endpoint_url: str | None = None
     s3_region: str = "us-east-1"
     model_path: str | None = None  # a folder, or fake:// for the instant test model; None: the bundled model
     device: str | None = None  # "cuda", "cuda:1", "cpu"; None: CUDA when available
@@ -153,7 +178,25 @@ class Settings(BaseSettings):
             raise ValueError("production needs VAREDIT_AUTH=api_key")
         if self.environment == "production" and self.database_url.startswith("sqlite"):
             raise ValueError("production needs VAREDIT_DATABASE_URL pointing at PostgreSQL")
+        if self.environment == "production" and (defaults := self._default_secrets()):
+            raise ValueError(f"production refuses the published default secrets of {', '.join(defaults)}")
         return self
+
+    def _default_secrets(self) -> list[str]:
+        """The settings (and the S3 secret boto3 reads) whose value is a well-known default."""
+        candidates = {
+            "VAREDIT_DATABASE_URL": [urlsplit(self.database_url).password],
+            "VAREDIT_BROKER_URL": [urlsplit(self.broker_url).password],
+            "VAREDIT_WEBHOOK_SECRETS": self.webhook_secrets,
+            "VAREDIT_METRICS_TOKEN": [self.metrics_token],
+            "AWS_SECRET_ACCESS_KEY": [os.environ.get("AWS_SECRET_ACCESS_KEY")],
+        }
+        known = {secret.lower() for secret in KNOWN_DEFAULT_SECRETS}
+        return [
+            name
+            for name, values in candidates.items()
+            if any(v is not None and v.lower() in known for v in values)
+        ]
 
     @property
     def default_model(self) -> str:

@@ -14,7 +14,7 @@ from typing import Protocol
 from urllib.parse import urlparse
 
 import boto3
-from botocore.client import Config
+from botocore.client import BaseClient, Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from jobs.errors import StorageError
@@ -58,6 +58,11 @@ class Storage(Protocol):
 
     def presigned_url(self, key: str, expires_s: int) -> str | None:
         """A short-lived GET URL, or None when the backend cannot make one (then serve the bytes)."""
+        ...
+
+    def presigned_origin(self) -> str | None:
+        """``scheme://host[:port]`` of the presigned URLs (None: there are none): the web page fetches
+        results there, so its Content-Security-Policy must allow it."""
         ...
 
     def check(self) -> None:
@@ -105,28 +110,46 @@ class LocalStorage:
     def presigned_url(self, key: str, expires_s: int) -> str | None:
         return None
 
+    def presigned_origin(self) -> str | None:
+        return None
+
     def check(self) -> None:
         if not os.access(self.root, os.W_OK):
             raise StorageError(f"storage folder {self.root} is not writable")
 
 
+def _s3_client(endpoint_url: str | None, region: str) -> BaseClient:
+    # Path-style addressing: MinIO and local endpoints have no per-bucket DNS names.
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint_url,
+        region_name=region,
+        config=Config(
+            s3={"addressing_style": "path"}, signature_version="s3v4", retries={"mode": "standard"}
+        ),
+    )
+
+
 class S3Storage:
-    """Objects in an S3 bucket under ``prefix``; ``endpoint_url`` selects MinIO or another service."""
+    """Objects in an S3 bucket under ``prefix``; ``endpoint_url`` selects MinIO or another service.
+
+    ``public_endpoint_url`` is the address clients reach the same service by, when it differs from the
+    one the platform uses (MinIO inside a compose network): presigned URLs are signed for it, since the
+    host is part of the signature. Signing is local, so that client never connects anywhere.
+    """
 
     def __init__(
-        self, bucket: str, prefix: str = "", endpoint_url: str | None = None, region: str = "us-east-1"
+        self,
+        bucket: str,
+        prefix: str = "",
+        endpoint_url: str | None = None,
+        region: str = "us-east-1",
+        public_endpoint_url: str | None = None,
     ) -> None:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
-        # Path-style addressing: MinIO and local endpoints have no per-bucket DNS names.
-        self.client = boto3.client(
-            "s3",
-            endpoint_url=endpoint_url,
-            region_name=region,
-            config=Config(
-                s3={"addressing_style": "path"}, signature_version="s3v4", retries={"mode": "standard"}
-            ),
-        )
+        self.client = _s3_client(endpoint_url, region)
+        self.signing_client = _s3_client(public_endpoint_url, region) if public_endpoint_url else self.client
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -165,9 +188,13 @@ class S3Storage:
             raise StorageError(f"could not delete {key}: {e}") from e
 
     def presigned_url(self, key: str, expires_s: int) -> str | None:
-        return self.client.generate_presigned_url(
+        return self.signing_client.generate_presigned_url(
             "get_object", Params={"Bucket": self.bucket, "Key": self._key(key)}, ExpiresIn=expires_s
         )
+
+    def presigned_origin(self) -> str | None:
+        endpoint = urlparse(self.signing_client.meta.endpoint_url)
+        return f"{endpoint.scheme}://{endpoint.netloc}"
 
     def check(self) -> None:
         try:
@@ -176,15 +203,31 @@ class S3Storage:
             raise StorageError(f"bucket {self.bucket} is not reachable: {e}") from e
 
 
-def storage_from_url(url: str, endpoint_url: str | None = None, region: str = "us-east-1") -> Storage:
+def storage_from_url(
+    url: str,
+    endpoint_url: str | None = None,
+    region: str = "us-east-1",
+    public_endpoint_url: str | None = None,
+) -> Storage:
     """``file:///abs/path`` -> `LocalStorage`; ``s3://bucket/prefix`` -> `S3Storage`."""
     parsed = urlparse(url)
     if parsed.scheme == "file":
         return LocalStorage(parsed.path)
     if parsed.scheme == "s3":
-        return S3Storage(parsed.netloc, parsed.path, endpoint_url=endpoint_url, region=region)
+        return S3Storage(
+            parsed.netloc,
+            parsed.path,
+            endpoint_url=endpoint_url,
+            region=region,
+            public_endpoint_url=public_endpoint_url,
+        )
     raise ValueError(f"unsupported storage URL {url!r}: use file:///path or s3://bucket/prefix")
 
 
 def storage_from_settings(settings: Settings) -> Storage:
-    return storage_from_url(settings.storage_url, settings.s3_endpoint_url, settings.s3_region)
+    return storage_from_url(
+        settings.storage_url,
+        settings.s3_endpoint_url,
+        settings.s3_region,
+        public_endpoint_url=settings.s3_public_endpoint_url,
+    )

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlparse
 
 import httpx
 import pytest
 
 from jobs.errors import StorageError
-from jobs.storage import LocalStorage, S3Storage, Storage, result_key, source_key, storage_from_url
+from jobs.settings import Settings
+from jobs.storage import (
+    LocalStorage,
+    S3Storage,
+    Storage,
+    result_key,
+    source_key,
+    storage_from_settings,
+    storage_from_url,
+)
+from serve.redis_server import free_port
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -76,3 +88,49 @@ def test_storage_from_url_picks_backend(tmp_path: Path, s3_endpoint: str) -> Non
     assert isinstance(s3, S3Storage) and (s3.bucket, s3.prefix) == ("bucket", "some/prefix")
     with pytest.raises(ValueError):
         storage_from_url("ftp://host/x")
+
+
+def test_s3_presigned_url_names_the_public_endpoint(s3_endpoint: str, s3_bucket: str) -> None:
+    # The same moto server under two names: the platform's (127.0.0.1) and the clients' (localhost).
+    port = urlparse(s3_endpoint).port
+    public = f"http://localhost:{port}"
+    storage = S3Storage(s3_bucket, "results", endpoint_url=s3_endpoint, public_endpoint_url=public)
+    storage.put("jobs/a/result-1.png", b"edited", "image/png")
+    assert storage.client.meta.endpoint_url == s3_endpoint
+    url = storage.presigned_url("jobs/a/result-1.png", 60)
+    assert url is not None and url.startswith(f"{public}/{s3_bucket}/results/jobs/a/result-1.png?")
+    assert storage.presigned_origin() == public
+    response = httpx.get(url)
+    assert response.status_code == 200 and response.content == b"edited"
+
+
+def test_s3_reads_and_writes_never_use_the_public_endpoint(s3_endpoint: str, s3_bucket: str) -> None:
+    # Nothing listens on the public endpoint: every operation still works, so each one went to the
+    # internal endpoint, and signing the URL needed no connection at all.
+    public = f"http://127.0.0.1:{free_port()}"
+    storage = S3Storage(s3_bucket, endpoint_url=s3_endpoint, public_endpoint_url=public)
+    storage.check()
+    storage.put("jobs/b/source.png", b"source", "image/png")
+    assert storage.exists("jobs/b/source.png") and storage.get("jobs/b/source.png") == b"source"
+    url = storage.presigned_url("jobs/b/source.png", 60)
+    assert url is not None and url.startswith(f"{public}/{s3_bucket}/jobs/b/source.png?")
+    storage.delete("jobs/b/source.png")
+    assert not storage.exists("jobs/b/source.png")
+
+
+def test_storage_from_settings_wires_the_public_endpoint(
+    make_settings: Callable[..., Settings], s3_endpoint: str, s3_bucket: str
+) -> None:
+    settings = make_settings(
+        storage_url=f"s3://{s3_bucket}/v1",
+        s3_endpoint_url=s3_endpoint,
+        s3_public_endpoint_url="https://s3.example.com",
+    )
+    storage = storage_from_settings(settings)
+    assert isinstance(storage, S3Storage)
+    assert storage.client.meta.endpoint_url == s3_endpoint
+    assert storage.presigned_origin() == "https://s3.example.com"
+    # without a public endpoint, URLs are signed for the one the platform uses
+    same = storage_from_settings(make_settings(storage_url=f"s3://{s3_bucket}", s3_endpoint_url=s3_endpoint))
+    assert same.presigned_origin() == s3_endpoint
+    assert LocalStorage(settings.data_dir).presigned_origin() is None
