@@ -20,9 +20,12 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
 fi
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
-# torch first and pinned, so nothing pulls a CUDA build.
+# torch first and pinned, so nothing pulls a CUDA build; then exactly the locked versions
+# (requirements/dev.lock: torch==2.13.0 and no CUDA package; scripts/lock.sh remakes it), then the
+# project itself, whose dependencies the lock already holds.
 python -m pip install -q "torch==2.13.0"
-python -m pip install -q -e ".[dev]"
+python -m pip install -q -r requirements/dev.lock
+python -m pip install -q --no-deps -e .
 # Lint and formatting first: a style slip fails fast, before the long suite.
 ruff check .
 ruff format --check .
