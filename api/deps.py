@@ -12,6 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.errors import Unauthorized
+from api.facts import FactsCache
 from api.watch import JobWatcher
 from jobs import keys, queries
 from jobs.models import Job
@@ -62,6 +63,10 @@ def get_notifier(request: Request) -> Notifier:
     return request.app.state.notifier
 
 
+def get_facts(request: Request) -> FactsCache:
+    return request.app.state.facts
+
+
 def get_watcher(request: Request) -> JobWatcher:
     return request.app.state.watcher
 
@@ -73,6 +78,7 @@ StorageDep = Annotated[Storage, Depends(get_storage)]
 PublisherDep = Annotated[Publisher, Depends(get_publisher)]
 NotifierDep = Annotated[Notifier, Depends(get_notifier)]
 WatcherDep = Annotated[JobWatcher, Depends(get_watcher)]
+FactsDep = Annotated[FactsCache, Depends(get_facts)]
 
 
 BEARER = HTTPBearer(auto_error=False, description="An API key from `varedit-serve keys create`.")

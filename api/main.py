@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from api.body_limit import BodyLimitMiddleware
 from api.errors import install_error_handlers
+from api.facts import FactsCache
 from api.limits import WriteLimits
 from api.metrics import Metrics
 from api.middleware import DocsPolicyMiddleware, RequestContextMiddleware
@@ -54,6 +55,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.notifier = Notifier(settings.broker_url)
     app.state.watcher = JobWatcher(settings.broker_url, settings.wait_recheck_s)
     app.state.limits = WriteLimits(settings)
+    app.state.facts = FactsCache(app.state.sessions, settings)
     await app.state.watcher.start()
     try:
         yield

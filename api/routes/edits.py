@@ -7,16 +7,13 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from sqlalchemy.orm import Session, sessionmaker
 
-from api.deps import PublisherDep, SessionsDep, SettingsDep, StorageDep, WatcherDep
+from api.deps import FactsDep, PublisherDep, SessionsDep, SettingsDep, StorageDep, WatcherDep
 from api.limits import WriterDep
 from api.schemas import EditCreate, JobPublic, error_responses, job_path, render_job
 from api.validation import build_spec, inspect_image, read_edit_request
 from api.waiting import changes, preferred_wait_s
 from jobs.service import request_fingerprint, submit_edit
-from jobs.settings import Settings
-from jobs.workers import ModelFacts, model_facts
 
 router = APIRouter(prefix="/v1", tags=["edits"])
 
@@ -48,11 +45,6 @@ _REQUEST_BODY = {
 }
 
 
-def _served_models(sessions: sessionmaker[Session], settings: Settings) -> dict[str, ModelFacts | None]:
-    with sessions() as session:
-        return model_facts(session, settings)
-
-
 @router.post(
     "/edits",
     status_code=202,
@@ -72,6 +64,7 @@ async def create_edit(
     storage: StorageDep,
     publisher: PublisherDep,
     watcher: WatcherDep,
+    facts: FactsDep,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
     prefer: Annotated[
         str | None,
@@ -81,7 +74,7 @@ async def create_edit(
     """Submit an edit: the image and instruction are stored and the job is queued for a GPU worker.
     With `Prefer: wait=N` the answer waits for the job: 200 with the finished job when it ends within
     N seconds, else 202 with the job as it is then (poll, stream or wait on it as usual)."""
-    served = await run_in_threadpool(_served_models, sessions, settings)
+    served = facts.fresh() or await run_in_threadpool(facts.load)
     fields, image = await read_edit_request(request, settings, principal.id)
     content_type = await run_in_threadpool(inspect_image, image, settings)
     spec = build_spec(
