@@ -37,11 +37,13 @@ class Principal:
 ANONYMOUS = Principal("anonymous", max_priority=10)
 
 
-def get_settings(request: Request) -> Settings:
+# The getters below only read app.state: `async def` keeps FastAPI from running each in a worker
+# thread (a thread hop per dependency per request was a tenth of a submit's CPU).
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_sessions(request: Request) -> sessionmaker[Session]:
+async def get_sessions(request: Request) -> sessionmaker[Session]:
     return request.app.state.sessions
 
 
@@ -51,23 +53,23 @@ def get_session(sessions: Annotated[sessionmaker[Session], Depends(get_sessions)
         yield session
 
 
-def get_storage(request: Request) -> Storage:
+async def get_storage(request: Request) -> Storage:
     return request.app.state.storage
 
 
-def get_publisher(request: Request) -> Publisher:
+async def get_publisher(request: Request) -> Publisher:
     return request.app.state.publisher
 
 
-def get_notifier(request: Request) -> Notifier:
+async def get_notifier(request: Request) -> Notifier:
     return request.app.state.notifier
 
 
-def get_facts(request: Request) -> FactsCache:
+async def get_facts(request: Request) -> FactsCache:
     return request.app.state.facts
 
 
-def get_watcher(request: Request) -> JobWatcher:
+async def get_watcher(request: Request) -> JobWatcher:
     return request.app.state.watcher
 
 
