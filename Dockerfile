@@ -31,8 +31,9 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 COPY requirements/platform.lock requirements/worker.lock requirements/
 RUN grep -v '^torch==' requirements/worker.lock > /tmp/worker-without-torch.txt \
-    && pip wheel --wheel-dir /wheels -r requirements/platform.lock -r /tmp/worker-without-torch.txt \
-       "$(grep '^setuptools==' requirements/worker.lock)"
+    && pip wheel --wheel-dir /wheels -r requirements/platform.lock \
+    && pip wheel --wheel-dir /wheels -r /tmp/worker-without-torch.txt \
+    && pip wheel --wheel-dir /wheels "$(grep '^setuptools==' requirements/worker.lock)"
 
 # The code, and only the code: the packages, the migrations and what the build reads. Installed
 # editable, so it runs from /app, where jobs/db.py finds alembic.ini and migrations/ beside it.

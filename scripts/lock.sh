@@ -27,5 +27,6 @@ compile() {
   fi
 }
 compile requirements/dev.lock --extra dev
-compile requirements/platform.lock --extra platform
-compile requirements/worker.lock --extra platform --extra model
+# The images' sets are subsets of what CI tests, at the same versions.
+compile requirements/platform.lock --extra platform --constraint requirements/dev.lock
+compile requirements/worker.lock --extra platform --extra model --constraint requirements/dev.lock

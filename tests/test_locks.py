@@ -68,3 +68,9 @@ def test_torch_is_pinned_without_a_build_label_where_it_belongs() -> None:
     # No "+cpu": the same line accepts the CPU wheel in CI and the CUDA build in the worker image.
     assert pins("dev.lock")["torch"] == pins("worker.lock")["torch"] == "2.13.0"
     assert "torch" not in pins("platform.lock")
+
+
+@pytest.mark.parametrize("lock", ["platform.lock", "worker.lock"])
+def test_the_images_ship_the_versions_ci_tests(lock: str) -> None:
+    tested = pins("dev.lock")
+    assert {k: v for k, v in pins(lock).items() if tested.get(k) != v} == {}
