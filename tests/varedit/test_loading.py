@@ -81,3 +81,21 @@ def test_our_folder_is_adopted_without_a_copy(release: Path, tmp_path: Path) -> 
     vae = ckpt.load_vae(tmp_path / ckpt.VAE_FILE, cfg)
     masks = {"quantizer.lfq.mask", "quantize.lfq.mask"}  # not stored in our format: made on load
     assert mapped_from(tmp_path / ckpt.VAE_FILE, vae) == set(vae.state_dict()) - masks
+
+
+def test_writing_to_loaded_weights_leaves_the_file_alone(release: Path) -> None:
+    """Adopted tensors are private mappings: training a loaded model never edits its checkpoint."""
+    cfg = get_config("tiny-patchify")
+    tf_path, vae_path, _ = ckpt.official_files(release, cfg)
+    model = ckpt.load_official_transformer(tf_path, cfg, dtype=torch.bfloat16)
+    vae = ckpt.load_vae(vae_path, cfg)
+    with torch.no_grad():
+        model.blocks[0].ffn.fc1.weight.add_(1)
+        vae.decoder.conv_out.conv.weight.add_(1)
+    assert not torch.equal(
+        ckpt.load_official_transformer(tf_path, cfg, dtype=torch.bfloat16).blocks[0].ffn.fc1.weight,
+        model.blocks[0].ffn.fc1.weight,
+    )
+    assert not torch.equal(
+        ckpt.load_vae(vae_path, cfg).decoder.conv_out.conv.weight, vae.decoder.conv_out.conv.weight
+    )
