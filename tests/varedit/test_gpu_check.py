@@ -29,8 +29,8 @@ def test_gpu_check_on_cpu_passes_or_skips_every_section(tmp_path: Path) -> None:
         "gpu_tests",
         "e2e",
         "model:tiny",
-        "compile",
         "model:tiny-patchify",
+        "compile",
     ]
     for name, rec in sections.items():
         assert rec["status"] in ("passed", "skipped"), (name, rec)
