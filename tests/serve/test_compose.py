@@ -154,6 +154,13 @@ def test_gpu_workers_drain_within_their_grace_period() -> None:
         assert services[name]["environment"]["VAREDIT_DRAIN_GRACE_S"] == "60", name
 
 
+def test_beat_alone_exports_the_job_gauges() -> None:
+    services = resolved()["services"]
+    exporting = [n for n, s in services.items() if "VAREDIT_JOB_METRICS_PORT" in (s.get("environment") or {})]
+    assert exporting == ["beat"]
+    assert services["beat"]["expose"] == [services["beat"]["environment"]["VAREDIT_JOB_METRICS_PORT"]]
+
+
 def test_platform_services_use_the_bucket_user_not_minio_root() -> None:
     values = env_example()
     services = resolved()["services"]
