@@ -21,7 +21,8 @@ from tests.parity import CODES_TOL, assert_images_match, assert_matches_referenc
 from tests.varedit.test_golden_model import read_golden, schedule_of
 from varedit import EditCancelled, EditPipeline, write_random_checkpoint
 from varedit.checkpoints import load_official_golden, load_official_transformer
-from varedit.sampling import generate
+from varedit.pipeline import load_image
+from varedit.sampling import Generation, generate
 from varedit.text import TextFeatures
 
 GOLDEN = Path(__file__).parents[1] / "data" / "golden"
@@ -119,15 +120,39 @@ def image(seed: int, w: int, h: int) -> Image.Image:
 
 
 def test_batch_of_four_equals_each_item_alone(tiny_dir: Path) -> None:
-    """In float32: batched and single edits differ at most by the kernels' summation order (~1 ulp),
-    which cannot flip a sampled bit short of an exact tie."""
+    """Batched generation gives each item the logits it gets alone (fed the same bits), to the parity
+    tolerance: CUDA kernels may sum a row in another order at another batch size, a float32-ulp
+    difference that the cross-attention's bf16 rounding can lift to one bf16 step, so a knife-edge bit
+    may be drawn differently; exact equality of whole edits is asserted on the CPU (test_model). A
+    batching bug (masks, text padding, items mixed) moves logits by 0.1-1."""
     pipe = EditPipeline.from_pretrained(tiny_dir, device=CUDA, dtype=torch.float32)
     imgs = [image(1, 40, 30), image(2, 128, 128), image(3, 20, 70), image(4, 200, 150)]
     texts = ["make it red", "add a hat", "remove the dog", "x"]
-    batch = pipe.edit(imgs, texts, seeds=[11, 12, 13, 14])
-    for im, text, seed, out in zip(imgs, texts, [11, 12, 13, 14], batch, strict=True):
-        [alone] = pipe.edit([im], [text], seeds=[seed])
-        assert np.array_equal(np.asarray(alone), np.asarray(out))
+    sched = pipe.config.schedule(pipe.resolution)
+
+    def run(items: list[int], forced: list[torch.Tensor] | None = None) -> Generation:
+        text = pipe.text_encoder.encode([texts[i] for i in items]).to(CUDA)
+        src = pipe.encode_sources([load_image(imgs[i]) for i in items], sched, pipe.resolution)
+        gens = [torch.Generator().manual_seed(10 + i) for i in items]
+        with torch.inference_mode():
+            return generate(
+                pipe.transformer,
+                pipe.vae,
+                text,
+                src,
+                sched,
+                gens,
+                cfg=3.0,
+                tau=1.0,
+                forced_bits=forced,
+                keep_logits=True,
+            )
+
+    alone = [run([i]) for i in range(4)]
+    batch = run([0, 1, 2, 3], [torch.cat([a.bits[k] for a in alone]) for k in range(len(sched))])
+    for k in range(len(sched)):
+        for i, a in enumerate(alone):  # rows: [cond of each item; uncond of each item]
+            assert_matches_reference(batch.logits[k][[i, 4 + i]].cpu(), a.logits[k].cpu())
 
 
 def test_bf16_pipeline_edits_on_cuda(tiny_dir: Path) -> None:
