@@ -63,6 +63,7 @@ class Child:
     log_path: Path | None = None
     restarts: list[float] = field(default_factory=list)  # monotonic times, within the restart window
     restart_at: float | None = None  # set while a restart waits for its backoff
+    env: dict[str, str] = field(default_factory=dict)  # this child's own variables, over the platform's
     _log: IO[bytes] | None = field(default=None, repr=False)
     _log_offset: int = field(default=0, repr=False)
 
@@ -76,7 +77,9 @@ class Child:
             out = self._log
         # A new session: Ctrl-C in the terminal reaches only us, and we stop each child's whole group.
         err = subprocess.STDOUT if out else None
-        self.process = subprocess.Popen(self.args, env=env, stdout=out, stderr=err, start_new_session=True)
+        self.process = subprocess.Popen(
+            self.args, env={**env, **self.env}, stdout=out, stderr=err, start_new_session=True
+        )
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -193,9 +196,13 @@ class EmbeddedPlatform:
         log_to_console: bool = False,
         extra_env: dict[str, str] | None = None,
         edit_workers: int = 1,
+        worker_metrics_port: int | None = None,
     ) -> None:
         self.host = host
         self.edit_workers = edit_workers
+        # The first of consecutive VAREDIT_WORKER_METRICS_PORTs: edit workers in order, then the light
+        # worker (one port per worker process; a shared one would be bound by the first only).
+        self.worker_metrics_port = worker_metrics_port
         self.port = port or free_port()
         self.extra_env = dict(extra_env or {})
         if model_path:
@@ -216,6 +223,15 @@ class EmbeddedPlatform:
     def job_metrics_url(self) -> str:
         """Where beat exports the queue and job gauges (always on the loopback address)."""
         return f"http://127.0.0.1:{self.env['VAREDIT_JOB_METRICS_PORT']}/metrics"
+
+    @property
+    def worker_metrics_urls(self) -> dict[str, str]:
+        """Each worker's own metrics, by child name (with `worker_metrics_port` set)."""
+        return {
+            c.name: f"http://127.0.0.1:{c.env['VAREDIT_WORKER_METRICS_PORT']}/metrics"
+            for c in self.children
+            if "VAREDIT_WORKER_METRICS_PORT" in c.env
+        }
 
     # -- start ----------------------------------------------------------------------------------
 
@@ -271,6 +287,9 @@ class EmbeddedPlatform:
             *celery, "worker", "-Q", "webhooks,maintenance", "-c", "1", "-O", "fair", "-n", "light@%h",
             "-B", "-s", str(data_dir / "celerybeat-schedule"), *quiet,
         ]))  # fmt: skip
+        if self.worker_metrics_port is not None:
+            for i, child in enumerate(self.children):
+                child.env["VAREDIT_WORKER_METRICS_PORT"] = str(self.worker_metrics_port + i)
         self.children.append(Child("api", [
             py, "-m", "uvicorn", "api.main:app", "--host", self.host,
             "--port", str(self.port), "--no-access-log",
