@@ -226,6 +226,28 @@ def record_outcome(
     return row.status
 
 
+def hand_back(
+    session: Session, delivery_id: str, attempts_before: int, *, now: datetime | None = None
+) -> bool:
+    """A message whose attempt its worker gave up on at shutdown (the drain, worker/drain.py) falls due
+    again at once, its attempt count unchanged: it did not fail, so its retry schedule is untouched.
+    Fenced like `record_outcome`; False when it was settled meanwhile."""
+    now = now or utcnow()
+    handed = session.scalar(
+        update(WebhookDelivery)
+        .where(
+            WebhookDelivery.id == delivery_id,
+            WebhookDelivery.status == DeliveryStatus.PENDING,
+            WebhookDelivery.attempts == attempts_before,
+        )
+        .values(next_attempt_at=now)
+        .returning(WebhookDelivery.id)
+        .execution_options(synchronize_session=False)
+    )
+    log.info("webhook_handed_back", delivery_id=delivery_id, attempts=attempts_before, applied=bool(handed))
+    return handed is not None
+
+
 def deliveries(session: Session, job_id: str) -> list[WebhookDelivery]:
     """The job's messages, oldest first (the delivery log)."""
     return list(

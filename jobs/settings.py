@@ -90,6 +90,10 @@ class Settings(BaseSettings):
     lease_s: int = Field(60, gt=0)  # a running job whose lease is this old is presumed lost
     heartbeat_s: int = Field(10, gt=0)  # must stay well under lease_s
     max_attempts: int = Field(3, ge=1)
+    # On SIGTERM a worker takes no new job and lets the one in hand finish for this long, then hands it
+    # back to the queue with its attempt undone (worker/drain.py). A pod's or container's grace period
+    # must exceed it.
+    drain_grace_s: float = Field(60.0, ge=0)
     start_timeout_s: int = Field(3600, gt=0)  # default start deadline: queued longer -> expired
     stranded_after_s: int = Field(300, gt=0)  # queued with no publish for this long -> republish
     result_ttl_s: int = Field(7 * 24 * 3600, gt=0)  # results and sources are deleted after this

@@ -1,4 +1,5 @@
-"""The job state machine's transitions: submit, claim (lease), heartbeat, finish, fail, release, cancel.
+"""The job state machine's transitions: submit, claim (lease), heartbeat, finish, fail, release, hand
+back, cancel.
 
     queued -> running -> succeeded | failed | canceled
     queued -> canceled | expired          (terminal states never change)
@@ -290,9 +291,26 @@ def fail(
 
 
 def release(session: Session, job_id: str, attempt: int, *, now: datetime | None = None) -> bool:
-    """running -> queued, given back by its worker (shutdown, transient fault) so another claim can
-    take it; the attempt still counts towards max_attempts. The caller republishes when True."""
-    now = _now(now)
+    """running -> queued, given back by its worker (transient fault) so another claim can take it; the
+    attempt still counts towards max_attempts. The caller republishes when True."""
+    applied = _requeue(session, job_id, attempt, _now(now))
+    log.info("job_released" if applied else "job_release_fenced", job_id=job_id, attempt=attempt)
+    return applied
+
+
+def hand_back(session: Session, job_id: str, attempt: int, *, now: datetime | None = None) -> bool:
+    """running -> queued when its worker shuts down (the drain, worker/drain.py), with the attempt
+    undone (``attempts - 1``): the job did not fail, so it keeps every attempt it had. Fenced like
+    `release`; the caller republishes when True. The next claim gets the same attempt number again, so
+    the caller must have stopped all work under it first (the number is the attempt's fencing token)."""
+    applied = _requeue(session, job_id, attempt, _now(now), attempts=Job.attempts - 1)
+    log.info("job_handed_back" if applied else "job_hand_back_fenced", job_id=job_id, attempt=attempt)
+    return applied
+
+
+def _requeue(session: Session, job_id: str, attempt: int, now: datetime, **values: Any) -> bool:
+    """running -> queued for the attempt holding the job, unless a cancel is pending (its worker
+    confirms that instead)."""
     job = _update_one(
         session,
         job_id,
@@ -304,8 +322,8 @@ def release(session: Session, job_id: str, attempt: int, *, now: datetime | None
         progress_scales=None,
         dispatched_at=now,
         updated_at=now,
+        **values,
     )
-    log.info("job_released" if job else "job_release_fenced", job_id=job_id, attempt=attempt)
     return job is not None
 
 

@@ -15,7 +15,9 @@ and the light one as ``-Q webhooks,maintenance``; beat as ``celery -A worker.cel
 Delivery semantics. Tasks ack late (after they return), a task whose pool process dies is rejected
 back to the queue, and each worker holds at most one unacknowledged message (prefetch 1, concurrency 1):
 a job is lost by neither a crash nor a slow worker. Duplicates are expected and harmless: `run_edit`
-claims the job with one conditional UPDATE and drops any message it cannot claim.
+claims the job with one conditional UPDATE and drops any message it cannot claim. SIGTERM starts
+Celery's warm shutdown, bounded by the drain (worker/drain.py): the running job finishes within
+``VAREDIT_DRAIN_GRACE_S`` or goes back to the queue at once, its attempt undone.
 """
 
 from __future__ import annotations

@@ -14,8 +14,10 @@ Every state change goes through `Fence`, which runs one `jobs.transitions` call 
 UPDATE) per transaction and, after its commit, sends a "job changed" notification. A job canceled or
 taken away (lease lost) in the middle stops being heartbeated, and no result is ever stored for it.
 Errors become recorded outcomes (``fail`` with a code); transient faults (storage, database) give the
-job back to the queue while it has attempts left. Nothing here raises out of the task: the worker
-process must outlive any job.
+job back to the queue while it has attempts left. When the worker's drain grace runs out
+(worker/drain.py), the next scale boundary stops the jobs still generating, and once the run is over
+they go back to the queue with their attempt undone (`Fence.hand_back`); a job already generated is
+still delivered. Nothing here raises out of the task: the worker process must outlive any job.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from jobs.notify import Notifier
 from jobs.queue import Publisher, publish_quietly
 from jobs.storage import Storage, preview_key, result_key
 from worker import metrics
+from worker.drain import Drain
 from worker.model import PREVIEW_SIZE, EditModel
 
 log = structlog.get_logger(__name__)
@@ -69,6 +72,8 @@ class JobState(enum.StrEnum):
     LOST = "lost"  # fenced out: lease expired and the job went to someone else, or it was finished
     FAILED = "failed"
     RELEASED = "released"  # given back to the queue after a transient fault
+    DRAINED = "drained"  # stopped by the worker's drain; handed back once the run is over
+    HANDED_BACK = "handed_back"  # back in the queue after a drain, its attempt undone
     SUCCEEDED = "succeeded"
     UNKNOWN = "unknown"  # its finish may have committed, and the database could not be asked
 
@@ -232,6 +237,31 @@ class Fence:
             publish_quietly(self.publisher, job.id, job.model, REQUEUE_DELAY_S)
         log.warning("edit_released", job_id=job.id, attempt=job.attempt, reason=reason)
 
+    def withdraw(self, jobs: Iterable[ClaimedJob]) -> None:
+        """The drain stops the active jobs without a result yet: from now on nothing heartbeats or
+        delivers them (their lease still runs until `hand_back`)."""
+        with self._lock:
+            for job in jobs:
+                if job.state is JobState.ACTIVE and job.output is None:
+                    job.state = JobState.DRAINED
+
+    def hand_back(self, job: ClaimedJob) -> None:
+        """A drained job back to the queue with its attempt undone, republished at once for any worker;
+        a cancel that came meanwhile is confirmed instead. Called only when nothing of the run acts
+        on the job any more: the next claim reuses the attempt number."""
+        try:
+            handed = self._tx(lambda s: transitions.hand_back(s, job.id, job.attempt), job)
+            if not handed:
+                self.stop(job)
+                return
+        except SQLAlchemyError:
+            log.exception("job_hand_back_failed", job_id=job.id)  # lease expiry requeues it
+            self._set(job, JobState.LOST)
+            return
+        self._set(job, JobState.HANDED_BACK)
+        publish_quietly(self.publisher, job.id, job.model, 0)
+        log.info("edit_handed_back", job_id=job.id, attempt=job.attempt)
+
 
 class PreviewWriter:
     """Stores previews off the generation thread (PNG encoding and upload on a small pool) and knows,
@@ -294,9 +324,24 @@ class EditRun:
     model: EditModel | None  # None: this process does not serve the jobs' model (give them back)
     jobs: list[ClaimedJob]
     previews: PreviewWriter | None = None  # made when a job of the run asks for previews
+    drain: Drain | None = None  # the worker's (None: never stopped by a drain)
 
     def active(self) -> list[ClaimedJob]:
         return self.fence.active(self.jobs)
+
+    def withdraw_if_draining(self) -> bool:
+        """Once the drain grace is over, withdraw the jobs still to generate (`Fence.withdraw`); True
+        then: stop generating."""
+        if self.drain is None or not self.drain.due():
+            return False
+        self.fence.withdraw(self.jobs)
+        return True
+
+    def hand_back_drained(self) -> None:
+        """After the run, its lease keeper stopped: the withdrawn jobs go back to the queue."""
+        for job in self.jobs:
+            if job.state is JobState.DRAINED:
+                self.fence.hand_back(job)
 
     def give_back(self, reason: str) -> None:
         for job in self.active():
@@ -331,8 +376,11 @@ class EditRun:
     # -- 2. generation ------------------------------------------------------------------------------
 
     def on_scale(self, k: int, n_scales: int, group: list[ClaimedJob]) -> bool:
-        """Heartbeat each job of the group with its progress; False stops the pipeline when none is left."""
+        """Heartbeat each job of the group with its progress; False stops the pipeline when none is left
+        (or the drain withdrew them)."""
         metrics.SCALES.labels(group[0].model).inc()
+        if self.withdraw_if_draining():
+            return False
         now = time.monotonic()
         for job in group:
             if job.state is not JobState.ACTIVE:
@@ -389,6 +437,8 @@ class EditRun:
         for job in self.active():
             groups.setdefault((job.resolution, job.cfg, job.tau), []).append(job)
         for (resolution, cfg, tau), group in groups.items():
+            if self.withdraw_if_draining():
+                return
             group = [j for j in group if j.state is JobState.ACTIVE]
             if not group:
                 continue

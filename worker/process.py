@@ -9,6 +9,9 @@ Order of events in a GPU worker (``-Q edits.<model> -c 1``):
    heartbeat thread;
 3. child:  ``worker_process_shutdown``  delete the heartbeat row.
 
+A child that serves ignores SIGTERM from the end of step 2 and, from its first task on
+(``task_prerun``), takes it as the start of a drain (worker/drain.py).
+
 A light worker (``-Q webhooks,maintenance``) consumes no edits queue and loads nothing.
 
 If loading fails the child logs ``model_load_failed`` with the cause in ``error`` (the embedded runner
@@ -28,7 +31,13 @@ from typing import Any
 
 import structlog
 from celery import current_app
-from celery.signals import celeryd_init, setup_logging, worker_process_init, worker_process_shutdown
+from celery.signals import (
+    celeryd_init,
+    setup_logging,
+    task_prerun,
+    worker_process_init,
+    worker_process_shutdown,
+)
 
 from jobs import outbox, workers
 from jobs.db import session_scope
@@ -36,7 +45,7 @@ from jobs.logging import configure_logging
 from jobs.queue import queue_name, webhook_sender
 from jobs.settings import get_settings
 from jobs.storage import model_example_key
-from worker import heartbeat, metrics
+from worker import drain, heartbeat, metrics
 from worker.fake import is_fake_path
 from worker.model import facts_of
 from worker.pool import resolve_model_path
@@ -81,6 +90,7 @@ def _init_pool_child(sender: str | None = None, **_: Any) -> None:
     models = served_models(list(current_app.amqp.queues.consume_from))
     if not models:  # the light worker: webhook deliveries and maintenance
         metrics.serve_from_env()
+        drain.shield()
         return
     structlog.contextvars.bind_contextvars(worker_id=rt.worker_id)
     rows = heartbeat_rows(rt.worker_id, models)
@@ -94,6 +104,7 @@ def _init_pool_child(sender: str | None = None, **_: Any) -> None:
     except Exception as exc:
         log.exception("model_load_failed", models=models, error=f"{type(exc).__name__}: {exc}")
         rt.pool.clear()
+        drain.shield()  # the parent forwards the SIGTERM below; this child then leaves as the pool closes
         os.kill(os.getppid(), signal.SIGTERM)  # warm shutdown of the whole worker; tasks won't claim
         return
     metrics.serve_from_env()
@@ -101,6 +112,7 @@ def _init_pool_child(sender: str | None = None, **_: Any) -> None:
     beats.beat(ready=True)
     beats.start()
     rt.heartbeat = beats
+    drain.shield()
 
 
 def load_model(rt: Runtime, name: str) -> None:
@@ -127,6 +139,11 @@ def publish_examples(rt: Runtime, name: str, folder: Path) -> tuple[str, list[di
         rt.storage.put(key, (folder / example.image).read_bytes(), content_type)
         examples.append({"instruction": example.instruction, "image_key": key, "content_type": content_type})
     return serving.description, examples
+
+
+@task_prerun.connect
+def _arm_drain(**_: Any) -> None:
+    drain.arm(get_runtime().drain)
 
 
 @worker_process_shutdown.connect

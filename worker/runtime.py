@@ -1,5 +1,5 @@
 """The state of one worker process, in one object: settings, identity, database sessions, storage, the
-broker clients, the warm models and the heartbeat thread.
+broker clients, the warm models, the heartbeat thread and the drain.
 
 Built lazily in the process that uses it (the pool child, after the fork), never inherited through a
 fork: a database connection or an S3 client shared by two processes corrupts both. The one thing the
@@ -21,6 +21,7 @@ from jobs.notify import Notifier
 from jobs.queue import CeleryPublisher
 from jobs.settings import Settings, get_settings
 from jobs.storage import Storage, storage_from_settings
+from worker.drain import Drain
 from worker.heartbeat import HeartbeatThread
 from worker.pool import ModelPool
 
@@ -55,6 +56,10 @@ class Runtime:
         from celery import current_app  # the worker's app, configured by worker.celery_app
 
         return CeleryPublisher(current_app)
+
+    @cached_property
+    def drain(self) -> Drain:
+        return Drain(self.settings.drain_grace_s)
 
     def close(self) -> None:
         if "engine" in self.__dict__:

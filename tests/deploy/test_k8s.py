@@ -262,6 +262,33 @@ def test_gpu_workers_hold_one_gpu_and_wait_for_their_warm_up(kustomization: str)
         assert d["spec"]["selector"]["matchLabels"]["varedit.io/model"] == model
 
 
+# After the drain grace a worker still hands its edit back at the next scale, delivers a result already
+# generated (an upload, up to 10 s of preview flush) and exits: the pod's grace period must cover that too.
+DRAIN_MARGIN_S = 20
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_every_worker_drains_within_its_grace_period(kustomization: str) -> None:
+    """terminationGracePeriodSeconds > the worker's VAREDIT_DRAIN_GRACE_S + margin: a worker told to
+    stop is never killed while it may still hand its job back (worker/drain.py). Each worker states its
+    drain grace next to its grace period, not through the shared ConfigMap."""
+    objects = render(kustomization)
+    workers = [
+        d
+        for d in of_kind(objects, "Deployment")
+        if any(c.get("command", [])[:4] == ["celery", "-A", "worker.celery_app", "worker"] for c in
+               pod_spec(d)["containers"])
+    ]  # fmt: skip
+    assert {component(d) for d in workers} == {"gpu-worker", "light-worker"}
+    for d in workers:
+        (container,) = pod_spec(d)["containers"]
+        env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+        drain_s = float(env["VAREDIT_DRAIN_GRACE_S"])
+        assert drain_s > 0
+        assert pod_spec(d)["terminationGracePeriodSeconds"] > drain_s + DRAIN_MARGIN_S, d["metadata"]["name"]
+        assert "VAREDIT_DRAIN_GRACE_S" not in config_of(objects, container)
+
+
 @pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
 def test_every_served_model_has_gpu_workers(kustomization: str) -> None:
     objects = render(kustomization)

@@ -210,6 +210,28 @@ def test_release_requeues_for_another_claim(sessions: Sessions, submit_job: Call
     assert (job.attempts, job.worker_id) == (2, "w2")
 
 
+def test_hand_back_requeues_with_the_attempt_undone_and_is_fenced(
+    sessions: Sessions, submit_job: Callable[..., str]
+) -> None:
+    job_id, canceled = submit_job(), submit_job()
+    attempt = _claim(sessions, job_id, "w1").attempts
+    with session_scope(sessions) as session:
+        assert not transitions.hand_back(session, job_id, attempt + 1)  # not the attempt holding it
+        assert transitions.hand_back(session, job_id, attempt)
+        assert not transitions.hand_back(session, job_id, attempt)  # once only: it is queued now
+    job = _job(sessions, job_id)
+    assert (job.status, job.attempts, job.worker_id) == (JobStatus.QUEUED, 0, None)
+    assert job.lease_expires_at is None
+    assert (_claim(sessions, job_id, "w2").attempts, _job(sessions, job_id).worker_id) == (1, "w2")
+    # a cancel that came meanwhile is not requeued: the worker confirms it instead
+    canceled_attempt = _claim(sessions, canceled).attempts
+    with session_scope(sessions) as session:
+        transitions.cancel(session, canceled)
+        assert not transitions.hand_back(session, canceled, canceled_attempt)
+        assert transitions.mark_canceled(session, canceled, canceled_attempt)
+    assert _job(sessions, canceled).status is JobStatus.CANCELED
+
+
 def test_reaper_fails_after_max_attempts_and_cancels_pending_cancels(
     sessions: Sessions, submit_job: Callable[..., str]
 ) -> None:

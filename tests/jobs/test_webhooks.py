@@ -204,6 +204,23 @@ def test_outcomes_are_fenced_by_attempt(sessions, submit_job) -> None:
         assert row.status is DeliveryStatus.DELIVERED and row.delivered_at is not None
 
 
+def test_a_handed_back_message_is_due_at_once_with_no_attempt_counted(sessions, submit_job) -> None:
+    delivery_id = _one_message(sessions, submit_job)
+    with session_scope(sessions) as session:  # reserved by the dispatcher, then given up at shutdown
+        assert outbox.claim_due(session, hold_s=600) == [delivery_id]
+    with session_scope(sessions) as session:
+        assert not outbox.hand_back(session, delivery_id, 1)  # not its attempt count: fenced
+        assert outbox.hand_back(session, delivery_id, 0)
+    with session_scope(sessions) as session:
+        assert outbox.claim_due(session, hold_s=600) == [delivery_id]  # due again, not in ten minutes
+    with sessions() as session:
+        row = session.get(WebhookDelivery, delivery_id)
+        assert (row.status, row.attempts, row.last_error) == (DeliveryStatus.PENDING, 0, None)
+    assert _record(sessions, delivery_id, Outcome(Verdict.DELIVERED, answer=200)) is DeliveryStatus.DELIVERED
+    with session_scope(sessions) as session:  # a settled message is not handed back
+        assert not outbox.hand_back(session, delivery_id, 0)
+
+
 def test_gone_stops_the_jobs_other_messages_to_that_url(sessions, submit_job) -> None:
     job_id = submit_job(webhook_url=HOOK)
     _run_to_success(sessions, job_id)

@@ -55,7 +55,8 @@ def run_edit(self: Task, job_id: str) -> str:
             metrics.QUEUE_WAIT_SECONDS.labels(job.model).observe(max(0.0, wait_s))
     log.info("run_edit_claimed", job_ids=[j.id for j in jobs], claim_ms=claim_ms)
     model = jobs[0].model
-    run = EditRun(fence(rt), rt.storage, rt.pool.get(model) if model in rt.pool.models else None, jobs)
+    served = rt.pool.get(model) if model in rt.pool.models else None
+    run = EditRun(fence(rt), rt.storage, served, jobs, drain=rt.drain)
     if run.model is None:  # a message on the wrong queue: hand the jobs back at once
         run.give_back(f"{model} is not served here")
         return "misrouted"
@@ -70,7 +71,9 @@ def fence(rt: Runtime) -> Fence:
 
 
 def execute(run: EditRun, heartbeat_s: float) -> None:
-    """Sources, generation, results; faults become outcomes, never exceptions out of the task."""
+    """Sources, generation, results; faults become outcomes, never exceptions out of the task. Jobs a
+    drain withdrew are handed back only once the lease keeper is stopped: the next claim reuses their
+    attempt number."""
     try:
         with LeaseKeeper(run.fence, run.jobs, heartbeat_s):
             run.load_sources()
@@ -83,4 +86,5 @@ def execute(run: EditRun, heartbeat_s: float) -> None:
         log.exception("edit_internal_error")
         run.fail_active("internal_error", f"{type(exc).__name__}: {exc}")
     finally:
+        run.hand_back_drained()
         run.cleanup_unfinished()

@@ -3,7 +3,9 @@
 New messages are handed to ``deliver_webhook`` right after the commit that made them (see
 `jobs.outbox.send_after_commit`); ``dispatch_webhooks`` (beat, every `webhook_dispatch_s`) hands over
 retries and anything whose hand-over was lost. ``deliver_webhook`` makes one attempt and records its
-outcome. The database decides what is due, so a lost task message only delays an attempt.
+outcome. The database decides what is due, so a lost task message only delays an attempt. When the
+worker drains (worker/drain.py), a POST still unanswered at the end of the grace is given up on and its
+message is due again at once, without counting as an attempt (receivers deduplicate on webhook-id).
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ def dispatch_webhooks() -> int:
 @app.task(name=DELIVER_WEBHOOK_TASK, acks_late=True, ignore_result=True)
 def deliver_webhook(delivery_id: str) -> str | None:
     """One attempt at one message, signed with the secrets of the job's API key (or the deployment's
-    when auth is off); returns the message's status afterwards (None: nothing to do)."""
+    when auth is off); returns the message's status afterwards (None: nothing to do; "handed_back":
+    the drain's grace ran out first)."""
     rt = get_runtime()
     settings = rt.settings
     with session_scope(rt.sessions) as session:
@@ -57,11 +60,14 @@ def deliver_webhook(delivery_id: str) -> str | None:
     structlog.contextvars.bind_contextvars(job_id=delivery.job_id)
     try:
         if secrets:
-            outcome = send(
-                _pool(settings.allow_private_urls, rt.pid), delivery, secrets, settings.webhook_timeout_s
-            )
+            pool = _pool(settings.allow_private_urls, rt.pid)
+            outcome = rt.drain.within_grace(lambda: send(pool, delivery, secrets, settings.webhook_timeout_s))
         else:  # the deployment's secrets were removed after the job was accepted
             outcome = Outcome(Verdict.REFUSED, error="no webhook signing secret is configured")
+        if outcome is None:
+            with session_scope(rt.sessions) as session:
+                outbox.hand_back(session, delivery_id, delivery.attempts)
+            return "handed_back"
         with session_scope(rt.sessions) as session:
             status = outbox.record_outcome(
                 session, delivery_id, delivery.attempts, outcome, settings.webhook_retry_s
