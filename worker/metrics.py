@@ -25,14 +25,14 @@ RUN_SECONDS = Histogram(
     "Pipeline time of one batch (all its scales)",
     ["model"],
     registry=REGISTRY,
-    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300),
+    buckets=(0.05, 0.1, 0.175, 0.25, 0.375, 0.5, 0.75, 1, 1.5, 2, 3, 4, 6, 8, 15, 30, 60, 120, 300),
 )
 QUEUE_WAIT_SECONDS = Histogram(
     "varedit_worker_queue_wait_seconds",
     "From acceptance to claim",
     ["model"],
     registry=REGISTRY,
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 120, 600, 3600),
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
 )
 SCALES = Counter(
     "varedit_worker_scales", "Scales generated (rate() gives scales per second)", ["model"], registry=REGISTRY
