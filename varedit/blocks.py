@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import VAREditConfig
+from .ops import Linear, linear
 from .rope import apply_rope
 
 # attend(q_BHLc, k_BHLc, v_BHLc) -> o_BHLc: the self-attention pattern, chosen by the caller
@@ -43,8 +44,8 @@ def _bf16_round(t: torch.Tensor) -> torch.Tensor:
 class FFN(nn.Module):
     def __init__(self, cfg: VAREditConfig):
         super().__init__()
-        self.fc1 = nn.Linear(cfg.width, cfg.ffn_hidden)
-        self.fc2 = nn.Linear(cfg.ffn_hidden, cfg.width)
+        self.fc1 = Linear(cfg.width, cfg.ffn_hidden)
+        self.fc2 = Linear(cfg.ffn_hidden, cfg.width)
 
     def forward(self, x_BLC: torch.Tensor) -> torch.Tensor:
         x = x_BLC.to(self.fc1.weight.dtype)
@@ -58,18 +59,18 @@ class SelfAttention(nn.Module):
         super().__init__()
         C, H = cfg.width, cfg.num_heads
         self.num_heads, self.head_dim = H, cfg.head_dim
-        self.mat_qkv = nn.Linear(C, 3 * C, bias=False)  # rows: Q, K, V; head h owns rows h*c:(h+1)*c
+        self.mat_qkv = Linear(C, 3 * C, bias=False)  # rows: Q, K, V; head h owns rows h*c:(h+1)*c
         self.q_bias = nn.Parameter(torch.zeros(C))
         self.v_bias = nn.Parameter(torch.zeros(C))  # K has no bias
         self.scale_mul_1H11 = nn.Parameter(torch.full((1, H, 1, 1), math.log(4.0)))
-        self.proj = nn.Linear(C, C)
+        self.proj = Linear(C, C)
 
     def qkv(self, x_BLC: torch.Tensor, rope_2Lc: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Project, normalise q and k (q times the temperature), rotate them. Returns (B, H, L, c) x3."""
         B, L, _ = x_BLC.shape
         w = self.mat_qkv.weight
         bias = torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
-        qkv = F.linear(x_BLC.to(w.dtype), w, bias).view(B, L, 3, self.num_heads, self.head_dim)
+        qkv = linear(x_BLC.to(w.dtype), w, bias).view(B, L, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, L, c) each
         scale_mul = self.scale_mul_1H11.float().clamp_max(MAX_SCALE_MUL).exp()
         q = F.normalize(q.float(), dim=-1) * scale_mul
@@ -92,17 +93,17 @@ class CrossAttention(nn.Module):
         if pool:
             self.mat_q = nn.Parameter(torch.randn(1, num_heads, self.head_dim) * 0.02)
         else:
-            self.mat_q = nn.Linear(C, C)
-        self.mat_kv = nn.Linear(kv_dim, 2 * C, bias=False)  # rows: K, V
+            self.mat_q = Linear(C, C)
+        self.mat_kv = Linear(kv_dim, 2 * C, bias=False)  # rows: K, V
         self.v_bias = nn.Parameter(torch.zeros(C))
-        self.proj = nn.Linear(C, C)
+        self.proj = Linear(C, C)
 
     def kv(self, text_BTC: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Text keys and values, (B, H, T, c) each, rounded to bfloat16 precision."""
         B, T, _ = text_BTC.shape
         w = self.mat_kv.weight
         bias = torch.cat([torch.zeros_like(self.v_bias), self.v_bias])
-        kv = F.linear(text_BTC.to(w.dtype), w, bias).view(B, T, 2, self.num_heads, self.head_dim)
+        kv = linear(text_BTC.to(w.dtype), w, bias).view(B, T, 2, self.num_heads, self.head_dim)
         k, v = _bf16_round(kv).permute(2, 0, 3, 1, 4).unbind(0)
         return k, v
 

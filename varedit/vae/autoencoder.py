@@ -2,6 +2,10 @@
 
 Shapes: B batch, H/W image size, p = patch_size, dq = codebook_dim; the latent is (B, dq, H/p, W/p).
 Module names (`down.{i}.block.{j}`, `mid.block_1`, `up.{i}.upsample`, ...) are the official ones.
+
+Both run channels-last inside: oneDNN convolutions then skip the layout conversions on either side
+of every conv, and GroupNorm and the element-wise ops have channels-last kernels. Outputs come back
+in the default layout, in which the quantizer's resizes round like the official ones.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ import torch
 from torch import nn
 
 from .config import VAEConfig
-from .layers import Conv, Downsample, Normalize, ResnetBlock, Upsample, swish
+from .layers import Conv, Downsample, Normalize, ResnetBlock, Upsample, swish_
 
 
 class Encoder(nn.Module):
@@ -38,14 +42,14 @@ class Encoder(nn.Module):
         self.conv_out = Conv(cin, cfg.codebook_dim, 3, padding=1)
 
     def forward(self, x_B3HW: torch.Tensor) -> torch.Tensor:
-        h = self.conv_in(x_B3HW)
+        h = self.conv_in(x_B3HW.contiguous(memory_format=torch.channels_last))
         for level in self.down:
             for block in level.block:
                 h = block(h)
             if hasattr(level, "downsample"):
                 h = level.downsample(h)
         h = self.mid.block_2(self.mid.block_1(h))
-        return self.conv_out(swish(self.norm_out(h)))  # (B, dq, H/p, W/p)
+        return self.conv_out(swish_(self.norm_out(h))).contiguous()  # (B, dq, H/p, W/p)
 
 
 class Decoder(nn.Module):
@@ -75,11 +79,11 @@ class Decoder(nn.Module):
         self.conv_out = Conv(cin, 3, 3, padding=1)
 
     def forward(self, z_BdHW: torch.Tensor) -> torch.Tensor:
-        h = self.conv_in(z_BdHW)
+        h = self.conv_in(z_BdHW.contiguous(memory_format=torch.channels_last))
         h = self.mid.block_2(self.mid.block_1(h))
         for level in reversed(self.up):
             for block in level.block:
                 h = block(h)
             if hasattr(level, "upsample"):
                 h = level.upsample(h)
-        return self.conv_out(swish(self.norm_out(h)))  # (B, 3, H, W)
+        return self.conv_out(swish_(self.norm_out(h))).contiguous()  # (B, 3, H, W)
