@@ -385,12 +385,14 @@ class EditRun:
         for job in group:
             if job.state is not JobState.ACTIVE:
                 continue
+            if k < n_scales and now - job.progress_written_at < PROGRESS_EVERY_S:
+                # Between writes the database is not asked: a scale can take a few milliseconds, and a
+                # query per scale per worker is what limited the fleet. A cancel or a lost lease shows
+                # at the next write, at most PROGRESS_EVERY_S later.
+                continue
             try:
-                if k == n_scales or now - job.progress_written_at >= PROGRESS_EVERY_S:
-                    keep = self.fence.heartbeat(job, (k, n_scales), self._stored_previews(job))
-                    job.progress_written_at = now
-                else:
-                    keep = self.fence.still_ours(job) or self.fence.heartbeat(job, (k, n_scales))
+                keep = self.fence.heartbeat(job, (k, n_scales), self._stored_previews(job))
+                job.progress_written_at = now
                 if not keep:
                     self.fence.stop(job)
             except SQLAlchemyError:
