@@ -46,6 +46,8 @@ from serve.redis_server import RedisServer, free_port, redis_reachable
 
 READY_TIMEOUT_S = 600.0  # loading a real model on CPU can take minutes
 STOP_GRACE_S = 20.0  # warm shutdown of the workers before SIGKILL
+# Unless set, the workers' drain (worker/drain.py) hands a running edit back well inside STOP_GRACE_S.
+DRAIN_GRACE_S = 10.0
 POLL_S = 0.2
 LOG_MAX_BYTES = 10 * 1024 * 1024  # a child's log is rotated at its next start past this size
 LOG_KEEP = 3
@@ -264,6 +266,8 @@ class EmbeddedPlatform:
             "VAREDIT_STORAGE_URL": settings.storage_url,
             "PYTHONUNBUFFERED": "1",
         }
+        if "VAREDIT_DRAIN_GRACE_S" not in env:
+            self.env["VAREDIT_DRAIN_GRACE_S"] = str(DRAIN_GRACE_S)
         if settings.job_metrics_port is None:  # beat (in the light worker) exports the job gauges
             self.env["VAREDIT_JOB_METRICS_PORT"] = str(free_port())
         if not settings.webhook_secrets:
