@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import VAREditConfig
-from .ops import Linear, linear
+from .ops import Linear, linear, linear_gelu
 from .rope import apply_rope
 
 # attend(q_BHLc, k_BHLc, v_BHLc) -> o_BHLc: the self-attention pattern, chosen by the caller
@@ -49,7 +49,7 @@ class FFN(nn.Module):
 
     def forward(self, x_BLC: torch.Tensor) -> torch.Tensor:
         x = x_BLC.to(self.fc1.weight.dtype)
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+        return self.fc2(linear_gelu(x, self.fc1.weight, self.fc1.bias))
 
 
 class SelfAttention(nn.Module):

@@ -148,11 +148,12 @@ class EditPipeline:
         self.serving = serving or Serving.trained(config)
         self.device = torch.device(device)
         # bfloat16 blocks mean the official GPU precision map, where the VAE also decodes under
-        # bf16 autocast (here channels-last, which bf16 convolutions prefer on CPU and GPU);
-        # float32 blocks keep the whole edit in float32 and in the reference memory layout.
+        # bf16 autocast; float32 blocks keep the whole edit in float32.
         self.dtype = transformer.blocks[0].sa.mat_qkv.weight.dtype
-        if self.dtype == torch.bfloat16:
-            vae.decoder.to(memory_format=torch.channels_last)
+        # the encoder and decoder run channels-last inside (vae/autoencoder.py): store their conv
+        # weights so too, or every conv converts its weight on each call
+        vae.encoder.to(memory_format=torch.channels_last)
+        vae.decoder.to(memory_format=torch.channels_last)
 
     # ---- loading ---------------------------------------------------------------------------
 
