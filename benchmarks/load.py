@@ -6,11 +6,13 @@
 Writes a random checkpoint of the variant in the official format (`write_random_official`: official
 keys, bfloat16 blocks, float32 elsewhere) and converts it to our folder format (`convert_official`),
 under a temporary directory on local disk. Then, one at a time, a fresh subprocess loads each format's
-transformer and VAE on the CPU with bfloat16 blocks (the official precision map) and reads every tensor
-once, and reports its peak RSS (its own `ru_maxrss`). Weights are memory-mapped and adopted in place,
+transformer and VAE on the CPU with bfloat16 blocks (the official precision map), with the checkpoint
+loaders and then with `EditPipeline.from_pretrained`, reads every tensor once, and reports its peak
+RSS (its own `ru_maxrss`). Weights are memory-mapped and adopted in place,
 so the mapped file pages are the model: the read is what brings them into memory, and is timed apart
 from the load itself. The page cache of the files is dropped before each load (a cold read from disk).
-The T5 text encoder (loaded by Hugging Face) is not part of the measurement.
+The T5 text encoder is a random two-layer stand-in of the real width: the flan-t5-xl weights
+(loaded by Hugging Face) are not part of the measurement.
 
 Prints the sizes of all three variants (computed on the meta device) and the measured rows against
 the goal: peak RSS <= 1.2 x the bf16 size of the weights loaded (transformer + VAE). Not a test.
@@ -63,25 +65,33 @@ def rss_now() -> dict[str, int]:
     return {k: int(fields[k].split()[0]) * 1024 for k in ("VmRSS", "RssAnon", "RssFile")}
 
 
-def child_load(fmt: str, folder: Path, variant: str, dtype_name: str) -> dict:
-    """Runs in the measured subprocess: load, read every tensor, report times and memory."""
+def child_load(fmt: str, folder: Path, variant: str, dtype_name: str, via_pipeline: bool) -> dict:
+    """Runs in the measured subprocess: load (with the checkpoint loaders, or the whole
+    `EditPipeline.from_pretrained`), read every tensor, report times and memory."""
     import torch
 
     from varedit import checkpoints as ckpt
     from varedit.config import get_config
 
+    if via_pipeline:  # what the pipeline imports belongs to the bare process
+        from transformers import AutoTokenizer, T5EncoderModel  # noqa: F401
+
+        from varedit.pipeline import EditPipeline
     torch.set_num_threads(2)
     cfg = get_config(variant)
     dtype = getattr(torch, dtype_name)
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     t0 = time.perf_counter()
-    if fmt == "official":
+    if via_pipeline:
+        pipe = EditPipeline.from_pretrained(folder, variant=variant, device="cpu", dtype=dtype)
+        model, vae = pipe.transformer, pipe.vae
+    elif fmt == "official":
         tf_path, vae_path, _ = ckpt.official_files(folder, cfg)
         model = ckpt.load_official_transformer(tf_path, cfg, "cpu", dtype)
+        vae = ckpt.load_vae(vae_path, cfg, "cpu")
     else:
         model = ckpt.load_transformer_safetensors(folder / ckpt.TRANSFORMER_FILE, cfg, "cpu", dtype)
-        vae_path = folder / ckpt.VAE_FILE
-    vae = ckpt.load_vae(vae_path, cfg, "cpu")
+        vae = ckpt.load_vae(folder / ckpt.VAE_FILE, cfg, "cpu")
     t_load = time.perf_counter() - t0
     after_load = rss_now()
     for t in [*model.state_dict().values(), *vae.state_dict().values()]:
@@ -172,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         if role == "write":
             result = child_write(Path(path), args.variant)
         else:
-            result = child_load(fmt, Path(path), args.variant, dtype)
+            result = child_load(fmt, Path(path), args.variant, dtype, via_pipeline=role == "pipeline")
         print(json.dumps(result))
         return 0
 
@@ -199,15 +209,16 @@ def main(argv: list[str] | None = None) -> int:
             f"goal peak <= {GOAL} x = {GOAL * s['bf16_bytes'] / GiB:.2f} GiB"
         )
         print(
-            f"{'format':<10}{'load s':>8}{'read s':>8}{'bare GiB':>10}{'peak GiB':>10}{'peak/bf16':>11}"
-            f"{'anon GiB':>10}{'file GiB':>10}  goal"
+            f"{'format, loaded by':<20}{'load s':>8}{'read s':>8}{'bare GiB':>10}{'peak GiB':>10}"
+            f"{'peak/bf16':>11}{'anon GiB':>10}{'file GiB':>10}  goal"
         )
-        for fmt in ("official", "ours"):
+        for role, fmt in [(r, f) for r in ("load", "pipeline") for f in ("official", "ours")]:
             drop_page_cache(root / fmt)
-            r = run_child("--variant", args.variant, "--child", "load", fmt, str(root / fmt), args.dtype)
+            r = run_child("--variant", args.variant, "--child", role, fmt, str(root / fmt), args.dtype)
             ratio = r["peak_rss"] / s["bf16_bytes"]
+            label = f"{fmt}, {'loaders' if role == 'load' else 'pipeline'}"
             print(
-                f"{fmt:<10}{r['load_s']:>8.2f}{r['read_s']:>8.2f}{r['baseline_rss'] / GiB:>10.2f}"
+                f"{label:<20}{r['load_s']:>8.2f}{r['read_s']:>8.2f}{r['baseline_rss'] / GiB:>10.2f}"
                 f"{r['peak_rss'] / GiB:>10.2f}{ratio:>11.2f}{r['end']['RssAnon'] / GiB:>10.2f}"
                 f"{r['end']['RssFile'] / GiB:>10.2f}  {'met' if ratio <= GOAL else 'MISSED'}"
             )

@@ -13,6 +13,7 @@ variant) raises `CheckpointError` naming the keys. Official VAE files go through
 Loading never holds the weights twice: files are memory-mapped (`torch.load(mmap=True)`, safetensors),
 the model is built on the meta device and adopts each tensor cast once to its final device and dtype;
 a tensor already there (bf16 blocks on the CPU) is the mapped file itself, read from disk on first use.
+The small VAE takes copies instead and lets its file go (`vae.loading.build_vae` says why).
 
 Our folder format (written by `save_pretrained`, read by `EditPipeline.from_pretrained`):
   config.json              {"format": "varedit", "format_version": 1, "config": VAREditConfig fields,

@@ -6,9 +6,9 @@ accepting each key as is or without the inner `.conv.` / `.norm.` level (plain F
 but every key must map to exactly one model tensor of the same shape and every model tensor must be
 filled; anything else raises `VAECheckpointError` naming the keys.
 
-Loading is lean: the file is memory-mapped, the model is built on the meta device and adopts each
-tensor once in its final dtype and device (on the CPU in float32 that is the mapped tensor itself), so
-a load never holds the weights twice.
+Loading is lean: the file is memory-mapped and the model is built on the meta device, then takes a
+copy of each tensor in its final dtype and device (`build_vae` says why a copy); the mapping goes
+with the state dict.
 """
 
 from __future__ import annotations
@@ -56,13 +56,20 @@ def load_official_vae(
 def build_vae(
     config: VAEConfig, state: Mapping[str, torch.Tensor], device: str | torch.device = "cpu"
 ) -> VAE:
-    """A VAE built on the meta device that adopts `state` (either key spelling), each floating tensor
-    cast once to float32 on `device`: no random initialisation, no second copy of the weights."""
+    """A VAE built on the meta device (no random initialisation) holding a copy of each tensor of
+    `state` (either key spelling), floating ones as float32 on `device`.
+
+    Copied, not adopted: a VAE is small, and its conv weights are re-laid out (channels-last) or moved
+    right after loading; adopted tensors would keep the whole mapped file resident next to those new
+    copies, while copies let the mapping go as soon as `state` does."""
     with torch.device("meta"):
         vae = VAE(config)
     state = remap_official_keys(state, vae)
     vae.load_state_dict(
-        {k: v.to(device, torch.float32) if v.is_floating_point() else v.to(device) for k, v in state.items()},
+        {
+            k: v.to(device, torch.float32 if v.is_floating_point() else v.dtype, copy=True)
+            for k, v in state.items()
+        },
         strict=True,
         assign=True,
     )
