@@ -16,12 +16,14 @@ _ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkld
 
 
 def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Eager float32 CPU inference; under torch.compile the compiler picks the kernels itself."""
+    """Eager float32 CPU inference outside autocast (which would cast `F.linear`'s inputs); under
+    torch.compile the compiler picks the kernels itself."""
     return (
         _ONEDNN_LINEAR
-        and weight.dtype == torch.float32
+        and x.dtype == weight.dtype == torch.float32
         and x.device.type == "cpu"
         and not torch.is_grad_enabled()
+        and not torch.is_autocast_enabled("cpu")
         and not torch.compiler.is_compiling()
     )
 
