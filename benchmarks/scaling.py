@@ -9,8 +9,10 @@ platform's own costs (claims, broker, database, uploads) stay real. For each N i
 as `varedit-serve` does (its own Redis, the API, N Celery edit workers, the light worker and beat)
 against a fresh PostgreSQL database, then:
 
-- throughput: submits ``N x jobs-per-worker`` jobs at once and measures completed jobs/s between the
-  first claim and the last finish (database timestamps);
+- throughput: with the workers told to stop consuming (Celery's cancel_consumer), submits
+  ``N x jobs-per-worker`` jobs, lets the workers consume again, and measures completed jobs/s between
+  the first claim and the last finish (database timestamps). Submitting first keeps the API's CPU out
+  of the workers' window: this measures the worker tier (benchmarks/api_throughput.py the API's);
 - claim latency: one job at a time on the idle platform, accepted -> claimed (``started_at -
   created_at``: commit, publish, broker, Celery delivery, the claim UPDATE).
 
@@ -32,6 +34,7 @@ from pathlib import Path
 
 import httpx
 import psycopg
+from celery import Celery
 from PIL import Image
 from sqlalchemy import func, select
 
@@ -43,6 +46,7 @@ from jobs.models import Job, JobStatus  # noqa: E402
 from serve.embedded import EmbeddedPlatform  # noqa: E402
 
 SCALES = 10
+QUEUE = "edits.tiny"
 
 
 def source_png() -> bytes:
@@ -111,8 +115,13 @@ def run(n_workers: int, args: argparse.Namespace, image: bytes) -> tuple[float, 
                         job = session.get(Job, job_id)
                         latencies.append((job.started_at - job.created_at).total_seconds() * 1000)
                 total = n_workers * args.jobs_per_worker
+                control = Celery(broker=p.env["VAREDIT_BROKER_URL"]).control
+                edit_workers = [f"{c.name}@{platform.node()}" for c in p.edit_children()]
+                paused = control.cancel_consumer(QUEUE, destination=edit_workers, reply=True, timeout=10)
+                assert len(paused) == n_workers, paused
                 with ThreadPoolExecutor(8) as pool:
                     ids = list(pool.map(lambda i: submit(client, image, i), range(total)))
+                control.add_consumer(QUEUE, destination=edit_workers, reply=True, timeout=10)
                 wait_all_done(sessions, ids, 600)
             with sessions() as session:
                 first, last = session.execute(
