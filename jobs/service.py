@@ -78,8 +78,6 @@ def submit_edit(
     try:
         storage.put(key, image, content_type)
         with session_scope(sessions) as session:
-            if max_in_flight is not None:
-                _serialize_owner(session, owner)
             job = transitions.submit(
                 session,
                 job_id=job_id,
@@ -88,14 +86,17 @@ def submit_edit(
                 source_key=key,
                 source_content_type=content_type,
             )
-            if max_in_flight is not None and queries.count_in_flight(session, owner) > max_in_flight:
-                raise InFlightLimit(
-                    f"{max_in_flight} jobs are already queued or running",
-                    details={"max_in_flight": max_in_flight},
-                )
             body = render_job(job)
             if idempotency_key is not None:
                 idempotency.complete(session, owner, idempotency_key, job_id, ACCEPTED, body)
+            if max_in_flight is not None:
+                # Last, so the owner's submits take turns only for the count and the commit.
+                _serialize_owner(session, owner)
+                if queries.count_in_flight(session, owner) > max_in_flight:
+                    raise InFlightLimit(
+                        f"{max_in_flight} jobs are already queued or running",
+                        details={"max_in_flight": max_in_flight},
+                    )
     except BaseException as exc:
         committed = _committed(sessions, job_id)
         if committed is UNKNOWN:
@@ -113,9 +114,11 @@ def submit_edit(
 
 
 def _serialize_owner(session: Session, owner: str) -> None:
-    """Make concurrent submits of one owner take turns until commit, so the in-flight count each sees
-    includes the others'. PostgreSQL: a transaction-scoped advisory lock. SQLite needs none: the
-    INSERT takes the database's single write lock before the count."""
+    """Make concurrent submits of one owner take turns from here until commit, so the in-flight count
+    each sees includes the others': under READ COMMITTED the count, a statement after the lock, sees
+    every job committed by an earlier holder, and each transaction's own insert. PostgreSQL: a
+    transaction-scoped advisory lock. SQLite needs none: the INSERT takes the database's single write
+    lock before the count."""
     if session.get_bind().dialect.name == "postgresql":
         session.execute(select(func.pg_advisory_xact_lock(func.hashtext(f"in-flight:{owner}"))))
 
