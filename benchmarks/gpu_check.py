@@ -46,6 +46,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from load import drop_page_cache  # benchmarks/load.py, beside this script
+
 REPO = Path(__file__).resolve().parents[1]
 GiB = 2**30
 SCHEMA_VERSION = 1
@@ -99,18 +101,6 @@ def gpu_memory(device: str, peak: bool = True) -> float | None:
 
 def host_peak_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GiB
-
-
-def drop_page_cache(folder: Path) -> None:
-    """Evict these files (only these) from the page cache, so a load reads the disk."""
-    for path in folder.rglob("*"):
-        if path.is_file():
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            finally:
-                os.close(fd)
 
 
 def official_folder(ctx: Ctx, variant: str) -> tuple[Path, float]:
