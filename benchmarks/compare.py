@@ -2,7 +2,6 @@
 
     python benchmarks/compare.py BASE_REF                          # config S, float32, 2 threads, 7 rounds
     python benchmarks/compare.py BASE_REF --dtype bf16 --rounds 9
-    python benchmarks/compare.py BASE_REF --compile                # this tree with EditPipeline(compile=True)
 
 BASE_REF is checked out once into a git worktree (reused by later calls). Each round runs
 `benchmarks/stage_times.py` (of this tree) once with PYTHONPATH at this tree and once at the base
@@ -63,7 +62,7 @@ def cpu_info() -> tuple[str, list[str]]:
     return model, [f for f in FLAGS if f in flags]
 
 
-def run_tree(tree: Path, args: argparse.Namespace, save: Path, compile_: bool) -> dict[str, list[float]]:
+def run_tree(tree: Path, args: argparse.Namespace, save: Path) -> dict[str, list[float]]:
     cmd = [sys.executable, str(SCRIPT), "--config", args.config, "--threads", str(args.threads)]
     cmd += [
         "--dtype",
@@ -75,8 +74,6 @@ def run_tree(tree: Path, args: argparse.Namespace, save: Path, compile_: bool) -
         "--save",
         str(save),
     ]
-    if compile_:
-        cmd.append("--compile")
     env = {**os.environ, "PYTHONPATH": str(tree)}
     out = subprocess.run(cmd, env=env, cwd=save.parent, check=True, capture_output=True, text=True).stdout
     result = json.loads(out.strip().splitlines()[-1])
@@ -94,7 +91,6 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=7, help="processes per side, alternating")
     p.add_argument("--runs", type=int, default=2, help="timed edits per process")
     p.add_argument("--warmup", type=int, default=1, help="untimed edits per process")
-    p.add_argument("--compile", action="store_true", help="run this tree with EditPipeline(compile=True)")
     p.add_argument(
         "--clock",
         choices=["wall", "cpu"],
@@ -114,9 +110,7 @@ def main() -> None:
         for r in range(args.rounds):
             order = ["base", "ours"] if r % 2 == 0 else ["ours", "base"]
             for side in order:
-                per_round[side].append(
-                    run_tree(trees[side], args, saves[side], args.compile and side == "ours")
-                )
+                per_round[side].append(run_tree(trees[side], args, saves[side]))
             print(
                 f"round {r + 1}/{args.rounds}: total ms "
                 + ", ".join(f"{s} {statistics.median(per_round[s][-1]['total']):.0f}" for s in trees),
@@ -126,10 +120,7 @@ def main() -> None:
     load_after = os.getloadavg()
 
     dirty = " + uncommitted changes" if git("status", "--porcelain", "--untracked-files=no") else ""
-    print(
-        f"ours: {ROOT} at {git('rev-parse', '--short=12', 'HEAD')}{dirty}"
-        + (" with EditPipeline(compile=True)" if args.compile else "")
-    )
+    print(f"ours: {ROOT} at {git('rev-parse', '--short=12', 'HEAD')}{dirty}")
     print(f"base: {args.base_ref} = {sha[:12]} (worktree {base})")
     print(
         f"cpu: {model}, {os.cpu_count()} logical CPUs, "

@@ -17,7 +17,6 @@ the first scale), scale_k, vae_decode (decoder + post-processing), total. Prints
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import time
 
@@ -108,21 +107,13 @@ def main() -> None:
     p.add_argument("--dtype", choices=["float32", "bf16"], default="float32")
     p.add_argument("--runs", type=int, default=2, help="timed edits after the warm-up")
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument(
-        "--compile", action="store_true", help="EditPipeline(..., compile=True), if the tree has it"
-    )
     p.add_argument("--save", help="write the last edit's bits and decoded image here (torch.save)")
     args = p.parse_args()
 
     torch.set_num_threads(args.threads)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     cfg, model, vae = build(args.config, dtype)
-    kwargs = {}
-    if args.compile:
-        if "compile" not in inspect.signature(EditPipeline).parameters:
-            raise SystemExit(f"this tree's EditPipeline has no compile option: {varedit.__file__}")
-        kwargs["compile"] = True
-    pipe = EditPipeline(cfg, model, vae, None, torch.device("cpu"), **kwargs)
+    pipe = EditPipeline(cfg, model, vae, None, torch.device("cpu"))
     for _ in range(args.warmup):
         edit_once(pipe)
     runs = [edit_once(pipe) for _ in range(args.runs)]
