@@ -254,6 +254,8 @@ def test_past_the_grace_the_edit_is_handed_back_at_once_with_its_attempt(
     job = platform.job(job_id)
     assert job.status is JobStatus.SUCCEEDED and job.attempts == 1
     assert platform.results(job_id) == ["result-1.png"]
+    # its log line follows the commit: wait for it rather than race the file
+    _until(lambda: successor.events("edit_succeeded"), "the successor to log its success")
     assert [e["job_id"] for e in successor.events("edit_succeeded")] == [job_id]
     print(f"handed back {handed_back_after_s:.2f} s after SIGTERM (grace {grace_s} s, lease {LEASE_S} s)")
 
