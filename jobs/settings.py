@@ -148,6 +148,7 @@ class Settings(BaseSettings):
     # The database-derived gauges (queue depth, oldest queued age, open jobs, ready workers) are
     # exported once, by the beat process, on this port (worker/job_gauges.py); unset: not exported.
     job_metrics_port: int | None = None
+    job_metrics_host: str = "0.0.0.0"  # the address it listens on (varedit-serve: loopback only)
 
     # Logging.
     log_level: str = "INFO"

@@ -270,6 +270,7 @@ class EmbeddedPlatform:
             self.env["VAREDIT_DRAIN_GRACE_S"] = str(DRAIN_GRACE_S)
         if settings.job_metrics_port is None:  # beat (in the light worker) exports the job gauges
             self.env["VAREDIT_JOB_METRICS_PORT"] = str(free_port())
+            self.env["VAREDIT_JOB_METRICS_HOST"] = "127.0.0.1"
         if not settings.webhook_secrets:
             self.env["VAREDIT_WEBHOOK_SECRETS"] = json.dumps([webhook_secret(data_dir)])
         _check_model(settings)

@@ -84,8 +84,9 @@ def serve(settings: Settings) -> int | None:
     if settings.job_metrics_port is None:
         return None
     sessions = make_sessionmaker(make_engine(settings.database_url))
-    start_http_server(settings.job_metrics_port, registry=registry_for(sessions, settings))
-    log.info("job_metrics_serving", port=settings.job_metrics_port)
+    registry = registry_for(sessions, settings)
+    start_http_server(settings.job_metrics_port, addr=settings.job_metrics_host, registry=registry)
+    log.info("job_metrics_serving", host=settings.job_metrics_host, port=settings.job_metrics_port)
     return settings.job_metrics_port
 
 

@@ -156,6 +156,20 @@ def test_beat_exports_the_queue_gauges_and_the_api_does_not(embedded: dict) -> N
     ready = [line for line in gauges.splitlines() if line.startswith("varedit_workers_ready{")]
     assert any(float(line.rsplit(" ", 1)[1]) >= 1 for line in ready), ready
     assert "varedit_queue_depth" not in httpx.get(f"{embedded['url']}/metrics", timeout=10).text
+    # on a laptop the gauges listen on the loopback address only
+    port = int(embedded["job_metrics"].rsplit(":", 1)[1].split("/")[0])
+    assert _listening_addresses(port) == {"127.0.0.1"}
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """The IPv4 addresses with a socket listening on `port` (/proc/net/tcp: little-endian hex)."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, hex_port = local.split(":")
+        if state == "0A" and int(hex_port, 16) == port:
+            found.add(".".join(str(int(address[i : i + 2], 16)) for i in (6, 4, 2, 0)))
+    return found
 
 
 def test_webhooks_arrive_signed_with_the_data_dirs_secret(embedded: dict, webhook_receiver) -> None:
