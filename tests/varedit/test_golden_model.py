@@ -28,7 +28,7 @@ from safetensors.torch import load_file
 
 from tests.parity import CODES_TOL, assert_images_match, assert_matches_reference
 from varedit.checkpoints import load_official_golden
-from varedit.sampling import generate, sample_bits, top_k_top_p_
+from varedit.sampling import Generation, generate, sample_bits, top_k_top_p_
 from varedit.text import TextEncoder, TextFeatures
 
 GOLDEN = Path(__file__).parents[1] / "data" / "golden"
@@ -83,16 +83,37 @@ INFER_CASES = [
 ]
 
 
-def infer_inputs(name: str, case: str):  # type: ignore[no-untyped-def]
-    cfg, model, vae = load_official_golden(GOLDEN / name)
+def infer_inputs(name: str, case: str, device: str | torch.device = "cpu"):  # type: ignore[no-untyped-def]
+    """The model on `device` and a record's inputs there; the record's tensors `g` stay on the CPU."""
+    cfg, model, vae = load_official_golden(GOLDEN / name, device)
     g, meta = read_golden(name, case)
     sched = schedule_of(meta)
-    u8 = g["input.src_img_u8"].permute(2, 0, 1).float() / 255
+    u8 = g["input.src_img_u8"].permute(2, 0, 1).float().to(device) / 255
     src = vae.img_to_source_tokens((u8 + u8 - 1)[None], sched)
     # the text stand-in of the "minus the text encoder" records; the e2e record has the prompt instead
     text = TextFeatures.from_compact(g["input.text.kv_compact"], meta["lens"]) if "lens" in meta else None
-    official_bits = [vae.bits_to_tokens(g[f"idx_Bld.{k}"].long()) for k in range(len(sched))]
+    text = text.to(device) if text is not None else None
+    official_bits = [vae.bits_to_tokens(g[f"idx_Bld.{k}"].long().to(device)) for k in range(len(sched))]
     return model, vae, g, meta, sched, src, text, official_bits
+
+
+def fed_official_bits(model, vae, text, src, sched, meta, official_bits) -> Generation:  # type: ignore[no-untyped-def]
+    """Generation with the record's own bits forced at every scale, keeping each scale's logits."""
+    with torch.no_grad():
+        return generate(
+            model,
+            vae,
+            text,
+            src,
+            sched,
+            [torch.Generator()],
+            cfg=meta["cfg"],
+            tau=meta["tau"],
+            top_k=meta["top_k"],
+            top_p=meta["top_p"],
+            forced_bits=official_bits,
+            keep_logits=True,
+        )
 
 
 def guided(raw: torch.Tensor, meta: dict) -> torch.Tensor:
@@ -179,20 +200,7 @@ def test_sampler_reproduces_official_probabilities_and_draws(name, case):
 @pytest.mark.parametrize(("name", "case"), INFER_CASES)
 def test_generation_fed_official_bits_gives_official_logits_codes_and_image(name, case):
     model, vae, g, meta, sched, src, text, official_bits = infer_inputs(name, case)
-    out = generate(
-        model,
-        vae,
-        text,
-        src,
-        sched,
-        [torch.Generator()],
-        cfg=meta["cfg"],
-        tau=meta["tau"],
-        top_k=meta["top_k"],
-        top_p=meta["top_p"],
-        forced_bits=official_bits,
-        keep_logits=True,
-    )
+    out = fed_official_bits(model, vae, text, src, sched, meta, official_bits)
     for k in range(len(sched)):
         assert_matches_reference(out.logits[k], g[f"get_logits.{k}"])
     torch.testing.assert_close(out.f_hat.squeeze(2), g["summed_codes"], **CODES_TOL)

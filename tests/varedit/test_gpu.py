@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from tests.parity import CODES_TOL, assert_images_match, assert_matches_reference
-from tests.varedit.test_golden_model import read_golden, schedule_of
+from tests.varedit.test_golden_model import fed_official_bits, infer_inputs, read_golden, schedule_of
 from varedit import EditCancelled, EditPipeline, write_random_checkpoint
 from varedit.checkpoints import load_official_golden, load_official_transformer
 from varedit.pipeline import load_image
@@ -65,28 +65,9 @@ def test_teacher_forced_logits_match_official_in_float32(name: str) -> None:
 def test_generation_fed_official_bits_matches_official_in_float32(name: str, case: str) -> None:
     """The cached path on CUDA: official logits at every scale, identical summed codes, the image
     within one uint8 step."""
-    _, model, vae = load_official_golden(GOLDEN / name, CUDA)
-    g, meta = read_golden(name, case)
-    sched = schedule_of(meta)
-    u8 = g["input.src_img_u8"].permute(2, 0, 1).float().to(CUDA) / 255
-    src = vae.img_to_source_tokens((u8 + u8 - 1)[None], sched)
-    text = TextFeatures.from_compact(g["input.text.kv_compact"], meta["lens"]).to(CUDA)
-    bits = [vae.bits_to_tokens(g[f"idx_Bld.{k}"].long().to(CUDA)) for k in range(len(sched))]
+    model, vae, g, meta, sched, src, text, bits = infer_inputs(name, case, CUDA)
+    out = fed_official_bits(model, vae, text, src, sched, meta, bits)
     with torch.no_grad():
-        out = generate(
-            model,
-            vae,
-            text,
-            src,
-            sched,
-            [torch.Generator()],
-            cfg=meta["cfg"],
-            tau=meta["tau"],
-            top_k=meta["top_k"],
-            top_p=meta["top_p"],
-            forced_bits=bits,
-            keep_logits=True,
-        )
         for k in range(len(sched)):
             assert_matches_reference(out.logits[k].cpu(), g[f"get_logits.{k}"])
         torch.testing.assert_close(out.f_hat.squeeze(2).cpu(), g["summed_codes"], **CODES_TOL)
