@@ -6,7 +6,6 @@ that prompt's own T5 encoding, at its own length. Checked on the golden T1 model
 and through a random tiny pipeline and the CLI.
 """
 
-import json
 import re
 from pathlib import Path
 
@@ -14,12 +13,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors import safe_open
-from safetensors.torch import load_file
 
 from tests.parity import assert_matches_reference
+from tests.varedit.test_golden_model import infer_inputs
 from varedit import EditPipeline, write_random_checkpoint
-from varedit.checkpoints import load_official_golden
 from varedit.cli import main as cli_main
 from varedit.config import scale_schedule
 from varedit.sampling import generate, unconditional_text
@@ -34,15 +31,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def t1():  # type: ignore[no-untyped-def]
     """The golden T1 model, the tiny T5, and the golden end-to-end case's inputs and official bits."""
-    _, model, vae = load_official_golden(GOLDEN / "T1")
-    path = GOLDEN / "T1" / "golden_e2e_cfg3_tau0.5.safetensors"
-    g = load_file(path)
-    with safe_open(path, "pt") as f:
-        meta = json.loads(f.metadata()["meta"])
-    sched = [(h, w) for _, h, w in meta["scale_schedule"]]
-    u8 = g["input.src_img_u8"].permute(2, 0, 1).float() / 255
-    src = vae.img_to_source_tokens((u8 + u8 - 1)[None], sched)
-    bits = [vae.bits_to_tokens(g[f"idx_Bld.{k}"].long()) for k in range(len(sched))]
+    model, vae, _, meta, sched, src, _, bits = infer_inputs("T1", "golden_e2e_cfg3_tau0.5")
     enc = TextEncoder.from_pretrained(GOLDEN / "T5tiny")
     return model, vae, enc, enc.encode([meta["prompt"]]), sched, src, bits
 
