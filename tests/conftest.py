@@ -22,7 +22,10 @@ import secrets
 import shutil
 import subprocess
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -358,6 +361,26 @@ class ApiHarness:
 
     def __exit__(self, *exc: object) -> None:
         self.client.__exit__(*exc)
+
+
+@contextmanager
+def live_server(app: Any) -> Iterator[int]:
+    """`app` under a real uvicorn server on 127.0.0.1 in a thread of its own (lifespan running), for
+    browsers and connection-level tests; yields the port."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not (server.started and server.servers):
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.01)  # polling the server's own started flag, bounded by the deadline
+    try:
+        yield server.servers[0].sockets[0].getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 def lose_next_commit_reply(sessions: sessionmaker[Session], when: Callable[[str], bool]) -> list[bool]:

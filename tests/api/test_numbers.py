@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import http.client
 import json
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 
 import pytest
-import uvicorn
 
 from api.main import create_app
 from jobs.settings import Settings
 from tests.api.test_edits import image_bytes
-from tests.conftest import record_tiny_facts
+from tests.conftest import live_server, record_tiny_facts
 
 NUMERIC_FIELDS = ["seed", "cfg", "tau", "priority", "resolution", "start_timeout_s"]
 NON_FINITE = ["NaN", "Infinity", "-Infinity", "1e999", "-1e999", "nan", "inf"]
@@ -26,18 +23,9 @@ NON_FINITE = ["NaN", "Infinity", "-Infinity", "1e999", "-1e999", "nan", "inf"]
 def live_api(api_settings: Settings) -> Iterator[tuple[str, int]]:
     """The API under a real uvicorn server on 127.0.0.1 (its own thread), for connection-level tests."""
     app = create_app(api_settings)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not (server.started and server.servers):
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)  # polling the server's own started flag, bounded by the deadline
-    record_tiny_facts(app.state.sessions)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    yield "127.0.0.1", port
-    server.should_exit = True
-    thread.join(timeout=10)
+    with live_server(app) as port:
+        record_tiny_facts(app.state.sessions)
+        yield "127.0.0.1", port
 
 
 def _multipart(fields: dict[str, str]) -> tuple[bytes, str]:

@@ -3,21 +3,18 @@ client is sent to the public one, and the web page is allowed to fetch from it."
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlparse
 
 import httpx
 import pytest
-import uvicorn
 
 from api.main import create_app
 from jobs.settings import Settings
 from tests.api.test_edits import image_bytes
 from tests.api.test_jobs import claim, finish, submit
-from tests.conftest import ApiHarness
+from tests.conftest import ApiHarness, live_server
 
 
 @pytest.fixture
@@ -85,23 +82,12 @@ def test_the_page_in_a_browser_fetches_a_result_from_the_public_endpoint(
     job_id = submit(public_harness)
     data = image_bytes()
     finish(public_harness, job_id, claim(public_harness, job_id), data)
-    app = create_app(public_harness.settings)  # the same database and bucket, under a real server
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not (server.started and server.servers):
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)  # polling the server's own started flag, bounded by the deadline
-    try:
-        port = server.servers[0].sockets[0].getsockname()[1]
+    # the same database and bucket, under a real server
+    with live_server(create_app(public_harness.settings)) as port:
         browser.get(f"http://127.0.0.1:{port}/")
         size = browser.execute_async_script(
             "const done = arguments[arguments.length - 1];"
             f"fetch('/v1/jobs/{job_id}/result').then((r) => r.blob())"
             ".then((b) => done(b.size), (e) => done(String(e)));"
         )
-        assert size == len(data)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    assert size == len(data)
