@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 import pytest
@@ -361,6 +361,18 @@ class ApiHarness:
 
     def __exit__(self, *exc: object) -> None:
         self.client.__exit__(*exc)
+
+
+T = TypeVar("T")
+
+
+def wait_for(predicate: Callable[[], T], what: str, timeout_s: float = 60.0) -> T:
+    """Poll `predicate` until it returns something true (returned), failing after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)  # polling a real condition under a deadline
+    return value
 
 
 @contextmanager

@@ -15,7 +15,7 @@ import secrets
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,23 +29,13 @@ from sqlalchemy import select
 from jobs.db import make_engine, make_sessionmaker
 from jobs.models import Job
 from serve.embedded import EmbeddedPlatform
+from tests.conftest import wait_for
 from varedit_client import Client
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 JOBS = 20
 DEADLINE_S = 60.0
-
-
-def _wait_for(predicate: Callable[[], Any], what: str, timeout_s: float = DEADLINE_S) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)  # polling a real condition under a deadline
 
 
 def _dead(pid: int) -> bool:
@@ -91,7 +81,7 @@ class Platform:
     def wait_blocked(self, token: str) -> int:
         """The pid of the pool process blocked at the gate with `token`."""
         marker = self.gate / f"blocked-{token}"
-        _wait_for(marker.exists, f"a worker to reach gate {token}")
+        wait_for(marker.exists, f"a worker to reach gate {token}")
         return int(marker.read_text())
 
     def open_gate(self, token: str) -> None:
@@ -195,7 +185,7 @@ def test_twenty_jobs_over_http_each_run_once_on_two_workers(platform: Platform) 
         assert image.getpixel((0, 0)) != Image.open(io.BytesIO(_png(i))).getpixel((0, 0))  # it was edited
     # a worker logs edit_succeeded just after the commit the client saw: wait for the lines, then count
     children = platform.embedded.edit_children()
-    _wait_for(
+    wait_for(
         lambda: sum(len(platform.log_events(c.name, "edit_succeeded")) for c in children) >= JOBS,
         "every edit_succeeded log line",
     )
@@ -250,7 +240,7 @@ def test_cancel_queued_and_running_jobs_never_write_a_result(platform: Platform)
     ]
     assert c not in started
     # C's message is still delivered later and dropped by the claim
-    _wait_for(
+    wait_for(
         lambda: any(
             r["job_id"] == c
             for child in platform.embedded.edit_children()
@@ -277,7 +267,7 @@ def test_kill_9_mid_job_still_completes_the_job_exactly_once(platform: Platform,
     else:
         victim.signal_group(signal.SIGKILL)
         assert victim.wait(time.monotonic() + 10)
-    _wait_for(lambda: _dead(pid), "the killed process to die")
+    wait_for(lambda: _dead(pid), "the killed process to die")
     platform.open_gate(token)
     # then the lease expires, the reaper requeues the job and a live worker completes it, once
     job = platform.client.wait(job_id, timeout_s=DEADLINE_S)
@@ -295,14 +285,14 @@ def test_kill_9_mid_job_still_completes_the_job_exactly_once(platform: Platform,
             if r["job_id"] == job_id
         ]
 
-    successes = _wait_for(successes_of_job, "the edit_succeeded log line")
+    successes = wait_for(successes_of_job, "the edit_succeeded log line")
     assert successes == [(successes[0][0], 2)]  # one run completed it: the second attempt
     if target == "whole-worker":
         assert successes[0][0] != victim.name and row.worker_id.startswith(successes[0][0] + "@")
     else:
         # task_reject_on_worker_lost put the message back at once and the reaper republished the job:
         # two messages for one job, so whichever comes second finds it claimed and is dropped
-        _wait_for(
+        wait_for(
             lambda: [
                 r
                 for c in edit_children

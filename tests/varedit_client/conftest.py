@@ -18,13 +18,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 from PIL import Image
@@ -33,27 +31,19 @@ from jobs import keys
 from jobs.db import make_engine, make_sessionmaker, session_scope
 from serve.embedded import EmbeddedPlatform
 from serve.redis_server import free_port
+from tests.conftest import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 SCALES = 4
 GATE_SCALE = 3
 READY_S = 120.0
 DEADLINE_S = 60.0
-T = TypeVar("T")
 
 
 def png(i: int = 0, size: int = 40) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (size, size), (i * 37 % 256, 90, 200)).save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def wait_for(predicate: Callable[[], T], what: str, timeout_s: float = DEADLINE_S) -> T:
-    deadline = time.monotonic() + timeout_s
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)  # polling a real condition under a deadline
-    return value
 
 
 @dataclass

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -26,6 +26,7 @@ import redis
 from jobs.queue import DELIVER_WEBHOOK_TASK, RUN_EDIT_TASK, WEBHOOKS_QUEUE, make_celery, queue_name
 from jobs.settings import Settings
 from serve.redis_server import RedisServer, free_port
+from tests.conftest import wait_for
 from worker import broker as guard
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -34,14 +35,6 @@ ROOT = Path(__file__).resolve().parents[2]
 DEADLINE_S = 60.0
 OUTAGE_S = 3.0  # the worker notices the loss and runs its restore path within milliseconds
 OUTAGES = 3
-
-
-def _until(predicate: Callable[[], object], what: str, timeout_s: float = DEADLINE_S) -> object:
-    deadline = time.monotonic() + timeout_s
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)  # polling a real condition under a deadline
-    return value
 
 
 # The two kinds of worker, each with the ETA message it holds in production: a webhook delivery on the
@@ -160,13 +153,13 @@ def _kill(server: RedisServer) -> None:
 def test_worker_holding_an_eta_message_survives_broker_restarts(
     worker: Worker, broker: RedisServer, kind: tuple[str, str]
 ) -> None:
-    _until(lambda: "ready." in worker.text(), "the worker to start")
+    wait_for(lambda: "ready." in worker.text(), "the worker to start")
     # Which of the worker's sockets (BRPOP, the control channel) reports the loss first is a race, and
     # the unguarded worker crashed in one order only (most runs): go through several outages.
     for outage in range(1, OUTAGES + 1):
         # given a worker holding an ETA message unacknowledged (kombu's `unacked` hash)
         _send(broker.url, kind, countdown=600)
-        _until(lambda: _unacked(broker.url) == 1, "the worker to hold the ETA message")
+        wait_for(lambda: _unacked(broker.url) == 1, "the worker to hold the ETA message")
         # when Redis dies abruptly
         _kill(broker)
         # then the worker stays up, retrying the connection
@@ -177,10 +170,10 @@ def test_worker_holding_an_eta_message_survives_broker_restarts(
         # and reconnects once Redis is back on the same port
         broker.stop()
         broker.start()
-        _until(lambda n=outage: worker.connects() > n, f"the worker to reconnect after outage {outage}")
+        wait_for(lambda n=outage: worker.connects() > n, f"the worker to reconnect after outage {outage}")
     # and it consumes again: a fresh task is received and run to the end
     task_id = _send(broker.url, kind)
-    _until(lambda: worker.ran(task_id), "the fresh task to run")
+    wait_for(lambda: worker.ran(task_id), "the fresh task to run")
     assert worker.proc.poll() is None
 
 

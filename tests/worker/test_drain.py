@@ -14,6 +14,7 @@ blocks at a gate (worker/fake.py) and the receiver holds its answer until the te
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.server
 import io
 import json
@@ -40,23 +41,16 @@ from jobs.models import DeliveryStatus, Job, JobStatus, WebhookDelivery
 from jobs.queue import DELIVER_WEBHOOK_TASK, WEBHOOKS_QUEUE, CeleryPublisher, make_celery
 from jobs.settings import Settings
 from jobs.storage import storage_from_settings
-from tests.conftest import WEBHOOK_SECRET
+from tests.conftest import WEBHOOK_SECRET, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 DEADLINE_S = 120.0  # for anything to happen at all; generous for a loaded 2-core machine
+_until = functools.partial(wait_for, timeout_s=DEADLINE_S)
 LEASE_S = 60  # the workers' lease (the default): the bound a hand-back must beat by far
 SCALE_MS = 250  # per scale of the fake model; its warm-up edit takes as long as an edit
 GATE = "gate:drain"  # the fake model blocks at scale 2 of an instruction with this token
-
-
-def _until(predicate: Callable[[], Any], what: str, timeout_s: float = DEADLINE_S) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)  # polling a real condition under a deadline
-    return value
 
 
 class WorkerProcess:

@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from sqlalchemy import select
 
 from jobs.db import make_engine, make_sessionmaker
 from jobs.models import WorkerHeartbeat
+from tests.conftest import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -108,19 +108,11 @@ def _rows(db_url: str) -> list[WorkerHeartbeat]:
         engine.dispose()
 
 
-def _until(predicate, what: str, timeout_s: float = DEADLINE_S):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)  # polling a real condition under a deadline
-    return value
-
-
 def test_edit_worker_loads_in_the_pool_child_and_reports_ready_after_warm_up(
     start_worker, sqlite_url
 ) -> None:
     worker = start_worker("fake://?scales=3")
-    _until(lambda: any(r.ready for r in _rows(sqlite_url)), "the worker to report ready")
+    wait_for(lambda: any(r.ready for r in _rows(sqlite_url)), "the worker to report ready")
     [row] = _rows(sqlite_url)
     assert row.worker_id == f"w@{os.uname().nodename}" and row.model == "tiny"
     loaded = worker.events("model_loaded")
@@ -131,7 +123,7 @@ def test_edit_worker_loads_in_the_pool_child_and_reports_ready_after_warm_up(
     assert ready[0]["pid"] != parent_pid  # weights live in the pool child, never in the parent
     # the row is refreshed while the worker lives
     first_seen = row.last_seen
-    _until(lambda: _rows(sqlite_url)[0].last_seen > first_seen, "a heartbeat refresh")
+    wait_for(lambda: _rows(sqlite_url)[0].last_seen > first_seen, "a heartbeat refresh")
     # a clean shutdown removes the row
     assert worker.stop() == 0
     assert _rows(sqlite_url) == []
@@ -141,14 +133,14 @@ def test_worker_that_cannot_load_its_model_shuts_down_without_becoming_ready(
     start_worker, sqlite_url, tmp_path
 ) -> None:
     worker = start_worker(str(tmp_path / "no-such-model"))
-    _until(lambda: worker.proc.poll() is not None, "the worker to shut itself down")
+    wait_for(lambda: worker.proc.poll() is not None, "the worker to shut itself down")
     assert worker.events("model_load_failed")
     assert not any(r.ready for r in _rows(sqlite_url))
 
 
 def test_light_worker_loads_no_model(start_worker, sqlite_url) -> None:
     worker = start_worker("fake://", queues="webhooks,maintenance", name="light")
-    _until(lambda: "ready." in worker.log.read_text(errors="replace"), "the light worker to start")
+    wait_for(lambda: "ready." in worker.log.read_text(errors="replace"), "the light worker to start")
     assert worker.proc.poll() is None
     assert worker.events("model_loaded") == []
     assert _rows(sqlite_url) == []
