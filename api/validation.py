@@ -184,10 +184,9 @@ def build_spec(
     instruction = fields.instruction.strip()
     if not instruction:
         raise InvalidRequest("instruction must not be empty", details=[{"loc": ["body", "instruction"]}])
-    if len(instruction) > settings.max_instruction_chars:
-        raise _range_error("instruction length", len(instruction), 1, settings.max_instruction_chars)
+    check_text("instruction", instruction, settings.max_instruction_chars)
     negative_instruction = (fields.negative_instruction or "").strip()
-    check_negative_instruction(negative_instruction, settings.max_instruction_chars)
+    check_text("negative_instruction", negative_instruction, settings.max_instruction_chars)
     model = fields.model or settings.default_model
     if model not in served:
         raise InvalidRequest(
@@ -245,18 +244,17 @@ def build_spec(
     )
 
 
-def check_negative_instruction(text: str, max_chars: int) -> None:
-    """At most ``max_chars`` characters (as an instruction), and storable: no NUL character."""
-    where = {"loc": ["body", "negative_instruction"]}
+def check_text(field: str, text: str, max_chars: int) -> None:
+    """A text field: at most ``max_chars`` characters, and storable (PostgreSQL text holds no NUL)."""
+    where = {"loc": ["body", field]}
     if len(text) > max_chars:
         raise InvalidRequest(
-            f"negative_instruction may be at most {max_chars} characters, got {len(text)}",
+            f"{field} may be at most {max_chars} characters, got {len(text)}",
             details=[{**where, "msg": f"at most {max_chars} characters", "input": len(text)}],
         )
     if "\x00" in text:
         raise InvalidRequest(
-            "negative_instruction must not contain NUL characters",
-            details=[{**where, "msg": "contains a NUL character"}],
+            f"{field} must not contain NUL characters", details=[{**where, "msg": "contains a NUL character"}]
         )
 
 

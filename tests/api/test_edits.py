@@ -193,6 +193,7 @@ BAD_INPUTS = [
     ("long instruction", dict(instruction="x" * 1001), 422, "invalid_request"),
     ("long negative instruction", dict(negative_instruction="x" * 1001), 422, "invalid_request"),
     ("NUL in negative instruction", dict(negative_instruction="a\x00b"), 422, "invalid_request"),
+    ("NUL in instruction", dict(instruction="a\x00b"), 422, "invalid_request"),
     ("cfg too high", dict(cfg="11"), 422, "invalid_request"),
     ("cfg not a number", dict(cfg="lots"), 422, "invalid_request"),
     ("tau zero", dict(tau="0"), 422, "invalid_request"),
