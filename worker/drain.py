@@ -118,7 +118,7 @@ def _remember_worker(sender: Any = None, **_: Any) -> None:
 @worker_shutting_down.connect
 def _forward_to_pool(**_: Any) -> None:
     """In the parent, inside Celery's signal handler (warm or cold shutdown): pass SIGTERM on to the pool
-    children, which drain (`install`). A container runtime signals only the parent."""
+    children, which drain (`arm`). A container runtime signals only the parent."""
     pool = getattr(_PARENT.worker, "pool", None)
     try:
         pids = pool.info.get("processes", []) if pool is not None else []
