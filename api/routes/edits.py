@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from sqlalchemy.orm import Session, sessionmaker
 
 from api.deps import FactsDep, PublisherDep, SessionsDep, SettingsDep, StorageDep, WatcherDep
 from api.limits import WriterDep
 from api.schemas import EditCreate, JobPublic, error_responses, job_path, render_job
 from api.validation import build_spec, inspect_image, read_edit_request
 from api.waiting import changes, preferred_wait_s
-from jobs.service import request_fingerprint, submit_edit
+from jobs.queue import Publisher
+from jobs.service import Submitted, request_fingerprint, submit_edit
+from jobs.settings import Settings
+from jobs.storage import Storage
+from jobs.transitions import EditSpec
 
 router = APIRouter(prefix="/v1", tags=["edits"])
 
@@ -76,20 +81,19 @@ async def create_edit(
     N seconds, else 202 with the job as it is then (poll, stream or wait on it as usual)."""
     served = facts.fresh() or await run_in_threadpool(facts.load)
     fields, image = await read_edit_request(request, settings, principal.id)
-    content_type = await run_in_threadpool(inspect_image, image, settings)
     spec = build_spec(
         fields, settings, served, signs_webhooks=principal.signs_webhooks, max_priority=principal.max_priority
     )
     submitted = await run_in_threadpool(
-        submit_edit,
+        _accept,
+        image,
+        settings,
         sessions,
         storage,
         publisher,
+        spec,
         owner=principal.id,
         max_in_flight=principal.max_in_flight or settings.max_in_flight,
-        spec=spec,
-        image=image,
-        content_type=content_type,
         idempotency_key=idempotency_key,
         fingerprint=request_fingerprint(
             fields.model_dump(exclude={"image_base64"}, exclude_none=True), image
@@ -106,3 +110,20 @@ async def create_edit(
         latest = job
     status = 200 if latest.status.terminal else submitted.status_code
     return JSONResponse(render_job(latest), status_code=status, headers=headers)
+
+
+def _accept(
+    image: bytes,
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    storage: Storage,
+    publisher: Publisher,
+    spec: EditSpec,
+    **submit: Any,
+) -> Submitted:
+    """Check the image, then submit (`submit_edit`'s keyword arguments in ``submit``): both blocking
+    steps in one trip to the thread pool, which costs about as much CPU as checking a small image."""
+    content_type = inspect_image(image, settings)
+    return submit_edit(
+        sessions, storage, publisher, spec=spec, image=image, content_type=content_type, **submit
+    )
