@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .compiled import compiled
 from .config import VAREditConfig
 from .ops import Linear, linear, linear_gelu
 from .rope import apply_rope
@@ -107,23 +108,36 @@ class CrossAttention(nn.Module):
         k, v = _bf16_round(kv).permute(2, 0, 3, 1, 4).unbind(0)
         return k, v
 
+    def query(self, x_BLC: torch.Tensor) -> torch.Tensor:
+        """Queries of image tokens, (B, H, L, c), rounded to bfloat16 precision."""
+        w = self.mat_q.weight
+        q = self.mat_q(x_BLC.to(w.dtype)).unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
+        return _bf16_round(q)
+
+    def out(self, o_BHLc: torch.Tensor) -> torch.Tensor:
+        """Attention output rounded to bfloat16 precision, heads merged, projected: (B, L, C)."""
+        return self.proj(_bf16_round(o_BHLc).transpose(1, 2).flatten(2))
+
     def forward(
         self, x_BLC: torch.Tensor | None, k_BHTc: torch.Tensor, v_BHTc: torch.Tensor, mask_B11T: torch.Tensor
     ) -> torch.Tensor:
         """Attend to each sample's own text (mask_B11T: True = real token). x None: pooling."""
-        B = k_BHTc.shape[0]
         if x_BLC is None:
-            q = self.mat_q.to(k_BHTc.dtype).expand(B, -1, -1).unsqueeze(2)  # (B, H, 1, c)
+            q = self.mat_q.to(k_BHTc.dtype).expand(k_BHTc.shape[0], -1, -1).unsqueeze(2)  # (B, H, 1, c)
+            q = _bf16_round(q)
         else:
-            w = self.mat_q.weight
-            q = self.mat_q(x_BLC.to(w.dtype)).unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
-        o = F.scaled_dot_product_attention(_bf16_round(q), k_BHTc, v_BHTc, attn_mask=mask_B11T)
-        o = _bf16_round(o).transpose(1, 2).flatten(2)  # (B, L, C)
-        return self.proj(o)
+            q = self.query(x_BLC)
+        return self.out(F.scaled_dot_product_attention(q, k_BHTc, v_BHTc, attn_mask=mask_B11T))
 
 
 class Block(nn.Module):
-    """AdaLN self-attention, plain cross-attention to the text, AdaLN FFN."""
+    """AdaLN self-attention, plain cross-attention to the text, AdaLN FFN.
+
+    The two attentions run between three token-wise parts (`attn_qkv`, `attn_residual`,
+    `ffn_residual`): the caller's self-attention pattern reads and writes a KV cache, and the text
+    length varies per batch, so under torch.compile (`compile_inference`) only those parts are
+    compiled, each graph shared by every block and fixed by the token count alone.
+    """
 
     def __init__(self, cfg: VAREditConfig):
         super().__init__()
@@ -135,12 +149,46 @@ class Block(nn.Module):
         self.ca_norm = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
         self.ffn = FFN(cfg)
 
+    def compile_inference(self) -> None:
+        """Run the token-wise parts under torch.compile (`compiled.compiled`) from now on."""
+        self.attn_qkv = compiled(self.attn_qkv)  # type: ignore[method-assign]
+        self.attn_residual = compiled(self.attn_residual)  # type: ignore[method-assign]
+        self.ffn_residual = compiled(self.ffn_residual)  # type: ignore[method-assign]
+
     def qkv(
         self, x_BLC: torch.Tensor, gss_B16C: torch.Tensor, rope_2Lc: torch.Tensor
     ) -> tuple[torch.Tensor, ...]:
         """Self-attention q, k, v of the stream: all a source token contributes to the last block."""
         _, _, scale1, _, shift1, _ = (self.ada_gss + gss_B16C).unbind(2)
-        return self.sa.qkv(ada_layer_norm(x_BLC, scale1, shift1, self.eps), rope_2Lc)
+        return self.attn_qkv(x_BLC, scale1, shift1, rope_2Lc)
+
+    def attn_qkv(
+        self, x_BLC: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, rope_2Lc: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        """AdaLN, then self-attention q, k, v: (B, H, L, c) each."""
+        return self.sa.qkv(ada_layer_norm(x_BLC, scale, shift, self.eps), rope_2Lc)
+
+    def attn_residual(
+        self, x_BLC: torch.Tensor, o_BHLc: torch.Tensor, gamma: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The self-attention output added to the stream, and the cross-attention queries of the result."""
+        x = x_BLC + self.sa.out(o_BHLc).float() * gamma
+        ln = self.ca_norm
+        return x, self.ca.query(
+            F.layer_norm(x, ln.normalized_shape, ln.weight.float(), ln.bias.float(), ln.eps)
+        )
+
+    def ffn_residual(
+        self,
+        x_BLC: torch.Tensor,
+        o_BHLc: torch.Tensor,
+        gamma: torch.Tensor,
+        scale: torch.Tensor,
+        shift: torch.Tensor,
+    ) -> torch.Tensor:
+        """The cross-attention output added to the stream, then the AdaLN FFN's."""
+        x = x_BLC + self.ca.out(o_BHLc).float()
+        return x + self.ffn(ada_layer_norm(x, scale, shift, self.eps)).float() * gamma
 
     def forward(
         self,
@@ -152,13 +200,7 @@ class Block(nn.Module):
     ) -> torch.Tensor:
         """x_BLC: float32 stream; gss_B16C: shared AdaLN output; text_kv: (k, v, mask) of this block."""
         gamma1, gamma2, scale1, scale2, shift1, shift2 = (self.ada_gss + gss_B16C).unbind(2)  # (B, 1, C)
-        q, k, v = self.sa.qkv(ada_layer_norm(x_BLC, scale1, shift1, self.eps), rope_2Lc)
-        x = x_BLC + self.sa.out(attend(q, k, v)).float() * gamma1
-        ln = self.ca_norm
-        x = (
-            x
-            + self.ca(
-                F.layer_norm(x, ln.normalized_shape, ln.weight.float(), ln.bias.float(), ln.eps), *text_kv
-            ).float()
-        )
-        return x + self.ffn(ada_layer_norm(x, scale2, shift2, self.eps)).float() * gamma2
+        x, q_BHLc = self.attn_residual(x_BLC, attend(*self.attn_qkv(x_BLC, scale1, shift1, rope_2Lc)), gamma1)
+        k_BHTc, v_BHTc, mask_B11T = text_kv
+        o_BHLc = F.scaled_dot_product_attention(q_BHLc, k_BHTc, v_BHTc, attn_mask=mask_B11T)
+        return self.ffn_residual(x, o_BHLc, gamma2, scale2, shift2)

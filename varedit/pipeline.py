@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from . import checkpoints as ckpt
+from .compiled import compiled, many_graphs
 from .config import VAREditConfig
 from .images import to_rgb
 from .sampling import EditCancelled, OnCodes, OnScale, generate
@@ -143,7 +144,11 @@ class EditPipeline:
         text_encoder: TextEncoder,
         device: torch.device | str = "cpu",
         serving: Serving | None = None,
+        compile: bool = False,
     ):
+        """compile: run the transformer blocks' token-wise parts, the VAE encoder and the final decode
+        under torch.compile (`varedit/compiled.py`; attention and previews stay eager). For CUDA: the
+        first edit of each batch size and resolution compiles, and on CPU the compiled VAE is slower."""
         self.config, self.transformer, self.vae, self.text_encoder = config, transformer, vae, text_encoder
         self.serving = serving or Serving.trained(config)
         self.device = torch.device(device)
@@ -154,6 +159,13 @@ class EditPipeline:
         # weights so too, or every conv converts its weight on each call
         vae.encoder.to(memory_format=torch.channels_last)
         vae.decoder.to(memory_format=torch.channels_last)
+        # compiled VAE passes of the edit path; None: the VAE's own, looked up at each call
+        self._encode_features: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self._decode: Callable[[torch.Tensor], torch.Tensor] | None = None
+        if compile:
+            transformer.compile_inference()
+            self._encode_features = many_graphs(compiled(vae.encode_features))
+            self._decode = many_graphs(compiled(vae.decode))
 
     # ---- loading ---------------------------------------------------------------------------
 
@@ -164,6 +176,7 @@ class EditPipeline:
         variant: str | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        compile: bool = False,
     ) -> EditPipeline:
         """Load a model folder.
 
@@ -175,6 +188,7 @@ class EditPipeline:
         device: default CUDA when available, else CPU.
         dtype: the transformer blocks' dtype; default bfloat16 on CUDA, float32 on CPU. The rest of
             the transformer stays float32, the VAE float32, the T5 encoder float16 (official).
+        compile: torch.compile the hot paths (see `__init__`).
         Raises `CheckpointError` for a wrong folder, a missing file or a checkpoint of another variant.
         """
         path = Path(path)
@@ -198,7 +212,7 @@ class EditPipeline:
             raise ckpt.CheckpointError(f"missing text encoder folder {t5_dir}")
         text_encoder = TextEncoder.from_pretrained(t5_dir, device=device, max_length=config.text_maxlen)
         log.info("loaded %s from %s on %s (blocks %s)", config.name, path, device, dtype)
-        return cls(config, transformer, vae, text_encoder, device, serving)
+        return cls(config, transformer, vae, text_encoder, device, serving, compile=compile)
 
     def save_pretrained(self, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
         """Write this model in our folder format (dtype: optional dtype of the stored blocks)."""
@@ -413,7 +427,8 @@ class EditPipeline:
         gh, gw = detail or (H, W)
         g = (min(H, max(2, min(side, gh))), min(W, max(2, min(side, gw))))
         small = f_hat if g == (H, W) else F.interpolate(f_hat, size=(1, *g), mode="area")  # (B, dq, 1, *g)
-        images = self.decode(small)  # (B, 3, g*p, g*p)
+        # eager even with `compile`: a graph per preview grid would cost more than it saves
+        images = self._decode_with(self.vae.decode, small)  # (B, 3, g*p, g*p)
         return [postprocess(img, d) for img, d in zip(images, dims, strict=True)]
 
     def encode_negatives(self, negatives: list[str]) -> TextFeatures | None:
@@ -430,14 +445,22 @@ class EditPipeline:
     ) -> torch.Tensor:
         """Source prefix tokens (B, l_K, d), each image on its own so it does not depend on the batch."""
         x = [preprocess(im, size)[None].to(self.device) for im in images]  # (1, 3, S, S) each
-        return torch.cat([self.vae.img_to_source_tokens(x_13SS, schedule) for x_13SS in x])
+        encode = self._encode_features or self.vae.encode_features
+        return torch.cat([self.vae.source_tokens(encode(x_13SS), schedule) for x_13SS in x])
 
     def decode(self, f_hat: torch.Tensor) -> torch.Tensor:
         """Summed codes (B, dq, 1, H, W) -> images (B, 3, S, S) in [-1, 1]."""
+        return self._decode_with(self._decode or self.vae.decode, f_hat)
+
+    def _decode_with(
+        self, decode: Callable[[torch.Tensor], torch.Tensor], f_hat: torch.Tensor
+    ) -> torch.Tensor:
+        """`decode` (the VAE's, compiled or not) in the precision of the blocks: bfloat16 blocks mean
+        the official GPU precision map, where the VAE decodes under bf16 autocast."""
         if self.dtype != torch.bfloat16:
-            return self.vae.decode(f_hat)
+            return decode(f_hat)
         with torch.autocast(self.device.type, torch.bfloat16):
-            return self.vae.decode(f_hat.squeeze(2).contiguous(memory_format=torch.channels_last)).float()
+            return decode(f_hat.squeeze(2).contiguous(memory_format=torch.channels_last)).float()
 
 
 __all__ = [

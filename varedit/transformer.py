@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .blocks import AttendFn, Block, CrossAttention
+from .compiled import many_graphs
 from .config import VAREditConfig, reference_schedule
 from .rope import rope_table
 from .text import TextFeatures
@@ -253,6 +254,15 @@ class VAREditTransformer(nn.Module):
         return self.logits(h_BLC[:, n_src:], cond.cond_BD)
 
     # ---- inference: KV cache ---------------------------------------------------------------
+
+    def compile_inference(self) -> None:
+        """Run every block's token-wise parts under torch.compile from now on (`Block`, static shapes:
+        graphs per token count, shared by the blocks), in `prefill` and `step` with room for a graph
+        per scale, batch size and resolution (`compiled.many_graphs`)."""
+        for blk in self.blocks:
+            blk.compile_inference()
+        self.prefill = many_graphs(self.prefill)  # type: ignore[method-assign]
+        self.step = many_graphs(self.step)  # type: ignore[method-assign]
 
     def new_cache(self, batch: int, schedule: Schedule) -> KVCache:
         n = [h * w for h, w in schedule]

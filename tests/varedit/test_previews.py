@@ -83,13 +83,13 @@ def test_previews_decode_the_codes_at_a_small_grid(
 ) -> None:
     # tiny: 16 px per latent pixel, 128 px (8x8 latent) in 5 scales of token grids 1, 2, 4, 6, 8
     decoded: list[tuple[int, ...]] = []
-    real_decode = tiny_pipe.decode
+    real_decode = tiny_pipe.vae.decode
 
     def recording_decode(f_hat: torch.Tensor) -> torch.Tensor:
         decoded.append(tuple(f_hat.shape[-2:]))
         return real_decode(f_hat)
 
-    monkeypatch.setattr(tiny_pipe, "decode", recording_decode)
+    monkeypatch.setattr(tiny_pipe.vae, "decode", recording_decode)
     tiny_pipe.edit([image(3, 128, 128)], ["a"], seeds=[1], on_preview=Recorder(), preview_size=preview_size)
     assert decoded == [*grids, (8, 8)]  # the result decodes once, at full size
 
