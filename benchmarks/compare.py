@@ -2,6 +2,8 @@
 
     python benchmarks/compare.py BASE_REF                          # config S, float32, 2 threads, 7 rounds
     python benchmarks/compare.py BASE_REF --dtype bf16 --rounds 9
+    python benchmarks/compare.py HEAD --ours-dtype bf16              # bf16 mode against float32
+    python benchmarks/compare.py HEAD --ours-env MALLOC_TRIM_THRESHOLD_=4294967296   # a deployment setting
 
 BASE_REF is checked out once into a git worktree (reused by later calls). Each round runs
 `benchmarks/stage_times.py` (of this tree) once with PYTHONPATH at this tree and once at the base
@@ -62,11 +64,13 @@ def cpu_info() -> tuple[str, list[str]]:
     return model, [f for f in FLAGS if f in flags]
 
 
-def run_tree(tree: Path, args: argparse.Namespace, save: Path) -> dict[str, list[float]]:
+def run_tree(
+    tree: Path, args: argparse.Namespace, save: Path, dtype: str, env_extra: dict[str, str]
+) -> dict[str, list[float]]:
     cmd = [sys.executable, str(SCRIPT), "--config", args.config, "--threads", str(args.threads)]
     cmd += [
         "--dtype",
-        args.dtype,
+        dtype,
         "--runs",
         str(args.runs),
         "--warmup",
@@ -74,7 +78,7 @@ def run_tree(tree: Path, args: argparse.Namespace, save: Path) -> dict[str, list
         "--save",
         str(save),
     ]
-    env = {**os.environ, "PYTHONPATH": str(tree)}
+    env = {**os.environ, **env_extra, "PYTHONPATH": str(tree)}
     out = subprocess.run(cmd, env=env, cwd=save.parent, check=True, capture_output=True, text=True).stdout
     result = json.loads(out.strip().splitlines()[-1])
     if not Path(result["varedit"]).resolve().is_relative_to(tree.resolve()):
@@ -88,6 +92,16 @@ def main() -> None:
     p.add_argument("--config", default="S")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--dtype", choices=["float32", "bf16"], default="float32")
+    p.add_argument(
+        "--ours-dtype", choices=["float32", "bf16"], help="dtype of this tree only (default: --dtype)"
+    )
+    p.add_argument(
+        "--ours-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="environment variable set for this tree's processes only (repeatable), to time a setting",
+    )
     p.add_argument("--rounds", type=int, default=7, help="processes per side, alternating")
     p.add_argument("--runs", type=int, default=2, help="timed edits per process")
     p.add_argument("--warmup", type=int, default=1, help="untimed edits per process")
@@ -102,6 +116,9 @@ def main() -> None:
 
     base, sha = base_worktree(args.base_ref, args.worktree)
     trees = {"base": base, "ours": ROOT}
+    dtypes = {"base": args.dtype, "ours": args.ours_dtype or args.dtype}
+    ours_env = dict(kv.split("=", 1) for kv in args.ours_env)
+    envs: dict[str, dict[str, str]] = {"base": {}, "ours": ours_env}
     model, flags = cpu_info()
     load_before = os.getloadavg()
     per_round: dict[str, list[dict[str, list[float]]]] = {"base": [], "ours": []}
@@ -110,7 +127,7 @@ def main() -> None:
         for r in range(args.rounds):
             order = ["base", "ours"] if r % 2 == 0 else ["ours", "base"]
             for side in order:
-                per_round[side].append(run_tree(trees[side], args, saves[side]))
+                per_round[side].append(run_tree(trees[side], args, saves[side], dtypes[side], envs[side]))
             print(
                 f"round {r + 1}/{args.rounds}: total ms "
                 + ", ".join(f"{s} {statistics.median(per_round[s][-1]['total']):.0f}" for s in trees),
@@ -126,6 +143,8 @@ def main() -> None:
         f"cpu: {model}, {os.cpu_count()} logical CPUs, "
         f"flags: {' '.join(flags) or 'none of ' + ' '.join(FLAGS)}"
     )
+    if dtypes["ours"] != dtypes["base"] or ours_env:
+        print(f"ours only: {dtypes['ours']}" + "".join(f" {k}={v}" for k, v in ours_env.items()))
     print(
         f"config {args.config}, {args.dtype}, {args.threads} threads, torch {torch.__version__}; "
         f"{args.rounds} rounds x {args.runs} edits per side (after {args.warmup} warm-up each), interleaved; "
