@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     model_path: str | None = None  # a folder, or fake:// for the instant test model; None: the bundled model
     device: str | None = None  # "cuda", "cuda:1", "cpu"; None: CUDA when available
     dtype: str | None = None  # "bfloat16", "float32"; None: the pipeline's default for the device
+    # torch.compile the model when loading (EditPipeline's `compile`): for CUDA workers; each new batch
+    # size or resolution compiles on first use
+    compile: bool = False
     # Model names served by this deployment (one Celery queue each). A model's resolutions and default
     # sampling settings come from its folder, reported by its workers; `model_overrides` adjusts them.
     models: list[str] = Field(default_factory=lambda: ["shapes-64"])

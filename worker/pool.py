@@ -9,7 +9,8 @@ edit at every resolution the model serves, so the first real job does not pay fo
 The model path decides what is loaded:
 
 - ``fake://...``   `worker.fake.FakeEditPipeline`, an instant stand-in (benchmarks, platform tests);
-- anything else    `varedit.EditPipeline.from_pretrained(path, variant=name, device=..., dtype=...)`.
+- anything else    `varedit.EditPipeline.from_pretrained(path, variant=name, device=..., dtype=...,
+                   compile=...)`.
 
 torch and varedit are imported only when a real model is loaded.
 """
@@ -61,6 +62,7 @@ class ModelPool:
         *,
         device: str | None = None,
         dtype: str | None = None,
+        compile: bool = False,
         warmup: bool = True,
     ) -> LoadedModel:
         """Load (once) and warm up the model serving `name`; a folder holding another model is refused."""
@@ -68,7 +70,7 @@ class ModelPool:
             if name in self.models:
                 return self.models[name]
             t0 = time.perf_counter()
-            model, used_device = _build(name, path, device=device, dtype=dtype)
+            model, used_device = _build(name, path, device=device, dtype=dtype, compile=compile)
             loaded = LoadedModel(
                 name=name, path=path, model=model, load_s=time.perf_counter() - t0, device=used_device
             )
@@ -143,7 +145,9 @@ def resolve_model_path(configured: str | Path | None, model: str) -> str:
     return str(bundled)
 
 
-def _build(name: str, path: str, *, device: str | None, dtype: str | None) -> tuple[EditModel, str]:
+def _build(
+    name: str, path: str, *, device: str | None, dtype: str | None, compile: bool
+) -> tuple[EditModel, str]:
     if is_fake_path(path):
         return FakeEditPipeline.from_url(path, name), "none"
     import torch  # torch only in processes that run a real model
@@ -153,7 +157,7 @@ def _build(name: str, path: str, *, device: str | None, dtype: str | None) -> tu
     used_device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch_dtype = getattr(torch, dtype) if dtype else None
     return EditPipeline.from_pretrained(
-        path, variant=name, device=used_device, dtype=torch_dtype
+        path, variant=name, device=used_device, dtype=torch_dtype, compile=compile
     ), used_device
 
 

@@ -119,7 +119,9 @@ def load_model(rt: Runtime, name: str) -> None:
     """Load and warm up the model served as `name`, then record its facts for the API (with the
     folder's example images copied to storage, where the API can serve them)."""
     path = resolve_model_path(rt.settings.model_path, name)
-    loaded = rt.pool.load(name, path, device=rt.settings.device, dtype=rt.settings.dtype)
+    loaded = rt.pool.load(
+        name, path, device=rt.settings.device, dtype=rt.settings.dtype, compile=rt.settings.compile
+    )
     metrics.BUSY.labels(name).set(0)  # an idle worker reports 0, so utilisation averages over all
     description, examples = ("", []) if is_fake_path(path) else publish_examples(rt, name, Path(path))
     facts = dataclasses.replace(facts_of(loaded.model), description=description, examples=examples)
