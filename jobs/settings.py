@@ -79,7 +79,9 @@ class Settings(BaseSettings):
     s3_region: str = "us-east-1"
     model_path: str | None = None  # a folder, or fake:// for the instant test model; None: the bundled model
     device: str | None = None  # "cuda", "cuda:1", "cpu"; None: CUDA when available
-    dtype: str | None = None  # "bfloat16", "float32"; None: the pipeline's default for the device
+    # The transformer blocks' dtype; None: the pipeline's default (bfloat16 on CUDA, float32 on CPU).
+    # bfloat16 on a CPU with AMX halves an edit, with results that differ from float32 ones.
+    dtype: Literal["bfloat16", "float32"] | None = None
     # torch.compile the model when loading (EditPipeline's `compile`): for CUDA workers; each new batch
     # size or resolution compiles on first use
     compile: bool = False

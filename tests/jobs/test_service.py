@@ -150,6 +150,7 @@ def test_settings_defaults_and_normalisation(make_settings: Callable[..., Settin
         {"model_overrides": {"tiny": {"resolutions": []}}},
         {"heartbeat_s": 60, "lease_s": 60},
         {"environment": "production"},
+        {"dtype": "bf16"},
     ],
     ids=str,
 )

@@ -496,6 +496,17 @@ def test_pool_loads_the_fake_once_and_warms_it_up(monkeypatch) -> None:
         pool.get("8B-1024")
 
 
+def test_pool_loads_the_bundled_model_in_the_dtype_asked_for() -> None:
+    import torch
+
+    path = pool_mod.resolve_model_path(None, "shapes-64")
+    loaded = pool_mod.ModelPool().load("shapes-64", path, device="cpu", dtype="bfloat16")
+    pipe = loaded.model
+    assert loaded.device == "cpu" and loaded.warmup_s > 0.0
+    assert pipe.dtype == torch.bfloat16
+    assert pipe.transformer.blocks[0].ffn.fc1.weight.dtype == torch.bfloat16
+
+
 def test_warm_up_runs_one_edit_per_served_resolution() -> None:
     pipe = RecordingPipeline(resolutions=(32, 128))
     assert pool_mod.warm_up(pipe) >= 0.0
