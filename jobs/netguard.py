@@ -13,16 +13,23 @@ hostname. httpcore is used directly: it never follows redirects on its own and n
 settings from the environment, both of which could route a request around the check (a caller that
 follows redirects checks each target like the first: `api/image_fetch.py`).
 
+A sync guarded pool also honours `deadline`: httpcore's timeouts bound each phase (connect, each read
+and write), so an endpoint trickling its answer a byte at a time could otherwise hold a request open
+for ever.
+
 Refusals tell the client only that the URL is not allowed; what a name resolved to is logged here
 (``url_refused``), never returned, so the guard cannot be used to map the inside of the network.
 """
 
 from __future__ import annotations
 
+import contextvars
 import ipaddress
 import re
 import socket
-from collections.abc import Collection, Iterable
+import time
+from collections.abc import Collection, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -227,6 +234,55 @@ def describe_failure(e: BaseException) -> str:
 
 # -- connection backends --------------------------------------------------------------------------
 
+_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("netguard_deadline", default=None)
+
+
+@contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    """Everything a sync guarded pool does inside the block (connecting, TLS, every read and write) ends
+    within ``seconds`` in all; past it, the next step raises httpcore's timeout of that phase."""
+    token = _deadline.set(time.monotonic() + seconds)
+    try:
+        yield
+    finally:
+        _deadline.reset(token)
+
+
+def _within_deadline(timeout: float | None, error: type[httpcore.TimeoutException]) -> float | None:
+    """A phase's timeout, cut to what is left of the current `deadline`."""
+    end = _deadline.get()
+    if end is None:
+        return timeout
+    left = end - time.monotonic()
+    if left <= 0:
+        raise error("the request's time limit is over")
+    return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A connection whose every step honours `deadline` (also when reused for a later request)."""
+
+    def __init__(self, inner: httpcore.NetworkStream) -> None:
+        self.inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self.inner.read(max_bytes, _within_deadline(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self.inner.write(buffer, _within_deadline(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def start_tls(
+        self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None
+    ) -> _DeadlineStream:
+        timeout = _within_deadline(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self.inner.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self.inner.get_extra_info(info)
+
 
 class GuardedBackend(httpcore.SyncBackend):
     """Connects only to allowed ports and public addresses (any address when `allow_private`),
@@ -252,10 +308,21 @@ class GuardedBackend(httpcore.SyncBackend):
         *others, last = self.addresses_for(host, port)
         for address in others:
             try:
-                return super().connect_tcp(address, port, timeout, local_address, socket_options)
+                return self._connect(address, port, timeout, local_address, socket_options)
             except httpcore.ConnectError:
                 continue  # e.g. an IPv6 address without a route: try the next one
-        return super().connect_tcp(last, port, timeout, local_address, socket_options)
+        return self._connect(last, port, timeout, local_address, socket_options)
+
+    def _connect(
+        self,
+        address: str,
+        port: int,
+        timeout: float | None,
+        local_address: str | None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None,
+    ) -> httpcore.NetworkStream:
+        timeout = _within_deadline(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(super().connect_tcp(address, port, timeout, local_address, socket_options))
 
     def connect_unix_socket(
         self,

@@ -9,7 +9,8 @@
    same way, so one message is in one worker's hands at a time. If the hand-over is lost (broker
    down) or that worker dies, the message simply falls due again after the reservation.
 3. The worker sends it and `record_outcome` settles it by the attempt's verdict: delivered; gone (the
-   endpoint wants no more: the job's other pending messages to that URL stop too); refused (the
+   endpoint wants no more: the job's other pending messages to that URL stop, and its later state
+   changes send it none); refused (the
    address may never be called) fails at once; anything else is retried after the schedule's next
    delay (+-10% jitter, or the endpoint's Retry-After when longer), failed after the last one.
    Delivery is at least once; receivers deduplicate on ``webhook-id`` (``message_id``).
@@ -73,9 +74,24 @@ def enqueue(session: Session, job: Job, *, now: datetime | None = None) -> Webho
     event = EVENT_OF_STATUS.get(job.status)
     if event is None or not job.webhook_url or (job.webhook_events and event not in job.webhook_events):
         return None
+    if _gone(session, job.id, job.webhook_url):
+        return None  # the endpoint answered 410 to one of this job's messages: it wants no more
     now = now or utcnow()
     payload = {"type": event, "timestamp": now.isoformat().replace("+00:00", "Z"), "data": render_job(job)}
     return _add(session, job, event, f"msg_{uuid.uuid4().hex}", payload, now)
+
+
+def _gone(session: Session, job_id: str, url: str) -> bool:
+    found = session.scalar(
+        select(WebhookDelivery.id)
+        .where(
+            WebhookDelivery.job_id == job_id,
+            WebhookDelivery.url == url,
+            WebhookDelivery.status == DeliveryStatus.GONE,
+        )
+        .limit(1)
+    )
+    return found is not None
 
 
 def _add(

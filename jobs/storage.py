@@ -98,7 +98,7 @@ class LocalStorage:
     def get(self, key: str) -> bytes:
         try:
             return self._path(key).read_bytes()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # no such file, or a file where a folder goes
             raise KeyError(key) from None
 
     def exists(self, key: str) -> bool:

@@ -18,7 +18,7 @@ import structlog
 from standardwebhooks.webhooks import Webhook
 
 from jobs.models import WebhookDelivery
-from jobs.netguard import Unresolvable, UnsafeURL, describe_failure, header_map, timeouts
+from jobs.netguard import Unresolvable, UnsafeURL, deadline, describe_failure, header_map, timeouts
 from jobs.outbox import Outcome, Verdict
 
 USER_AGENT = "varedit-serve-webhooks/1"
@@ -60,15 +60,23 @@ def retry_after_s(value: str | None, now: datetime) -> float | None:
 def send(
     pool: httpcore.ConnectionPool, delivery: WebhookDelivery, secrets: Sequence[str], timeout_s: float
 ) -> Outcome:
-    """POST the message once; every failure becomes an `Outcome`, never an exception."""
+    """POST the message once, within ``timeout_s`` in all (connecting, sending, the answer's head);
+    every failure becomes an `Outcome`, never an exception."""
     now = datetime.now(UTC)
     body = body_of(delivery)
     headers = signed_headers(secrets, delivery.message_id, now, body)
     try:
         # The answer's body is never read: a receiver could send gigabytes.
-        with pool.stream(
-            "POST", delivery.url, headers=headers, content=body, extensions={"timeout": timeouts(timeout_s)}
-        ) as response:
+        with (
+            deadline(timeout_s),
+            pool.stream(
+                "POST",
+                delivery.url,
+                headers=headers,
+                content=body,
+                extensions={"timeout": timeouts(timeout_s)},
+            ) as response,
+        ):
             status, answer_headers = response.status, response.headers
     except UnsafeURL as e:
         return Outcome(Verdict.REFUSED, error=str(e))

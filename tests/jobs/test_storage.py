@@ -49,6 +49,12 @@ def test_get_missing_raises_key_error(storage: Storage) -> None:
         storage.get("jobs/missing/source.png")
 
 
+def test_get_below_an_object_raises_key_error(storage: Storage) -> None:
+    storage.put("jobs/a/previews", b"an object where a folder would be", "image/png")
+    with pytest.raises(KeyError):
+        storage.get("jobs/a/previews/1.png")
+
+
 def test_check_passes_when_reachable(storage: Storage) -> None:
     storage.check()
 

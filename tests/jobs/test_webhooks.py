@@ -9,6 +9,7 @@ import json
 import os
 import random
 import socket
+import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -229,6 +230,17 @@ def test_gone_stops_the_jobs_other_messages_to_that_url(sessions, submit_job) ->
     assert [m.status for m in _messages(sessions, job_id)] == [DeliveryStatus.GONE, DeliveryStatus.GONE]
 
 
+def test_after_gone_later_state_changes_send_that_url_nothing(sessions, submit_job) -> None:
+    job_id = submit_job(webhook_url=HOOK)
+    with session_scope(sessions) as session:
+        assert transitions.claim(session, job_id, "w1", lease_s=60) is not None
+    [running] = _messages(sessions, job_id)
+    assert _record(sessions, running.id, Outcome(Verdict.GONE, answer=410)) is DeliveryStatus.GONE
+    with session_scope(sessions) as session:
+        assert transitions.finish(session, job_id, 1, RESULT)
+    assert [m.event for m in _messages(sessions, job_id)] == ["job.running"]
+
+
 def test_an_unsafe_address_fails_at_once(sessions, submit_job) -> None:
     delivery_id = _one_message(sessions, submit_job)
     assert _record(sessions, delivery_id, Outcome(Verdict.REFUSED, error="private")) is DeliveryStatus.FAILED
@@ -356,6 +368,41 @@ def test_an_unreachable_endpoint_is_retried_not_refused() -> None:
     assert (
         outcome.error.startswith("ConnectError") and "127.0.0.1" not in outcome.error
     )  # last_error is public
+
+
+@pytest.fixture
+def trickling_endpoint() -> Iterator[str]:
+    """An endpoint that answers a header line every 0.2 s for 30 s: each read of the answer gets bytes
+    well within any per-read timeout, so only a limit on the whole attempt ends it early."""
+    stop = threading.Event()
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            try:
+                conn.sendall(b"HTTP/1.1 200 OK\r\n")
+                for _ in range(150):
+                    if stop.wait(0.2):
+                        return
+                    conn.sendall(b"x-still-there: yes\r\n")
+                conn.sendall(b"content-length: 0\r\n\r\n")
+            except OSError:
+                pass  # the client gave up
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}/hook"
+    stop.set()
+    listener.close()
+    thread.join(timeout=5)
+
+
+def test_an_attempt_is_bounded_in_all_not_per_read(trickling_endpoint: str) -> None:
+    outcome = send(guarded_pool(allow_private=True), _delivery(trickling_endpoint), [WEBHOOK_SECRET], 1.0)
+    assert (outcome.verdict, outcome.answer) == (Verdict.RETRY, None)
+    assert outcome.error is not None and outcome.error.startswith("ReadTimeout")
 
 
 # -- the tasks --------------------------------------------------------------------------------------
