@@ -56,7 +56,9 @@ class EditCreate(BaseModel):
     priority: int = Field(0, ge=-10, le=10, description="Higher runs first among queued jobs.")
     start_timeout_s: int | None = Field(None, gt=0, description="Expire if not started within this.")
     webhook_url: str | None = Field(None, max_length=2048, pattern=r"^https?://")
-    webhook_events: list[WebhookEvent] | None = None
+    webhook_events: list[WebhookEvent] | None = Field(
+        None, min_length=1, description="The events to send to webhook_url; default: all of them."
+    )
     previews: bool | None = Field(
         None,
         description="Store a small preview after every scale: SSE `preview` events and "

@@ -219,9 +219,9 @@ def measure_batches(ctx: Ctx, pipe: Any, result: dict[str, Any], batches: tuple[
 
     rows: dict[str, Any] = result.setdefault("batches", {})
     max_runs = 3 if ctx.device.startswith("cuda") else 1  # on the CPU the tiny runs check code, not speed
-    last_edit_s = 0.0
+    last_edit_s, last_batch = 0.0, 1
     for i, batch in enumerate(batches):
-        if i and last_edit_s * batch / batches[i - 1] * 1.5 > ctx.left() - 5:
+        if i and last_edit_s * batch / last_batch * 1.5 > ctx.left() - 5:  # from the last one measured
             rows[str(batch)] = {"status": "skipped", "reason": "section time budget"}
             continue
         if ctx.device.startswith("cuda"):
@@ -241,7 +241,7 @@ def measure_batches(ctx: Ctx, pipe: Any, result: dict[str, Any], batches: tuple[
             break
         best = min(runs, key=lambda r: r["total_s"])
         median_s = statistics.median(r["total_s"] for r in runs)
-        last_edit_s = median_s
+        last_edit_s, last_batch = median_s, batch
         rows[str(batch)] = {
             "status": "measured",
             "runs": len(runs),

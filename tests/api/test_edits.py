@@ -242,6 +242,16 @@ def test_bad_multipart_input_stores_and_queues_nothing(
         ({"instruction": "x", "image_url": "http://169.254.169.254/latest"}, 422, "image_url_not_allowed"),
         ({"instruction": "x", "image_url": "file:///etc/passwd"}, 422, "image_url_not_allowed"),
         ({"image_base64": base64.b64encode(image_bytes()).decode()}, 422, "invalid_request"),
+        (  # no events is not "all events"
+            {
+                "instruction": "x",
+                "image_base64": base64.b64encode(image_bytes()).decode(),
+                "webhook_url": "https://example.com/hook",
+                "webhook_events": [],
+            },
+            422,
+            "invalid_request",
+        ),
         (["not", "an", "object"], 422, "invalid_request"),
     ],
 )
