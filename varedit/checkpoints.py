@@ -17,7 +17,9 @@ The small VAE takes copies instead and lets its file go (`vae.loading.build_vae`
 
 Our folder format (written by `save_pretrained`, read by `EditPipeline.from_pretrained`):
   config.json              {"format": "varedit", "format_version": 1, "config": VAREditConfig fields,
-                            "serving": {"resolutions": [...], "sampling": {"cfg", "tau", "top_k", "top_p"}}}
+                            "serving": {"resolutions": [...], "sampling": {"cfg", "tau", "top_k", "top_p"},
+                                        "description", "examples": [{"instruction", "image"}]}}
+  <example images>         the files the serving examples name, relative to the folder
   transformer.safetensors  this model's keys (blocks.{i}.*), float32 or bfloat16
   vae.safetensors          the VAE's keys (official spelling)
   text_encoder/            Hugging Face folder: T5EncoderModel weights and its tokenizer
@@ -25,21 +27,25 @@ Our folder format (written by `save_pretrained`, read by `EditPipeline.from_pret
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
+import os
+import pickle
 import re
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from .config import VAREditConfig, get_config
 from .serving import SamplingDefaults, Serving
 from .transformer import VAREditTransformer, null_text_init
-from .vae import VAE, VAECheckpointError, load_official_vae
-from .vae.loading import build_vae
+from .vae import VAE, VAECheckpointError
+from .vae.loading import build_vae, unwrap_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +61,36 @@ _LEGACY_KEYS = {"lvl_1L", "attn_bias_for_masking", "Infinity_visible_kvlen", "In
 
 
 class CheckpointError(ValueError):
-    """A checkpoint or folder that does not fit: wrong layout, missing file, unmapped or mis-shaped keys."""
+    """A checkpoint or folder that does not fit: wrong layout, missing or damaged file, unmapped or
+    mis-shaped keys."""
+
+
+def _load_pth(path: Path) -> object:
+    """`torch.load` memory-mapped; a damaged file (truncated, not a checkpoint) raises CheckpointError
+    naming it instead of torch's error, which does not."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({e})") from e
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """`safetensors.torch.load_file` (memory-mapped); a damaged file raises CheckpointError naming it
+    instead of safetensors' error, which does not."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path)
+    except SafetensorError as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
+
+
+def _official_state(path: Path) -> object:
+    """The transformer state of an official file: a plain state dict or {'trainer': {'gpt_fsdp': ...}}."""
+    raw = _load_pth(path)
+    if isinstance(raw, Mapping) and "trainer" in raw:
+        raw = raw["trainer"]["gpt_fsdp"]
+    return raw
 
 
 # ---- official transformer state dict ----------------------------------------------------------
@@ -157,9 +192,7 @@ def load_official_transformer(
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"transformer checkpoint not found: {path}")
-    raw = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    if isinstance(raw, Mapping) and "trainer" in raw:
-        raw = raw["trainer"]["gpt_fsdp"]
+    raw = _official_state(path)
     if not isinstance(raw, Mapping) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
         raise CheckpointError(f"{path} is not a transformer state dict")
     return build_transformer(cfg, official_to_ours(raw, cfg), device, dtype, what=str(path))
@@ -172,10 +205,10 @@ def load_vae(path: str | Path, cfg: VAREditConfig, device: Device = "cpu") -> VA
         raise CheckpointError(f"VAE checkpoint not found: {path}")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return build_vae(cfg.vae, load_file(path), device).requires_grad_(False)
-        return load_official_vae(path, cfg.vae, device).requires_grad_(False)
+            state = _load_safetensors(path)
+        else:
+            state = unwrap_state_dict(_load_pth(path))
+        return build_vae(cfg.vae, state, device).requires_grad_(False)
     except VAECheckpointError as e:
         raise CheckpointError(str(e)) from e
 
@@ -212,11 +245,16 @@ def is_our_folder(path: Path) -> bool:
 
 
 def _read_meta(folder: Path) -> dict:
-    meta = json.loads((folder / CONFIG_FILE).read_text())
-    if meta.get("format") != FORMAT:
+    try:
+        meta = json.loads((folder / CONFIG_FILE).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{folder / CONFIG_FILE}: not valid JSON ({e})") from e
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{folder / CONFIG_FILE} is not a {FORMAT} config")
     if meta.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"unsupported format_version {meta.get('format_version')} in {folder}")
+    if not isinstance(meta.get("config"), dict):
+        raise CheckpointError(f'{folder / CONFIG_FILE} has no "config" section (the model\'s settings)')
     return meta
 
 
@@ -259,6 +297,42 @@ def write_config(folder: Path, cfg: VAREditConfig, serving: Serving | None = Non
     (folder / CONFIG_FILE).write_text(json.dumps(meta, indent=1))
 
 
+def _serving_for(folder: Path, serving: Serving, examples_from: Path) -> Serving:
+    """`serving` as `folder` can state it: with its example images copied in from `examples_from`, or
+    without examples where that folder lacks one (a folder must hold the images it names, or it does
+    not load)."""
+    if not serving.examples:
+        return serving
+    sources = [examples_from / e.image for e in serving.examples]
+    if not all(src.is_file() for src in sources):
+        log.warning("%s: writing no serving examples (their images are not available)", folder)
+        return dataclasses.replace(serving, examples=())
+    for e, src in zip(serving.examples, sources, strict=True):
+        dst = folder / e.image
+        if src.resolve() != dst.resolve():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dst)
+    return serving
+
+
+def _normal_mode() -> int:
+    """The mode a plain `open(path, "w")` gives a new file: 0o666 less the process umask. Reading the
+    umask means setting it; meanwhile it is 0o077, so a file another thread creates then is private."""
+    umask = os.umask(0o077)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _give_normal_modes(folder: Path) -> None:
+    """safetensors (ours, and the T5's through transformers) writes a private temporary file (0600)
+    and renames it into place; give the weight files the mode any other write gets, so that a model
+    folder is readable by the users the umask allows (e.g. a container running as another user)."""
+    mode = _normal_mode()
+    weights = [folder / TRANSFORMER_FILE, folder / VAE_FILE]
+    for path in [*weights, *(folder / TEXT_ENCODER_DIR).rglob("*.safetensors")]:
+        path.chmod(mode)
+
+
 def save_transformer_state(
     path: Path, state: Mapping[str, torch.Tensor], dtype: torch.dtype | None = None
 ) -> None:
@@ -292,18 +366,23 @@ def save_pretrained(
     text_encoder: str | Path | None = None,
     dtype: torch.dtype | None = None,
     serving: Serving | None = None,
+    examples_from: str | Path | None = None,
 ) -> Path:
     """Write our folder format. text_encoder: an HF folder (T5 encoder + tokenizer) to copy in.
 
     dtype: store the transformer's blocks in this dtype (bfloat16 halves the file).
-    serving: the resolutions and sampling defaults to state (default: trained resolution, official)."""
+    serving: the resolutions and sampling defaults to state (default: trained resolution, official).
+    examples_from: the folder holding the images of serving's examples, which are copied in (default:
+    `folder` itself, whose images stay); if one is missing there, the folder states no examples."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    serving = _serving_for(folder, serving or Serving.trained(cfg), Path(examples_from or folder))
     write_config(folder, cfg, serving)
     save_transformer_state(folder / TRANSFORMER_FILE, transformer.state_dict(), dtype)
     save_vae_state(folder / VAE_FILE, vae)
     if text_encoder is not None and Path(text_encoder).resolve() != (folder / TEXT_ENCODER_DIR).resolve():
         shutil.copytree(text_encoder, folder / TEXT_ENCODER_DIR, dirs_exist_ok=True)
+    _give_normal_modes(folder)
     return folder
 
 
@@ -312,11 +391,9 @@ def load_transformer_safetensors(
 ) -> VAREditTransformer:
     """Our transformer file, memory-mapped (safetensors maps the file; on the CPU a tensor already
     in its final dtype is adopted without a copy)."""
-    from safetensors.torch import load_file
-
     if not path.is_file():
         raise CheckpointError(f"transformer checkpoint not found: {path}")
-    return build_transformer(cfg, load_file(path), device, dtype, what=str(path))
+    return build_transformer(cfg, _load_safetensors(path), device, dtype, what=str(path))
 
 
 # ---- the official release folder -------------------------------------------------------------
@@ -384,10 +461,7 @@ def convert_official(
     src, dst = Path(src), Path(dst)
     cfg = get_config(official_variant(src, variant))
     tf_path, vae_path, t5_dir = official_files(src, cfg)
-    raw = torch.load(tf_path, map_location="cpu", weights_only=True, mmap=True)
-    if isinstance(raw, Mapping) and "trainer" in raw:
-        raw = raw["trainer"]["gpt_fsdp"]
-    state = official_to_ours(raw, cfg)
+    state = official_to_ours(_official_state(tf_path), cfg)
     with torch.device("meta"):
         check_state_dict(VAREditTransformer(cfg), state, str(tf_path))
     vae = load_vae(vae_path, cfg)
@@ -398,6 +472,7 @@ def convert_official(
     )
     save_vae_state(dst / VAE_FILE, vae)
     shutil.copytree(t5_dir, dst / TEXT_ENCODER_DIR, dirs_exist_ok=True)
+    _give_normal_modes(dst)
     return dst
 
 
@@ -413,9 +488,8 @@ def write_random_checkpoint(
     cfg = config_name if isinstance(config_name, VAREditConfig) else get_config(config_name)
     torch.manual_seed(seed)
     transformer, vae = VAREditTransformer(cfg), VAE(cfg.vae)
-    folder = save_pretrained(folder, cfg, transformer, vae, serving=Serving.trained(cfg))
-    _write_random_t5(folder / TEXT_ENCODER_DIR, cfg.text_channels, cfg.text_maxlen, seed)
-    return folder
+    _write_random_t5(Path(folder) / TEXT_ENCODER_DIR, cfg.text_channels, cfg.text_maxlen, seed)
+    return save_pretrained(folder, cfg, transformer, vae, serving=Serving.trained(cfg))
 
 
 def official_layout(cfg: VAREditConfig) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:

@@ -140,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, KeyError) as e:  # CheckpointError is a ValueError
-        print(f"varedit: error: {e}", file=sys.stderr)
+        message = " ".join(str(e).split())  # one line, even when a wrapped library error spans several
+        print(f"varedit: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -25,12 +25,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
+from safetensors import SafetensorError
 
 from . import checkpoints as ckpt
 from .compiled import compiled, many_graphs
 from .config import VAREditConfig
 from .images import to_rgb
-from .sampling import EditCancelled, OnCodes, OnScale, generate
+from .sampling import EditCancelled, OnCodes, OnScale, generate, per_scale
 from .serving import SamplingDefaults, Serving
 from .text import TextEncoder, TextFeatures
 from .transformer import VAREditTransformer
@@ -56,6 +57,17 @@ def load_image(image: ImageInput) -> Image.Image:
     if not isinstance(image, Image.Image):
         raise ValueError(f"expected a PIL image or an image path, got {type(image).__name__}")
     return to_rgb(image)
+
+
+def check_device(device: torch.device) -> None:
+    """Refuse a CUDA device this machine lacks up front: torch would fail later, deep in loading, with
+    an AssertionError ("Torch not compiled with CUDA enabled") or an invalid device ordinal."""
+    if device.type != "cuda":
+        return
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {device}: CUDA is not available on this machine (use the CPU)")
+    if (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
 
 
 def exact_bound(size: int) -> int:
@@ -145,12 +157,16 @@ class EditPipeline:
         device: torch.device | str = "cpu",
         serving: Serving | None = None,
         compile: bool = False,
+        source: Path | None = None,
     ):
         """compile: run the transformer blocks' token-wise parts, the VAE encoder and the final decode
         under torch.compile (`varedit/compiled.py`; attention and previews stay eager). For CUDA: the
-        first edit of each batch size and resolution compiles, and on CPU the compiled VAE is slower."""
+        first edit of each batch size and resolution compiles, and on CPU the compiled VAE is slower.
+        source: the folder in our format it was loaded from, which holds the images of the serving
+        examples (`save_pretrained` copies them)."""
         self.config, self.transformer, self.vae, self.text_encoder = config, transformer, vae, text_encoder
         self.serving = serving or Serving.trained(config)
+        self.source = source
         self.device = torch.device(device)
         # bfloat16 blocks mean the official GPU precision map, where the VAE also decodes under
         # bf16 autocast; float32 blocks keep the whole edit in float32.
@@ -189,10 +205,12 @@ class EditPipeline:
         dtype: the transformer blocks' dtype; default bfloat16 on CUDA, float32 on CPU. The rest of
             the transformer stays float32, the VAE float32, the T5 encoder float16 (official).
         compile: torch.compile the hot paths (see `__init__`).
-        Raises `CheckpointError` for a wrong folder, a missing file or a checkpoint of another variant.
+        Raises `CheckpointError` for a wrong folder, a missing or damaged file or a checkpoint of another
+        variant, and ValueError for a CUDA device this machine does not have.
         """
         path = Path(path)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        check_device(device)
         if dtype is None:
             dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         config, serving = ckpt.describe(path, variant)
@@ -204,25 +222,36 @@ class EditPipeline:
             )
             vae = ckpt.load_vae(path / ckpt.VAE_FILE, config, device)
             t5_dir = path / ckpt.TEXT_ENCODER_DIR
+            source = path
         else:
+            source = None
             tf_path, vae_path, t5_dir = ckpt.official_files(path, config)
             transformer = ckpt.load_official_transformer(tf_path, config, device, dtype)
             vae = ckpt.load_vae(vae_path, config, device)
         if not t5_dir.is_dir():
             raise ckpt.CheckpointError(f"missing text encoder folder {t5_dir}")
-        text_encoder = TextEncoder.from_pretrained(t5_dir, device=device, max_length=config.text_maxlen)
+        try:
+            text_encoder = TextEncoder.from_pretrained(t5_dir, device=device, max_length=config.text_maxlen)
+        except (OSError, ValueError, SafetensorError) as e:  # what transformers raises for a broken folder
+            raise ckpt.CheckpointError(f"{t5_dir}: not a loadable T5 encoder folder ({e})") from e
         log.info("loaded %s from %s on %s (blocks %s)", config.name, path, device, dtype)
-        return cls(config, transformer, vae, text_encoder, device, serving, compile=compile)
+        return cls(config, transformer, vae, text_encoder, device, serving, compile=compile, source=source)
 
     def save_pretrained(self, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
-        """Write this model in our folder format (dtype: optional dtype of the stored blocks)."""
-        folder = ckpt.save_pretrained(
-            folder, self.config, self.transformer, self.vae, dtype=dtype, serving=self.serving
-        )
-        t5_dir = folder / ckpt.TEXT_ENCODER_DIR
+        """Write this model in our folder format (dtype: optional dtype of the stored blocks). The
+        serving examples come along when the model was loaded from a folder that holds their images."""
+        t5_dir = Path(folder) / ckpt.TEXT_ENCODER_DIR
         self.text_encoder.model.save_pretrained(t5_dir)
         self.text_encoder.tokenizer.save_pretrained(t5_dir)
-        return folder
+        return ckpt.save_pretrained(
+            folder,
+            self.config,
+            self.transformer,
+            self.vae,
+            dtype=dtype,
+            serving=self.serving,
+            examples_from=self.source,
+        )
 
     # ---- facts for a server ----------------------------------------------------------------
 
@@ -287,7 +316,7 @@ class EditPipeline:
             whatever else is in the batch (on the same device, dtype and CPU thread count, which
             change float rounding). The seed used is in `out.info["seed"]`.
         cfg: classifier-free guidance on logits (1 = off); a scalar or one per scale.
-        tau: logit temperature (lower is closer to greedy); a scalar or one per scale.
+        tau: logit temperature, > 0 (lower is closer to greedy); a scalar or one per scale.
         on_scale: called as on_scale(k, K) after scale k (1-based) of K; returning False stops the
             edit by raising `EditCancelled`.
         resolution: square side to generate at (default: the model's own).
@@ -326,10 +355,11 @@ class EditPipeline:
         if len(seeds) != len(images):
             raise ValueError(f"need one seed per image: {len(seeds)} seeds, {len(images)} images")
         pils = [load_image(im) for im in images]
-        d = self.sampling
-        sampling = dict(
-            cfg=d.cfg if cfg is None else cfg,
-            tau=d.tau if tau is None else tau,
+        size = resolution or self.resolution
+        K, d = self.num_scales(size), self.sampling
+        sampling = dict(  # checked here, before any encoding
+            cfg=per_scale(d.cfg if cfg is None else cfg, K, "cfg"),
+            tau=per_scale(d.tau if tau is None else tau, K, "tau", positive=True),
             top_k=d.top_k if top_k is None else top_k,
             top_p=d.top_p if top_p is None else top_p,
         )
@@ -340,7 +370,7 @@ class EditPipeline:
                 instructions,
                 negatives,
                 seeds,
-                resolution or self.resolution,
+                size,
                 on_scale,
                 previews,
                 **sampling,

@@ -16,6 +16,7 @@ V = 2d logits per token, dq latent channels, H/W latent size.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -46,11 +47,16 @@ class Generation:
     logits: list[torch.Tensor] = field(default_factory=list)  # per scale raw head output (bs, l, V), if kept
 
 
-def per_scale(value: float | Sequence[float], K: int, name: str) -> list[float]:
-    """A scalar or a per-scale list -> a list of K floats."""
+def per_scale(value: float | Sequence[float], K: int, name: str, positive: bool = False) -> list[float]:
+    """A scalar or a per-scale list -> a list of K finite floats, each > 0 if `positive` (tau divides
+    the logits): anything else would fail deep in sampling, with an error that does not say why."""
     values = [float(value)] * K if isinstance(value, int | float) else [float(v) for v in value]
     if len(values) != K:
         raise ValueError(f"{name} needs {K} values (one per scale), got {len(values)}")
+    bad = [v for v in values if not math.isfinite(v) or (positive and v <= 0)]
+    if bad:
+        allowed = "a finite number greater than 0" if positive else "a finite number"
+        raise ValueError(f"{name} must be {allowed} at every scale, got {bad[0]}")
     return values
 
 
@@ -141,7 +147,7 @@ def generate(
     sample whose row has no tokens keeps the null text (`unconditional_text`).
     """
     K, B = len(schedule), source_BLd.shape[0]
-    cfg_k, tau_k = per_scale(cfg, K, "cfg"), per_scale(tau, K, "tau")
+    cfg_k, tau_k = per_scale(cfg, K, "cfg"), per_scale(tau, K, "tau", positive=True)
     if len(generators) != B:
         raise ValueError(f"need one generator per sample: {len(generators)} for {B}")
     use_cfg = any(c != 1 for c in cfg_k)

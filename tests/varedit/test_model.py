@@ -1,8 +1,12 @@
 """Model behaviour on CPU: cached generation = teacher forcing, batching, seeds, cancel, formats, CLI."""
 
 import json
+import os
+import shutil
+import stat
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +25,7 @@ from varedit.text import TextFeatures
 
 GOLDEN = Path(__file__).parents[1] / "data" / "golden"
 REPO = Path(__file__).parents[2]
+BUNDLED = REPO / "models" / "varedit-shapes-64"
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -38,6 +43,18 @@ def tiny_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def tiny_pipe(tiny_dir) -> EditPipeline:
     return EditPipeline.from_pretrained(tiny_dir, device="cpu")
+
+
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def modes(folder: Path) -> dict[str, int]:
+    """Permission bits of every file under `folder`, by relative path."""
+    return {p.relative_to(folder).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in folder.rglob("*.*")}
 
 
 # ---- the central test: KV-cached inference with forced bits == teacher forcing -----------------
@@ -139,6 +156,92 @@ def test_save_pretrained_round_trip_and_bf16_blocks(tiny_pipe, tmp_path):
     assert bf16.edit(im, "turn it green", seeds=4)[0].size == im.size
 
 
+def test_bundled_model_round_trip_keeps_its_examples(tmp_path, umask_022):
+    """Saving the shipped model writes a folder that loads again, with the example images it names, the
+    same serving facts and the same float32 edits; every file readable by others (umask 022)."""
+    pipe = EditPipeline.from_pretrained(BUNDLED, device="cpu", dtype=torch.float32)
+    assert pipe.serving.examples
+    copy = EditPipeline.from_pretrained(pipe.save_pretrained(tmp_path / "copy"), device="cpu")
+    assert copy.serving == pipe.serving
+    for e in pipe.serving.examples:
+        assert (tmp_path / "copy" / e.image).read_bytes() == (BUNDLED / e.image).read_bytes()
+    example = pipe.serving.examples[0]
+    [ref] = pipe.edit(BUNDLED / example.image, example.instruction, seeds=2)
+    [out] = copy.edit(tmp_path / "copy" / example.image, example.instruction, seeds=2)
+    assert np.array_equal(np.asarray(out), np.asarray(ref))
+    assert set(modes(tmp_path / "copy").values()) == {0o644}
+    # a pipeline that was not loaded from a folder has no images for its examples: it states none
+    bare = EditPipeline(pipe.config, pipe.transformer, pipe.vae, pipe.text_encoder, serving=pipe.serving)
+    again = EditPipeline.from_pretrained(bare.save_pretrained(tmp_path / "bare"), device="cpu")
+    assert again.serving.examples == () and again.serving.sampling == pipe.serving.sampling
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_written_files_get_the_umask_mode(tmp_path, umask):
+    """safetensors writes 0600 files; a folder a host writes must be readable where the umask says so."""
+    old = os.umask(umask)
+    try:
+        folder = write_random_checkpoint(tmp_path / "model", "tiny")
+    finally:
+        os.umask(old)
+    found = modes(folder)
+    assert {"transformer.safetensors", "vae.safetensors", "text_encoder/model.safetensors"} <= set(found)
+    assert found == dict.fromkeys(found, 0o666 & ~umask)
+
+
+def test_damaged_folders_name_the_file(tiny_dir, tmp_path, capsys):
+    """A truncated weight file, a config.json without its "config" or an empty text encoder folder:
+    a CheckpointError naming the file, which `varedit edit` reports in one line (exit 2)."""
+    src = tmp_path / "in.png"
+    image(13, 16, 16).save(src)
+    for name in ("transformer.safetensors", "vae.safetensors"):
+        folder = shutil.copytree(tiny_dir, tmp_path / name)
+        data = (folder / name).read_bytes()
+        (folder / name).write_bytes(data[: len(data) // 2])
+        with pytest.raises(CheckpointError, match=f"{name}: not a readable safetensors file"):
+            EditPipeline.from_pretrained(folder, device="cpu")
+        argv = ["edit", str(src), "x", "-o", str(tmp_path / "out.png"), "--model", str(folder)]
+        assert cli_main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("varedit: error: ") and str(folder / name) in err and err.count("\n") == 1
+    folder = shutil.copytree(tiny_dir, tmp_path / "no-config")
+    meta = json.loads((folder / "config.json").read_text())
+    del meta["config"]
+    (folder / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match='config.json has no "config" section'):
+        EditPipeline.from_pretrained(folder, device="cpu")
+    folder = shutil.copytree(tiny_dir, tmp_path / "no-t5")
+    shutil.rmtree(folder / "text_encoder")
+    (folder / "text_encoder").mkdir()
+    with pytest.raises(CheckpointError, match="text_encoder: not a loadable T5 encoder folder"):
+        EditPipeline.from_pretrained(folder, device="cpu")
+    argv = ["edit", str(src), "x", "-o", str(tmp_path / "out.png"), "--model", str(folder)]
+    assert cli_main(argv) == 2
+    assert capsys.readouterr().err.count("\n") == 1  # transformers' message spans several lines
+
+
+def test_sampling_and_device_are_checked_before_any_work(tiny_pipe, tiny_dir, tmp_path, monkeypatch, capsys):
+    im = image(14, 16, 16)
+    K = tiny_pipe.num_scales()
+    with pytest.raises(ValueError, match="tau must be a finite number greater than 0 .*, got 0.0"):
+        tiny_pipe.edit(im, "a", seeds=1, tau=0)
+    with pytest.raises(ValueError, match="tau must be .* greater than 0"):
+        tiny_pipe.edit(im, "a", seeds=1, tau=[0.5] * (K - 1) + [-1.0])
+    with pytest.raises(ValueError, match="cfg must be a finite number at every scale, got nan"):
+        tiny_pipe.edit(im, "a", seeds=1, cfg=float("nan"))
+    assert tiny_pipe.edit(im, "a", seeds=1, cfg=0.0, tau=[0.5] * K)[0].size == im.size  # cfg 0: uncond only
+    src = tmp_path / "in.png"
+    im.save(src)
+    argv = ["edit", str(src), "x", "-o", str(tmp_path / "out.png"), "--model", str(tiny_dir)]
+    assert cli_main([*argv, "--tau", "0"]) == 2
+    assert "tau must be a finite number greater than 0" in capsys.readouterr().err
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        EditPipeline.from_pretrained(tiny_dir, device="cuda")
+    assert cli_main([*argv, "--device", "cuda"]) == 2
+    assert "CUDA is not available" in capsys.readouterr().err
+
+
 def test_loading_errors_are_clear(tiny_dir, tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
         EditPipeline.from_pretrained(tmp_path / "nowhere")
@@ -226,6 +329,8 @@ def test_cfg_lists_and_the_null_text():
         )
 
     mixed = run([1.0, 3.0, 1.0, 3.0, 3.0])
+    with pytest.raises(ValueError, match="tau must be a finite number greater than 0 .*, got 0.0"):
+        generate(model, vae, text, src, sched, [torch.Generator()], tau=[0.5, 0.5, 0.0, 0.5, 0.5])
     assert [lg.shape[0] for lg in mixed.logits] == [1, 2, 1, 2, 2]  # cfg-1 scales: cond half only
     # the null text is cfg_uncond[:len] of the prompt's length, and cfg 1 never reads it
     lens, null = torch.tensor([5, 3]), torch.tensor([True, True])
@@ -238,7 +343,7 @@ def test_cfg_lists_and_the_null_text():
     assert all(torch.isfinite(lg).all() for lg in run(1.0).logits)
 
 
-def test_official_release_folder_and_convert(tmp_path, monkeypatch, capsys):
+def test_official_release_folder_and_convert(tmp_path, monkeypatch, capsys, umask_022):
     """An official-layout folder (the golden T1 files under the release names, standing in for 2B-512)
     loads directly, converts with `varedit convert` (float32 and bf16), and all give the same edit."""
     from dataclasses import replace
@@ -257,6 +362,7 @@ def test_official_release_folder_and_convert(tmp_path, monkeypatch, capsys):
     im = image(12, 70, 90)
     [ref] = EditPipeline.from_pretrained(release / "2B-512.pth", device="cpu").edit(im, "add a hat", seeds=3)
     assert cli_main(["convert", str(release), str(tmp_path / "ours"), "--variant", "2B-512"]) == 0
+    assert modes(tmp_path / "ours")["transformer.safetensors"] == 0o644  # safetensors alone: 0600
     ours = EditPipeline.from_pretrained(tmp_path / "ours", device="cpu")
     assert ours.name == "2B-512"
     assert np.array_equal(np.asarray(ours.edit(im, "add a hat", seeds=3)[0]), np.asarray(ref))
