@@ -84,17 +84,19 @@ def count_in_flight(session: Session, owner: str) -> int:
 
 
 def queue_position(session: Session, job: Job) -> int | None:
-    """How many queued jobs of the job's model were accepted before it, or None when it is not queued.
-    The broker hands messages out in that order; a republished job, or a batch's companions (chosen by
-    priority), can move a job forward. One indexed count."""
+    """How many queued jobs of the job's model run before it (a higher priority, or the same one and
+    accepted earlier), or None when it is not queued: the order in which workers claim them
+    (`jobs.transitions.next_job`; a batch's companions too); a job submitted later with a higher
+    priority moves it back. One indexed count."""
     if job.status is not JobStatus.QUEUED:
         return None
     earlier = (Job.created_at < job.created_at) | ((Job.created_at == job.created_at) & (Job.id < job.id))
+    ahead = (Job.priority > job.priority) | ((Job.priority == job.priority) & earlier)
     return (
         session.scalar(
             select(func.count())
             .select_from(Job)
-            .where(Job.status == JobStatus.QUEUED, Job.model == job.model, earlier)
+            .where(Job.status == JobStatus.QUEUED, Job.model == job.model, ahead)
         )
         or 0
     )

@@ -185,20 +185,50 @@ def claim(
     return job
 
 
+# Choices a claim may lose to other workers before its message is dropped (its job stays queued and is
+# republished as stranded): with SKIP LOCKED on PostgreSQL a race is rare, and each lost one means
+# another worker took a job.
+CLAIM_RACES = 5
+
+
+def next_job(session: Session, message_job_id: str, now: datetime) -> str | None:
+    """The job a message runs. A message names one job but stands for a turn of that job's model: it
+    runs the claimable job of the model with the highest priority, the oldest among equals, so the
+    broker's order (submits, republished hand-backs) does not decide who goes first. Every job has its
+    own message, so each claim uses up one message and every job still queued has one left. None when
+    the model has nothing claimable (or the job is unknown)."""
+    model = session.scalar(select(Job.model).where(Job.id == message_job_id))
+    if model is None:
+        return None
+    return session.scalar(
+        select(Job.id)
+        .where(*_claimable(now), Job.model == model)
+        .order_by(Job.priority.desc(), Job.created_at, Job.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+    )
+
+
 def claim_batch(
     session: Session,
-    first_job_id: str,
+    message_job_id: str,
     worker_id: str,
     lease_s: int,
     max_batch: int,
     *,
     now: datetime | None = None,
 ) -> list[Job]:
-    """Claim ``first_job_id`` plus up to ``max_batch - 1`` other queued jobs of the same model and
-    resolution (highest priority, then oldest, first). Empty when the first job is not claimable; the
-    messages of the companions become harmless duplicates."""
+    """Claim the job that a message for ``message_job_id`` runs (`next_job`) plus up to
+    ``max_batch - 1`` other queued jobs of the same model and resolution (highest priority, then
+    oldest, first). Empty when no job of that model is claimable: the message is then a harmless
+    duplicate."""
     now = _now(now)
-    first = claim(session, first_job_id, worker_id, lease_s, now=now)
+    first: Job | None = None
+    for _ in range(CLAIM_RACES):  # a claim lost to another worker between choosing and claiming
+        leader_id = next_job(session, message_job_id, now)
+        first = claim(session, leader_id, worker_id, lease_s, now=now) if leader_id else None
+        if leader_id is None or first is not None:
+            break
     if first is None:
         return []
     if max_batch <= 1:
@@ -221,9 +251,7 @@ def claim_batch(
     )
     others = sorted(session.execute(stmt).scalars(), key=lambda j: ids.index(j.id))
     for job in others:
-        log.info(
-            "job_claimed", job_id=job.id, worker_id=worker_id, attempt=job.attempts, batch_of=first_job_id
-        )
+        log.info("job_claimed", job_id=job.id, worker_id=worker_id, attempt=job.attempts, batch_of=first.id)
         outbox.enqueue(session, job, now=now)
     return [first, *others]
 

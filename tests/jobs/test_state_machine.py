@@ -288,16 +288,38 @@ def test_claim_batch_takes_same_model_and_resolution_oldest_first(
     older = submit_job(now=now - timedelta(seconds=5))
     newer = submit_job(now=now + timedelta(seconds=5))
     urgent = submit_job(now=now + timedelta(seconds=9), priority=5)
-    other_res = submit_job(resolution=64)
+    other_res = submit_job(resolution=64, now=now + timedelta(seconds=7))
     other_model = submit_job(model="2B-512", resolution=512)
     with session_scope(sessions) as session:
         batch = transitions.claim_batch(session, first, "w1", LEASE_S, max_batch=3)
-    assert [j.id for j in batch] == [first, urgent, older]
+    assert [j.id for j in batch] == [urgent, older, first]  # the message's turn went to the urgent job
     assert all(j.status is JobStatus.RUNNING and j.attempts == 1 for j in batch)
     for job_id in (newer, other_res, other_model):
         assert _job(sessions, job_id).status is JobStatus.QUEUED
+    for expected in (newer, other_res):  # duplicates of the message are turns of the model too
+        with session_scope(sessions) as session:
+            assert [j.id for j in transitions.claim_batch(session, first, "w2", LEASE_S, max_batch=3)] == [
+                expected
+            ]
     with session_scope(sessions) as session:
-        assert transitions.claim_batch(session, first, "w2", LEASE_S, max_batch=3) == []
+        assert transitions.claim_batch(session, first, "w2", LEASE_S, max_batch=3) == []  # 2B-512's is left
+    assert _job(sessions, other_model).status is JobStatus.QUEUED
+
+
+def test_workers_run_higher_priorities_first_then_the_oldest(
+    sessions: Sessions, submit_job: Callable[..., str]
+) -> None:
+    now = utcnow()
+    plain = [submit_job(now=now + timedelta(seconds=i)) for i in range(3)]
+    urgent = submit_job(now=now + timedelta(seconds=3), priority=5)
+    low = submit_job(now=now - timedelta(seconds=1), priority=-1)
+    order = []
+    for message in [*plain, urgent, low]:  # the broker hands the messages out in submit order
+        with session_scope(sessions) as session:
+            order += [j.id for j in transitions.claim_batch(session, message, "w1", LEASE_S, max_batch=1)]
+    assert order == [urgent, *plain, low]
+    with session_scope(sessions) as session:
+        assert transitions.claim_batch(session, plain[0], "w1", LEASE_S, max_batch=1) == []
 
 
 def test_delete_expired_results_purges_objects(

@@ -379,8 +379,10 @@ def test_batch_claims_companions_and_groups_by_cfg_and_tau(runtime, pipeline, su
     assert _job(sessions, other_res).status is JobStatus.QUEUED  # other resolution: not a companion
     calls = sorted((call["cfg"], tuple(call["seeds"])) for call in pipeline.calls)
     assert calls == [(3.0, (1, 2)), (5.0, (3,))]
-    # the companions' own messages arrive later and are dropped
-    assert edit_tasks.run_edit(b) == "dropped"
+    # the companions' own messages arrive later, each a turn of the model: the first runs the job still
+    # queued, the next finds nothing left and is dropped
+    assert edit_tasks.run_edit(b) == f"{other_res}:succeeded"
+    assert edit_tasks.run_edit(c) == "dropped"
     # each result belongs to its own job (the fake's output depends on instruction and seed)
     results = {runtime.storage.get(result_key(j, 1)) for j in (a, b, c)}
     assert len(results) == 3

@@ -1,9 +1,11 @@
 """`run_edit(job_id)`: the GPU workers' task (queue ``edits.<model>``).
 
-Claim first: a message whose job cannot be claimed (already running elsewhere, finished, canceled,
-expired, unknown) is acknowledged and dropped, so duplicate deliveries are harmless. The claim may take
-companions (queued jobs of the same model and resolution, up to ``max_batch``) that then run as one
-batch; their own messages become such duplicates. The run itself is `worker.editing.EditRun`.
+Claim first. A message names a job but is a turn of its model (`jobs.transitions.next_job`): it runs
+the queued job of that model with the highest priority, the oldest among equals; when the model has
+nothing claimable (the job already ran, was canceled, expired or is unknown, and nothing else waits)
+it is acknowledged and dropped, so duplicate deliveries are harmless. The claim may take companions
+(queued jobs of the same model and resolution, up to ``max_batch``) that then run as one batch. The
+run itself is `worker.editing.EditRun`.
 """
 
 from __future__ import annotations
