@@ -206,10 +206,8 @@ class AsyncJob(JobHandleBase):
                     if inspect.isawaitable(outcome):
                         await outcome
                 return
-            report = reporter.advance(self._data)
-            if report is not None and progress is not None:
-                outcome = progress(report)
-                if inspect.isawaitable(outcome):
+            for report in reporter.advance(self._data):
+                if progress is not None and inspect.isawaitable(outcome := progress(report)):
                     await outcome
 
         await seen()

@@ -265,9 +265,9 @@ class Job(JobHandleBase):
                 if preview is not None:
                     preview(event, self.preview(event.scale))
                 return
-            report = reporter.advance(self._data)
-            if report is not None and progress is not None:
-                progress(report)
+            for report in reporter.advance(self._data):
+                if progress is not None:
+                    progress(report)
 
         seen()
         streaming = True

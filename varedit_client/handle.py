@@ -89,13 +89,18 @@ class ProgressReporter:
     def __init__(self) -> None:
         self._last: tuple[int, int] = (0, 0)
 
-    def advance(self, job: JobPublic) -> JobProgressEvent | None:
-        """The report to make now that the job looks like ``job``, or None when nothing advanced."""
+    def advance(self, job: JobPublic) -> list[JobProgressEvent]:
+        """The reports to make now that the job looks like ``job``: one per scale reached since the
+        last report (a poll can see several scales end at once), none when nothing advanced."""
         progress = job.progress
         if progress is None or progress.scale <= self._last[0]:
-            return None
+            return []
+        first = self._last[0] + 1
         self._last = (progress.scale, progress.scales)
-        return JobProgressEvent(id=job.id, status=job.status, scale=progress.scale, scales=progress.scales)
+        return [
+            JobProgressEvent(id=job.id, status=job.status, scale=k, scales=progress.scales)
+            for k in range(first, progress.scale + 1)
+        ]
 
 
 class Deadline:

@@ -171,21 +171,27 @@ def get_preview(job: OwnedJobDep, storage: StorageDep, scale: Annotated[int, Pat
 async def job_events(
     job: OwnedJobDep, principal: PrincipalDep, sessions: SessionsDep, watcher: WatcherDep
 ) -> EventSourceResponse:
-    """Server-Sent Events: `status` (the job JSON) on every state change, `progress` between scales,
-    `preview` once per stored preview (jobs with `previews`), in order and before the job's terminal
-    `status`; the stream ends when the job is terminal."""
+    """Server-Sent Events: `status` (the job JSON) on every state change, `progress` once per scale of
+    a run, in order (scales that ended between two reads of the job are announced together), `preview`
+    once per stored preview (jobs with `previews`), all before the job's terminal `status`; the stream
+    ends when the job is terminal."""
 
     async def stream() -> AsyncIterator[dict[str, str]]:
         last: Job | None = None
+        reported = 0  # scales 1..reported of this run were sent
         announced = 0  # previews 1..announced were sent
         async for current in changes(sessions, watcher, job.id, principal.id, float("inf")):
             status_changed = last is None or current.status != last.status
-            if status_changed and not current.status.terminal:
-                yield {"event": "status", "data": json.dumps(render_job(current))}
-            elif not status_changed and current.progress != last.progress and current.progress is not None:
+            if status_changed:
+                reported = 0  # a new run (a retry starts again at scale 1)
+                if not current.status.terminal:
+                    yield {"event": "status", "data": json.dumps(render_job(current))}
+            if current.status is JobStatus.RUNNING and current.progress is not None:
                 scale, scales = current.progress
-                data = {"id": current.id, "status": current.status.value, "scale": scale, "scales": scales}
-                yield {"event": "progress", "data": json.dumps(data)}
+                for k in range(reported + 1, scale + 1):
+                    data = {"id": current.id, "status": current.status.value, "scale": k, "scales": scales}
+                    yield {"event": "progress", "data": json.dumps(data)}
+                reported = max(reported, scale)
             for preview in preview_events(current, announced):
                 yield {"event": "preview", "data": preview.model_dump_json()}
                 announced = preview.scale

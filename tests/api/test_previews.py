@@ -126,8 +126,13 @@ def test_events_announce_each_preview_once_in_order_before_the_end(harness: ApiH
         ("preview", {"id": job_id, "scale": 1, "scales": 4, "url": f"/v1/jobs/{job_id}/previews/1"}),
     ]
     record_previews(harness, job_id, attempt, upto=3, of=4)
-    got = [events.get(timeout=10) for _ in range(3)]
-    assert [(name, data["scale"]) for name, data in got] == [("progress", 3), ("preview", 2), ("preview", 3)]
+    got = [events.get(timeout=10) for _ in range(4)]
+    assert [(name, data["scale"]) for name, data in got] == [
+        ("progress", 2),
+        ("progress", 3),
+        ("preview", 2),
+        ("preview", 3),
+    ]
     # the last preview and the end arrive together: the preview comes first
     harness.storage.put(preview_key(job_id, 4), image_bytes(size=(8, 8)), "image/png")
     with session_scope(harness.sessions) as session:

@@ -107,7 +107,7 @@ def test_submit_wait_in_a_pipe_prints_plain_lines_and_saves_the_result(
     job_id = lines[0].split(":")[0]
     assert lines[0] == f"{job_id}: queued" and lines[-1] == f"{job_id}: succeeded"
     scales = [int(line.rsplit(" ", 1)[1].split("/")[0]) for line in lines[1:-1]]
-    assert scales and scales == sorted(set(scales)) and scales[-1] == SCALES, lines
+    assert scales == list(range(1, SCALES + 1)), lines  # each scale once, in order
     assert Image.open(out).size == (40, 40)
     # the same job through the other commands
     got = json.loads(_run("get", job_id, "--url", platform.url).stdout)
