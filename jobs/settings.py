@@ -126,7 +126,8 @@ class Settings(BaseSettings):
     # Who may call. "none": every request is the same anonymous owner (the laptop default);
     # "api_key": `Authorization: Bearer <key>` from `varedit-serve keys create`, each key seeing its own jobs.
     auth: Literal["none", "api_key"] = "none"
-    rate_limit: str = "120/minute"  # POST /v1/edits per caller (limits notation); a key may set its own
+    # write requests (submit, cancel, delete, redeliver) per caller, limits notation; a key may set its own
+    rate_limit: str = "120/minute"
     max_in_flight: int = Field(100, gt=0)  # queued + running jobs per caller; a key may set its own
 
     # URLs chosen by clients (webhook_url, image_url) may reach loopback/private/link-local addresses

@@ -26,7 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] in COMMANDS:
         from varedit_client.cli import main as client_main
 
-        return client_main(argv)
+        return client_main(argv, prog="varedit-serve")
     try:
         from serve.embedded import serve
         from serve.keys import main as keys_main

@@ -270,6 +270,7 @@ class EmbeddedPlatform:
             self.env["VAREDIT_DRAIN_GRACE_S"] = str(DRAIN_GRACE_S)
         if settings.job_metrics_port is None:  # beat (in the light worker) exports the job gauges
             self.env["VAREDIT_JOB_METRICS_PORT"] = str(free_port())
+        if "VAREDIT_JOB_METRICS_HOST" not in env:  # a laptop's gauges stay on it unless asked otherwise
             self.env["VAREDIT_JOB_METRICS_HOST"] = "127.0.0.1"
         if not settings.webhook_secrets:
             self.env["VAREDIT_WEBHOOK_SECRETS"] = json.dumps([webhook_secret(data_dir)])
@@ -467,7 +468,8 @@ def serve(argv: Sequence[str]) -> int:
         prog="varedit-serve",
         description="Run the whole VAREdit Serve platform on this machine (Redis, SQLite, local storage, "
         "one worker, beat, the API). Stop with Ctrl-C.",
-        epilog="Client commands: varedit-serve submit|get|wait|cancel ... (see varedit-serve submit -h); "
+        epilog="Client commands: varedit-serve submit|get|wait|cancel|list|result|events ... (see "
+        "varedit-serve submit -h); "
         "API keys: varedit-serve keys create|list|revoke|rotate-webhook-secret.",
     )
     parser.add_argument("--host", default="127.0.0.1")

@@ -68,10 +68,10 @@ def _timeout(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait (default: %(default)s)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "varedit-client") -> argparse.ArgumentParser:
     common = [_common_options()]
     parser = argparse.ArgumentParser(
-        prog="varedit-client",
+        prog=prog,
         description="VAREdit Serve HTTP client",
         epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -129,8 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, prog: str = "varedit-client") -> int:
+    """Run one client command; ``prog`` is the name its help shows (``varedit-serve`` reaches it too)."""
+    args = build_parser(prog).parse_args(argv)
     try:
         with Client(args.url, args.api_key, max_attempts=max(1, args.max_attempts)) as client:
             return HANDLERS[args.command](client, args)

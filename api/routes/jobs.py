@@ -129,7 +129,7 @@ def get_result(job: OwnedJobDep, storage: StorageDep, settings: SettingsDep) -> 
     if job.status is not JobStatus.SUCCEEDED:
         raise ResultNotReady(f"the job is {job.status.value}, not succeeded", details={"status": job.status})
     if job.result_key is None:
-        raise ResultExpired("the result was deleted after its retention period")
+        raise ResultExpired("the result was deleted (DELETE /v1/jobs/{id}, or its retention period ended)")
     url = storage.presigned_url(job.result_key, settings.presigned_url_s)
     if url is not None:
         return RedirectResponse(url, status_code=307)
