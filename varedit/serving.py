@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 from typing import Any
 
 from .config import VAREditConfig
@@ -36,6 +37,11 @@ class Example:
 
     instruction: str
     image: str  # path relative to the folder
+
+    def __post_init__(self) -> None:
+        path = PurePosixPath(self.image)
+        if not self.image or path.is_absolute() or ".." in path.parts:
+            raise ValueError(f"an example's image must be a path inside the model folder, not {self.image!r}")
 
 
 @dataclass(frozen=True)

@@ -263,6 +263,16 @@ def test_loading_errors_are_clear(tiny_dir, tmp_path):
         EditPipeline.from_pretrained(official, variant="8B-512")
 
 
+@pytest.mark.parametrize("image", ["../outside.png", "/etc/passwd", ""])
+def test_example_images_must_lie_inside_the_folder(tiny_dir, tmp_path, image):
+    folder = shutil.copytree(tiny_dir, tmp_path / "model")
+    meta = json.loads((folder / "config.json").read_text())
+    meta["serving"]["examples"] = [{"instruction": "make it blue", "image": image}]
+    (folder / "config.json").write_text(json.dumps(meta))
+    with pytest.raises((CheckpointError, ValueError), match="inside the model folder"):
+        EditPipeline.from_pretrained(folder)
+
+
 def test_top_p_cuts_the_minority_bit_at_three_percent():
     logits = torch.tensor([[[0.0, 3.5], [0.0, 3.4], [1.0, 1.0], [-4.0, 0.0]]])  # minority p .029 .032 .5 .018
     out = top_k_top_p_(logits.clone(), top_k=900, top_p=0.97)

@@ -7,7 +7,10 @@ from dataclasses import replace
 
 import pytest
 import torch
+from PIL import Image
 
+from varedit.checkpoints import read_folder
+from varedit.serving import Example, SamplingDefaults, Serving
 from varedit.train import transformer as T
 from varedit.train.common import kind_cycle, load_checkpoint, records_for_step, save_checkpoint
 from varedit.train.data import make_record
@@ -361,12 +364,29 @@ def test_decoder_only_fine_tune_ships_into_a_released_folder(parts, tmp_path):
     vae, _ = parts
     model, _ = _model_and_opt()
     T.make_text_encoder(tmp_path / "t5")
-    folder = save_pretrained(tmp_path / "model", model.cfg, model, vae, text_encoder=tmp_path / "t5")
+    (tmp_path / "pictures" / "examples").mkdir(parents=True)
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "pictures" / "examples" / "red.png")
+    serving = Serving(
+        (model.cfg.resolution,), description="shapes", examples=(Example("make it blue", "examples/red.png"),)
+    )
+    folder = save_pretrained(
+        tmp_path / "model",
+        model.cfg,
+        model,
+        vae,
+        text_encoder=tmp_path / "t5",
+        serving=serving,
+        examples_from=tmp_path / "pictures",
+    )
     train_vae(
         VAETrainConfig(steps=2, batch=2, lr=1e-2, warmup=0, init=str(folder), decoder_only=True),
         tmp_path / "dec",
     )
-    out = export(tmp_path / "dec" / "ckpt.pt", folder, folder / "text_encoder", tmp_path / "shipped")
+    sampling = SamplingDefaults(cfg=2.5, tau=0.4)
+    tuned = tmp_path / "dec" / "ckpt.pt"
+    out = export(tuned, folder, folder / "text_encoder", tmp_path / "shipped", sampling)
+    assert read_folder(out)[1] == replace(serving, sampling=sampling)  # what it says of itself stays
+    assert (out / "examples" / "red.png").read_bytes() == (folder / "examples" / "red.png").read_bytes()
 
     before, after = load_file(folder / VAE_FILE), load_file(out / VAE_FILE)
     assert before.keys() == after.keys()

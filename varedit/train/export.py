@@ -21,6 +21,7 @@ replaces the decoder of a released model:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shutil
 import tempfile
 from pathlib import Path
@@ -67,7 +68,7 @@ def _with_new_decoder(
     folder's: the transformer learned that encoder's bit labels and reads its source tokens."""
     cfg, serving = read_folder(folder)
     if sampling is not None:
-        serving = Serving(serving.resolutions, sampling)
+        serving = dataclasses.replace(serving, sampling=sampling)  # description and examples stay
     own = load_trained_vae(folder).state_dict()
     new = vae.state_dict()
     if cfg.vae != vae.config or any(
@@ -79,7 +80,9 @@ def _with_new_decoder(
         )
     model = VAREditTransformer(cfg)
     model.load_state_dict(init_state(folder, cfg))
-    return save_pretrained(out, cfg, model, vae, text_encoder=text_encoder, serving=serving)
+    return save_pretrained(
+        out, cfg, model, vae, text_encoder=text_encoder, serving=serving, examples_from=folder
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
