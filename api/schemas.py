@@ -107,7 +107,7 @@ class ModelInfo(BaseModel):
     id: str
     resolutions: list[int] = Field(description="Square output sides it serves; empty until a worker reports")
     default_resolution: int | None
-    sampling: dict[str, float] | None = Field(
+    sampling: dict[str, int | float] | None = Field(
         description="Recommended sampling settings, used for parameters a job leaves out (cfg, tau, ...)",
         examples=[{"cfg": 2.0, "tau": 0.3, "top_k": 900, "top_p": 0.97}],
     )
