@@ -6,6 +6,7 @@ sampling settings it recommends. A folder in our format states them in ``config.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
@@ -26,6 +27,16 @@ class SamplingDefaults:
     tau: float = 0.1  # logit temperature (lower is closer to greedy)
     top_k: int = 900
     top_p: float = 0.97
+
+    def __post_init__(self) -> None:
+        """A folder stating unusable defaults is refused when it loads, not at its first edit (top-k
+        and top-p of 0 turn the cut off)."""
+        fine = math.isfinite(self.cfg) and math.isfinite(self.tau) and self.tau > 0
+        if not fine or self.top_k < 0 or not 0 <= self.top_p <= 1:
+            raise ValueError(
+                "sampling defaults need a finite cfg, tau > 0, top_k >= 0 and 0 <= top_p <= 1; got "
+                f"cfg {self.cfg}, tau {self.tau}, top_k {self.top_k}, top_p {self.top_p}"
+            )
 
     def to_dict(self) -> dict[str, float]:
         return dataclasses.asdict(self)

@@ -263,6 +263,19 @@ def test_loading_errors_are_clear(tiny_dir, tmp_path):
         EditPipeline.from_pretrained(official, variant="8B-512")
 
 
+UNUSABLE_SAMPLING = [{"tau": 0}, {"cfg": float("nan")}, {"top_p": 1.5}, {"top_k": -1}]
+
+
+@pytest.mark.parametrize("sampling", UNUSABLE_SAMPLING, ids=str)
+def test_unusable_sampling_defaults_are_refused_at_load(tiny_dir, tmp_path, sampling):
+    folder = shutil.copytree(tiny_dir, tmp_path / "model")
+    meta = json.loads((folder / "config.json").read_text())
+    meta["serving"]["sampling"].update(sampling)
+    (folder / "config.json").write_text(json.dumps(meta))
+    with pytest.raises((CheckpointError, ValueError), match="sampling defaults need"):
+        EditPipeline.from_pretrained(folder)
+
+
 @pytest.mark.parametrize("image", ["../outside.png", "/etc/passwd", ""])
 def test_example_images_must_lie_inside_the_folder(tiny_dir, tmp_path, image):
     folder = shutil.copytree(tiny_dir, tmp_path / "model")
