@@ -10,9 +10,9 @@
    down) or that worker dies, the message simply falls due again after the reservation.
 3. The worker sends it and `record_outcome` settles it by the attempt's verdict: delivered; gone (the
    endpoint wants no more: the job's other pending messages to that URL stop, and its later state
-   changes send it none); refused (the
-   address may never be called) fails at once; anything else is retried after the schedule's next
-   delay (+-10% jitter, or the endpoint's Retry-After when longer), failed after the last one.
+   changes send it none); refused (the address may never be called) fails at once; anything else is
+   retried after the schedule's next delay (+-10% jitter, or the endpoint's Retry-After when longer),
+   failed after the last one.
    Delivery is at least once; receivers deduplicate on ``webhook-id`` (``message_id``).
 """
 
