@@ -86,7 +86,7 @@ def count_in_flight(session: Session, owner: str) -> int:
 def queue_position(session: Session, job: Job) -> int | None:
     """How many queued jobs of the job's model run before it (a higher priority, or the same one and
     accepted earlier), or None when it is not queued: the order in which workers claim them
-    (`jobs.transitions.next_job`; a batch's companions too); a job submitted later with a higher
+    (`jobs.transitions.claim_next`; a batch's companions too); a job submitted later with a higher
     priority moves it back. One indexed count."""
     if job.status is not JobStatus.QUEUED:
         return None

@@ -67,8 +67,11 @@ def _now(now: datetime | None) -> datetime:
     return now if now is not None else utcnow()
 
 
-def _update_one(session: Session, job_id: str, where: list[ColumnElement[bool]], **values: Any) -> Job | None:
-    """The single conditional UPDATE behind every transition: the updated row, or None if it did not apply."""
+def _update_one(
+    session: Session, job_id: str | ColumnElement[str], where: list[ColumnElement[bool]], **values: Any
+) -> Job | None:
+    """The single conditional UPDATE behind every transition (of the job ``job_id`` names, or chooses
+    as a subquery): the updated row, or None if it did not apply."""
     stmt = (
         update(Job)
         .where(Job.id == job_id, *where)
@@ -185,28 +188,35 @@ def claim(
     return job
 
 
-# Choices a claim may lose to other workers before its message is dropped (its job stays queued and is
-# republished as stranded): with SKIP LOCKED on PostgreSQL a race is rare, and each lost one means
-# another worker took a job.
-CLAIM_RACES = 5
+def claim_next(
+    session: Session, message_job_id: str, worker_id: str, lease_s: int, *, now: datetime | None = None
+) -> Job | None:
+    """Claim the job that a message for ``message_job_id`` runs, like `claim`; None when its model has
+    nothing claimable (or the job is unknown): drop the message.
 
-
-def next_job(session: Session, message_job_id: str, now: datetime) -> str | None:
-    """The job a message runs. A message names one job but stands for a turn of that job's model: it
-    runs the claimable job of the model with the highest priority, the oldest among equals, so the
-    broker's order (submits, republished hand-backs) does not decide who goes first. Every job has its
-    own message, so each claim uses up one message and every job still queued has one left. None when
-    the model has nothing claimable (or the job is unknown)."""
-    model = session.scalar(select(Job.model).where(Job.id == message_job_id))
-    if model is None:
-        return None
-    return session.scalar(
+    A message names one job but stands for a turn of that job's model: it runs the claimable job of
+    the model with the highest priority, the oldest among equals, so the broker's order (submits,
+    republished hand-backs) does not decide who goes first. Every job has its own message, so each
+    claim uses up one message and every job still queued has one left. One conditional UPDATE that
+    chooses its row in a subquery: on PostgreSQL with SKIP LOCKED, so messages handled at once take
+    different jobs; SQLite runs writers one at a time."""
+    now = _now(now)
+    model = select(Job.model).where(Job.id == message_job_id).scalar_subquery()
+    best = (
         select(Job.id)
         .where(*_claimable(now), Job.model == model)
         .order_by(Job.priority.desc(), Job.created_at, Job.id)
         .limit(1)
         .with_for_update(skip_locked=True)
+        .scalar_subquery()
     )
+    job = _update_one(session, best, _claimable(now), **_claim_values(worker_id, lease_s, now))
+    if job is not None:
+        log.info(
+            "job_claimed", job_id=job.id, worker_id=worker_id, attempt=job.attempts, message_of=message_job_id
+        )
+        outbox.enqueue(session, job, now=now)
+    return job
 
 
 def claim_batch(
@@ -218,17 +228,12 @@ def claim_batch(
     *,
     now: datetime | None = None,
 ) -> list[Job]:
-    """Claim the job that a message for ``message_job_id`` runs (`next_job`) plus up to
+    """Claim the job that a message for ``message_job_id`` runs (`claim_next`) plus up to
     ``max_batch - 1`` other queued jobs of the same model and resolution (highest priority, then
     oldest, first). Empty when no job of that model is claimable: the message is then a harmless
     duplicate."""
     now = _now(now)
-    first: Job | None = None
-    for _ in range(CLAIM_RACES):  # a claim lost to another worker between choosing and claiming
-        leader_id = next_job(session, message_job_id, now)
-        first = claim(session, leader_id, worker_id, lease_s, now=now) if leader_id else None
-        if leader_id is None or first is not None:
-            break
+    first = claim_next(session, message_job_id, worker_id, lease_s, now=now)
     if first is None:
         return []
     if max_batch <= 1:

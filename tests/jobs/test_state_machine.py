@@ -94,6 +94,30 @@ def test_concurrent_claims_have_exactly_one_winner(
     assert (job.attempts, job.worker_id) == (1, winners[0])
 
 
+def test_concurrent_messages_each_run_a_different_job(
+    sessions: Sessions, submit_job: Callable[..., str]
+) -> None:
+    """Two messages handled at once both choose the best job: one claims it, the other the next one
+    (PostgreSQL skips the row the first has locked; otherwise the loser of the claim chooses again)."""
+    now = utcnow()
+    ids = [submit_job(now=now + timedelta(seconds=i)) for i in range(3)]
+    start = threading.Barrier(2)
+    claimed: dict[str, list[str]] = {}
+
+    def worker(name: str, message: str) -> None:
+        with sessions() as session, session.begin():
+            start.wait()
+            claimed[name] = [j.id for j in transitions.claim_batch(session, message, name, LEASE_S, 1)]
+
+    threads = [threading.Thread(target=worker, args=(f"w{i}", ids[i])) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert sorted(claimed.values()) == sorted([[ids[0]], [ids[1]]])
+    assert _job(sessions, ids[2]).status is JobStatus.QUEUED
+
+
 def test_heartbeat_extends_lease_and_records_progress(
     sessions: Sessions, submit_job: Callable[..., str]
 ) -> None:

@@ -1,6 +1,6 @@
 """`run_edit(job_id)`: the GPU workers' task (queue ``edits.<model>``).
 
-Claim first. A message names a job but is a turn of its model (`jobs.transitions.next_job`): it runs
+Claim first. A message names a job but is a turn of its model (`jobs.transitions.claim_next`): it runs
 the queued job of that model with the highest priority, the oldest among equals; when the model has
 nothing claimable (the job already ran, was canceled, expired or is unknown, and nothing else waits)
 it is acknowledged and dropped, so duplicate deliveries are harmless. The claim may take companions
