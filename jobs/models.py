@@ -124,6 +124,11 @@ class Job(Base):
         return self.progress_scale, self.progress_scales
 
 
+# The order in which workers claim a model's queued jobs (`jobs.transitions.claim_next`): one index scan
+# to the first row, however deep the queue.
+Index("ix_jobs_claim_order", Job.status, Job.model, Job.priority.desc(), Job.created_at, Job.id)
+
+
 class IdempotencyRecord(Base):
     """The first response to a (owner, Idempotency-Key), replayed for retries of the same request."""
 
