@@ -53,7 +53,12 @@ class EditCreate(BaseModel):
     seed: int | None = Field(None, ge=0, description="Default: a random seed, reported in params.seed.")
     cfg: float | None = Field(None, description="Classifier-free guidance scale; default: the model's.")
     tau: float | None = Field(None, gt=0, description="Sampling temperature; default: the model's.")
-    priority: int = Field(0, ge=-10, le=10, description="Higher runs first among queued jobs.")
+    priority: int = Field(
+        0,
+        ge=-10,
+        le=10,
+        description="Higher runs first among the model's queued jobs; equal ones run oldest first.",
+    )
     start_timeout_s: int | None = Field(None, gt=0, description="Expire if not started within this.")
     webhook_url: str | None = Field(None, max_length=2048, pattern=r"^https?://")
     webhook_events: list[WebhookEvent] | None = Field(
