@@ -124,9 +124,10 @@ class Job(Base):
         return self.progress_scale, self.progress_scales
 
 
-# The order in which workers claim a model's queued jobs (`jobs.transitions.claim_next`): one index scan
-# to the first row, however deep the queue.
-Index("ix_jobs_claim_order", Job.status, Job.model, Job.priority.desc(), Job.created_at, Job.id)
+# The order in which workers claim a model's queued jobs (`jobs.transitions.claim_next`), and its index:
+# one index scan to the first row, however deep the queue.
+CLAIM_ORDER = (Job.priority.desc(), Job.created_at, Job.id)
+Index("ix_jobs_claim_order", Job.status, Job.model, *CLAIM_ORDER)
 
 
 class IdempotencyRecord(Base):

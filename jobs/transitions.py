@@ -24,7 +24,7 @@ from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.orm import Session
 
 from jobs import outbox
-from jobs.models import Job, JobStatus, utcnow
+from jobs.models import CLAIM_ORDER, Job, JobStatus, utcnow
 from jobs.queries import get_job
 
 log = structlog.get_logger(__name__)
@@ -180,10 +180,21 @@ def claim(
 ) -> Job | None:
     """queued -> running with a lease and ``attempts += 1``; None when the job is not claimable
     (already claimed, canceled, finished, past its start deadline, or unknown): drop the message."""
-    now = _now(now)
-    job = _update_one(session, job_id, _claimable(now), **_claim_values(worker_id, lease_s, now))
+    return _claim(session, job_id, worker_id, lease_s, _now(now))
+
+
+def _claim(
+    session: Session,
+    which: str | ColumnElement[str],
+    worker_id: str,
+    lease_s: int,
+    now: datetime,
+    **log_as: str,
+) -> Job | None:
+    """The claim of the job ``which`` names or chooses (a subquery), announced like every transition."""
+    job = _update_one(session, which, _claimable(now), **_claim_values(worker_id, lease_s, now))
     if job is not None:
-        log.info("job_claimed", job_id=job_id, worker_id=worker_id, attempt=job.attempts)
+        log.info("job_claimed", job_id=job.id, worker_id=worker_id, attempt=job.attempts, **log_as)
         outbox.enqueue(session, job, now=now)
     return job
 
@@ -205,18 +216,12 @@ def claim_next(
     best = (
         select(Job.id)
         .where(*_claimable(now), Job.model == model)
-        .order_by(Job.priority.desc(), Job.created_at, Job.id)
+        .order_by(*CLAIM_ORDER)
         .limit(1)
         .with_for_update(skip_locked=True)
         .scalar_subquery()
     )
-    job = _update_one(session, best, _claimable(now), **_claim_values(worker_id, lease_s, now))
-    if job is not None:
-        log.info(
-            "job_claimed", job_id=job.id, worker_id=worker_id, attempt=job.attempts, message_of=message_job_id
-        )
-        outbox.enqueue(session, job, now=now)
-    return job
+    return _claim(session, best, worker_id, lease_s, now, message_of=message_job_id)
 
 
 def claim_batch(
@@ -241,7 +246,7 @@ def claim_batch(
     candidates = (
         select(Job.id)
         .where(*_claimable(now), Job.model == first.model, Job.resolution == first.resolution)
-        .order_by(Job.priority.desc(), Job.created_at, Job.id)
+        .order_by(*CLAIM_ORDER)
         .limit(max_batch - 1)
     )
     ids = list(session.execute(candidates).scalars())
