@@ -165,10 +165,12 @@ def json_safe(value: Any) -> Any:
     without a JSON form become strings, so rendering an error can never fail."""
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)
-    if value is None or isinstance(value, str | int | bool):
+    if isinstance(value, str):  # a lone surrogate ("\ud800" in JSON) has no UTF-8 form: escaped
+        return value if value.isascii() else value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if value is None or isinstance(value, int | bool):
         return value
     if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
+        return {json_safe(str(k)): json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [json_safe(v) for v in value]
     try:
@@ -180,7 +182,7 @@ def json_safe(value: Any) -> Any:
 def error_response(
     status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None
 ) -> JSONResponse:
-    body = {"error": {"code": code, "message": message, "details": json_safe(details)}}
+    body = {"error": {"code": code, "message": json_safe(message), "details": json_safe(details)}}
     return JSONResponse(body, status_code=status, headers=headers)
 
 

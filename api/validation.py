@@ -41,12 +41,31 @@ CONTENT_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 
 def _parse(fields: dict[str, Any]) -> EditCreate:
     try:
-        return EditCreate.model_validate(fields)
+        parsed = EditCreate.model_validate(fields)
     except ValidationError as e:
         details = [
             {"loc": ["body", *err["loc"]], "msg": err["msg"], "type": err["type"]} for err in e.errors()
         ]
         raise InvalidRequest("the request is not valid", details=details) from None
+    for name, value in parsed:
+        # JSON can escape half of a UTF-16 pair ("\ud800"): a str no database or UTF-8 answer holds.
+        if isinstance(value, str) and not _is_unicode(value):
+            raise InvalidRequest(
+                f"{name} is not valid Unicode text",
+                details=[{"loc": ["body", name], "msg": "contains a lone UTF-16 surrogate"}],
+            )
+    return parsed
+
+
+def _is_unicode(text: str) -> bool:
+    """Whether ``text`` can be encoded as UTF-8 (holds no lone surrogate)."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 async def read_edit_request(request: Request, settings: Settings, owner: str) -> tuple[EditCreate, bytes]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import struct
 import zlib
 from datetime import timedelta
@@ -261,6 +262,32 @@ def test_bad_json_input_stores_and_queues_nothing(
     response = harness.client.post("/v1/edits", json=body)
     assert (response.status_code, response.json()["error"]["code"]) == (status, code)
     assert count_jobs(harness) == 0 and stored_objects(harness) == [] and harness.publisher.published == []
+
+
+@pytest.mark.parametrize("field", ["instruction", "negative_instruction", "model"])
+def test_a_lone_surrogate_in_a_text_field_is_refused_with_422(harness: ApiHarness, field: str) -> None:
+    # JSON may escape half of a UTF-16 pair ("\ud800"): Python reads it into a str that no database,
+    # and no UTF-8 answer, can hold. It must be a 422 like any other bad text, not a 500.
+    fields = {"instruction": "make it blue", "image_base64": base64.b64encode(image_bytes()).decode()}
+    fields[field] = "red \ud800 circle"
+    body = json.dumps(fields)  # ensure_ascii: the surrogate travels as the escape \ud800
+    response = harness.client.post("/v1/edits", content=body, headers={"content-type": "application/json"})
+    assert (response.status_code, response.json()["error"]["code"]) == (422, "invalid_request")
+    assert response.json()["error"]["details"][0]["loc"] == ["body", field]
+    assert count_jobs(harness) == 0 and stored_objects(harness) == [] and harness.publisher.published == []
+
+
+def test_an_error_echoing_a_lone_surrogate_still_renders() -> None:
+    from api.errors import error_response
+
+    response = error_response(
+        422, "invalid_request", "bad \ud800", details=[{"input": "x\udc00", "\ud800": 1}]
+    )
+    assert json.loads(response.body)["error"] == {
+        "code": "invalid_request",
+        "message": "bad \\ud800",
+        "details": [{"input": "x\\udc00", "\\ud800": 1}],
+    }
 
 
 def test_missing_image_file_is_invalid(harness: ApiHarness) -> None:
