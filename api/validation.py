@@ -218,7 +218,7 @@ def build_spec(
             f"no worker has loaded {model} yet, so its resolutions are not known; retry shortly",
             details={"model": model},
         )
-    resolution = fields.resolution or facts.default_resolution
+    resolution = facts.default_resolution if fields.resolution is None else fields.resolution
     if resolution not in facts.resolutions:
         raise InvalidRequest(
             f"model {model} serves resolutions {facts.resolutions}",
@@ -244,7 +244,7 @@ def build_spec(
                 {"loc": ["body", "priority"], "msg": f"at most {max_priority}", "input": fields.priority}
             ],
         )
-    start_timeout_s = fields.start_timeout_s or settings.start_timeout_s
+    start_timeout_s = settings.start_timeout_s if fields.start_timeout_s is None else fields.start_timeout_s
     if start_timeout_s > settings.start_timeout_s:
         raise _range_error("start_timeout_s", start_timeout_s, 1, settings.start_timeout_s)
     return EditSpec(

@@ -202,6 +202,7 @@ BAD_INPUTS = [
     ("seed too large", dict(seed=str(2**31)), 422, "invalid_request"),
     ("unknown model", dict(model="huge"), 422, "invalid_request"),
     ("wrong resolution", dict(resolution="512"), 422, "invalid_request"),
+    ("zero resolution", dict(resolution="0"), 422, "invalid_request"),  # not "the default"
     ("unknown field", dict(colour="red"), 422, "invalid_request"),
     ("bad webhook url", dict(webhook_url="ftp://x"), 422, "invalid_request"),
     ("loopback webhook", dict(webhook_url="http://127.0.0.1:8080/hook"), 422, "webhook_url_not_allowed"),
