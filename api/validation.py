@@ -12,6 +12,7 @@ from fastapi import Request
 from PIL import Image, UnidentifiedImageError
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.errors import (
     ImageAspectRatio,
@@ -74,16 +75,23 @@ async def read_edit_request(request: Request, settings: Settings, owner: str) ->
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     max_image = settings.max_upload_bytes
     if content_type == "multipart/form-data":
-        async with request.form(max_files=1, max_fields=32) as form:
-            upload = form.get("image")
-            fields: dict[str, Any] = {
-                k: v for k, v in form.multi_items() if k not in ("image", "webhook_events") and v != ""
-            }
-            if form.getlist("webhook_events"):
-                fields["webhook_events"] = form.getlist("webhook_events")
-            if not isinstance(upload, UploadFile):
-                raise InvalidRequest("the form needs an `image` file", details=[{"loc": ["body", "image"]}])
-            image = await upload.read(max_image + 1)
+        try:
+            async with request.form(max_files=1, max_fields=32) as form:
+                upload = form.get("image")
+                fields: dict[str, Any] = {
+                    k: v for k, v in form.multi_items() if k not in ("image", "webhook_events") and v != ""
+                }
+                if form.getlist("webhook_events"):
+                    fields["webhook_events"] = form.getlist("webhook_events")
+                if not isinstance(upload, UploadFile):
+                    raise InvalidRequest(
+                        "the form needs an `image` file", details=[{"loc": ["body", "image"]}]
+                    )
+                image = await upload.read(max_image + 1)
+        except StarletteHTTPException as e:  # Starlette's 400 for a form it cannot parse
+            raise InvalidRequest(
+                f"the multipart body cannot be read: {e.detail} (one file, `image`, and text fields)"
+            ) from None
         parsed = _parse(fields)
     elif content_type == "application/json":
         try:

@@ -291,6 +291,38 @@ def test_an_error_echoing_a_lone_surrogate_still_renders() -> None:
     }
 
 
+MALFORMED_FORMS = [
+    ("no boundary", b"--x\r\n", "multipart/form-data"),
+    ("part without a name", b"--B\r\nContent-Disposition: form-data\r\n\r\nabc\r\n--B--\r\n", None),
+    (
+        "two files",
+        b'--B\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\nA\r\n'
+        b'--B\r\nContent-Disposition: form-data; name="instruction"; filename="i.txt"\r\n\r\nI\r\n--B--\r\n',
+        None,
+    ),
+    (
+        "33 fields",
+        b"".join(b'--B\r\nContent-Disposition: form-data; name="f%d"\r\n\r\nx\r\n' % i for i in range(33)),
+        None,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"), [c[1:] for c in MALFORMED_FORMS], ids=[c[0] for c in MALFORMED_FORMS]
+)
+def test_a_malformed_form_is_invalid_request(
+    harness: ApiHarness, body: bytes, content_type: str | None
+) -> None:
+    # The documented answer to a body that cannot be read as the request (like unparseable JSON), not
+    # the framework's undocumented 400.
+    headers = {"content-type": content_type or "multipart/form-data; boundary=B"}
+    response = harness.client.post("/v1/edits", content=body, headers=headers)
+    assert (response.status_code, response.json()["error"]["code"]) == (422, "invalid_request")
+    assert response.json()["error"]["message"]
+    assert count_jobs(harness) == 0 and stored_objects(harness) == [] and harness.publisher.published == []
+
+
 def test_missing_image_file_is_invalid(harness: ApiHarness) -> None:
     response = harness.client.post("/v1/edits", data={"instruction": "x"}, files={"other": ("a", b"b")})
     assert response.json()["error"]["code"] == "invalid_request"
