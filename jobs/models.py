@@ -6,7 +6,20 @@ import enum
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Enum, Float, Index, Integer, String, Text, TypeDecorator
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    ColumnElement,
+    DateTime,
+    Enum,
+    Float,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    or_,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # The job states are part of the public contract: one definition, shared with the client.
@@ -105,7 +118,7 @@ class Job(Base):
     # Clock.
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-    start_deadline: Mapped[datetime] = mapped_column(UTCDateTime())  # queued past this -> expired
+    start_deadline: Mapped[datetime] = mapped_column(UTCDateTime())  # never started by this -> expired
     dispatched_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)  # last (re)publish
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())  # first claim
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -122,6 +135,13 @@ class Job(Base):
         if self.progress_scale is None or self.progress_scales is None:
             return None
         return self.progress_scale, self.progress_scales
+
+
+def startable(now: datetime) -> ColumnElement[bool]:
+    """A queued job may still start: before its start deadline, or at any time once it has started
+    before (requeued after a lost lease, a transient fault or a drain). The deadline bounds the wait for
+    a first start; a started job's retries are bounded by max_attempts."""
+    return or_(Job.start_deadline > now, Job.started_at.is_not(None))
 
 
 # The order in which workers claim a model's queued jobs (`jobs.transitions.claim_next`), and its index:

@@ -14,7 +14,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from jobs import outbox
-from jobs.models import TERMINAL_STATUSES, Job, JobStatus, utcnow
+from jobs.models import TERMINAL_STATUSES, Job, JobStatus, startable, utcnow
 from jobs.storage import Storage, preview_key
 
 log = structlog.get_logger(__name__)
@@ -93,9 +93,10 @@ def reap_expired_leases(
 
 
 def expire_unstarted(session: Session, *, now: datetime | None = None, limit: int = REAP_BATCH) -> list[str]:
-    """queued -> expired for jobs whose start deadline passed."""
+    """queued -> expired for jobs never started whose start deadline passed (a job that started in time
+    and was requeued stays claimable: `jobs.models.startable`)."""
     now = _now(now)
-    due = [Job.status == JobStatus.QUEUED, Job.start_deadline <= now]
+    due = [Job.status == JobStatus.QUEUED, Job.start_deadline <= now, Job.started_at.is_(None)]
     ids = _ids(session, select(Job.id).where(*due).order_by(Job.start_deadline).limit(limit))
     if not ids:
         return []
@@ -125,7 +126,7 @@ def stranded_queued(
     a duplicate message is harmless because only one claim can win."""
     now = _now(now)
     cutoff = now - timedelta(seconds=older_than_s)
-    due = [Job.status == JobStatus.QUEUED, Job.dispatched_at < cutoff, Job.start_deadline > now]
+    due = [Job.status == JobStatus.QUEUED, Job.dispatched_at < cutoff, startable(now)]
     ids = _ids(session, select(Job.id).where(*due).order_by(Job.dispatched_at).limit(limit))
     if not ids:
         return []

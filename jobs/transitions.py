@@ -24,7 +24,7 @@ from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.orm import Session
 
 from jobs import outbox
-from jobs.models import CLAIM_ORDER, Job, JobStatus, utcnow
+from jobs.models import CLAIM_ORDER, Job, JobStatus, startable, utcnow
 from jobs.queries import get_job
 
 log = structlog.get_logger(__name__)
@@ -159,7 +159,7 @@ def submit(
 
 
 def _claimable(now: datetime) -> list[ColumnElement[bool]]:
-    return [Job.status == JobStatus.QUEUED, Job.start_deadline > now]
+    return [Job.status == JobStatus.QUEUED, startable(now)]
 
 
 def _claim_values(worker_id: str, lease_s: int, now: datetime) -> dict[str, Any]:

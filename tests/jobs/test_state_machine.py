@@ -292,6 +292,27 @@ def test_unstarted_job_expires_after_start_deadline(
     assert (job.status, job.error_code) == (JobStatus.EXPIRED, "start_deadline_exceeded")
 
 
+def test_a_job_started_in_time_and_requeued_after_its_deadline_runs_again_instead_of_expiring(
+    sessions: Sessions, submit_job: Callable[..., str]
+) -> None:
+    """The start deadline bounds the wait for a first start. A job that started in time and went back to
+    the queue after the deadline (its worker was killed; the same after a transient fault or a drain) is
+    retried as the reaper promises, not expired as "not started before its start deadline"."""
+    job_id = submit_job(start_timeout_s=10)
+    t0 = utcnow()
+    assert _claim(sessions, job_id, now=t0) is not None  # started in time
+    late = t0 + timedelta(seconds=LEASE_S + 1)  # the lease ran out, long after the start deadline
+    with session_scope(sessions) as session:
+        assert reapers.reap_expired_leases(session, max_attempts=3, now=late) == [ToPublish(job_id, "tiny")]
+    with session_scope(sessions) as session:
+        assert reapers.expire_unstarted(session, now=late) == []
+        assert reapers.stranded_queued(session, 300, now=late + timedelta(seconds=301)) == [
+            ToPublish(job_id, "tiny")
+        ]
+    again = _claim(sessions, job_id, worker="w2", now=late + timedelta(seconds=302))
+    assert again is not None and (again.status, again.attempts) == (JobStatus.RUNNING, 2)
+
+
 def test_stranded_queued_jobs_are_republished_once_per_period(
     sessions: Sessions, submit_job: Callable[..., str]
 ) -> None:
