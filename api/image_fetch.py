@@ -61,7 +61,12 @@ async def fetch(
                     location, body = await _get(pool, url, max_bytes, timeout_s)
                     if location is None:
                         return body
-                    url = urljoin(url, location)
+                    try:
+                        url = urljoin(url, location)
+                    except ValueError:  # e.g. an unclosed IPv6 bracket
+                        raise FetchFailed(
+                            "the URL redirected to a Location that is not a valid URL"
+                        ) from None
     except TimeoutError:
         raise FetchFailed(f"the URL did not answer within {timeout_s:g} s") from None
     except httpcore.UnsupportedProtocol as e:

@@ -187,9 +187,17 @@ class Policy:
         return allowed
 
 
+def check_url_text(url: str) -> None:
+    """Refuse a URL that no HTTP request line can carry: characters other than printable ASCII (a
+    space, a control character, an unencoded non-ASCII letter or IDN host) must be percent-encoded."""
+    if not (url.isascii() and url.isprintable()) or " " in url:
+        raise UnsafeURL("the URL must be printable ASCII without spaces (percent-encode other characters)")
+
+
 def check_url_syntax(url: str, allow_private: bool = False, allowed_ports: Collection[int] = ()) -> None:
-    """What can be checked without the network: http(s), a host, no user:password@, an allowed port,
-    and no literal non-public address (unless `allow_private`)."""
+    """What can be checked without the network: printable ASCII, http(s), a host, no user:password@,
+    an allowed port, and no literal non-public address (unless `allow_private`)."""
+    check_url_text(url)
     try:
         parts = urlsplit(url)
         port = parts.port

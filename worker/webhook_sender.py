@@ -18,7 +18,15 @@ import structlog
 from standardwebhooks.webhooks import Webhook
 
 from jobs.models import WebhookDelivery
-from jobs.netguard import Unresolvable, UnsafeURL, deadline, describe_failure, header_map, timeouts
+from jobs.netguard import (
+    Unresolvable,
+    UnsafeURL,
+    check_url_text,
+    deadline,
+    describe_failure,
+    header_map,
+    timeouts,
+)
 from jobs.outbox import Outcome, Verdict
 
 USER_AGENT = "varedit-serve-webhooks/1"
@@ -66,6 +74,7 @@ def send(
     body = body_of(delivery)
     headers = signed_headers(secrets, delivery.message_id, now, body)
     try:
+        check_url_text(delivery.url)  # httpcore raises TypeError on a non-ASCII URL
         # The answer's body is never read: a receiver could send gigabytes.
         with (
             deadline(timeout_s),

@@ -209,6 +209,7 @@ BAD_INPUTS = [
     ("metadata webhook", dict(webhook_url="http://169.254.169.254/latest"), 422, "webhook_url_not_allowed"),
     ("private v6 webhook", dict(webhook_url="http://[fd00::1]/hook"), 422, "webhook_url_not_allowed"),
     ("webhook with password", dict(webhook_url="https://u:p@example.com/"), 422, "webhook_url_not_allowed"),
+    ("non-ASCII webhook", dict(webhook_url="https://example.com/caf\u00e9"), 422, "webhook_url_not_allowed"),
 ]
 
 

@@ -31,6 +31,7 @@ def images() -> Iterator[LocalHTTPServer]:
             "/img.png": (200, {"content-type": "image/png"}, PNG),
             "/moved": (302, {"location": "/img.png"}, b""),
             "/loop": (302, {"location": "/loop"}, b""),
+            "/bad-location": (302, {"location": "http://[::1"}, b""),
             "/big.png": (200, {"content-type": "image/png"}, PNG + b"\0" * 5000),
         },
         default=(404, {}, b"not here"),
@@ -64,6 +65,8 @@ def test_image_url_is_fetched_stored_and_queued(lan_harness: ApiHarness, images:
     [
         ("/missing.png", 422, "image_url_fetch_failed"),
         ("/loop", 422, "image_url_fetch_failed"),
+        ("/bad-location", 422, "image_url_fetch_failed"),  # urljoin's ValueError, once a 500
+        ("/caf\u00e9.png", 422, "image_url_not_allowed"),  # no request line carries it: once a 500
         ("/big.png", 413, "payload_too_large"),
     ],
 )

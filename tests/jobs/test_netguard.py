@@ -302,6 +302,22 @@ def test_other_schemes_credentials_and_missing_hosts_are_refused(url: str) -> No
         check_url_syntax(url)
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://8.8.8.8/caf\u00e9.png",
+        "http://b\u00fccher.example/",
+        "http://8.8.8.8/a b",
+        "http://8.8.8.8/a\r\nX: 1",
+    ],
+)
+def test_urls_that_are_not_printable_ascii_are_refused(url: str) -> None:
+    # No HTTP request line can carry them (httpcore raises TypeError on a non-ASCII URL): refused when
+    # submitted, not found out by a worker later. Other characters must be percent-encoded.
+    with pytest.raises(UnsafeURL, match="ASCII"):
+        check_url_syntax(url, allow_private=True)
+
+
 # -- at connect -----------------------------------------------------------------------------------
 
 

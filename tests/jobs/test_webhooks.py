@@ -334,6 +334,16 @@ def test_the_guard_refuses_ports_off_the_allow_list(webhook_receiver: LocalHTTPS
     assert webhook_receiver.requests == []
 
 
+def test_a_url_no_request_line_can_carry_is_refused_not_raised(webhook_receiver: LocalHTTPServer) -> None:
+    # A row stored before submit checked for it: an `Outcome`, never an exception the task dies of
+    # (which left the message pending, handed over again and again).
+    outcome = send(
+        guarded_pool(allow_private=True), _delivery(webhook_receiver.url + "\u00e9"), [WEBHOOK_SECRET], 5.0
+    )
+    assert outcome.verdict is Verdict.REFUSED and "ASCII" in (outcome.error or "")
+    assert webhook_receiver.requests == []
+
+
 @pytest.mark.parametrize(
     ("address", "public"),
     [
