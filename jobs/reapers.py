@@ -92,30 +92,58 @@ def reap_expired_leases(
     return [ToPublish(job_id, model) for job_id, model in requeued]
 
 
-def expire_unstarted(session: Session, *, now: datetime | None = None, limit: int = REAP_BATCH) -> list[str]:
-    """queued -> expired for jobs never started whose start deadline passed (a job that started in time
-    and was requeued stays claimable: `jobs.models.startable`)."""
+def expire_unstarted(
+    session: Session,
+    *,
+    now: datetime | None = None,
+    limit: int = REAP_BATCH,
+    requeued_wait_s: float | None = None,
+) -> list[str]:
+    """queued -> expired for jobs never started whose start deadline passed. A job that started in time
+    and went back to the queue (lost lease, transient fault, drain) stays claimable past its start
+    deadline (`jobs.models.startable`); with ``requeued_wait_s`` it expires once it has waited that long
+    since without a worker taking it again, so every job still ends."""
     now = _now(now)
-    due = [Job.status == JobStatus.QUEUED, Job.start_deadline <= now, Job.started_at.is_(None)]
-    ids = _ids(session, select(Job.id).where(*due).order_by(Job.start_deadline).limit(limit))
-    if not ids:
-        return []
-    expired = _jobs(
-        session,
-        update(Job)
-        .where(Job.id.in_(ids), *due)
-        .values(
-            status=JobStatus.EXPIRED,
-            error_code="start_deadline_exceeded",
-            error_message="no worker started the job before its start deadline",
-            finished_at=now,
-            updated_at=now,
-        ),
-    )
-    for job in expired:
-        log.info("job_expired", job_id=job.id)
-        outbox.enqueue(session, job, now=now)
-    return [job.id for job in expired]
+    passes = [
+        (
+            [Job.start_deadline <= now, Job.started_at.is_(None)],
+            Job.start_deadline,
+            "no worker started the job before its start deadline",
+        )
+    ]
+    if requeued_wait_s is not None:
+        passes.append(
+            (
+                [Job.started_at.is_not(None), Job.updated_at <= now - timedelta(seconds=requeued_wait_s)],
+                Job.updated_at,
+                f"no worker took the job again within {requeued_wait_s:g} s of its return to the queue",
+            )
+        )
+    done: list[str] = []
+    for where, order, message in passes:
+        due = [Job.status == JobStatus.QUEUED, *where]
+        ids = _ids(session, select(Job.id).where(*due).order_by(order).limit(limit - len(done)))
+        if not ids:
+            continue
+        expired = _jobs(
+            session,
+            update(Job)
+            .where(Job.id.in_(ids), *due)
+            .values(
+                status=JobStatus.EXPIRED,
+                error_code="start_deadline_exceeded",
+                error_message=message,
+                finished_at=now,
+                updated_at=now,
+            ),
+        )
+        for job in expired:
+            log.info("job_expired", job_id=job.id)
+            outbox.enqueue(session, job, now=now)
+        done += [job.id for job in expired]
+        if len(done) >= limit:
+            break
+    return done
 
 
 def stranded_queued(

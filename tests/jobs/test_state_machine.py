@@ -313,6 +313,27 @@ def test_a_job_started_in_time_and_requeued_after_its_deadline_runs_again_instea
     assert again is not None and (again.status, again.attempts) == (JobStatus.RUNNING, 2)
 
 
+def test_a_requeued_job_that_no_worker_takes_again_still_ends_expired(
+    sessions: Sessions, submit_job: Callable[..., str]
+) -> None:
+    """Past its start deadline a requeued job stays claimable, but not forever: after waiting as long
+    again as the deployment's start timeout with no worker taking it, it expires."""
+    job_id = submit_job(start_timeout_s=10)
+    t0 = utcnow()
+    _claim(sessions, job_id, now=t0)
+    requeued_at = t0 + timedelta(seconds=LEASE_S + 1)
+    with session_scope(sessions) as session:
+        reapers.reap_expired_leases(session, max_attempts=3, now=requeued_at)
+    with session_scope(sessions) as session:
+        soon = requeued_at + timedelta(seconds=3599)
+        assert reapers.expire_unstarted(session, now=soon, requeued_wait_s=3600) == []
+        later = requeued_at + timedelta(seconds=3601)
+        assert reapers.expire_unstarted(session, now=later, requeued_wait_s=3600) == [job_id]
+    job = _job(sessions, job_id)
+    assert (job.status, job.error_code) == (JobStatus.EXPIRED, "start_deadline_exceeded")
+    assert job.error_message == "no worker took the job again within 3600 s of its return to the queue"
+
+
 def test_stranded_queued_jobs_are_republished_once_per_period(
     sessions: Sessions, submit_job: Callable[..., str]
 ) -> None:

@@ -61,7 +61,7 @@ def reap_expired_leases(self: Task, chained: int = 0) -> int:
 def expire_unstarted(self: Task, chained: int = 0) -> int:
     rt = get_runtime()
     with session_scope(rt.sessions) as session:
-        expired = reapers.expire_unstarted(session, limit=BATCH)
+        expired = reapers.expire_unstarted(session, limit=BATCH, requeued_wait_s=rt.settings.start_timeout_s)
     _notify(expired)
     if expired:
         log.info("jobs_expired", count=len(expired))
