@@ -74,7 +74,10 @@ def _encode_cursor(job: Job) -> str:
 def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         created_at, job_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
-        return datetime.fromisoformat(created_at), job_id
+        after = datetime.fromisoformat(created_at)
+        if after.tzinfo is None:  # ours always carry the zone; the database takes no naive time
+            raise ValueError(created_at)
+        return after, job_id
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise InvalidRequest("cursor is not valid", details=[{"loc": ["query", "cursor"]}]) from None
 

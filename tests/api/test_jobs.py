@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import queue
 import threading
@@ -148,7 +149,17 @@ def test_list_jobs_paginates_newest_first_with_status_filter(harness: ApiHarness
 
 
 @pytest.mark.parametrize(
-    "params", [{"cursor": "%%%"}, {"limit": 0}, {"limit": 101}, {"status": "sleeping"}], ids=str
+    "params",
+    [
+        {"cursor": "%%%"},
+        # Decodable cursors that were never ours: a time without a zone (once a 500 from the query)
+        {"cursor": base64.urlsafe_b64encode(b"2026-01-01T00:00:00|x").decode()},
+        {"cursor": base64.urlsafe_b64encode(b"9999-12-31T23:59:59|").decode()},
+        {"limit": 0},
+        {"limit": 101},
+        {"status": "sleeping"},
+    ],
+    ids=str,
 )
 def test_list_jobs_rejects_bad_parameters(harness: ApiHarness, params: dict[str, Any]) -> None:
     response = harness.client.get("/v1/jobs", params=params)
