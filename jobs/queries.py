@@ -14,7 +14,8 @@ from jobs.models import Job, JobStatus, utcnow
 
 def get_job(session: Session, job_id: str, owner: str | None = None) -> Job:
     """The job, or `JobNotFound` (also when it belongs to another owner: others' jobs do not exist)."""
-    job = session.get(Job, job_id, populate_existing=True)
+    # No id holds a NUL, and PostgreSQL refuses to even compare text with one (a DataError).
+    job = None if "\x00" in job_id else session.get(Job, job_id, populate_existing=True)
     if job is None or (owner is not None and job.owner != owner):
         raise JobNotFound(f"no job {job_id}", details={"id": job_id})
     return job

@@ -75,7 +75,7 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         created_at, job_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
         after = datetime.fromisoformat(created_at)
-        if after.tzinfo is None:  # ours always carry the zone; the database takes no naive time
+        if after.tzinfo is None or "\x00" in job_id:  # never ours, and no database takes them
             raise ValueError(created_at)
         return after, job_id
     except (ValueError, binascii.Error, UnicodeDecodeError):

@@ -166,6 +166,25 @@ def test_list_jobs_rejects_bad_parameters(harness: ApiHarness, params: dict[str,
     assert (response.status_code, response.json()["error"]["code"]) == (422, "invalid_request")
 
 
+def test_a_job_id_or_cursor_with_a_nul_is_not_found_on_every_database(
+    make_settings: Callable[..., Settings], db_url: str, redis_url: str
+) -> None:
+    # PostgreSQL text cannot hold NUL: binding one was a DataError, a 500, on every job route.
+    with ApiHarness(make_settings(database_url=db_url, broker_url=redis_url)) as harness:
+        for method, path in [
+            ("GET", "/v1/jobs/a%00b"),
+            ("GET", "/v1/jobs/a%00b/result"),
+            ("GET", "/v1/jobs/a%00b/webhooks"),
+            ("POST", "/v1/jobs/a%00b/cancel"),
+            ("DELETE", "/v1/jobs/a%00b"),
+        ]:
+            response = harness.client.request(method, path)
+            assert (response.status_code, response.json()["error"]["code"]) == (404, "job_not_found"), path
+        cursor = base64.urlsafe_b64encode(b"2026-01-01T00:00:00+00:00|a\x00").decode()
+        response = harness.client.get("/v1/jobs", params={"cursor": cursor})
+        assert (response.status_code, response.json()["error"]["code"]) == (422, "invalid_request")
+
+
 def test_result_is_409_until_succeeded_then_bytes(harness: ApiHarness) -> None:
     job_id = submit(harness)
     response = harness.client.get(f"/v1/jobs/{job_id}/result")
