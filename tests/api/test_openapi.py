@@ -72,6 +72,10 @@ def test_every_error_answer_is_the_error_envelope(spec: dict[str, Any]) -> None:
     assert "HTTPValidationError" not in spec["components"]["schemas"]
     limited = spec["paths"]["/v1/edits"]["post"]["responses"]["429"]
     assert "Retry-After" in limited["headers"]
+    # Every status the README gives a submit: 403 is priority_not_allowed (once missing here).
+    assert {"401", "403", "409", "413", "415", "422", "429", "503"} <= set(
+        spec["paths"]["/v1/edits"]["post"]["responses"]
+    )
 
 
 def test_webhooks_and_streams_are_described(spec: dict[str, Any]) -> None:
