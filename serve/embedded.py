@@ -15,7 +15,8 @@ What it starts, each child in its own process group, all stopped on Ctrl-C / SIG
 It prints the URL once the API answers and a worker has loaded its model and run the warm-up edit.
 A child that dies (a crash, the OOM killer, a lost broker) is restarted after a short backoff, and the
 restart is printed; the platform stops with the cause only when restarting cannot help: an edit worker
-whose model does not load, or a child that died `RESTART_LIMIT` times within `RESTART_WINDOW_S`.
+whose model does not load, or a child that died `RESTART_LIMIT` times within `RESTART_WINDOW_S`. The
+Redis server is restarted at once on its port, and the queued jobs are published again.
 ``--ready-file PATH`` also writes ``{"url", "pid", "children"}`` there at that moment, for scripts.
 Child logs go to ``<data_dir>/logs/<name>.log`` (``--log-to-console`` streams them instead). Webhooks
 are signed with ``<data_dir>/webhook-secret`` (made on first start) unless VAREDIT_WEBHOOK_SECRETS is set.
@@ -327,6 +328,11 @@ class EmbeddedPlatform:
     def check_children(self) -> None:
         """Restart children that died, each after its backoff; raises RuntimeError (the one-line cause)
         when a restart cannot help. Called in a polling loop: it never waits for a backoff itself."""
+        if self.redis is not None and not self.redis.alive():
+            code = self.redis.exit_code()
+            self.redis.restart()
+            sent = republish_queued(_settings_for(self.env))
+            _say(f"redis-server exited with code {code}; restarted; queued jobs published again: {sent}")
         now = time.monotonic()
         for child in self.children:
             if child.alive():
@@ -379,6 +385,32 @@ class EmbeddedPlatform:
 
     def __exit__(self, *_: object) -> None:
         self.stop()
+
+
+def republish_queued(settings: Settings) -> int:
+    """Publish every queued job again after the broker lost its messages, rather than leave them to
+    the maintenance task's `stranded_after_s`. A job whose message survived gets a second one, which
+    is harmless: a message that finds no job to claim is dropped. The workers reconnect on their own."""
+    from jobs import reapers
+    from jobs.db import make_engine, make_sessionmaker, session_scope
+    from jobs.models import utcnow
+    from jobs.queue import CeleryPublisher, make_celery, publish_quietly
+
+    engine = make_engine(settings.database_url)
+    publisher = CeleryPublisher(make_celery(settings))
+    now = utcnow()  # one cut-off: rows published below are not picked again
+    sent = 0
+    try:
+        while True:
+            with session_scope(make_sessionmaker(engine)) as session:
+                batch = reapers.stranded_queued(session, 0, now=now)
+            for item in batch:
+                sent += publish_quietly(publisher, item.job_id, item.model)
+            if len(batch) < reapers.REAP_BATCH:
+                return sent
+    finally:
+        publisher.app.close()
+        engine.dispose()
 
 
 def webhook_secret(data_dir: Path) -> str:

@@ -77,6 +77,19 @@ class RedisServer:
             time.sleep(0.02)  # polling a real readiness condition, bounded by the deadline
         return self
 
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def exit_code(self) -> int | None:
+        return None if self.process is None else self.process.poll()
+
+    def restart(self) -> RedisServer:
+        """Start it again on the same port, so every client's URL stays right (its data is gone:
+        nothing is persisted)."""
+        if self.process is not None and self.process.stderr:
+            self.process.stderr.close()
+        return self.start()
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()

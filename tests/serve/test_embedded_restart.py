@@ -1,5 +1,6 @@
 """The embedded runner restarts a child that dies instead of stopping the platform: the light worker
-killed with SIGKILL comes back (new pid) and webhooks flow again. It still stops, with the one-line
+killed with SIGKILL comes back (new pid) and webhooks flow again; a killed Redis comes back on its port
+and the jobs whose messages it lost run. It still stops, with the one-line
 cause, when restarting cannot help: a model that does not load, or a child that keeps dying."""
 
 from __future__ import annotations
@@ -141,3 +142,35 @@ def test_an_old_runs_load_failure_does_not_block_a_restart(
     finally:
         plat.stop()
     assert "api restarted (pid " in capsys.readouterr().out
+
+
+def test_a_killed_redis_is_restarted_and_jobs_it_lost_still_run(
+    platform: EmbeddedPlatform, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # given the platform's own Redis killed, and a job accepted while it was down (its publish failed)
+    redis = platform.redis
+    assert redis is not None and redis.process is not None
+    old_pid = redis.process.pid
+    redis.process.kill()
+    redis.process.wait()
+    with Client(platform.url) as client:
+        lost = client.submit(SAMPLE.read_bytes(), "remove the red circle", seed=1)
+        assert client.get(lost["id"])["status"] == "queued"
+        # when the runner supervises
+        _supervise_until(platform, lambda: redis.alive() and redis.process.pid != old_pid, "Redis back")
+        out = capsys.readouterr().out
+        assert (
+            f"redis-server exited with code {-signal.SIGKILL}; restarted; queued jobs published again: 1"
+            in out
+        )
+        # then the lost job and one submitted afterwards both run, without waiting for the
+        # maintenance task's stranded_after_s (300 s)
+        later = client.submit(SAMPLE.read_bytes(), "remove the blue square", seed=2)
+        for job in (lost, later):
+            deadline = time.monotonic() + DEADLINE_S
+            while (status := client.get(job["id"])["status"]) not in ("succeeded", "failed"):
+                assert time.monotonic() < deadline, f"job {job['id']} did not finish"
+                platform.check_children()
+                time.sleep(0.1)  # polling the job while supervising, bounded by the deadline
+            assert status == "succeeded"
+    assert all(child.alive() for child in platform.children)
