@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 from sqlalchemy import event as sa_event
@@ -144,7 +144,17 @@ def reservation_s(timeout_s: float) -> float:
     return 3 * timeout_s + 30
 
 
-def claim_due(session: Session, hold_s: float, *, now: datetime | None = None, limit: int = 100) -> list[str]:
+class Handover(NamedTuple):
+    """A message handed to the webhook worker for the attempt after its ``attempts`` so far: a copy of
+    the task that arrives after that attempt was made (a redelivery) sends nothing."""
+
+    delivery_id: str
+    attempts: int
+
+
+def claim_due(
+    session: Session, hold_s: float, *, now: datetime | None = None, limit: int = 100
+) -> list[Handover]:
     """Due pending messages, each held for ``hold_s`` (longer than one attempt can take)."""
     now = now or utcnow()
     due = [WebhookDelivery.status == DeliveryStatus.PENDING, WebhookDelivery.next_attempt_at <= now]
@@ -155,21 +165,24 @@ def claim_due(session: Session, hold_s: float, *, now: datetime | None = None, l
     )
     if not ids:
         return []
-    return list(
-        session.scalars(
-            update(WebhookDelivery)
-            .where(WebhookDelivery.id.in_(ids), *due)
-            .values(next_attempt_at=now + timedelta(seconds=hold_s))
-            .returning(WebhookDelivery.id)
-            .execution_options(synchronize_session=False)
-        )
+    rows = session.execute(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.id.in_(ids), *due)
+        .values(next_attempt_at=now + timedelta(seconds=hold_s))
+        .returning(WebhookDelivery.id, WebhookDelivery.attempts)
+        .execution_options(synchronize_session=False)
     )
+    return [Handover(delivery_id, attempts) for delivery_id, attempts in rows]
 
 
-def pending(session: Session, delivery_id: str) -> WebhookDelivery | None:
-    """The message if it still waits to be delivered (None: settled meanwhile, or unknown)."""
+def pending(session: Session, delivery_id: str, attempts: int | None) -> WebhookDelivery | None:
+    """The message if it still waits for the attempt after ``attempts`` it was handed over for (None:
+    settled or attempted meanwhile, or unknown). ``attempts`` None (a hand-over from a release that
+    did not send the count) skips that check."""
     delivery = session.get(WebhookDelivery, delivery_id, populate_existing=True)
-    return delivery if delivery is not None and delivery.status is DeliveryStatus.PENDING else None
+    if delivery is None or delivery.status is not DeliveryStatus.PENDING:
+        return None
+    return delivery if attempts in (None, delivery.attempts) else None
 
 
 def record_outcome(

@@ -77,7 +77,8 @@ def publish_quietly(publisher: Publisher, job_id: str, model: str, delay_s: floa
 
 
 def webhook_sender(app: Celery) -> Callable[[str], None]:
-    """Hands one webhook message to the webhook worker (for `jobs.outbox.send_after_commit`)."""
+    """Hands one new webhook message (no attempt yet) to the webhook worker (for
+    `jobs.outbox.send_after_commit`)."""
     return lambda delivery_id: app.send_task(
-        DELIVER_WEBHOOK_TASK, args=[delivery_id], queue=WEBHOOKS_QUEUE, retry=False
+        DELIVER_WEBHOOK_TASK, args=[delivery_id, 0], queue=WEBHOOKS_QUEUE, retry=False
     )

@@ -14,11 +14,13 @@ from pathlib import Path
 import pytest
 from standardwebhooks.webhooks import Webhook
 
+from api.main import create_app
 from jobs import keys, outbox, queries, transitions
 from jobs.db import session_scope
 from jobs.settings import Settings
+from jobs.workers import ModelFacts
 from tests.api.test_edits import count_jobs, image_bytes, stored_objects
-from tests.conftest import ApiHarness
+from tests.conftest import ApiHarness, live_server, record_tiny_facts
 from worker.runtime import Runtime, install_runtime, reset_runtime
 from worker.tasks import webhooks as webhook_tasks
 
@@ -142,8 +144,8 @@ def test_webhooks_are_signed_with_the_owning_keys_secret(
             )
             transitions.cancel(session, job_id)
         with session_scope(rt.sessions) as session:
-            [delivery_id] = outbox.claim_due(session, 60)
-        assert webhook_tasks.deliver_webhook(delivery_id) == "delivered"
+            [handover] = outbox.claim_due(session, 60)
+        assert webhook_tasks.deliver_webhook(*handover) == "delivered"
         [(_, headers, body)] = webhook_receiver.wait_for(1)
         assert Webhook(secret).verify(body, headers)["type"] == "job.canceled"
         with pytest.raises(Exception, match="signature"):
@@ -217,3 +219,36 @@ def test_authentication_takes_no_worker_thread(keyed: ApiHarness, new_key, monke
     credentials = HTTPAuthorizationCredentials(scheme="Bearer", credentials=auth.removeprefix("Bearer "))
     principal = asyncio.run(current_principal(request, keyed.settings, credentials))  # type: ignore[arg-type]
     assert principal.id == key_id
+
+
+@pytest.mark.e2e
+def test_the_page_loads_the_models_once_a_key_is_typed_in(keyed: ApiHarness, new_key, browser) -> None:  # type: ignore[no-untyped-def]
+    """With keys on, the page opens without one (401 shown); the key typed into its field loads the
+    models, their recommended values, note and examples, without reloading the page."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    keyed.storage.put("models/tiny/examples/0", image_bytes(), "image/png")
+    example = {
+        "instruction": "make the circle blue",
+        "image_key": "models/tiny/examples/0",
+        "content_type": "image/png",
+    }
+    facts = ModelFacts("tiny", [32], {"cfg": 3.0, "tau": 0.1}, "Shapes only.", [example])
+    record_tiny_facts(keyed.sessions, facts)
+    token = new_key()[1].removeprefix("Bearer ")
+    with live_server(create_app(keyed.settings)) as port:
+        wait = WebDriverWait(browser, 30)
+        browser.get(f"http://127.0.0.1:{port}/")
+        error = browser.find_element(By.ID, "error")
+        wait.until(lambda _: error.is_displayed())
+        assert error.text.startswith("unauthorized:")
+        browser.find_element(By.CSS_SELECTOR, "details summary").click()
+        browser.find_element(By.ID, "api-key").send_keys(token, Keys.TAB)
+        wait.until(lambda _: browser.find_element(By.ID, "model-note").text == "Shapes only.")
+        options = browser.find_elements(By.CSS_SELECTOR, "#model option")
+        assert [o.get_attribute("value") for o in options] == ["tiny"]
+        assert browser.find_element(By.ID, "cfg").get_attribute("placeholder") == "default 3"
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#samples button")) == 1
+        assert not error.is_displayed()

@@ -136,7 +136,7 @@ def test_new_messages_are_handed_over_after_commit_and_reserved_meanwhile(sessio
     with session_scope(sessions) as session:  # reserved for the worker it was handed to
         assert outbox.claim_due(session, hold_s=60, now=now) == []
     with session_scope(sessions) as session:  # ...until the reservation runs out (hand-over lost)
-        assert outbox.claim_due(session, hold_s=60, now=now + timedelta(seconds=61)) == [message.id]
+        assert outbox.claim_due(session, hold_s=60, now=now + timedelta(seconds=61)) == [(message.id, 0)]
 
 
 def test_a_failed_hand_over_does_not_undo_the_change(sessions, submit_job) -> None:
@@ -208,12 +208,12 @@ def test_outcomes_are_fenced_by_attempt(sessions, submit_job) -> None:
 def test_a_handed_back_message_is_due_at_once_with_no_attempt_counted(sessions, submit_job) -> None:
     delivery_id = _one_message(sessions, submit_job)
     with session_scope(sessions) as session:  # reserved by the dispatcher, then given up at shutdown
-        assert outbox.claim_due(session, hold_s=600) == [delivery_id]
+        assert outbox.claim_due(session, hold_s=600) == [(delivery_id, 0)]
     with session_scope(sessions) as session:
         assert not outbox.hand_back(session, delivery_id, 1)  # not its attempt count: fenced
         assert outbox.hand_back(session, delivery_id, 0)
     with session_scope(sessions) as session:
-        assert outbox.claim_due(session, hold_s=600) == [delivery_id]  # due again, not in ten minutes
+        assert outbox.claim_due(session, hold_s=600) == [(delivery_id, 0)]  # due again, not in ten minutes
     with sessions() as session:
         row = session.get(WebhookDelivery, delivery_id)
         assert (row.status, row.attempts, row.last_error) == (DeliveryStatus.PENDING, 0, None)
@@ -453,12 +453,14 @@ def test_deliver_task_sends_each_message_once_and_retries_failures(
         due = outbox.claim_due(session, 60)
     assert len(due) == 2
     before = {v: attempts(v) for v in ("retry", "delivered")}
-    statuses = [webhook_tasks.deliver_webhook(d) for d in due]
+    statuses = [webhook_tasks.deliver_webhook(*d) for d in due]
     assert statuses == ["pending", "delivered"]
-    assert webhook_tasks.deliver_webhook(due[1]) is None  # a duplicate task for a settled message
+    assert webhook_tasks.deliver_webhook(*due[1]) is None  # a duplicate task for a settled message
+    # a redelivered copy of the failed attempt's task sends nothing: the retry has its own schedule
+    assert webhook_tasks.deliver_webhook(*due[0]) is None
     with session_scope(sessions) as session:  # retry schedule 0 s: due again at once
-        assert outbox.claim_due(session, 60) == [due[0]]
-    assert webhook_tasks.deliver_webhook(due[0]) == "delivered"
+        assert outbox.claim_due(session, 60) == [(due[0].delivery_id, 1)]
+    assert webhook_tasks.deliver_webhook(*due[0]._replace(attempts=1)) == "delivered"
     assert {v: attempts(v) - before[v] for v in before} == {
         "retry": 1,
         "delivered": 2,

@@ -329,10 +329,10 @@ def _send_a_message(platform: Platform, url: str) -> str:
     with session_scope(platform.sessions) as session:
         transitions.cancel(session, job_id)
     with session_scope(platform.sessions) as session:  # reserved as the dispatcher does it
-        [delivery_id] = outbox.claim_due(session, outbox.reservation_s(60))
+        [handover] = outbox.claim_due(session, outbox.reservation_s(60))
     app = make_celery(platform.settings)
     try:
-        app.send_task(DELIVER_WEBHOOK_TASK, args=[delivery_id], queue=WEBHOOKS_QUEUE)
+        app.send_task(DELIVER_WEBHOOK_TASK, args=list(handover), queue=WEBHOOKS_QUEUE)
     finally:
         app.close()
     return job_id

@@ -3,7 +3,8 @@
 New messages are handed to ``deliver_webhook`` right after the commit that made them (see
 `jobs.outbox.send_after_commit`); ``dispatch_webhooks`` (beat, every `webhook_dispatch_s`) hands over
 retries and anything whose hand-over was lost. ``deliver_webhook`` makes one attempt and records its
-outcome. The database decides what is due, so a lost task message only delays an attempt. When the
+outcome. The database decides what is due, so a lost task message only delays an attempt, and a task
+carries the attempt count it was handed over at, so a redelivered copy sends nothing. When the
 worker drains (worker/drain.py), a POST still unanswered at the end of the grace is given up on and its
 message is due again at once, without counting as an attempt (receivers deduplicate on webhook-id).
 """
@@ -38,20 +39,21 @@ def dispatch_webhooks() -> int:
     rt = get_runtime()
     with session_scope(rt.sessions) as session:
         due = outbox.claim_due(session, outbox.reservation_s(rt.settings.webhook_timeout_s))
-    for delivery_id in due:
-        app.send_task(DELIVER_WEBHOOK_TASK, args=[delivery_id], queue=WEBHOOKS_QUEUE)
+    for delivery_id, attempts in due:
+        app.send_task(DELIVER_WEBHOOK_TASK, args=[delivery_id, attempts], queue=WEBHOOKS_QUEUE)
     return len(due)
 
 
 @app.task(name=DELIVER_WEBHOOK_TASK, acks_late=True, ignore_result=True)
-def deliver_webhook(delivery_id: str) -> str | None:
-    """One attempt at one message, signed with the secrets of the job's API key (or the deployment's
-    when auth is off); returns the message's status afterwards (None: nothing to do; "handed_back":
-    the drain's grace ran out first)."""
+def deliver_webhook(delivery_id: str, attempts: int | None = None) -> str | None:
+    """Attempt number ``attempts + 1`` at one message, signed with the secrets of the job's API key (or
+    the deployment's when auth is off); returns the message's status afterwards (None: nothing to do,
+    e.g. a redelivered copy of a task whose attempt was made, which must not send a retry ahead of its
+    schedule; "handed_back": the drain's grace ran out first)."""
     rt = get_runtime()
     settings = rt.settings
     with session_scope(rt.sessions) as session:
-        delivery = outbox.pending(session, delivery_id)
+        delivery = outbox.pending(session, delivery_id, attempts)
         if delivery is None:
             return None
         session.expunge(delivery)
