@@ -70,7 +70,7 @@ async def create_edit(
     publisher: PublisherDep,
     watcher: WatcherDep,
     facts: FactsDep,
-    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
     prefer: Annotated[
         str | None,
         Header(description="`wait=N` (N <= 60): answer with the finished job if it ends within N s"),

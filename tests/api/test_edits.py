@@ -362,6 +362,14 @@ def test_idempotency_key_reused_with_other_body_is_refused(harness: ApiHarness) 
     assert count_jobs(harness) == 1
 
 
+@pytest.mark.parametrize("key", ["", "k" * 256], ids=["empty", "256 characters"])
+def test_an_unusable_idempotency_key_is_refused(harness: ApiHarness, key: str) -> None:
+    response = post_multipart(harness, headers={"Idempotency-Key": key})
+    assert (response.status_code, response.json()["error"]["code"]) == (422, "invalid_request")
+    assert "idempotency-key" in response.text.lower()
+    assert count_jobs(harness) == 0 and stored_objects(harness) == []
+
+
 def test_idempotency_key_in_flight_answers_409(harness: ApiHarness) -> None:
     image = image_bytes()
     # Another request holds the key: reserved with this request's fingerprint, not yet completed.
