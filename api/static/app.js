@@ -225,6 +225,12 @@ async function loadModels() {
 }
 
 $("model").addEventListener("change", showModelDefaults);
+// A key typed in (the server asks for one) reloads what it lets the page read: the models, their
+// recommended values, note and examples.
+$("api-key").addEventListener("change", () => {
+  showError(null);
+  loadModels();
+});
 
 $("api-key").value = localStorage.getItem("varedit-api-key") || "";
 loadModels();
