@@ -32,13 +32,13 @@ from varedit_client.handle import (
     Deadline,
     JobHandleBase,
     ProgressReporter,
-    progress_made,
+    StreamNews,
     timed_out,
 )
 from varedit_client.images import ImageInput, prepare
 from varedit_client.retry import RetryPolicy
 from varedit_client.sse import SseDecoder, job_event
-from varedit_client.types import JobEvent, JobPreviewEvent, JobPublic, JobStatus, JobStatusEvent
+from varedit_client.types import JobEvent, JobPreviewEvent, JobPublic, JobStatus
 
 
 class AsyncClient:
@@ -246,21 +246,16 @@ class AsyncJob(JobHandleBase):
     async def events(self) -> AsyncIterator[JobEvent]:
         """See `Job.events`: ``async for event in job.events()``."""
         attempt = 0
-        last_status: JobStatus | None = None
+        news = StreamNews()
         while True:
             try:
                 async with aclosing(self._client._job_stream(self.id, STREAM_SILENCE_S)) as stream:
                     async for event in stream:
                         if event is None:
                             continue
-                        before = self._data
                         self._apply(event)
-                        if isinstance(event, JobStatusEvent):
-                            if event.job.status is last_status:  # a reopened stream restating the job
-                                for report in progress_made(before, event.job):
-                                    yield report
-                                continue
-                            last_status = event.job.status
+                        if not news(event):  # a reopened stream restating what was yielded
+                            continue
                         attempt = 0  # news: the stream works
                         yield event
                 if self.done:

@@ -34,13 +34,13 @@ from varedit_client.handle import (
     PreviewCallback,
     ProgressCallback,
     ProgressReporter,
-    progress_made,
+    StreamNews,
     timed_out,
 )
 from varedit_client.images import ImageInput, Upload, prepare
 from varedit_client.retry import RetryPolicy
 from varedit_client.sse import SseDecoder, job_event
-from varedit_client.types import JobEvent, JobPreviewEvent, JobPublic, JobStatus, JobStatusEvent
+from varedit_client.types import JobEvent, JobPreviewEvent, JobPublic, JobStatus
 
 
 class Client:
@@ -306,23 +306,19 @@ class Job(JobHandleBase):
 
     def events(self) -> Iterator[JobEvent]:
         """The job's events (`JobStatusEvent`, `JobProgressEvent`, `JobPreviewEvent`) until it ends; a
-        dropped stream is reopened (bounded by the retry policy) without repeating the status it already
-        reported."""
+        dropped stream is reopened (bounded by the retry policy) without repeating what it already
+        yielded: each status change, each scale of a run and each preview once, in order."""
         attempt = 0
-        last_status: JobStatus | None = None
+        news = StreamNews()
         while True:
             try:
                 with closing(self._client._job_stream(self.id, STREAM_SILENCE_S)) as stream:
                     for event in stream:
                         if event is None:
                             continue
-                        before = self._data
                         self._apply(event)
-                        if isinstance(event, JobStatusEvent):
-                            if event.job.status is last_status:  # a reopened stream restating the job
-                                yield from progress_made(before, event.job)
-                                continue
-                            last_status = event.job.status
+                        if not news(event):  # a reopened stream restating what was yielded
+                            continue
                         attempt = 0  # news: the stream works
                         yield event
                 if self.done:

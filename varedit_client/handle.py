@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 
 import httpx
 
@@ -133,8 +133,30 @@ def timed_out(job_id: str, timeout: float | None) -> TimeoutError:
     return TimeoutError(f"job {job_id} did not finish within {timeout:g}s")
 
 
-def progress_made(before: JobPublic, now: JobPublic) -> Iterator[JobProgressEvent]:
-    """A reopened event stream restates the job: the progress made while it was closed, if any."""
-    progress = now.progress
-    if progress is not None and (before.progress is None or progress.scale > before.progress.scale):
-        yield JobProgressEvent(id=now.id, status=now.status, scale=progress.scale, scales=progress.scales)
+class StreamNews:
+    """What `events()` passes on of the streams it opens. A reopened stream restates the job: its status,
+    then every scale of the run so far and every preview stored so far; only what is new gets through, so
+    each status change, each scale of a run and each preview is yielded once, in order."""
+
+    def __init__(self) -> None:
+        self._status: JobStatus | None = None
+        self._scale = 0  # scales 1.._scale of this run were passed on
+        self._preview = 0  # previews 1.._preview were passed on
+
+    def __call__(self, event: JobEvent) -> bool:
+        if isinstance(event, JobStatusEvent):
+            if event.job.status is self._status:  # a reopened stream restating the job
+                return False
+            self._status = event.job.status
+            self._scale = 0  # a new run (a retry starts again at scale 1), as the stream counts them
+            return True
+        if isinstance(event, JobProgressEvent):
+            if event.scale <= self._scale:
+                return False
+            self._scale = event.scale
+            return True
+        if isinstance(event, JobPreviewEvent):
+            if event.scale <= self._preview:
+                return False
+            self._preview = event.scale
+        return True

@@ -36,6 +36,8 @@ from tests.conftest import wait_for
 ROOT = Path(__file__).resolve().parents[2]
 SCALES = 4
 GATE_SCALE = 3
+# The end of the event stream's progress event for scale 2 (sse-starlette ends lines with CRLF).
+SECOND_SCALE = f'"status": "running", "scale": 2, "scales": {SCALES}}}\r\n\r\n'.encode()
 READY_S = 120.0
 DEADLINE_S = 60.0
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.varedit_client.conftest import DEADLINE_S, SCALES, Platform, png, wait_for
+from tests.varedit_client.conftest import DEADLINE_S, SCALES, SECOND_SCALE, Platform, png, wait_for
 from tests.varedit_client.faulty_proxy import FaultyProxy
 from varedit_client import (
     AsyncClient,
@@ -86,6 +86,32 @@ def test_wait_falls_back_to_long_polls_without_an_event_stream(platform: Platfor
     finally:
         proxy.close()
     assert job.status is JobStatus.SUCCEEDED and proxy.refused >= 1
+
+
+def test_events_after_a_dropped_stream_yield_each_scale_once(platform: Platform) -> None:
+    """See the sync client's test: the reopened stream's restatement of scales 1-2 is not yielded."""
+    proxy = FaultyProxy(platform.port)
+    proxy.cut_answer(rb"^GET /v1/jobs/[^ ]+/events ", after=SECOND_SCALE)
+    token = _token()
+
+    def open_once_restated() -> None:
+        wait_for(lambda: proxy.answered.count(SECOND_SCALE) >= 2, "the reopened stream's scale 2")
+        platform.open_gate(token)
+
+    async def main() -> list[int]:
+        async with AsyncClient(proxy.url) as client:
+            job = await client.edit(png(), f"async dropped stream gate:{token}")
+            opener = asyncio.create_task(asyncio.to_thread(open_once_restated))
+            scales = [e.scale async for e in job.events() if isinstance(e, JobProgressEvent)]
+            await opener
+            assert job.status is JobStatus.SUCCEEDED
+            return scales
+
+    try:
+        assert asyncio.run(main()) == list(range(1, SCALES + 1))
+    finally:
+        proxy.close()
+    assert proxy.cut == 1
 
 
 def test_cancel_events_list_and_errors(platform: Platform) -> None:

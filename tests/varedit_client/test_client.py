@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -15,12 +16,22 @@ import pytest
 from PIL import Image
 
 from tests.conftest import LocalHTTPServer
-from tests.varedit_client.conftest import DEADLINE_S, GATE_SCALE, SCALES, KeyedApi, Platform, png, wait_for
+from tests.varedit_client.conftest import (
+    DEADLINE_S,
+    GATE_SCALE,
+    SCALES,
+    SECOND_SCALE,
+    KeyedApi,
+    Platform,
+    png,
+    wait_for,
+)
 from tests.varedit_client.faulty_proxy import FaultyProxy
 from varedit_client import (
     Client,
     InvalidRequest,
     JobFailed,
+    JobPreviewEvent,
     JobProgressEvent,
     JobStatus,
     JobStatusEvent,
@@ -180,6 +191,31 @@ def test_events_yield_statuses_and_progress_until_the_job_ends(platform: Platfor
     assert len(statuses) == len(set(statuses))  # each state once
     assert scales and scales[0] < GATE_SCALE and scales == sorted(scales), scales
     assert job.status is JobStatus.SUCCEEDED and events[-1].job.progress.scale == SCALES
+
+
+def test_events_after_a_dropped_stream_yield_each_scale_and_preview_once(platform: Platform) -> None:
+    """The stream is cut right after scale 2 of the held job; the reopened one restates the job (its
+    status, scales 1-2, the previews so far), and only what is new is yielded."""
+    proxy = FaultyProxy(platform.port)
+    proxy.cut_answer(rb"^GET /v1/jobs/[^ ]+/events ", after=SECOND_SCALE)
+    token = _token()
+
+    def open_once_restated() -> None:  # the job runs on once the reopened stream has restated scale 2
+        wait_for(lambda: proxy.answered.count(SECOND_SCALE) >= 2, "the reopened stream's scale 2")
+        platform.open_gate(token)
+
+    try:
+        with Client(proxy.url) as client:
+            job = client.edit(png(), f"dropped stream gate:{token}", previews=True)
+            threading.Thread(target=open_once_restated, daemon=True).start()
+            events = list(job.events())
+    finally:
+        proxy.close()
+    assert proxy.cut == 1
+    statuses = [e.job.status.value for e in events if isinstance(e, JobStatusEvent)]
+    assert statuses[-1] == "succeeded" and len(statuses) == len(set(statuses)), statuses
+    assert [e.scale for e in events if isinstance(e, JobProgressEvent)] == list(range(1, SCALES + 1))
+    assert [e.scale for e in events if isinstance(e, JobPreviewEvent)] == list(range(1, SCALES + 1))
 
 
 def test_list_follows_the_cursor_across_pages(platform: Platform) -> None:
