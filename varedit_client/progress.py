@@ -3,6 +3,7 @@ for logs and pipes, where carriage-return redraws would be noise."""
 
 from __future__ import annotations
 
+import os
 from typing import Protocol, TextIO
 
 from tqdm import tqdm
@@ -17,7 +18,16 @@ class ProgressView(Protocol):
 
 
 def view_for(stream: TextIO) -> ProgressView:
-    return BarView(stream) if stream.isatty() else LineView(stream)
+    """A bar at a terminal that says how wide it is; plain lines elsewhere, and at a terminal of no width
+    (a pseudo-terminal never sized, as `script` run without a terminal gives), where a bar draws nothing."""
+    return BarView(stream) if stream.isatty() and _columns(stream) > 0 else LineView(stream)
+
+
+def _columns(stream: TextIO) -> int:
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, ValueError, OSError):  # no file descriptor, or not a terminal after all
+        return 0
 
 
 def describe(job: JobPublic) -> str:

@@ -39,12 +39,13 @@ def _run(*args: str, cmd: list[str] = CLIENT) -> subprocess.CompletedProcess[str
 
 
 def _run_in_terminal(
-    args: list[str], when: Callable[[str], bool], then: Callable[[], None]
+    args: list[str], when: Callable[[str], bool], then: Callable[[], None], columns: int = 100
 ) -> tuple[int, str]:
-    """Run the command with a pseudo-terminal (100 columns) as stdin, stdout and stderr; call ``then``
-    once the output satisfies ``when``. The exit status and everything the terminal showed."""
+    """Run the command with a pseudo-terminal (``columns`` wide; 0: never sized) as stdin, stdout and
+    stderr; call ``then`` once the output satisfies ``when``. The exit status and everything the terminal
+    showed."""
     controller, terminal = os.openpty()
-    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24 if columns else 0, columns, 0, 0))
     proc = subprocess.Popen(
         [*CLIENT, *args], stdin=terminal, stdout=terminal, stderr=terminal, cwd=ROOT, env=_env()
     )
@@ -89,6 +90,21 @@ def test_submit_wait_at_a_terminal_draws_a_bar_that_moves_with_the_scales(platfo
     lines = [line for line in shown.replace("\r\n", "\n").split("\n") if line]
     job_id = lines[-1].strip()
     assert f"{job_id}: queued" in shown and f"{job_id}: succeeded" in shown
+
+
+def test_submit_wait_at_a_terminal_of_no_width_prints_plain_lines(platform: Platform) -> None:
+    """A pseudo-terminal never sized (0x0, as `script` run without a terminal gives): a bar would draw
+    nothing there, so the scales are shown as lines."""
+    image = ROOT / "assets" / "sample.png"
+    code, shown = _run_in_terminal(
+        ["submit", str(image), "unsized terminal", "--wait", "--url", platform.url],
+        when=lambda _: False,
+        then=lambda: None,
+        columns=0,
+    )
+    assert code == 0, shown
+    job_id = shown.split(":", 1)[0]
+    assert all(f"{job_id}: scale {k}/{SCALES}" in shown for k in range(1, SCALES + 1)), shown
 
 
 def test_submit_wait_in_a_pipe_prints_plain_lines_and_saves_the_result(
