@@ -89,7 +89,10 @@ def _official_state(path: Path) -> object:
     """The transformer state of an official file: a plain state dict or {'trainer': {'gpt_fsdp': ...}}."""
     raw = _load_pth(path)
     if isinstance(raw, Mapping) and "trainer" in raw:
-        raw = raw["trainer"]["gpt_fsdp"]
+        trainer = raw["trainer"]
+        if not isinstance(trainer, Mapping) or "gpt_fsdp" not in trainer:
+            raise CheckpointError(f"{path}: a training checkpoint without the model state (trainer.gpt_fsdp)")
+        raw = trainer["gpt_fsdp"]
     return raw
 
 

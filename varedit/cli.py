@@ -84,6 +84,13 @@ def _random(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="varedit", description="VAREdit instruction-guided image editing")
     sub = p.add_subparsers(dest="command", required=True)
@@ -110,7 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="transformer block dtype (auto: bf16 on CUDA, fp32 on CPU)",
     )
-    e.add_argument("--threads", type=int, help="CPU threads (results can differ in the last bits per count)")
+    e.add_argument(
+        "--threads", type=_positive_int, help="CPU threads (results can differ in the last bits per count)"
+    )
     e.set_defaults(func=_edit)
 
     i = sub.add_parser("info", help="what a model folder serves: name, resolutions, sampling defaults")
@@ -140,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, KeyError) as e:  # CheckpointError is a ValueError
-        message = " ".join(str(e).split())  # one line, even when a wrapped library error spans several
+        text = e.args[0] if isinstance(e, KeyError) and e.args else e  # str(KeyError) is its repr, quoted
+        message = " ".join(str(text).split())  # one line, even when a wrapped library error spans several
         print(f"varedit: error: {message}", file=sys.stderr)
         return 2
 

@@ -17,6 +17,7 @@ Shapes: B images, S model resolution (pixels), d bits per token.
 from __future__ import annotations
 
 import logging
+import numbers
 import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -43,6 +44,17 @@ ImageInput = Image.Image | str | Path
 # on_preview(k, K, previews) after scale k of K: one small RGB image per input, in input order.
 OnPreview = Callable[[int, int, list[Image.Image]], None]
 PREVIEW_SIZE = 128  # default longest side of a preview, in pixels
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1  # what `torch.Generator.manual_seed` takes
+
+
+def check_cut(top_k: int, top_p: float) -> None:
+    """Refuse a top-k or top-p the sampler would misread, as a folder's sampling defaults are refused
+    (`SamplingDefaults`): a negative top-k or a top-p outside [0, 1] would not fail but silently sample
+    without the cut (top-p > 1, NaN) or greedily (top-p < 0). 0 turns either cut off."""
+    if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 0:
+        raise ValueError(f"top_k must be an integer >= 0 (0: no cut), got {top_k!r}")
+    if isinstance(top_p, bool) or not isinstance(top_p, numbers.Real) or not 0 <= top_p <= 1:
+        raise ValueError(f"top_p must be a number in [0, 1] (0: no cut), got {top_p!r}")
 
 
 def load_image(image: ImageInput) -> Image.Image:
@@ -209,7 +221,10 @@ class EditPipeline:
         variant, and ValueError for a CUDA device this machine does not have.
         """
         path = Path(path)
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        try:
+            device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        except RuntimeError as e:  # torch's parse error of a device string such as "gpu"
+            raise ValueError(f"not a device: {device!r} ({e})") from e
         check_device(device)
         if dtype is None:
             dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -232,8 +247,17 @@ class EditPipeline:
             raise ckpt.CheckpointError(f"missing text encoder folder {t5_dir}")
         try:
             text_encoder = TextEncoder.from_pretrained(t5_dir, device=device, max_length=config.text_maxlen)
-        except (OSError, ValueError, SafetensorError) as e:  # what transformers raises for a broken folder
+        except torch.OutOfMemoryError:
+            raise
+        # what transformers raises for a broken folder (RuntimeError: weights that do not fit its config)
+        except (OSError, ValueError, SafetensorError, RuntimeError) as e:
             raise ckpt.CheckpointError(f"{t5_dir}: not a loadable T5 encoder folder ({e})") from e
+        width = text_encoder.model.config.d_model
+        if width != config.text_channels:  # else the first edit fails deep in the transformer
+            raise ckpt.CheckpointError(
+                f"{t5_dir}: a T5 of width {width} does not fit config {config.name!r} "
+                f"(text_channels {config.text_channels})"
+            )
         log.info("loaded %s from %s on %s (blocks %s)", config.name, path, device, dtype)
         return cls(config, transformer, vae, text_encoder, device, serving, compile=compile, source=source)
 
@@ -288,7 +312,7 @@ class EditPipeline:
 
     def num_scales(self, resolution: int | None = None) -> int:
         """K, the number of `on_scale` calls of one edit at this resolution."""
-        return self.config.num_scales(resolution or self.resolution)
+        return self.config.num_scales(self.resolution if resolution is None else resolution)
 
     # ---- editing ---------------------------------------------------------------------------
 
@@ -352,10 +376,13 @@ class EditPipeline:
         if seeds is None:
             seeds = [random.SystemRandom().randrange(2**31) for _ in images]
         seeds = [seeds] if isinstance(seeds, int) else [int(s) for s in seeds]
+        bad_seeds = [s for s in seeds if not SEED_MIN <= s <= SEED_MAX]
+        if bad_seeds:  # else torch.Generator refuses it after the encoding, saying "Overflow"
+            raise ValueError(f"seed {bad_seeds[0]} is out of range: a seed is an int in [-2**63, 2**64 - 1]")
         if len(seeds) != len(images):
             raise ValueError(f"need one seed per image: {len(seeds)} seeds, {len(images)} images")
         pils = [load_image(im) for im in images]
-        size = resolution or self.resolution
+        size = self.resolution if resolution is None else resolution
         K, d = self.num_scales(size), self.sampling
         sampling = dict(  # checked here, before any encoding
             cfg=per_scale(d.cfg if cfg is None else cfg, K, "cfg"),
@@ -363,6 +390,7 @@ class EditPipeline:
             top_k=d.top_k if top_k is None else top_k,
             top_p=d.top_p if top_p is None else top_p,
         )
+        check_cut(sampling["top_k"], sampling["top_p"])
         previews = None if on_preview is None else (on_preview, preview_size)
         try:
             return self._edit(

@@ -17,6 +17,7 @@ V = 2d logits per token, dq latent channels, H/W latent size.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -50,7 +51,8 @@ class Generation:
 def per_scale(value: float | Sequence[float], K: int, name: str, positive: bool = False) -> list[float]:
     """A scalar or a per-scale list -> a list of K finite floats, each > 0 if `positive` (tau divides
     the logits): anything else would fail deep in sampling, with an error that does not say why."""
-    values = [float(value)] * K if isinstance(value, int | float) else [float(v) for v in value]
+    scalar = isinstance(value, numbers.Real)  # numpy scalars too (np.float32 is no Python float)
+    values = [float(value)] * K if scalar else [float(v) for v in value]
     if len(values) != K:
         raise ValueError(f"{name} needs {K} values (one per scale), got {len(values)}")
     bad = [v for v in values if not math.isfinite(v) or (positive and v <= 0)]

@@ -17,6 +17,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+# the files a T5 tokenizer is read from: the fast tokenizer's, or the SentencePiece model
+TOKENIZER_FILES = ("tokenizer.json", "spiece.model")
+
 
 @dataclass
 class TextFeatures:
@@ -81,6 +84,14 @@ class TextEncoder:
         for p in {path, tok_path}:
             if not p.is_dir():
                 raise FileNotFoundError(f"text encoder folder not found: {p}")
+        # transformers fills a missing file in silently: without config.json it builds a default T5
+        # (and then fails on the weights with a RuntimeError), without tokenizer files an empty
+        # tokenizer that turns every word into <unk>, so every instruction means the same
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"text encoder folder {path} has no config.json")
+        if not any((tok_path / name).is_file() for name in TOKENIZER_FILES):
+            names = " or ".join(TOKENIZER_FILES)
+            raise FileNotFoundError(f"text encoder folder {tok_path} has no tokenizer ({names})")
         tokenizer = AutoTokenizer.from_pretrained(tok_path, legacy=True, local_files_only=True)
         model = T5EncoderModel.from_pretrained(path, dtype=dtype, local_files_only=True)
         return cls(tokenizer, model.to(device).eval().requires_grad_(False), max_length)

@@ -263,6 +263,85 @@ def test_loading_errors_are_clear(tiny_dir, tmp_path):
         EditPipeline.from_pretrained(official, variant="8B-512")
 
 
+def test_a_text_encoder_folder_missing_a_file_or_of_another_width_is_refused(tiny_dir, tmp_path, capsys):
+    """transformers loads a T5 folder without tokenizer files (an empty tokenizer: every word <unk>, so
+    every instruction means the same) and one without config.json (a default T5, then a RuntimeError);
+    a T5 of another width loads and fails at the first edit. Each is a CheckpointError at load."""
+    broken = {
+        "no tokenizer": lambda t5: [(t5 / f).unlink() for f in ("tokenizer.json", "tokenizer_config.json")],
+        "no config.json": lambda t5: (t5 / "config.json").unlink(),
+        "config of another T5": lambda t5: (t5 / "config.json").write_text(
+            json.dumps({**json.loads((t5 / "config.json").read_text()), "d_model": 512})
+        ),
+    }
+    for name, damage in broken.items():
+        folder = shutil.copytree(tiny_dir, tmp_path / name)
+        damage(folder / "text_encoder")
+        with pytest.raises(CheckpointError, match="text_encoder: not a loadable T5 encoder folder"):
+            EditPipeline.from_pretrained(folder, device="cpu")
+    folder = shutil.copytree(tiny_dir, tmp_path / "narrow-t5")
+    shutil.rmtree(folder / "text_encoder")
+    shutil.copytree(BUNDLED / "text_encoder", folder / "text_encoder")  # width 128, tiny's is 256
+    with pytest.raises(CheckpointError, match="a T5 of width 128 does not fit config 'tiny'"):
+        EditPipeline.from_pretrained(folder, device="cpu")
+    src = tmp_path / "in.png"
+    image(13, 16, 16).save(src)
+    assert cli_main(["edit", str(src), "x", "-o", str(tmp_path / "o.png"), "--model", str(folder)]) == 2
+    assert "does not fit config 'tiny'" in capsys.readouterr().err
+
+
+def test_cuts_seeds_and_resolution_are_checked_before_any_work(tiny_pipe, monkeypatch):
+    """A top-k or top-p the sampler would misread (silently no cut, or greedy), a seed torch cannot
+    take, or resolution 0 (read as "the default") is refused before the text is encoded."""
+    im = image(15, 16, 16)
+    [ref] = tiny_pipe.edit(im, "a", seeds=1, cfg=2.0)
+    [same] = tiny_pipe.edit(im, "a", seeds=1, cfg=np.float32(2.0))  # a numpy scalar is a scalar
+    assert np.array_equal(np.asarray(same), np.asarray(ref))
+    for ok in ({"top_k": 0}, {"top_p": 0}, {"top_p": 1}, {"top_k": np.int64(2)}, {"seeds": 2**64 - 1}):
+        assert tiny_pipe.edit(im, "a", **{"seeds": 1, **ok})[0].size == im.size
+    monkeypatch.setattr(tiny_pipe.text_encoder, "encode", lambda prompts: pytest.fail("encoded"))
+    refused = [
+        ({"top_k": -1}, "top_k must be an integer >= 0"),
+        ({"top_k": 2.5}, "top_k must be an integer >= 0"),
+        ({"top_p": 1.5}, r"top_p must be a number in \[0, 1\]"),
+        ({"top_p": -0.5}, r"top_p must be a number in \[0, 1\]"),
+        ({"top_p": float("nan")}, r"top_p must be a number in \[0, 1\]"),
+        ({"seeds": 2**64}, "seed 18446744073709551616 is out of range"),
+        ({"seeds": -(2**63) - 1}, "is out of range"),
+        ({"resolution": 0}, "resolution 0 is not one of"),
+    ]
+    for kwargs, message in refused:
+        with pytest.raises(ValueError, match=message):
+            tiny_pipe.edit(im, "a", **{"seeds": 1, **kwargs})
+    with pytest.raises(ValueError, match="resolution 0 is not one of"):
+        tiny_pipe.num_scales(0)
+
+
+def test_cli_refuses_bad_threads_devices_and_names_in_one_line(tiny_dir, tmp_path, capsys):
+    src = tmp_path / "in.png"
+    image(16, 16, 16).save(src)
+    argv = ["edit", str(src), "x", "-o", str(tmp_path / "out.png"), "--model", str(tiny_dir)]
+    for threads in ("0", "-1"):
+        with pytest.raises(SystemExit) as exit_:
+            cli_main([*argv, "--threads", threads])
+        assert exit_.value.code == 2 and "--threads: must be at least 1" in capsys.readouterr().err
+    assert cli_main([*argv, "--device", "gpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("varedit: error: not a device: 'gpu'") and err.count("\n") == 1
+    assert cli_main(["random", str(tmp_path / "m"), "--config", "nope"]) == 2
+    assert capsys.readouterr().err.startswith("varedit: error: unknown variant 'nope'")  # not repr-quoted
+
+
+def test_a_training_checkpoint_without_the_model_is_a_checkpoint_error(tmp_path):
+    release = tmp_path / "VAREdit"
+    release.mkdir()
+    torch.save({"trainer": {"optimizer": {}}}, release / "2B-512.pth")
+    (release / "infinity_vae_d32reg.pth").write_bytes(b"")
+    (release / "flan-t5-xl").mkdir()
+    with pytest.raises(CheckpointError, match=r"2B-512.pth: a training checkpoint without the model state"):
+        EditPipeline.from_pretrained(release, device="cpu")
+
+
 UNUSABLE_SAMPLING = [{"tau": 0}, {"cfg": float("nan")}, {"top_p": 1.5}, {"top_k": -1}]
 
 
