@@ -49,15 +49,32 @@ def prepare(image: ImageInput) -> Upload | RemoteImage:
     if isinstance(image, str) and is_url(image):
         return RemoteImage(image)
     if isinstance(image, Image.Image):
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")  # lossless, and every mode the server accepts has a PNG form
-        return Upload("image.png", buffer.getvalue(), "image/png")
+        return Upload("image.png", _png(image), "image/png")
     if isinstance(image, bytes | bytearray | memoryview):
         return _upload(bytes(image))
     path = Path(image)
     content = path.read_bytes()
     content_type = mimetypes.guess_type(path.name)[0] or _sniff(content)[0]
     return Upload(path.name, content, content_type)
+
+
+def _png(image: Image.Image) -> bytes:
+    """The image as PNG (lossless). A mode PNG cannot hold (CMYK or YCbCr, as Pillow opens some JPEGs;
+    RGBX, LAB, ...) is first brought to RGB, or RGBA when it has transparency, and 32-bit or float grey
+    to 16-bit grey: what the server makes of such an image anyway."""
+    buffer = io.BytesIO()
+    try:
+        image.save(buffer, format="PNG")
+        return buffer.getvalue()
+    except OSError:  # "cannot write mode CMYK as PNG"
+        pass
+    if image.mode in ("I", "F"):
+        image = image.convert("I").convert("I;16")
+    else:
+        image = image.convert("RGBA" if image.has_transparency_data else "RGB")
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def _upload(content: bytes) -> Upload:

@@ -114,6 +114,22 @@ def test_images_travel_as_uploads_or_as_urls(tmp_path: Path) -> None:
     assert form.data == {"instruction": "hat", "webhook_events": ["job.failed"], "tau": "0.5"}
 
 
+def test_a_pil_image_in_a_mode_png_cannot_hold_is_uploaded_as_the_server_would_read_it() -> None:
+    """A CMYK JPEG (Pillow opens it as CMYK) is accepted as a file; opened with Pillow first, it is
+    sent as its RGB form instead of failing with "cannot write mode CMYK as PNG"."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 30, 40)).convert("CMYK").save(buffer, format="JPEG")
+    cmyk = Image.open(io.BytesIO(buffer.getvalue()))
+    assert cmyk.mode == "CMYK"
+    sent = Image.open(io.BytesIO(prepare(cmyk).content))
+    assert sent.mode == "RGB" and sent.getpixel((3, 3)) == cmyk.convert("RGB").getpixel((3, 3))
+    faded = Image.new("RGBA", (8, 8), (10, 20, 30, 128)).convert("RGBa")  # premultiplied alpha
+    assert Image.open(io.BytesIO(prepare(faded).content)).mode == "RGBA"
+    wide = Image.new("I", (8, 8), 70000)  # 32-bit grey: read as 16-bit, clipped
+    sent = Image.open(io.BytesIO(prepare(wide).content))
+    assert sent.mode.startswith("I") and sent.getpixel((0, 0)) == 65535
+
+
 def test_the_negative_instruction_is_sent_and_read_back(tmp_path: Path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
     sent: list[httpx.Request] = []
 
