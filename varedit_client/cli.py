@@ -136,8 +136,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "varedit-client") -> int
         with Client(args.url, args.api_key, max_attempts=max(1, args.max_attempts)) as client:
             return HANDLERS[args.command](client, args)
     except ConnectionFailed as exc:
-        cause = f"{type(exc.cause).__name__}: {exc.cause}" if str(exc.cause) else type(exc.cause).__name__
-        print(f"error: cannot reach the API at {args.url} ({cause}); set --url or {URL_ENV}", file=sys.stderr)
+        hint = "" if exc.unanswered else f"; set --url or {URL_ENV}"
+        print(f"error: {exc}{hint}", file=sys.stderr)
         return 2
     except JobFailed as exc:
         print(describe(exc.job), file=sys.stderr)
@@ -171,8 +171,9 @@ def _detail(detail: Any) -> str:
         return str(detail)
     where = ".".join(str(part) for part in detail.get("loc", []))
     text = detail.get("msg") or detail.get("type") or ""
-    given = f" (got {json.dumps(detail['input'])})" if "input" in detail else ""
-    return f"{where}: {text}{given}".strip(": ") if where else f"{text}{given}"
+    given = f"(got {json.dumps(detail['input'])})" if "input" in detail else ""
+    said = " ".join(part for part in (text, given) if part)
+    return f"{where}: {said}" if where and said else where or said
 
 
 # -- commands ---------------------------------------------------------------------------------------

@@ -21,12 +21,13 @@ class VareditError(Exception):
 
 class ConnectionFailed(VareditError):
     """The API could not be reached (refused, reset, timed out) after the allowed attempts; names the URL
-    because a wrong URL is the usual cause."""
+    because a wrong URL is the usual cause. ``unanswered`` when it was reached but did not answer in time,
+    where the URL is not the problem."""
 
     def __init__(self, url: str, cause: BaseException) -> None:
-        super().__init__(
-            f"cannot reach the API at {url} ({type(cause).__name__}: {str(cause) or 'no detail'})"
-        )
+        self.unanswered = isinstance(cause, httpx.ReadTimeout | httpx.WriteTimeout)
+        what = "the API at {} did not answer in time" if self.unanswered else "cannot reach the API at {}"
+        super().__init__(f"{what.format(url)} ({type(cause).__name__}: {str(cause) or 'no detail'})")
         self.url = url
         self.cause = cause
 

@@ -25,6 +25,7 @@ from varedit_client import (
     verify_webhook,
 )
 from varedit_client.calls import edit
+from varedit_client.cli import api_error_text
 from varedit_client.cli import main as cli_main
 from varedit_client.errors import Conflict, from_response
 from varedit_client.images import RemoteImage, Upload, prepare
@@ -91,6 +92,27 @@ def test_error_answers_map_to_their_classes_with_code_message_and_details() -> N
     assert (
         from_response(proxy_page).code == "http_error" and "bad gateway" in from_response(proxy_page).details
     )
+
+
+def test_a_server_that_does_not_answer_is_not_called_unreachable() -> None:
+    refused = ConnectionFailed("http://h:1", httpx.ConnectError("refused"))
+    assert not refused.unanswered and str(refused).startswith("cannot reach the API at http://h:1")
+    slow = ConnectionFailed("http://h:1", httpx.ReadTimeout("timed out"))
+    assert slow.unanswered and str(slow).startswith("the API at http://h:1 did not answer in time")
+
+
+@pytest.mark.parametrize(
+    ("detail", "line"),
+    [
+        ({"loc": ["body", "cfg"], "msg": "too big", "input": 50}, "body.cfg: too big (got 50)"),
+        ({"loc": ["body", "webhook_url"], "msg": "", "input": "x"}, 'body.webhook_url: (got "x")'),
+        ({"loc": ["body", "seed"], "msg": "required"}, "body.seed: required"),
+        ({"msg": "bad"}, "bad"),
+    ],
+)
+def test_each_error_detail_is_one_tidy_line(detail: dict, line: str) -> None:
+    error = from_response(_response(422, _envelope("invalid_request", [detail])))
+    assert api_error_text(error).splitlines()[1] == f"  {line}"
 
 
 def test_images_travel_as_uploads_or_as_urls(tmp_path: Path) -> None:
