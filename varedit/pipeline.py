@@ -44,6 +44,7 @@ ImageInput = Image.Image | str | Path
 # on_preview(k, K, previews) after scale k of K: one small RGB image per input, in input order.
 OnPreview = Callable[[int, int, list[Image.Image]], None]
 PREVIEW_SIZE = 128  # default longest side of a preview, in pixels
+BLOCK_DTYPES = (torch.float32, torch.bfloat16)  # the transformer blocks: float32, or bfloat16 as released
 SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1  # what `torch.Generator.manual_seed` takes
 
 
@@ -218,7 +219,7 @@ class EditPipeline:
             the transformer stays float32, the VAE float32, the T5 encoder float16 (official).
         compile: torch.compile the hot paths (see `__init__`).
         Raises `CheckpointError` for a wrong folder, a missing or damaged file or a checkpoint of another
-        variant, and ValueError for a CUDA device this machine does not have.
+        variant, and ValueError for a CUDA device this machine does not have or another dtype.
         """
         path = Path(path)
         try:
@@ -228,6 +229,8 @@ class EditPipeline:
         check_device(device)
         if dtype is None:
             dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        if dtype not in BLOCK_DTYPES:  # else it loads, and the first edit fails on mixed dtypes
+            raise ValueError(f"dtype must be one of {BLOCK_DTYPES}, got {dtype!r}")
         config, serving = ckpt.describe(path, variant)
         if path.is_file():
             path = path.parent
@@ -336,9 +339,10 @@ class EditPipeline:
 
         images: PIL images or paths (any size and mode; one per instruction).
         instructions: one text per image, used verbatim.
-        seeds: one per image (int), or None for random seeds. Same seed and inputs -> same output,
-            whatever else is in the batch (on the same device, dtype and CPU thread count, which
-            change float rounding). The seed used is in `out.info["seed"]`.
+        seeds: one per image (int), or None for random seeds. Same seed and inputs -> same output
+            on the same device, dtype and CPU thread count (which change float rounding); with float32
+            blocks also whatever else is in the batch, while with bfloat16 blocks the batch can move
+            a few bits. The seed used is in `out.info["seed"]`.
         cfg: classifier-free guidance on logits (1 = off); a scalar or one per scale.
         tau: logit temperature, > 0 (lower is closer to greedy); a scalar or one per scale.
         on_scale: called as on_scale(k, K) after scale k (1-based) of K; returning False stops the

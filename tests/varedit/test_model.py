@@ -332,6 +332,12 @@ def test_cli_refuses_bad_threads_devices_and_names_in_one_line(tiny_dir, tmp_pat
     assert capsys.readouterr().err.startswith("varedit: error: unknown variant 'nope'")  # not repr-quoted
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, "bfloat16"])
+def test_a_block_dtype_the_model_cannot_run_is_refused_at_load(tiny_dir, dtype):
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        EditPipeline.from_pretrained(tiny_dir, device="cpu", dtype=dtype)
+
+
 def test_a_training_checkpoint_without_the_model_is_a_checkpoint_error(tmp_path):
     release = tmp_path / "VAREdit"
     release.mkdir()
