@@ -147,7 +147,7 @@ def _fit_null_text(t: torch.Tensor, cfg: VAREditConfig) -> torch.Tensor:
 
 
 def check_state_dict(model: VAREditTransformer, state: Mapping[str, torch.Tensor], what: str) -> None:
-    """Refuse missing keys, unexpected keys and shape mismatches, naming them."""
+    """Refuse missing keys, unexpected keys, shape mismatches and non-float weights, naming them."""
     target = model.state_dict()
     missing = sorted(set(target) - set(state))
     unexpected = sorted(set(state) - set(target))
@@ -161,6 +161,15 @@ def check_state_dict(model: VAREditTransformer, state: Mapping[str, torch.Tensor
             f"{what} does not fit config {model.cfg.name!r} (another variant?): "
             f"missing {missing[:20]}, unexpected {unexpected[:20]}, shape mismatches {shapes[:20]}"
         )
+    # Weights are cast to their final dtype on load, which would turn a damaged integer tensor into
+    # plausible-looking numbers.
+    not_float = [
+        f"{k}: {state[k].dtype}"
+        for k, v in target.items()
+        if state[k].is_floating_point() != v.is_floating_point()
+    ]
+    if not_float:
+        raise CheckpointError(f"{what} holds tensors of the wrong kind: {not_float[:20]}")
 
 
 def build_transformer(

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors import safe_open
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from tests.parity import assert_matches_reference
 from varedit import CheckpointError, EditCancelled, EditPipeline, write_random_checkpoint
@@ -330,6 +330,18 @@ def test_cli_refuses_bad_threads_devices_and_names_in_one_line(tiny_dir, tmp_pat
     assert err.startswith("varedit: error: not a device: 'gpu'") and err.count("\n") == 1
     assert cli_main(["random", str(tmp_path / "m"), "--config", "nope"]) == 2
     assert capsys.readouterr().err.startswith("varedit: error: unknown variant 'nope'")  # not repr-quoted
+
+
+def test_a_weight_file_holding_integer_tensors_is_refused(tiny_dir, tmp_path):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(tiny_dir, damaged)
+    weights = damaged / "transformer.safetensors"
+    state = load_file(weights)
+    key = next(k for k in state if k.startswith("blocks."))
+    state[key] = state[key].to(torch.int32)
+    save_file(state, weights)
+    with pytest.raises(CheckpointError, match=f"holds tensors of the wrong kind: \\['{key}: torch.int32'\\]"):
+        EditPipeline.from_pretrained(damaged, device="cpu")
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16, "bfloat16"])
