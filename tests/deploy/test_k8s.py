@@ -456,6 +456,57 @@ def test_every_gpu_worker_scales_from_zero_on_its_own_queue(kustomization: str) 
         assert all(t["metadata"]["ignoreNullValues"] == "false" for t in spec["triggers"])
 
 
+def trigger_value(query: str, gauges: dict[tuple[str, str], float]) -> float:
+    """A scaling query evaluated on beat's gauges: the queries are sums of `sum(NAME{LABELS})` terms,
+    and `gauges` maps (name, status or "") to the model's value."""
+    assert re.fullmatch(r"sum\([^)]*\)( \+ sum\([^)]*\))*", query), query
+    total = 0.0
+    for name, labels in re.findall(r"sum\((varedit_[a-z_]+)\{([^}]*)\}\)", query):
+        status = dict(re.findall(r'(\w+)="([^"]*)"', labels)).get("status", "")
+        total += gauges[(name, status)]
+    return total
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_a_busy_worker_keeps_its_model_active_and_a_fresh_lone_job_wakes_none(kustomization: str) -> None:
+    """KEDA's activation (value > activationThreshold on any trigger) decides both ways: from 0 to 1,
+    and back to 0 after cooldownPeriod without an active trigger. A worker running one job at a time
+    (nothing queued) must count as active, or a steady stream from one client loses its warm worker
+    every cooldownPeriod; a lone job just accepted wakes nothing (it may be canceled at once) until it
+    has waited; nothing open is inactive. No trigger asks for more workers than ceil(open jobs / 2)."""
+
+    def state(queued: int, running: int, oldest_age_s: float) -> dict[tuple[str, str], float]:
+        return {
+            ("varedit_queue_depth", ""): queued,
+            ("varedit_jobs", "queued"): queued,
+            ("varedit_jobs", "running"): running,
+            ("varedit_queue_oldest_age_seconds", ""): oldest_age_s,
+        }
+
+    def active(so: Obj, gauges: dict[tuple[str, str], float]) -> bool:
+        return any(
+            trigger_value(t["metadata"]["query"], gauges) > float(t["metadata"]["activationThreshold"])
+            for t in so["spec"]["triggers"]
+        )
+
+    scaled = of_kind(render(kustomization), "ScaledObject")
+    assert scaled
+    for so in scaled:
+        name = so["metadata"]["name"]
+        assert active(so, state(queued=0, running=1, oldest_age_s=0)), f"{name}: a busy worker reads as idle"
+        assert active(so, state(queued=1, running=1, oldest_age_s=1)), name
+        assert not active(so, state(queued=1, running=0, oldest_age_s=1)), name
+        assert active(so, state(queued=1, running=0, oldest_age_s=6)), name
+        assert not active(so, state(queued=0, running=0, oldest_age_s=0)), name
+        for queued, running in [(0, 1), (0, 4), (3, 0), (5, 3)]:
+            gauges = state(queued, running, oldest_age_s=1)
+            for t in so["spec"]["triggers"]:
+                if "varedit_queue_oldest_age_seconds" in t["metadata"]["query"]:
+                    continue  # the wait backstop: a worker per 5 min of waiting, not per job
+                want = -(-trigger_value(t["metadata"]["query"], gauges) // float(t["metadata"]["threshold"]))
+                assert want <= -(-(queued + running) // 2), (name, t["name"])
+
+
 @pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
 def test_secrets_are_referenced_never_rendered(kustomization: str) -> None:
     objects = render(kustomization)
