@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
@@ -31,6 +32,12 @@ class SamplingDefaults:
     def __post_init__(self) -> None:
         """A folder stating unusable defaults is refused when it loads, not at its first edit (top-k
         and top-p of 0 turn the cut off)."""
+        numbers = all(_is_number(v) for v in (self.cfg, self.tau, self.top_p)) and _is_integer(self.top_k)
+        if not numbers:
+            raise ValueError(
+                "sampling defaults need numbers and an integer top_k; got "
+                f"cfg {self.cfg!r}, tau {self.tau!r}, top_k {self.top_k!r}, top_p {self.top_p!r}"
+            )
         fine = math.isfinite(self.cfg) and math.isfinite(self.tau) and self.tau > 0
         if not fine or self.top_k < 0 or not 0 <= self.top_p <= 1:
             raise ValueError(
@@ -40,6 +47,14 @@ class SamplingDefaults:
 
     def to_dict(self) -> dict[str, float]:
         return dataclasses.asdict(self)
+
+
+def _is_integer(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -95,8 +110,11 @@ class Serving:
         if set(sampling) - known:
             raise ValueError(f"unknown sampling fields {sorted(set(sampling) - known)}")
         examples = tuple(Example(str(e["instruction"]), str(e["image"])) for e in d.get("examples", []))
+        resolutions = d["resolutions"]
+        if not isinstance(resolutions, list) or not all(_is_integer(r) for r in resolutions):
+            raise ValueError(f"serving resolutions must be a list of integers, got {resolutions!r}")
         return cls(
-            tuple(int(r) for r in d["resolutions"]),
+            tuple(resolutions),
             SamplingDefaults(**sampling),
             str(d.get("description", "")),
             examples,

@@ -360,7 +360,15 @@ def test_a_training_checkpoint_without_the_model_is_a_checkpoint_error(tmp_path)
         EditPipeline.from_pretrained(release, device="cpu")
 
 
-UNUSABLE_SAMPLING = [{"tau": 0}, {"cfg": float("nan")}, {"top_p": 1.5}, {"top_k": -1}]
+UNUSABLE_SAMPLING = [
+    {"tau": 0},
+    {"cfg": float("nan")},
+    {"top_p": 1.5},
+    {"top_k": -1},
+    {"top_k": 1.5},
+    {"cfg": "3"},
+    {"tau": True},
+]
 
 
 @pytest.mark.parametrize("sampling", UNUSABLE_SAMPLING, ids=str)
@@ -370,6 +378,16 @@ def test_unusable_sampling_defaults_are_refused_at_load(tiny_dir, tmp_path, samp
     meta["serving"]["sampling"].update(sampling)
     (folder / "config.json").write_text(json.dumps(meta))
     with pytest.raises((CheckpointError, ValueError), match="sampling defaults need"):
+        EditPipeline.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("resolutions", [["128"], [128.7], "128", [True]], ids=str)
+def test_resolutions_that_are_not_integers_are_refused_at_load(tiny_dir, tmp_path, resolutions):
+    folder = shutil.copytree(tiny_dir, tmp_path / "model")
+    meta = json.loads((folder / "config.json").read_text())
+    meta["serving"]["resolutions"] = resolutions
+    (folder / "config.json").write_text(json.dumps(meta))
+    with pytest.raises((CheckpointError, ValueError), match="resolutions must be a list of integers"):
         EditPipeline.from_pretrained(folder)
 
 
