@@ -72,6 +72,17 @@ def count_open(session: Session) -> dict[tuple[str, JobStatus], int]:
     return {(model, JobStatus(status)): count for model, status, count in rows}
 
 
+def count_ran_and_ended_since(session: Session, since: datetime) -> dict[str, int]:
+    """Jobs per model that a worker started and that ended at or after ``since`` (not those canceled or
+    expired in the queue): an index range of the recent ends only."""
+    rows = session.execute(
+        select(Job.model, func.count())
+        .where(Job.finished_at >= since, Job.started_at.is_not(None))
+        .group_by(Job.model)
+    ).all()
+    return {model: count for model, count in rows}
+
+
 def count_in_flight(session: Session, owner: str) -> int:
     """The owner's queued and running jobs (the per-caller cap on work in the system)."""
     return (

@@ -1,16 +1,18 @@
-"""The database-derived gauges: open jobs by state, queue depth and oldest queued age, ready workers
-and pending webhook messages, per model.
+"""The database-derived gauges: open jobs by state, jobs run and ended in the last `RECENT_S`, queue
+depth and oldest queued age, ready workers and pending webhook messages, per model.
 
 They describe the whole platform, not one process, so exactly one process exports them: Celery beat,
 of which exactly one runs (the embedded runner's light worker embeds it). A Prometheus `sum` over all
 targets then counts each job once, which would not hold if every API replica exported them. Served on
 ``VAREDIT_JOB_METRICS_PORT`` when set; every query reads an index range of open rows only, so a scrape
-costs the same however many jobs have ended (outcome counts are the workers' counters).
+costs the same however many jobs have ended (the recent ends: a range of `ix_jobs_finished`; outcome
+counts are the workers' counters).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import structlog
@@ -22,10 +24,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from jobs import outbox, queries, workers
 from jobs.db import make_engine, make_sessionmaker
-from jobs.models import JobStatus
+from jobs.models import JobStatus, utcnow
 from jobs.settings import Settings, get_settings
 
 log = structlog.get_logger(__name__)
+
+# The window of `varedit_jobs_ended_recently`: a model used within it counts as in use to the
+# autoscaler, however briefly each edit ran (deploy/k8s/base/gpu-worker/scaledobject.yaml).
+RECENT_S = 300
 
 
 class JobsCollector(Collector):
@@ -39,6 +45,7 @@ class JobsCollector(Collector):
         try:
             with self.sessions() as session:
                 counts = queries.count_open(session)
+                ended = queries.count_ran_and_ended_since(session, utcnow() - timedelta(seconds=RECENT_S))
                 queues = queries.queue_stats(session)
                 ready = workers.ready_workers(session, self.settings.worker_stale_s)
                 deliveries = outbox.count_pending(session)
@@ -48,6 +55,11 @@ class JobsCollector(Collector):
         jobs = GaugeMetricFamily(
             "varedit_jobs", "Open (queued or running) jobs by model and state", labels=["model", "status"]
         )
+        ended_gauge = GaugeMetricFamily(
+            "varedit_jobs_ended_recently",
+            f"Jobs per model that a worker ran and that ended in the last {RECENT_S} s",
+            labels=["model"],
+        )
         depth = GaugeMetricFamily("varedit_queue_depth", "Queued jobs per model", labels=["model"])
         oldest = GaugeMetricFamily(
             "varedit_queue_oldest_age_seconds", "Wait of the oldest queued job per model", labels=["model"]
@@ -55,10 +67,11 @@ class JobsCollector(Collector):
         ready_gauge = GaugeMetricFamily(
             "varedit_workers_ready", "Ready GPU workers per model", labels=["model"]
         )
-        models = sorted({*self.settings.models, *(m for m, _ in counts), *queues})
+        models = sorted({*self.settings.models, *(m for m, _ in counts), *queues, *ended})
         for model in models:
             for status in (JobStatus.QUEUED, JobStatus.RUNNING):
                 jobs.add_metric([model, status.value], counts.get((model, status), 0))
+            ended_gauge.add_metric([model], ended.get(model, 0))
             stats = queues.get(model, queries.QueueStats(0, 0.0))
             depth.add_metric([model], stats.depth)
             oldest.add_metric([model], stats.oldest_age_s)
@@ -70,7 +83,7 @@ class JobsCollector(Collector):
         )
         for event in outbox.EVENTS:
             hooks.add_metric([event], deliveries.get(event, 0))
-        yield from (jobs, depth, oldest, ready_gauge, hooks)
+        yield from (jobs, ended_gauge, depth, oldest, ready_gauge, hooks)
 
 
 def registry_for(sessions: sessionmaker[Session], settings: Settings) -> CollectorRegistry:

@@ -468,19 +468,23 @@ def trigger_value(query: str, gauges: dict[tuple[str, str], float]) -> float:
 
 
 @pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
-def test_a_busy_worker_keeps_its_model_active_and_a_fresh_lone_job_wakes_none(kustomization: str) -> None:
+def test_a_model_in_use_stays_active_and_a_fresh_lone_job_wakes_none(kustomization: str) -> None:
     """KEDA's activation (value > activationThreshold on any trigger) decides both ways: from 0 to 1,
     and back to 0 after cooldownPeriod without an active trigger. A worker running one job at a time
-    (nothing queued) must count as active, or a steady stream from one client loses its warm worker
-    every cooldownPeriod; a lone job just accepted wakes nothing (it may be canceled at once) until it
-    has waited; nothing open is inactive. No trigger asks for more workers than ceil(open jobs / 2)."""
+    (nothing queued), or one whose last short job ended between two polls, must count as active, or a
+    steady trickle from one client loses its warm worker every cooldownPeriod; a lone job just accepted
+    wakes nothing (it may be canceled at once) until it has waited; nothing open and nothing run lately
+    is inactive. No trigger asks for more workers than ceil(open jobs / 2), or one when none is open."""
 
-    def state(queued: int, running: int, oldest_age_s: float) -> dict[tuple[str, str], float]:
+    def state(
+        queued: int, running: int, oldest_age_s: float, ran_lately: int = 0
+    ) -> dict[tuple[str, str], float]:
         return {
             ("varedit_queue_depth", ""): queued,
             ("varedit_jobs", "queued"): queued,
             ("varedit_jobs", "running"): running,
             ("varedit_queue_oldest_age_seconds", ""): oldest_age_s,
+            ("varedit_jobs_ended_recently", ""): ran_lately,
         }
 
     def active(so: Obj, gauges: dict[tuple[str, str], float]) -> bool:
@@ -497,14 +501,22 @@ def test_a_busy_worker_keeps_its_model_active_and_a_fresh_lone_job_wakes_none(ku
         assert active(so, state(queued=1, running=1, oldest_age_s=1)), name
         assert not active(so, state(queued=1, running=0, oldest_age_s=1)), name
         assert active(so, state(queued=1, running=0, oldest_age_s=6)), name
+        assert active(so, state(queued=0, running=0, oldest_age_s=0, ran_lately=1)), f"{name}: used lately"
         assert not active(so, state(queued=0, running=0, oldest_age_s=0)), name
-        for queued, running in [(0, 1), (0, 4), (3, 0), (5, 3)]:
-            gauges = state(queued, running, oldest_age_s=1)
+        for queued, running, ran_lately in [
+            (0, 1, 0),
+            (0, 4, 0),
+            (3, 0, 0),
+            (5, 3, 0),
+            (0, 0, 50),
+            (1, 1, 50),
+        ]:
+            gauges = state(queued, running, oldest_age_s=1, ran_lately=ran_lately)
             for t in so["spec"]["triggers"]:
                 if "varedit_queue_oldest_age_seconds" in t["metadata"]["query"]:
                     continue  # the wait backstop: a worker per 5 min of waiting, not per job
                 want = -(-trigger_value(t["metadata"]["query"], gauges) // float(t["metadata"]["threshold"]))
-                assert want <= -(-(queued + running) // 2), (name, t["name"])
+                assert want <= max(1, -(-(queued + running) // 2)), (name, t["name"])
 
 
 @pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)

@@ -4,6 +4,7 @@ replicas and beat) gives the true queue depth."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 
 import httpx
 import pytest
@@ -12,11 +13,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from jobs import workers
 from jobs.db import session_scope
+from jobs.models import Job, JobStatus, utcnow
 from jobs.settings import Settings
 from serve.redis_server import free_port
 from tests.api.test_edits import post_multipart
 from tests.conftest import ApiHarness
-from worker.job_gauges import registry_for
+from worker.job_gauges import RECENT_S, registry_for
 
 
 def summed(texts: list[str], name: str, **labels: str) -> float:
@@ -72,3 +74,26 @@ def test_gauges_read_open_jobs_ready_workers_and_the_oldest_wait(harness: ApiHar
     assert summed([text], "varedit_queue_oldest_age_seconds", model="tiny") >= 0
     assert 'varedit_workers_ready{model="tiny"} 1.0' in text
     assert 'varedit_webhook_deliveries_pending{event="job.succeeded"}' in text
+
+
+def test_jobs_that_ran_count_as_recent_use_for_five_minutes(harness: ApiHarness) -> None:
+    """What keeps a model's workers from scaling to zero between sparse short jobs: a job a worker ran
+    counts for RECENT_S after it ended; one canceled or expired in the queue never counts."""
+    ids = [post_multipart(harness).json()["id"] for _ in range(4)]
+    now = utcnow()
+    ended = {  # id -> (status, started_at, finished_at)
+        ids[0]: (JobStatus.SUCCEEDED, now - timedelta(seconds=30), now - timedelta(seconds=29)),
+        ids[1]: (
+            JobStatus.FAILED,
+            now - timedelta(seconds=RECENT_S - 10),
+            now - timedelta(seconds=RECENT_S - 20),
+        ),
+        ids[2]: (JobStatus.CANCELED, None, now - timedelta(seconds=5)),  # canceled while queued
+        ids[3]: (JobStatus.SUCCEEDED, now - timedelta(hours=1), now - timedelta(seconds=RECENT_S + 5)),
+    }
+    with session_scope(harness.sessions) as session:
+        for job_id, (status, started_at, finished_at) in ended.items():
+            job = session.get(Job, job_id)
+            job.status, job.started_at, job.finished_at = status, started_at, finished_at
+    text = generate_latest(registry_for(harness.sessions, harness.settings)).decode()
+    assert 'varedit_jobs_ended_recently{model="tiny"} 2.0' in text
