@@ -148,7 +148,7 @@ class StreamNews:
             if event.job.status is self._status:  # a reopened stream restating the job
                 return False
             self._status = event.job.status
-            self._scale = 0  # a new run (a retry starts again at scale 1), as the stream counts them
+            self._scale = self._preview = 0  # a new run (a retry starts again at scale 1)
             return True
         if isinstance(event, JobProgressEvent):
             if event.scale <= self._scale:

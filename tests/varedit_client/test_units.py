@@ -28,10 +28,11 @@ from varedit_client.calls import edit
 from varedit_client.cli import api_error_text
 from varedit_client.cli import main as cli_main
 from varedit_client.errors import Conflict, from_response
+from varedit_client.handle import StreamNews
 from varedit_client.images import RemoteImage, Upload, prepare
 from varedit_client.retry import RetryPolicy
 from varedit_client.sse import SseDecoder, job_event
-from varedit_client.types import JobProgressEvent, JobPublic, JobStatusEvent
+from varedit_client.types import JobPreviewEvent, JobProgressEvent, JobPublic, JobStatusEvent
 
 JOB = JobPublic.model_config["json_schema_extra"]["examples"][0]  # type: ignore[index]  # a valid job
 SECRET = "whsec_" + "dGVzdC1zZWNyZXQtb2YtdGhlLXRlc3RzLTMyLWJ5dGVz"
@@ -201,3 +202,32 @@ def test_a_locally_signed_webhook_verifies_and_a_tampered_one_does_not() -> None
         verify_webhook(body, stale, SECRET)
     with pytest.raises(ValueError):
         verify_webhook(body, headers, [])
+
+
+def test_reopened_streams_pass_on_each_scale_and_preview_once_per_run() -> None:
+    news = StreamNews()
+
+    def status(value: str) -> JobStatusEvent:
+        return JobStatusEvent(job=JobPublic.model_validate({**JOB, "status": value}))
+
+    def progress(k: int) -> JobProgressEvent:
+        return JobProgressEvent(id=JOB["id"], status="running", scale=k, scales=4)
+
+    def preview(k: int) -> JobPreviewEvent:
+        return JobPreviewEvent(id=JOB["id"], scale=k, scales=4, url=f"/p/{k}")
+
+    def passed(events: list) -> list[str]:
+        def name(e: JobStatusEvent | JobProgressEvent | JobPreviewEvent) -> str:
+            if isinstance(e, JobStatusEvent):
+                return f"status:{e.job.status}"
+            return f"{'progress' if isinstance(e, JobProgressEvent) else 'preview'}:{e.scale}"
+
+        return [name(e) for e in events if news(e)]
+
+    first = [status("running"), progress(1), preview(1), progress(2), preview(2)]
+    assert passed(first) == ["status:running", "progress:1", "preview:1", "progress:2", "preview:2"]
+    reopened = [status("running"), progress(1), preview(1), progress(2), preview(2), progress(3), preview(3)]
+    assert passed(reopened) == ["progress:3", "preview:3"]
+    # the worker was lost: the job runs again from scale 1, and that run's scales and previews are news
+    retry = [status("queued"), status("running"), progress(1), preview(1)]
+    assert passed(retry) == ["status:queued", "status:running", "progress:1", "preview:1"]
