@@ -14,7 +14,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 import limits
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -67,7 +67,9 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="VAREDIT_", env_file=".env", extra="ignore")
 
-    environment: str = "development"  # "production" refuses unsafe defaults
+    # "production" refuses unsafe defaults. Any other spelling is refused rather than read as
+    # development, so a typo ("prod", "Production ") never switches the production checks off.
+    environment: Literal["development", "production"] = "development"
     data_dir: Path = Path("data")
     database_url: str = ""  # empty: sqlite:///<data_dir>/varedit.db
     broker_url: str = "redis://127.0.0.1:6379/0"  # Celery broker; also carries job-change notifications
@@ -159,6 +161,11 @@ class Settings(BaseSettings):
     # Logging.
     log_level: str = "INFO"
     log_json: bool = True
+
+    @field_validator("environment", mode="before")
+    @classmethod
+    def _environment_case(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _fill_and_check(self) -> Settings:

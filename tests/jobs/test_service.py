@@ -150,6 +150,10 @@ def test_settings_defaults_and_normalisation(make_settings: Callable[..., Settin
         {"model_overrides": {"tiny": {"resolutions": []}}},
         {"heartbeat_s": 60, "lease_s": 60},
         {"environment": "production"},
+        # another spelling of production is production, and a typo is refused: neither may leave the
+        # production checks silently off
+        {"environment": "Production "},
+        {"environment": "prod"},
         {"dtype": "bf16"},
     ],
     ids=str,
