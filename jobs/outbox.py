@@ -11,8 +11,8 @@
 3. The worker sends it and `record_outcome` settles it by the attempt's verdict: delivered; gone (the
    endpoint wants no more: the job's other pending messages to that URL stop, and its later state
    changes send it none); refused (the address may never be called) fails at once; anything else is
-   retried after the schedule's next delay (+-10% jitter, or the endpoint's Retry-After when longer),
-   failed after the last one.
+   retried after the schedule's next delay (+-10% jitter, or the endpoint's Retry-After when longer, up
+   to a day), failed after the last one.
    Delivery is at least once; receivers deduplicate on ``webhook-id`` (``message_id``).
 """
 
@@ -46,6 +46,7 @@ EVENT_OF_STATUS = {
 }
 EVENTS = tuple(EVENT_OF_STATUS.values())
 JITTER = 0.1
+MAX_RETRY_AFTER_S = 86400.0  # the longest Retry-After honoured
 HOLD_KEY = "webhook_hold_s"  # Session.info: reserve new messages this long, they are handed over
 NEW_KEY = "webhook_new_ids"  # Session.info: messages of the open transaction, to hand over
 
@@ -214,7 +215,10 @@ def record_outcome(
         values.update(status=DeliveryStatus.FAILED)
     else:
         delay = retry_s[attempts - 1] * (rng or random).uniform(1 - JITTER, 1 + JITTER)
-        values["next_attempt_at"] = now + timedelta(seconds=max(delay, outcome.retry_after_s or 0.0))
+        # Retry-After is the endpoint's to choose, up to a day: an answer of years (or one no date can
+        # hold) neither parks the message for good nor breaks recording the attempt.
+        asked = min(outcome.retry_after_s or 0.0, MAX_RETRY_AFTER_S)
+        values["next_attempt_at"] = now + timedelta(seconds=max(delay, asked))
     row = (
         session.execute(
             update(WebhookDelivery)
@@ -290,7 +294,8 @@ def deliveries(session: Session, job_id: str) -> list[WebhookDelivery]:
 
 def redeliver(session: Session, job: Job, *, now: datetime | None = None) -> WebhookDelivery:
     """Send the job's terminal event again: the same message (id and payload) when it was sent before,
-    so receivers that already have it can tell, else a new one."""
+    so receivers that already have it can tell, else a new one. Never an event the job's
+    ``webhook_events`` leave out (`NoWebhook`, like a job without a webhook)."""
     if not job.webhook_url:
         raise NoWebhook(f"job {job.id} has no webhook_url", details={"id": job.id})
     if not job.status.terminal:
@@ -299,6 +304,11 @@ def redeliver(session: Session, job: Job, *, now: datetime | None = None) -> Web
             details={"id": job.id, "status": job.status.value},
         )
     event = EVENT_OF_STATUS[job.status]
+    if job.webhook_events and event not in job.webhook_events:
+        raise NoWebhook(
+            f"job {job.id} did not ask for {event}; only an event it subscribed to is redelivered",
+            details={"id": job.id, "event": event, "webhook_events": list(job.webhook_events)},
+        )
     now = now or utcnow()
     previous = next((d for d in reversed(deliveries(session, job.id)) if d.event == event), None)
     if previous is not None:

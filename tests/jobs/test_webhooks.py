@@ -193,6 +193,21 @@ def test_failures_follow_the_schedule_with_jitter_and_retry_after_then_fail(sess
         assert row.attempts == 3 and row.next_attempt_at is None and row.last_error.startswith("Connect")
 
 
+@pytest.mark.parametrize("asked_s", [10**14, float("inf"), 251_606_008_954.0])  # ~3 My, inf, year 9999
+def test_a_retry_after_of_years_waits_a_day_and_the_schedule_still_ends(
+    sessions, submit_job, asked_s
+) -> None:
+    delivery_id = _one_message(sessions, submit_job)
+    now = utcnow()
+    outcome = Outcome(Verdict.RETRY, answer=503, error="HTTP 503", retry_after_s=asked_s)
+    assert _record(sessions, delivery_id, outcome, now=now) is DeliveryStatus.PENDING
+    with sessions() as session:
+        row = session.get(WebhookDelivery, delivery_id)
+        assert row.attempts == 1 and (row.next_attempt_at - now).total_seconds() == 86400
+    assert _record(sessions, delivery_id, outcome, now=now) is DeliveryStatus.PENDING
+    assert _record(sessions, delivery_id, outcome, now=now) is DeliveryStatus.FAILED
+
+
 def test_outcomes_are_fenced_by_attempt(sessions, submit_job) -> None:
     delivery_id = _one_message(sessions, submit_job)
     assert _record(sessions, delivery_id, Outcome(Verdict.DELIVERED, answer=200)) is DeliveryStatus.DELIVERED
@@ -261,6 +276,14 @@ def test_redeliver_resends_the_same_terminal_message(sessions, submit_job) -> No
     _run_to_success(sessions, plain)
     with session_scope(sessions) as session, pytest.raises(NoWebhook):
         outbox.redeliver(session, queries.get_job(session, plain))
+
+
+def test_redeliver_sends_no_event_the_job_left_out(sessions, submit_job) -> None:
+    job_id = submit_job(webhook_url=HOOK, webhook_events=["job.running"])
+    _run_to_success(sessions, job_id)
+    with session_scope(sessions) as session, pytest.raises(NoWebhook):
+        outbox.redeliver(session, queries.get_job(session, job_id))
+    assert [m.event for m in _messages(sessions, job_id)] == ["job.running"]
 
 
 # -- sending --------------------------------------------------------------------------------------
