@@ -51,8 +51,12 @@ def create(
 ) -> NewKey:
     """A new key; ``rate_limit`` in the `limits` notation ("60/minute", "1000/day"), checked here.
     ``max_priority``: the highest job priority it may ask for (0, normal, unless granted more)."""
-    if rate_limit is not None:
-        parse(rate_limit)  # ValueError for nonsense, before anything is stored
+    # ValueError for nonsense, before anything is stored: a key no request could ever pass (a cap of no
+    # job, a rate of none per period) would be told 429 and to retry, forever.
+    if rate_limit is not None and parse(rate_limit).amount < 1:
+        raise ValueError(f"rate limit {rate_limit!r} allows no request")
+    if max_in_flight is not None and max_in_flight < 1:
+        raise ValueError(f"max in flight {max_in_flight} allows no job (at least 1)")
     key_id = secrets.token_hex(6)
     token = f"{TOKEN_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
     key = ApiKey(

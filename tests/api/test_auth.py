@@ -112,6 +112,14 @@ def test_in_flight_cap_answers_429(keyed: ApiHarness, new_key) -> None:  # type:
     assert _submit(keyed, auth).status_code == 202
 
 
+@pytest.mark.parametrize("limits", [{"max_in_flight": 0}, {"max_in_flight": -3}, {"rate_limit": "0/minute"}])
+def test_a_key_no_request_could_pass_is_refused(keyed: ApiHarness, limits) -> None:  # type: ignore[no-untyped-def]
+    with session_scope(keyed.sessions) as session, pytest.raises(ValueError, match="allows no"):
+        keys.create(session, "test", **limits)
+    with keyed.sessions() as session:
+        assert keys.all_keys(session) == []
+
+
 def test_a_key_signs_webhooks_without_a_deployment_secret(api_settings: Settings) -> None:
     settings = api_settings.model_copy(update={"auth": "api_key", "webhook_secrets": []})
     with ApiHarness(settings) as harness:
