@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 import structlog
+from billiard.process import current_process
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 log = structlog.get_logger(__name__)
@@ -59,10 +60,20 @@ BATCH_SIZE = Histogram(
 
 
 def serve_from_env() -> int | None:
-    """Start the metrics endpoint if VAREDIT_WORKER_METRICS_PORT is set; returns the port."""
+    """Start the metrics endpoint if VAREDIT_WORKER_METRICS_PORT is set; returns the port.
+
+    A worker with several pool processes (the light worker runs ``-c 4``) serves each one's own
+    counters on its own port: pool process i on the port + i (a replaced process gets its
+    predecessor's index, so its port). A port that cannot be bound is logged and left unserved: it
+    never stops the process from working (an edit worker from announcing itself ready)."""
     port = os.environ.get("VAREDIT_WORKER_METRICS_PORT")
     if not port:
         return None
-    start_http_server(int(port), registry=REGISTRY)
-    log.info("worker_metrics_serving", port=int(port))
-    return int(port)
+    port_i = int(port) + int(getattr(current_process(), "index", 0) or 0)
+    try:
+        start_http_server(port_i, registry=REGISTRY)
+    except OSError as e:
+        log.error("worker_metrics_port_unavailable", port=port_i, error=f"{type(e).__name__}: {e}")
+        return None
+    log.info("worker_metrics_serving", port=port_i)
+    return port_i

@@ -8,8 +8,10 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,7 +29,17 @@ DEADLINE_S = 60.0
 
 
 class Worker:
-    def __init__(self, tmp_path: Path, db_url: str, broker: str, model_path: str, queues: str, name: str):
+    def __init__(
+        self,
+        tmp_path: Path,
+        db_url: str,
+        broker: str,
+        model_path: str,
+        queues: str,
+        name: str,
+        concurrency: int = 1,
+        extra_env: dict[str, str] | None = None,
+    ):
         self.log = tmp_path / f"{name}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("VAREDIT_")}
         env.update(
@@ -38,6 +50,7 @@ class Worker:
                 "VAREDIT_MODEL_PATH": model_path,
                 "VAREDIT_HEARTBEAT_S": "1",
                 "VAREDIT_LOG_JSON": "true",
+                **(extra_env or {}),
             }
         )
         cmd = [
@@ -50,7 +63,7 @@ class Worker:
             "-Q",
             queues,
             "-c",
-            "1",
+            str(concurrency),
             "-O",
             "fair",
             "-n",
@@ -89,8 +102,8 @@ class Worker:
 def start_worker(tmp_path: Path, sqlite_url: str, redis_url: str) -> Iterator:
     started: list[Worker] = []
 
-    def start(model_path: str, queues: str = "edits.tiny", name: str = "w") -> Worker:
-        worker = Worker(tmp_path, sqlite_url, redis_url, model_path, queues, name)
+    def start(model_path: str, queues: str = "edits.tiny", name: str = "w", **kwargs) -> Worker:
+        worker = Worker(tmp_path, sqlite_url, redis_url, model_path, queues, name, **kwargs)
         started.append(worker)
         return worker
 
@@ -144,3 +157,57 @@ def test_light_worker_loads_no_model(start_worker, sqlite_url) -> None:
     assert worker.proc.poll() is None
     assert worker.events("model_loaded") == []
     assert _rows(sqlite_url) == []
+
+
+def _free_ports(count: int) -> int:
+    """The first of `count` consecutive ports that are free now."""
+    for _ in range(100):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            first = probe.getsockname()[1]
+        with contextlib.ExitStack() as stack:
+            try:
+                for port in range(first, first + count):
+                    stack.enter_context(socket.socket()).bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return first
+    raise AssertionError("no run of free ports")
+
+
+def _scrape(port: int) -> str | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            return response.read().decode()
+    except OSError:
+        return None
+
+
+def test_each_pool_process_of_the_light_worker_serves_its_metrics_on_its_own_port(start_worker) -> None:
+    port = _free_ports(2)
+    worker = start_worker(
+        "fake://",
+        queues="webhooks,maintenance",
+        name="light",
+        concurrency=2,
+        extra_env={"VAREDIT_WORKER_METRICS_PORT": str(port)},
+    )
+    wait_for(
+        lambda: len(worker.events("worker_metrics_serving")) == 2, "both pool processes to serve metrics"
+    )
+    assert sorted(e["port"] for e in worker.events("worker_metrics_serving")) == [port, port + 1]
+    for p in (port, port + 1):
+        assert "varedit_webhook_attempts" in (_scrape(p) or "")
+    # no pool process failed its start (a failed one would also have skipped its SIGTERM shield)
+    assert "Signal handler" not in worker.log.read_text(errors="replace")
+
+
+def test_an_edit_worker_whose_metrics_port_is_taken_still_becomes_ready(start_worker, sqlite_url) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        worker = start_worker("fake://?scales=3", extra_env={"VAREDIT_WORKER_METRICS_PORT": str(port)})
+        wait_for(lambda: any(r.ready for r in _rows(sqlite_url)), "the worker to report ready")
+        [unavailable] = worker.events("worker_metrics_port_unavailable")
+        assert unavailable["port"] == port
