@@ -118,6 +118,14 @@ class LocalStorage:
             raise StorageError(f"storage folder {self.root} is not writable")
 
 
+# A request waits on S3 at most about 2 x (connect + read): botocore's defaults (60 s each, 3 attempts)
+# would hold a submit or a readiness probe for minutes against a store that accepts connections but
+# never answers. A read timeout is the longest wait for the next bytes, not for a whole transfer.
+S3_CONNECT_TIMEOUT_S = 5
+S3_READ_TIMEOUT_S = 15
+S3_ATTEMPTS = 2
+
+
 def _s3_client(endpoint_url: str | None, region: str) -> BaseClient:
     # Path-style addressing: MinIO and local endpoints have no per-bucket DNS names.
     return boto3.client(
@@ -125,7 +133,11 @@ def _s3_client(endpoint_url: str | None, region: str) -> BaseClient:
         endpoint_url=endpoint_url,
         region_name=region,
         config=Config(
-            s3={"addressing_style": "path"}, signature_version="s3v4", retries={"mode": "standard"}
+            s3={"addressing_style": "path"},
+            signature_version="s3v4",
+            retries={"mode": "standard", "total_max_attempts": S3_ATTEMPTS},
+            connect_timeout=S3_CONNECT_TIMEOUT_S,
+            read_timeout=S3_READ_TIMEOUT_S,
         ),
     )
 

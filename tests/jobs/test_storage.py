@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlparse
@@ -9,6 +11,7 @@ from urllib.parse import urlparse
 import httpx
 import pytest
 
+from jobs import storage as storage_module
 from jobs.errors import StorageError
 from jobs.settings import Settings
 from jobs.storage import (
@@ -140,3 +143,35 @@ def test_storage_from_settings_wires_the_public_endpoint(
     same = storage_from_settings(make_settings(storage_url=f"s3://{s3_bucket}", s3_endpoint_url=s3_endpoint))
     assert same.presigned_origin() == s3_endpoint
     assert LocalStorage(settings.data_dir).presigned_origin() is None
+
+
+def test_s3_that_accepts_but_never_answers_fails_after_bounded_attempts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A hung store (connections accepted, no answer) must fail the request with StorageError after
+    S3_ATTEMPTS reads that each time out, instead of botocore's minutes of waiting."""
+    monkeypatch.setattr(storage_module, "S3_READ_TIMEOUT_S", 1)  # the test's wait, not the product's
+    accepted: list[socket.socket] = []
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        stop = threading.Event()
+
+        def accept() -> None:
+            server.settimeout(0.1)
+            while not stop.is_set():
+                try:
+                    accepted.append(server.accept()[0])  # held open, never answered
+                except TimeoutError:
+                    continue
+
+        thread = threading.Thread(target=accept)
+        thread.start()
+        try:
+            hung = S3Storage("bucket", endpoint_url=f"http://127.0.0.1:{server.getsockname()[1]}")
+            with pytest.raises(StorageError, match="could not store"):
+                hung.put("k", b"x", "image/png")
+        finally:
+            stop.set()
+            thread.join()
+            for conn in accepted:
+                conn.close()
+    assert len(accepted) == storage_module.S3_ATTEMPTS
