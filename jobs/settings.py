@@ -58,6 +58,22 @@ KNOWN_DEFAULT_SECRETS = frozenset(
 )
 
 
+MAX_WEBHOOK_RETRY_S = 365 * 86400.0  # the longest delay between two attempts at a webhook message
+
+
+def _signs(secret: str) -> bool:
+    """Whether a webhook secret is one the Standard Webhooks library can sign with."""
+    from standardwebhooks.webhooks import Webhook
+
+    if not secret.startswith("whsec_"):
+        return False
+    try:
+        Webhook(secret)
+    except Exception:  # binascii.Error for bad base64, EmptyWebhookSecretError for "whsec_"
+        return False
+    return True
+
+
 def _default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
@@ -189,8 +205,13 @@ class Settings(BaseSettings):
                 raise ValueError(f"the cfg override of {name} must lie within [cfg_min, cfg_max]")
             if override.tau is not None and not self.tau_min <= override.tau <= self.tau_max:
                 raise ValueError(f"the tau override of {name} must lie within [tau_min, tau_max]")
-        if any(not secret.startswith("whsec_") for secret in self.webhook_secrets):
-            raise ValueError("webhook secrets look like whsec_<base64>")
+        if any(not _signs(secret) for secret in self.webhook_secrets):
+            # one that cannot sign failed every attempt before its POST: the message was never sent,
+            # never failed, and handed to the webhook worker again after every reservation
+            raise ValueError("webhook secrets look like whsec_<base64>, with some bytes")
+        if any(not 0 <= delay <= MAX_WEBHOOK_RETRY_S for delay in self.webhook_retry_s):  # NaN too
+            # a delay no timestamp can hold broke recording the attempt, which then repeated forever
+            raise ValueError(f"webhook retry delays lie within [0, {MAX_WEBHOOK_RETRY_S:.0f}] seconds")
         limits.parse(self.rate_limit)  # a ValueError names what is wrong with it
         if self.environment == "production" and self.auth == "none":
             raise ValueError("production needs VAREDIT_AUTH=api_key")
