@@ -295,7 +295,8 @@ def deliveries(session: Session, job_id: str) -> list[WebhookDelivery]:
 def redeliver(session: Session, job: Job, *, now: datetime | None = None) -> WebhookDelivery:
     """Send the job's terminal event again: the same message (id and payload) when it was sent before,
     so receivers that already have it can tell, else a new one. Never an event the job's
-    ``webhook_events`` leave out (`NoWebhook`, like a job without a webhook)."""
+    ``webhook_events`` leave out, nor to a URL that answered 410 (`NoWebhook`, like a job without a
+    webhook)."""
     if not job.webhook_url:
         raise NoWebhook(f"job {job.id} has no webhook_url", details={"id": job.id})
     if not job.status.terminal:
@@ -308,6 +309,11 @@ def redeliver(session: Session, job: Job, *, now: datetime | None = None) -> Web
         raise NoWebhook(
             f"job {job.id} did not ask for {event}; only an event it subscribed to is redelivered",
             details={"id": job.id, "event": event, "webhook_events": list(job.webhook_events)},
+        )
+    if _gone(session, job.id, job.webhook_url):
+        raise NoWebhook(
+            f"job {job.id}'s webhook_url answered 410 Gone: it gets no more messages",
+            details={"id": job.id, "url": job.webhook_url},
         )
     now = now or utcnow()
     previous = next((d for d in reversed(deliveries(session, job.id)) if d.event == event), None)

@@ -286,6 +286,16 @@ def test_redeliver_sends_no_event_the_job_left_out(sessions, submit_job) -> None
     assert [m.event for m in _messages(sessions, job_id)] == ["job.running"]
 
 
+def test_redeliver_sends_nothing_to_a_url_that_answered_gone(sessions, submit_job) -> None:
+    job_id = submit_job(webhook_url=HOOK)
+    _run_to_success(sessions, job_id)
+    running, _ = _messages(sessions, job_id)
+    assert _record(sessions, running.id, Outcome(Verdict.GONE, answer=410)) is DeliveryStatus.GONE
+    with session_scope(sessions) as session, pytest.raises(NoWebhook, match="410"):
+        outbox.redeliver(session, queries.get_job(session, job_id))
+    assert [m.status for m in _messages(sessions, job_id)] == [DeliveryStatus.GONE, DeliveryStatus.GONE]
+
+
 # -- sending --------------------------------------------------------------------------------------
 
 
