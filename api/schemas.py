@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from jobs.models import DeliveryStatus
 from jobs.views import JobPublic, job_path, render_job
@@ -69,6 +69,12 @@ class EditCreate(BaseModel):
         description="Store a small preview after every scale: SSE `preview` events and "
         "GET /v1/jobs/{id}/previews/{k}. Default false.",
     )
+
+    @model_validator(mode="after")
+    def _events_need_a_url(self) -> EditCreate:
+        if self.webhook_events and not self.webhook_url:  # else they would be ignored without a word
+            raise ValueError("webhook_events needs a webhook_url to send them to")
+        return self
 
 
 class JobList(BaseModel):

@@ -210,6 +210,7 @@ BAD_INPUTS = [
     ("private v6 webhook", dict(webhook_url="http://[fd00::1]/hook"), 422, "webhook_url_not_allowed"),
     ("webhook with password", dict(webhook_url="https://u:p@example.com/"), 422, "webhook_url_not_allowed"),
     ("non-ASCII webhook", dict(webhook_url="https://example.com/caf\u00e9"), 422, "webhook_url_not_allowed"),
+    ("webhook events without a url", dict(webhook_events="job.succeeded"), 422, "invalid_request"),
 ]
 
 
