@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import limits
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from standardwebhooks.webhooks import Webhook
 
 
 class ModelOverride(BaseModel):
@@ -63,8 +64,6 @@ MAX_WEBHOOK_RETRY_S = 365 * 86400.0  # the longest delay between two attempts at
 
 def _signs(secret: str) -> bool:
     """Whether a webhook secret is one the Standard Webhooks library can sign with."""
-    from standardwebhooks.webhooks import Webhook
-
     if not secret.startswith("whsec_"):
         return False
     try:
