@@ -175,7 +175,8 @@ async def job_events(
     job: OwnedJobDep, principal: PrincipalDep, sessions: SessionsDep, watcher: WatcherDep
 ) -> EventSourceResponse:
     """Server-Sent Events: `status` (the job JSON) on every state change, `progress` once per scale of
-    a run, in order (scales that ended between two reads of the job are announced together), `preview`
+    a run, in order (scales that ended between two reads of the job are announced together, also when
+    the job ended meanwhile; a stream opened on a finished job gets its last run's scales), `preview`
     once per stored preview (jobs with `previews`), all before the job's terminal `status`; the stream
     ends when the job is terminal."""
 
@@ -185,14 +186,15 @@ async def job_events(
         announced = 0  # previews 1..announced were sent
         async for current in changes(sessions, watcher, job.id, principal.id, float("inf")):
             status_changed = last is None or current.status != last.status
-            if status_changed:
+            if status_changed and not current.status.terminal:
                 reported = 0  # a new run (a retry starts again at scale 1)
-                if not current.status.terminal:
-                    yield {"event": "status", "data": json.dumps(render_job(current))}
-            if current.status is JobStatus.RUNNING and current.progress is not None:
+                yield {"event": "status", "data": json.dumps(render_job(current))}
+            # A queued job has no progress (a claim and a requeue clear it); a finished one keeps its
+            # last run's, whose final scales may have ended after the stream's last read.
+            if current.progress is not None:
                 scale, scales = current.progress
-                for k in range(reported + 1, scale + 1):
-                    data = {"id": current.id, "status": current.status.value, "scale": k, "scales": scales}
+                for k in range(reported + 1, scale + 1):  # each scale ended while the job ran
+                    data = {"id": current.id, "status": JobStatus.RUNNING.value, "scale": k, "scales": scales}
                     yield {"event": "progress", "data": json.dumps(data)}
                 reported = max(reported, scale)
             for preview in preview_events(current, announced):

@@ -280,6 +280,42 @@ def test_events_stream_status_and_progress_until_terminal(harness: ApiHarness) -
     reader.join()
 
 
+def test_scales_that_ended_with_the_job_are_announced_before_its_end(harness: ApiHarness) -> None:
+    """The last scales and the finish can commit between two reads of the stream: those scales are
+    still announced, before the terminal status; a stream opened later gets every scale of the run."""
+    job_id = submit(harness)
+    attempt = claim(harness, job_id)
+    events: queue.Queue[tuple[str, dict] | None] = queue.Queue()
+    reader = threading.Thread(target=read_events, args=(harness, job_id, events))
+    reader.start()
+    assert events.get(timeout=10)[0] == "status"
+    with session_scope(harness.sessions) as session:
+        assert transitions.heartbeat(session, job_id, attempt, LEASE_S, progress=(2, 4))
+    harness.notifier.job_changed(job_id)
+    assert [events.get(timeout=10)[1]["scale"] for _ in range(2)] == [1, 2]
+    data = image_bytes()
+    key = f"jobs/{job_id}/result-{attempt}.png"
+    harness.storage.put(key, data, "image/png")
+    with session_scope(harness.sessions) as session:  # scales 3 and 4, then the finish: one commit
+        assert transitions.heartbeat(session, job_id, attempt, LEASE_S, progress=(4, 4))
+        assert transitions.finish(session, job_id, attempt, ResultMeta(key, "image/png", 32, 32, len(data)))
+    harness.notifier.job_changed(job_id)
+    rest = [events.get(timeout=10) for _ in range(4)]
+    reader.join()
+    assert [(name, d.get("scale"), d["status"]) for name, d in rest[:3]] == [
+        ("progress", 3, "running"),
+        ("progress", 4, "running"),
+        ("status", None, "succeeded"),
+    ]
+    assert rest[3] is None  # the stream ended
+    late: queue.Queue[tuple[str, dict] | None] = queue.Queue()
+    read_events(harness, job_id, late)
+    assert [(name, d.get("scale")) for name, d in iter(late.get_nowait, None)] == [
+        *[("progress", k) for k in (1, 2, 3, 4)],
+        ("status", None),
+    ]
+
+
 def test_events_of_a_terminal_job_end_at_once(harness: ApiHarness) -> None:
     job_id = submit(harness)
     harness.client.post(f"/v1/jobs/{job_id}/cancel")

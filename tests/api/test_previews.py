@@ -144,7 +144,7 @@ def test_events_announce_each_preview_once_in_order_before_the_end(harness: ApiH
     assert names == [("preview", 4), ("status", "succeeded")]
 
 
-def test_a_late_stream_of_a_finished_job_gets_every_preview_then_its_status(harness: ApiHarness) -> None:
+def test_a_late_stream_of_a_finished_job_gets_its_scales_previews_then_status(harness: ApiHarness) -> None:
     job_id = submit_with_previews(harness)
     attempt = claim(harness, job_id)
     record_previews(harness, job_id, attempt, upto=4, of=4)
@@ -153,6 +153,7 @@ def test_a_late_stream_of_a_finished_job_gets_every_preview_then_its_status(harn
     read_events(harness, job_id, events)
     seen = drain(events)
     assert [(name, data.get("scale")) for name, data in seen] == [
+        *[("progress", k) for k in (1, 2, 3, 4)],
         *[("preview", k) for k in (1, 2, 3, 4)],
         ("status", None),
     ]

@@ -133,7 +133,10 @@ def test_submit_wait_in_a_pipe_prints_plain_lines_and_saves_the_result(
     assert again.read_bytes() == out.read_bytes()
     events = _run("events", job_id, "--url", platform.url)
     assert events.returncode == 0
-    [event] = [json.loads(line) for line in events.stdout.splitlines()]  # an ended job: its state, once
+    *scales, event = [
+        json.loads(line) for line in events.stdout.splitlines()
+    ]  # an ended job: its run, its state
+    assert [(e["type"], e["scale"]) for e in scales] == [("progress", k) for k in range(1, SCALES + 1)]
     assert event["type"] == "status" and event["job"]["status"] == "succeeded"
 
 
