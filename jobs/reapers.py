@@ -104,46 +104,51 @@ def expire_unstarted(
     deadline (`jobs.models.startable`); with ``requeued_wait_s`` it expires once it has waited that long
     since without a worker taking it again, so every job still ends."""
     now = _now(now)
-    passes = [
-        (
-            [Job.start_deadline <= now, Job.started_at.is_(None)],
-            Job.start_deadline,
-            "no worker started the job before its start deadline",
-        )
-    ]
-    if requeued_wait_s is not None:
-        passes.append(
-            (
-                [Job.started_at.is_not(None), Job.updated_at <= now - timedelta(seconds=requeued_wait_s)],
-                Job.updated_at,
-                f"no worker took the job again within {requeued_wait_s:g} s of its return to the queue",
-            )
-        )
-    done: list[str] = []
-    for where, order, message in passes:
-        due = [Job.status == JobStatus.QUEUED, *where]
-        ids = _ids(session, select(Job.id).where(*due).order_by(order).limit(limit - len(done)))
-        if not ids:
-            continue
-        expired = _jobs(
+    done = _expire(
+        session,
+        [Job.start_deadline <= now, Job.started_at.is_(None)],
+        Job.start_deadline,
+        "no worker started the job before its start deadline",
+        now,
+        limit,
+    )
+    if requeued_wait_s is not None and len(done) < limit:
+        done += _expire(
             session,
-            update(Job)
-            .where(Job.id.in_(ids), *due)
-            .values(
-                status=JobStatus.EXPIRED,
-                error_code="start_deadline_exceeded",
-                error_message=message,
-                finished_at=now,
-                updated_at=now,
-            ),
+            [Job.started_at.is_not(None), Job.updated_at <= now - timedelta(seconds=requeued_wait_s)],
+            Job.updated_at,
+            f"no worker took the job again within {requeued_wait_s:g} s of its return to the queue",
+            now,
+            limit - len(done),
         )
-        for job in expired:
-            log.info("job_expired", job_id=job.id)
-            outbox.enqueue(session, job, now=now)
-        done += [job.id for job in expired]
-        if len(done) >= limit:
-            break
     return done
+
+
+def _expire(
+    session: Session, where: list[Any], oldest_first: Any, message: str, now: datetime, limit: int
+) -> list[str]:
+    """queued -> expired (start_deadline_exceeded, ``message``) for up to ``limit`` jobs matching
+    ``where``, each announced to its webhook."""
+    due = [Job.status == JobStatus.QUEUED, *where]
+    ids = _ids(session, select(Job.id).where(*due).order_by(oldest_first).limit(limit))
+    if not ids:
+        return []
+    expired = _jobs(
+        session,
+        update(Job)
+        .where(Job.id.in_(ids), *due)
+        .values(
+            status=JobStatus.EXPIRED,
+            error_code="start_deadline_exceeded",
+            error_message=message,
+            finished_at=now,
+            updated_at=now,
+        ),
+    )
+    for job in expired:
+        log.info("job_expired", job_id=job.id)
+        outbox.enqueue(session, job, now=now)
+    return [job.id for job in expired]
 
 
 def stranded_queued(
