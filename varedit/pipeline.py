@@ -17,7 +17,6 @@ Shapes: B images, S model resolution (pixels), d bits per token.
 from __future__ import annotations
 
 import logging
-import numbers
 import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -33,7 +32,7 @@ from .compiled import compiled, many_graphs
 from .config import VAREditConfig
 from .images import to_rgb
 from .sampling import EditCancelled, OnCodes, OnScale, generate, per_scale
-from .serving import SamplingDefaults, Serving
+from .serving import SamplingDefaults, Serving, check_cut
 from .text import TextEncoder, TextFeatures
 from .transformer import VAREditTransformer
 from .vae import VAE
@@ -46,16 +45,6 @@ OnPreview = Callable[[int, int, list[Image.Image]], None]
 PREVIEW_SIZE = 128  # default longest side of a preview, in pixels
 BLOCK_DTYPES = (torch.float32, torch.bfloat16)  # the transformer blocks: float32, or bfloat16 as released
 SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1  # what `torch.Generator.manual_seed` takes
-
-
-def check_cut(top_k: int, top_p: float) -> None:
-    """Refuse a top-k or top-p the sampler would misread, as a folder's sampling defaults are refused
-    (`SamplingDefaults`): a negative top-k or a top-p outside [0, 1] would not fail but silently sample
-    without the cut (top-p > 1, NaN) or greedily (top-p < 0). 0 turns either cut off."""
-    if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 0:
-        raise ValueError(f"top_k must be an integer >= 0 (0: no cut), got {top_k!r}")
-    if isinstance(top_p, bool) or not isinstance(top_p, numbers.Real) or not 0 <= top_p <= 1:
-        raise ValueError(f"top_p must be a number in [0, 1] (0: no cut), got {top_p!r}")
 
 
 def load_image(image: ImageInput) -> Image.Image:

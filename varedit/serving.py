@@ -32,21 +32,27 @@ class SamplingDefaults:
     def __post_init__(self) -> None:
         """A folder stating unusable defaults is refused when it loads, not at its first edit (top-k
         and top-p of 0 turn the cut off)."""
-        numbers = all(_is_number(v) for v in (self.cfg, self.tau, self.top_p)) and _is_integer(self.top_k)
-        if not numbers:
-            raise ValueError(
-                "sampling defaults need numbers and an integer top_k; got "
-                f"cfg {self.cfg!r}, tau {self.tau!r}, top_k {self.top_k!r}, top_p {self.top_p!r}"
-            )
-        fine = math.isfinite(self.cfg) and math.isfinite(self.tau) and self.tau > 0
-        if not fine or self.top_k < 0 or not 0 <= self.top_p <= 1:
-            raise ValueError(
-                "sampling defaults need a finite cfg, tau > 0, top_k >= 0 and 0 <= top_p <= 1; got "
-                f"cfg {self.cfg}, tau {self.tau}, top_k {self.top_k}, top_p {self.top_p}"
-            )
+        try:
+            if not all(_is_number(v) and math.isfinite(v) for v in (self.cfg, self.tau)) or self.tau <= 0:
+                raise ValueError(
+                    f"cfg must be a finite number and tau one > 0, got {self.cfg!r}, {self.tau!r}"
+                )
+            check_cut(self.top_k, self.top_p)
+        except ValueError as e:
+            raise ValueError(f"sampling defaults need a usable cfg, tau, top_k and top_p: {e}") from None
 
     def to_dict(self) -> dict[str, float]:
         return dataclasses.asdict(self)
+
+
+def check_cut(top_k: int, top_p: float) -> None:
+    """Refuse a top-k or top-p the sampler would misread: a negative top-k or a top-p outside [0, 1]
+    would not fail but silently sample without the cut (top-p > 1, NaN) or greedily (top-p < 0). 0 turns
+    either cut off."""
+    if not _is_integer(top_k) or top_k < 0:
+        raise ValueError(f"top_k must be an integer >= 0 (0: no cut), got {top_k!r}")
+    if not _is_number(top_p) or not 0 <= top_p <= 1:
+        raise ValueError(f"top_p must be a number in [0, 1] (0: no cut), got {top_p!r}")
 
 
 def _is_integer(value: object) -> bool:
