@@ -60,8 +60,6 @@ def _parse(fields: dict[str, Any]) -> EditCreate:
 
 def _is_unicode(text: str) -> bool:
     """Whether ``text`` can be encoded as UTF-8 (holds no lone surrogate)."""
-    if text.isascii():
-        return True
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:

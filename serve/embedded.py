@@ -397,12 +397,13 @@ def republish_queued(settings: Settings) -> int:
     from jobs.queue import CeleryPublisher, make_celery, publish_quietly
 
     engine = make_engine(settings.database_url)
+    sessions = make_sessionmaker(engine)
     publisher = CeleryPublisher(make_celery(settings))
     now = utcnow()  # one cut-off: rows published below are not picked again
     sent = 0
     try:
         while True:
-            with session_scope(make_sessionmaker(engine)) as session:
+            with session_scope(sessions) as session:
                 batch = reapers.stranded_queued(session, 0, now=now)
             for item in batch:
                 sent += publish_quietly(publisher, item.job_id, item.model)
