@@ -19,7 +19,7 @@ from api.errors import install_error_handlers
 from api.facts import FactsCache
 from api.limits import WriteLimits
 from api.metrics import Metrics
-from api.middleware import DocsPolicyMiddleware, RequestContextMiddleware
+from api.middleware import DocsPolicyMiddleware, HeadAsGetMiddleware, RequestContextMiddleware
 from api.openapi import build_openapi, describe_webhooks, operation_id
 from api.routes import edits, health, jobs, models, page
 from api.routes import webhooks as webhook_routes
@@ -81,6 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = Metrics()
     install_error_handlers(app)
+    app.add_middleware(HeadAsGetMiddleware)  # innermost: the access log and metrics see HEAD
     app.add_middleware(BodyLimitMiddleware, settings=settings)
     app.add_middleware(DocsPolicyMiddleware)
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)

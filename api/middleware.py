@@ -1,6 +1,7 @@
 """Per-request context: a request id (taken from X-Request-ID or made), bound into every log line and
 echoed back, headers a dependency left in `request.state.response_headers`, plus the access log and
-the HTTP metrics. Plain ASGI so streaming (SSE) passes through."""
+the HTTP metrics; HEAD answered as GET without the body; the docs pages' policy. Plain ASGI so
+streaming (SSE) passes through."""
 
 from __future__ import annotations
 
@@ -92,3 +93,33 @@ class DocsPolicyMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_policy)
+
+
+class HeadAsGetMiddleware:
+    """Answers HEAD as the GET of the same URL without its body (RFC 9110 9.3.2): Starlette's routes do
+    that themselves, FastAPI's only where HEAD is declared, which would also add HEAD operations to the
+    OpenAPI document. Plain ASGI, like `RequestContextMiddleware`."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+        ended = False
+
+        async def send_headers_only(message: Message) -> None:
+            nonlocal ended
+            if message["type"] == "http.response.start":
+                await send(message)
+            elif not ended:  # the first body message ends the answer; a stream (SSE) sees a disconnect
+                ended = True
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        # A copy: the server reads the method of its own scope to know the answer has no body.
+        as_get = {**scope, "method": "GET"}
+        try:
+            await self.app(as_get, receive, send_headers_only)
+        finally:
+            scope.update(as_get, method="HEAD")  # what routing added (the route: access log, metrics)

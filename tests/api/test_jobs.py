@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import queue
 import threading
@@ -15,13 +16,14 @@ import httpx
 import pytest
 
 from api.deps import Principal, current_principal
+from api.main import create_app
 from jobs import reapers, transitions
 from jobs.db import session_scope
 from jobs.models import utcnow
 from jobs.settings import Settings
 from jobs.transitions import ResultMeta
 from tests.api.test_edits import image_bytes, post_multipart
-from tests.conftest import ApiHarness
+from tests.conftest import ApiHarness, live_server
 
 LEASE_S = 60
 
@@ -204,6 +206,38 @@ def test_result_is_409_until_succeeded_then_bytes(harness: ApiHarness) -> None:
     response = harness.client.get(job["result"]["url"])
     assert response.status_code == 200 and response.content == data
     assert response.headers["content-type"] == "image/png"
+
+
+def test_head_answers_like_get_without_a_body(harness: ApiHarness) -> None:
+    job_id = submit(harness)
+    finish(harness, job_id, claim(harness, job_id))
+    queued = submit(harness)
+    for path in ("/healthz", f"/v1/jobs/{job_id}", f"/v1/jobs/{job_id}/result", "/v1/jobs/nope"):
+        got, head = harness.client.get(path), harness.client.head(path)
+        assert (head.status_code, head.content) == (got.status_code, b""), path
+        for name in ("content-type", "content-length"):
+            assert head.headers[name] == got.headers[name], (path, name)
+    # An event stream is not opened: the answer ends after the headers.
+    head = harness.client.head(f"/v1/jobs/{queued}/events")
+    assert head.status_code == 200 and head.headers["content-type"].startswith("text/event-stream")
+    assert harness.client.head("/v1/edits").status_code == 405  # a POST route stays POST only
+    metrics = harness.client.get("/metrics").text
+    assert 'varedit_http_requests_total{method="HEAD",route="/healthz",status="200"} 1.0' in metrics
+    paths = harness.client.get("/openapi.json").json()["paths"]
+    assert all("head" not in operations for operations in paths.values())  # the document is unchanged
+
+
+def test_head_over_a_real_server_leaves_the_connection_usable(api_settings: Settings) -> None:
+    with live_server(create_app(api_settings)) as port:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        connection.request("HEAD", "/healthz")
+        head = connection.getresponse()
+        assert (head.status, head.read()) == (200, b"")
+        connection.request("GET", "/healthz")  # the same keep-alive connection
+        got = connection.getresponse()
+        assert (got.status, json.loads(got.read())) == (200, {"status": "ok"})
+        assert head.getheader("content-length") == got.getheader("content-length")
+        connection.close()
 
 
 def test_result_is_410_after_retention(harness: ApiHarness) -> None:
