@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from jobs.models import DeliveryStatus
+from jobs.netguard import lower_scheme
 from jobs.views import JobPublic, job_path, render_job
 
 __all__ = ["EditCreate", "JobList", "JobPublic", "ModelList", "WebhookDeliveryList", "job_path", "render_job"]
@@ -69,6 +70,12 @@ class EditCreate(BaseModel):
         description="Store a small preview after every scale: SSE `preview` events and "
         "GET /v1/jobs/{id}/previews/{k}. Default false.",
     )
+
+    @field_validator("image_url", "webhook_url", mode="before")
+    @classmethod
+    def _lower_scheme(cls, url: object) -> object:
+        """`HTTP://` is `http://` (RFC 3986 3.1): matched, checked and stored in lower case."""
+        return lower_scheme(url) if isinstance(url, str) else url
 
     @model_validator(mode="after")
     def _events_need_a_url(self) -> EditCreate:

@@ -67,6 +67,7 @@ _SPECIAL = tuple(
 # WHATWG URL's "ends in a number": such a host is an IPv4 address or invalid, never a DNS name.
 _NUMERIC_LABEL = re.compile(r"(?:[0-9]+|0[xX][0-9a-fA-F]*)")
 _LEGACY_IPV4 = re.compile(r"[0-9a-fA-FxX.]+")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")  # RFC 3986 3.1
 
 
 class UnsafeURL(ValueError):
@@ -192,6 +193,14 @@ def check_url_text(url: str) -> None:
     space, a control character, an unencoded non-ASCII letter or IDN host) must be percent-encoded."""
     if not (url.isascii() and url.isprintable()) or " " in url:
         raise UnsafeURL("the URL must be printable ASCII without spaces (percent-encode other characters)")
+
+
+def lower_scheme(url: str) -> str:
+    """``url`` with its scheme in lower case: schemes are case-insensitive (RFC 3986 3.1), and what is
+    matched against ``https?://`` and stored is the canonical spelling. The guard's decisions do not
+    change: it reads the scheme with `urlsplit`, which lowers it too."""
+    scheme = _SCHEME.match(url)
+    return url if scheme is None else scheme[0].lower() + url[scheme.end() :]
 
 
 def check_url_syntax(url: str, allow_private: bool = False, allowed_ports: Collection[int] = ()) -> None:

@@ -177,6 +177,12 @@ def test_webp_and_webhook_fields_are_accepted(harness: ApiHarness) -> None:
     assert response.json()["webhook"] == {"url": "https://example.com/hook", "events": ["job.succeeded"]}
 
 
+def test_an_upper_case_webhook_scheme_is_accepted_and_stored_lower_case(harness: ApiHarness) -> None:
+    response = post_json(harness, image_bytes(), webhook_url="HTTPS://example.com/Hook")
+    assert response.status_code == 202, response.text
+    assert response.json()["webhook"]["url"] == "https://example.com/Hook"
+
+
 def test_webhook_url_needs_a_configured_secret(api_settings: Settings) -> None:
     with ApiHarness(api_settings.model_copy(update={"webhook_secrets": []})) as harness:
         response = post_json(harness, image_bytes(), webhook_url="https://example.com/hook")
@@ -205,6 +211,8 @@ BAD_INPUTS = [
     ("zero resolution", dict(resolution="0"), 422, "invalid_request"),  # not "the default"
     ("unknown field", dict(colour="red"), 422, "invalid_request"),
     ("bad webhook url", dict(webhook_url="ftp://x"), 422, "invalid_request"),
+    ("upper-case ftp webhook", dict(webhook_url="FTP://x"), 422, "invalid_request"),
+    ("upper-case loopback webhook", dict(webhook_url="HTTP://127.0.0.1:9/h"), 422, "webhook_url_not_allowed"),
     ("loopback webhook", dict(webhook_url="http://127.0.0.1:8080/hook"), 422, "webhook_url_not_allowed"),
     ("metadata webhook", dict(webhook_url="http://169.254.169.254/latest"), 422, "webhook_url_not_allowed"),
     ("private v6 webhook", dict(webhook_url="http://[fd00::1]/hook"), 422, "webhook_url_not_allowed"),

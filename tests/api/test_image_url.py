@@ -52,12 +52,14 @@ def _submit(harness: ApiHarness, url: str) -> Any:
 
 
 def test_image_url_is_fetched_stored_and_queued(lan_harness: ApiHarness, images: LocalHTTPServer) -> None:
-    for path in ("/img.png", "/moved"):  # a redirect is followed, its target checked like the first
-        response = _submit(lan_harness, images.base + path)
+    upper_case = "HTTP" + images.base.removeprefix("http") + "/img.png"  # schemes are case-insensitive
+    # A redirect is followed, its target checked like the first.
+    for url in (images.base + "/img.png", images.base + "/moved", upper_case):
+        response = _submit(lan_harness, url)
         assert response.status_code == 202, response.text
         job_id = response.json()["id"]
         assert lan_harness.storage.get(f"jobs/{job_id}/source.png") == PNG
-    assert len(lan_harness.publisher.published) == 2
+    assert len(lan_harness.publisher.published) == 3
 
 
 @pytest.mark.parametrize(

@@ -303,6 +303,35 @@ def test_other_schemes_credentials_and_missing_hosts_are_refused(url: str) -> No
 
 
 @pytest.mark.parametrize(
+    ("url", "lowered"),
+    [
+        ("HTTP://127.0.0.1:9/h", "http://127.0.0.1:9/h"),
+        ("HtTpS://Example.COM/A", "https://Example.COM/A"),  # only the scheme
+        ("http://8.8.8.8/", "http://8.8.8.8/"),
+        ("8.8.8.8/HTTP:", "8.8.8.8/HTTP:"),  # no scheme: unchanged
+        ("", ""),
+    ],
+)
+def test_lower_scheme_lowers_the_scheme_alone(url: str, lowered: str) -> None:
+    assert netguard.lower_scheme(url) == lowered
+
+
+def _outcome(decide: Callable[..., list[str]], url: str) -> list[str] | str:
+    try:
+        return decide(url)
+    except UnsafeURL as e:
+        return str(e)
+
+
+@pytest.mark.parametrize("url", [*REFUSED, *ALLOWED])
+def test_an_upper_case_scheme_changes_no_decision(decide: Callable[..., list[str]], url: str) -> None:
+    scheme, rest = url.split(":", 1)
+    upper = f"{scheme.upper()}:{rest}"
+    assert netguard.lower_scheme(upper) == url
+    assert _outcome(decide, upper) == _outcome(decide, url)
+
+
+@pytest.mark.parametrize(
     "url",
     [
         "http://8.8.8.8/caf\u00e9.png",
