@@ -6,7 +6,7 @@
     varedit-client wait JOB_ID -o edited.png   # until it ends, with progress; save the result
     varedit-client cancel JOB_ID
     varedit-client list --status running --limit 50
-    varedit-client result JOB_ID -o edited.png
+    varedit-client result JOB_ID -o edited.png   # -o -: the image to stdout
     varedit-client events JOB_ID               # each server-sent event as a JSON line
 
 ``--url`` (or ``VAREDIT_URL``, default http://127.0.0.1:8000) and ``--api-key`` (or ``VAREDIT_API_KEY``,
@@ -36,6 +36,7 @@ from varedit_client.progress import describe, view_for
 from varedit_client.types import JobStatus
 
 COMMANDS = ("submit", "get", "wait", "cancel", "list", "result", "events")
+STDOUT = "-"  # `-o -`: the image goes to stdout (binary), as the convention is; `-o ./-` is a file
 EXIT_CODES = """exit status:
   0  success (the job succeeded, or the command did what it says)
   1  the job ended otherwise (failed, canceled, expired)
@@ -103,7 +104,7 @@ def build_parser(prog: str = "varedit-client") -> argparse.ArgumentParser:
     p.add_argument("--webhook-event", action="append", dest="webhook_events", help="repeat for several")
     p.add_argument("--idempotency-key", help="default: a new one, reused on this command's retries")
     p.add_argument("--wait", action="store_true", help="wait until the job ends, showing its progress")
-    p.add_argument("-o", "--output", type=Path, help="save the result here (implies --wait)")
+    p.add_argument("-o", "--output", help="save the result here, - for stdout (implies --wait)")
     _timeout(p)
 
     for name, text in (("get", "print a job as JSON"), ("cancel", "cancel a job; print it as JSON")):
@@ -111,7 +112,7 @@ def build_parser(prog: str = "varedit-client") -> argparse.ArgumentParser:
 
     w = command("wait", "wait until a job ends, showing its progress")
     w.add_argument("job_id")
-    w.add_argument("-o", "--output", type=Path, help="save the result here")
+    w.add_argument("-o", "--output", help="save the result here, - for stdout")
     _timeout(w)
 
     ls = command("list", "list your jobs, newest first")
@@ -121,7 +122,7 @@ def build_parser(prog: str = "varedit-client") -> argparse.ArgumentParser:
 
     r = command("result", "save a job's result (waiting for it to end)")
     r.add_argument("job_id")
-    r.add_argument("-o", "--output", type=Path, help="the file (default: stdout, when it is not a terminal)")
+    r.add_argument("-o", "--output", default=STDOUT, help="the file, or - for stdout (the default)")
     _timeout(r)
 
     e = command("events", "print a job's server-sent events as JSON lines until it ends")
@@ -132,6 +133,9 @@ def build_parser(prog: str = "varedit-client") -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, prog: str = "varedit-client") -> int:
     """Run one client command; ``prog`` is the name its help shows (``varedit-serve`` reaches it too)."""
     args = build_parser(prog).parse_args(argv)
+    if getattr(args, "output", None) == STDOUT and sys.stdout.isatty():  # before anything is submitted
+        print("error: the result is an image; pass -o FILE or redirect stdout", file=sys.stderr)
+        return 2
     try:
         with Client(args.url, args.api_key, max_attempts=max(1, args.max_attempts)) as client:
             return HANDLERS[args.command](client, args)
@@ -195,7 +199,12 @@ def _follow(job: Job, args: argparse.Namespace) -> int:
     return 0
 
 
-def _save(content: bytes, path: Path) -> None:
+def _save(content: bytes, output: str) -> None:
+    if output == STDOUT:
+        sys.stdout.buffer.write(content)
+        sys.stdout.flush()
+        return
+    path = Path(output)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(content)
     print(str(path))
@@ -254,15 +263,7 @@ def _list(client: Client, args: argparse.Namespace) -> int:
 
 
 def _result(client: Client, args: argparse.Namespace) -> int:
-    if args.output is None and sys.stdout.isatty():
-        print("error: the result is an image; pass -o FILE or redirect stdout", file=sys.stderr)
-        return 2
-    content = client.jobs.get(args.job_id).result(timeout=args.timeout)
-    if args.output is not None:
-        _save(content, args.output)
-    else:
-        sys.stdout.buffer.write(content)
-        sys.stdout.flush()
+    _save(client.jobs.get(args.job_id).result(timeout=args.timeout), args.output)
     return 0
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -183,6 +184,34 @@ def test_the_negative_instruction_is_sent_and_read_back(tmp_path: Path, monkeypa
     assert data.params.negative_instruction == "blurry"
     # an answer from a server that predates negatives still reads, as none
     assert JobPublic.model_validate(JOB).params.negative_instruction == ""
+
+
+def test_output_dash_writes_the_image_to_stdout_not_to_a_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    image = b"\x89PNG the result"
+    done = {**JOB, "status": "succeeded", "progress": None}
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/result"):
+            return httpx.Response(200, content=image, headers={"content-type": "image/png"})
+        return httpx.Response(200, json=done)
+
+    transport = httpx.MockTransport(answer)
+    sync = httpx.Client
+    monkeypatch.setattr(httpx, "Client", lambda **kw: sync(transport=transport, **kw))
+    monkeypatch.chdir(tmp_path)
+    for command in ("result", "wait"):
+        assert cli_main([command, JOB["id"], "-o", "-", "--url", "http://api.test"]) == 0
+        assert capsysbinary.readouterr().out == image, command  # the bytes alone, no path
+    assert cli_main(["result", JOB["id"], "--url", "http://api.test"]) == 0  # stdout is the default
+    assert capsysbinary.readouterr().out == image
+    assert list(tmp_path.iterdir()) == []  # no file named "-"
+    assert cli_main(["result", JOB["id"], "-o", "./-", "--url", "http://api.test"]) == 0  # unless asked
+    assert (tmp_path / "-").read_bytes() == image
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    assert cli_main(["wait", JOB["id"], "-o", "-", "--url", "http://api.test"]) == 2  # not to a terminal
+    assert b"redirect stdout" in capsysbinary.readouterr().err
 
 
 def test_a_locally_signed_webhook_verifies_and_a_tampered_one_does_not() -> None:
