@@ -7,15 +7,18 @@ storage under ``data_dir``, a Redis broker on localhost, the small bundled model
 from __future__ import annotations
 
 import os
+import re
 import socket
+import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
 import limits
-from pydantic import BaseModel, Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 from standardwebhooks.webhooks import Webhook
 
 
@@ -198,20 +201,25 @@ class Settings(BaseSettings):
         if unknown:
             raise ValueError(f"VAREDIT_MODEL_OVERRIDES names models that are not served: {unknown}")
         if self.heartbeat_s >= self.lease_s:
-            raise ValueError("heartbeat_s must be smaller than lease_s")
+            raise ValueError("VAREDIT_HEARTBEAT_S must be smaller than VAREDIT_LEASE_S")
         for name, override in self.model_overrides.items():
             if override.cfg is not None and not self.cfg_min <= override.cfg <= self.cfg_max:
-                raise ValueError(f"the cfg override of {name} must lie within [cfg_min, cfg_max]")
+                raise ValueError(f"VAREDIT_MODEL_OVERRIDES: {name}'s cfg must lie within [cfg_min, cfg_max]")
             if override.tau is not None and not self.tau_min <= override.tau <= self.tau_max:
-                raise ValueError(f"the tau override of {name} must lie within [tau_min, tau_max]")
+                raise ValueError(f"VAREDIT_MODEL_OVERRIDES: {name}'s tau must lie within [tau_min, tau_max]")
         if any(not _signs(secret) for secret in self.webhook_secrets):
             # one that cannot sign failed every attempt before its POST: the message was never sent,
             # never failed, and handed to the webhook worker again after every reservation
-            raise ValueError("webhook secrets look like whsec_<base64>, with some bytes")
+            raise ValueError("VAREDIT_WEBHOOK_SECRETS: secrets look like whsec_<base64>, with some bytes")
         if any(not 0 <= delay <= MAX_WEBHOOK_RETRY_S for delay in self.webhook_retry_s):  # NaN too
             # a delay no timestamp can hold broke recording the attempt, which then repeated forever
-            raise ValueError(f"webhook retry delays lie within [0, {MAX_WEBHOOK_RETRY_S:.0f}] seconds")
-        limits.parse(self.rate_limit)  # a ValueError names what is wrong with it
+            raise ValueError(
+                f"VAREDIT_WEBHOOK_RETRY_S: delays lie within [0, {MAX_WEBHOOK_RETRY_S:.0f}] seconds"
+            )
+        try:
+            limits.parse(self.rate_limit)
+        except ValueError as e:  # its message says what is wrong, not where
+            raise ValueError(f"VAREDIT_RATE_LIMIT: {e}") from None
         if self.environment == "production" and self.auth == "none":
             raise ValueError("production needs VAREDIT_AUTH=api_key")
         if self.environment == "production" and self.database_url.startswith("sqlite"):
@@ -241,7 +249,46 @@ class Settings(BaseSettings):
         return self.models[0]
 
 
+class InvalidSettings(ValueError):
+    """Settings a process cannot run with. ``problems``: one line per invalid setting, its variable and
+    what is wrong (pydantic's own report is a paragraph per field, under a traceback)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def _problem(error: ErrorDetails) -> str:
+    """``VAREDIT_MAX_BATCH: Input should be a valid integer ...``; no input is repeated (it may be a
+    secret). A check across settings (no field) names the variables in its message."""
+    message = error["msg"].removeprefix("Value error, ")
+    if not error["loc"]:
+        return message
+    field, *inner = error["loc"]
+    where = f" ({'.'.join(map(str, inner))})" if inner else ""
+    return f"VAREDIT_{str(field).upper()}{where}: {message}"
+
+
+def read_settings() -> Settings:
+    """The settings from the environment (and ``.env``), or `InvalidSettings`."""
+    try:
+        return Settings()
+    except ValidationError as e:
+        raise InvalidSettings([_problem(error) for error in e.errors()]) from None
+    except SettingsError as e:  # a list or dict variable that is not JSON; the message names the field
+        field = re.search(r'field "(\w+)"', str(e))
+        problem = f"VAREDIT_{field[1].upper()}: not valid JSON ({e.__cause__})" if field else str(e)
+        raise InvalidSettings([problem]) from None
+
+
 @lru_cache
 def get_settings() -> Settings:
-    """The process-wide settings, read on first use (tests build their own ``Settings`` instead)."""
-    return Settings()
+    """The process-wide settings, read on first use (tests build their own ``Settings`` instead).
+    Invalid ones end the process with status 2 and one line per problem on stderr: the API and the
+    workers are started by uvicorn and celery, which import a module that calls this."""
+    try:
+        return read_settings()
+    except InvalidSettings as e:
+        for problem in e.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        raise SystemExit(2) from None

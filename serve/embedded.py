@@ -42,7 +42,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
-from jobs.settings import Settings
+from jobs.settings import InvalidSettings, Settings, read_settings
 from serve.redis_server import RedisServer, free_port, redis_reachable
 
 READY_TIMEOUT_S = 600.0  # loading a real model on CPU can take minutes
@@ -466,7 +466,7 @@ def _settings_for(env: dict[str, str]) -> Settings:
     try:
         os.environ.clear()
         os.environ.update(env)
-        return Settings()
+        return read_settings()
     finally:
         os.environ.clear()
         os.environ.update(saved)
@@ -562,6 +562,10 @@ def serve(argv: Sequence[str]) -> int:
     except RuntimeError as exc:
         _say(f"error: {exc}")
         code = 1
+    except InvalidSettings as exc:  # one line each, like a usage error, not pydantic's traceback
+        for problem in exc.problems:
+            _say(f"error: {problem}")
+        code = 2
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import secrets
+import subprocess
+import sys
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -24,7 +27,7 @@ from jobs.errors import IdempotencyConflict, IdempotencyInFlight
 from jobs.models import IdempotencyRecord, Job, utcnow
 from jobs.queue import RUN_EDIT_TASK, CeleryPublisher, make_celery, publish_quietly, queue_name
 from jobs.service import Submitted, request_fingerprint, submit_edit
-from jobs.settings import Settings
+from jobs.settings import InvalidSettings, Settings, read_settings
 from jobs.storage import LocalStorage
 from jobs.transitions import EditSpec
 from serve.redis_server import free_port
@@ -174,6 +177,65 @@ def test_settings_read_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path
     monkeypatch.setenv("VAREDIT_LEASE_S", "120")
     settings = Settings(_env_file=None, data_dir=tmp_path)  # type: ignore[call-arg]
     assert settings.models == ["8B-512", "tiny"] and settings.lease_s == 120
+
+
+@pytest.mark.parametrize(
+    ("env", "problems"),
+    [
+        (
+            {"VAREDIT_MAX_BATCH": "abc", "VAREDIT_ENVIRONMENT": "prod"},
+            [
+                "VAREDIT_ENVIRONMENT: Input should be 'development' or 'production'",
+                "VAREDIT_MAX_BATCH: Input should be a valid integer, unable to parse string as an integer",
+            ],
+        ),
+        (
+            {"VAREDIT_MODEL_OVERRIDES": '{"shapes-64": {"resolutions": []}}'},
+            [
+                "VAREDIT_MODEL_OVERRIDES (shapes-64.resolutions): "
+                "List should have at least 1 item after validation, not 0"
+            ],
+        ),
+        (
+            {"VAREDIT_MODELS": "tiny"},
+            ["VAREDIT_MODELS: not valid JSON (Expecting value: line 1 column 1 (char 0))"],
+        ),
+        ({"VAREDIT_HEARTBEAT_S": "60"}, ["VAREDIT_HEARTBEAT_S must be smaller than VAREDIT_LEASE_S"]),
+        ({"VAREDIT_RATE_LIMIT": "often"}, ["VAREDIT_RATE_LIMIT: couldn't parse rate limit string 'often'"]),
+    ],
+)
+def test_invalid_settings_are_one_line_each_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, env: dict[str, str], problems: list[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no .env
+    monkeypatch.setenv("VAREDIT_DATA_DIR", str(tmp_path))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(InvalidSettings) as invalid:
+        read_settings()
+    assert invalid.value.problems == problems
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["-m", "serve", "--port", "0"],
+        ["-m", "uvicorn", "api.main:app"],
+        ["-m", "celery", "-A", "worker.celery_app", "worker"],
+    ],
+    ids=["varedit-serve", "api", "worker"],
+)
+def test_the_commands_exit_2_naming_each_invalid_setting(tmp_path: Path, command: list[str]) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VAREDIT_")}
+    env |= {"VAREDIT_DATA_DIR": str(tmp_path), "VAREDIT_MAX_BATCH": "abc", "VAREDIT_ENVIRONMENT": "prod"}
+    done = subprocess.run(
+        [sys.executable, *command], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    said = done.stdout + done.stderr
+    assert done.returncode == 2, said
+    assert "error: VAREDIT_MAX_BATCH: Input should be a valid integer" in said
+    assert "error: VAREDIT_ENVIRONMENT: Input should be 'development' or 'production'" in said
+    assert "Traceback" not in said
 
 
 def test_migrations_downgrade_and_upgrade_again(db_url: str) -> None:
