@@ -54,6 +54,7 @@ SCHEMA_VERSION = 1
 BATCHES = (1, 4, 8)
 FULL_SIZES = ("2B-512", "8B-512", "8B-1024")
 TINY_SIZES = ("tiny", "tiny-patchify")
+GPU_MARK = "pytest.mark.gpu"
 
 
 class Skip(Exception):
@@ -307,13 +308,18 @@ def section_gpu_tests(ctx: Ctx) -> dict[str, Any]:
     if not ctx.device.startswith("cuda"):
         raise Skip("needs CUDA: without it pytest skips every gpu-marked test")
     junit = ctx.work / "gpu-tests.xml"
+    # Only the files that hold gpu-marked tests: collecting the others would import the test-only
+    # packages (moto, selenium, ...) that a GPU machine's image lacks.
+    files = sorted(
+        str(p.relative_to(REPO)) for p in (REPO / "tests").rglob("test_*.py") if GPU_MARK in p.read_text()
+    )
     cmd = [
         sys.executable,
         "-m",
         "pytest",
         "-m",
         "gpu",
-        "tests",
+        *files,
         "-q",
         "-p",
         "no:cacheprovider",
@@ -434,6 +440,13 @@ def section_e2e(ctx: Ctx) -> dict[str, Any]:
                 result["result_size"] = list(out.size)
             if tuple(result["result_size"]) != image.size:
                 raise RuntimeError(f"result is {out.size}, the input {image.size}")
+        except Exception:
+            # the report is all that comes back from a GPU machine: keep why the services failed
+            log.flush()
+            logs = [ctx.work / "e2e-serve.log", *sorted((data / "logs").glob("*.log"))]
+            result["log_tails"] = {p.name: p.read_text(errors="replace").splitlines()[-15:] for p in logs}
+            ctx.save(result)
+            raise
         finally:
             server.terminate()  # varedit-serve stops its children itself
             try:
