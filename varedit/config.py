@@ -231,16 +231,30 @@ class VAREditConfig:
 
     @property
     def resolutions(self) -> tuple[int, ...]:
-        """Every square side this model can generate (one per prefix of the square template)."""
+        """Every square side this model can generate: one per prefix of the square template, except those
+        too small for its VAE (`_normalizable`)."""
+        return tuple(side for side in self._sides() if self._normalizable(side))
+
+    def _sides(self) -> list[int]:
+        """The square side of each prefix of the square template (scale k + 1 at index k)."""
         n = self.pixels_per_token
-        return tuple(h * n for h, _ in TEMPLATES[1.0][: self.num_levels])
+        return [h * n for h, _ in TEMPLATES[1.0][: self.num_levels]]
+
+    def _normalizable(self, resolution: int) -> bool:
+        """Whether the VAE's GroupNorms see more than one value per group at this side. The layers at the
+        latent size have the last width; at a 1x1 latent, a width of 32 (or 24) leaves one channel per
+        group (`vae.layers.Normalize`), which torch refuses to normalize (it would zero the features):
+        the tiny variant's 16 px."""
+        width = self.vae.widths[-1]
+        per_group = width // (32 if width % 32 == 0 else 24)
+        return (resolution // self.vae.patch_size) ** 2 * per_group > 1
 
     def num_scales(self, resolution: int) -> int:
         """K for a square image of side `resolution`."""
-        grids = [h * self.pixels_per_token for h, _ in TEMPLATES[1.0]]
-        if resolution not in grids[: self.num_levels]:
-            raise ValueError(f"resolution {resolution} is not one of {self.resolutions}")
-        return grids.index(resolution) + 1
+        if resolution not in self.resolutions:
+            why = " (too small for its VAE)" if resolution in self._sides() else ""
+            raise ValueError(f"resolution {resolution} is not one of {self.resolutions}{why}")
+        return self._sides().index(resolution) + 1
 
     def schedule(self, resolution: int | None = None) -> list[tuple[int, int]]:
         """Square token grids (h, w) for `resolution` (default: the variant's own)."""

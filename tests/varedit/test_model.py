@@ -20,6 +20,7 @@ from tests.parity import assert_matches_reference
 from varedit import CheckpointError, EditCancelled, EditPipeline, write_random_checkpoint
 from varedit.checkpoints import load_official_golden
 from varedit.cli import main as cli_main
+from varedit.config import get_config
 from varedit.sampling import generate, top_k_top_p_
 from varedit.text import TextFeatures
 
@@ -309,6 +310,8 @@ def test_cuts_seeds_and_resolution_are_checked_before_any_work(tiny_pipe, monkey
         ({"seeds": 2**64}, "seed 18446744073709551616 is out of range"),
         ({"seeds": -(2**63) - 1}, "is out of range"),
         ({"resolution": 0}, "resolution 0 is not one of"),
+        # a 1x1 latent of width 32: GroupNorm would see one value per group (it once failed there)
+        ({"resolution": 16}, r"resolution 16 is not one of \(32, .*\) \(too small for its VAE\)"),
     ]
     for kwargs, message in refused:
         with pytest.raises(ValueError, match=message):
@@ -388,6 +391,19 @@ def test_resolutions_that_are_not_integers_are_refused_at_load(tiny_dir, tmp_pat
     meta["serving"]["resolutions"] = resolutions
     (folder / "config.json").write_text(json.dumps(meta))
     with pytest.raises((CheckpointError, ValueError), match="resolutions must be a list of integers"):
+        EditPipeline.from_pretrained(folder)
+
+
+def test_a_side_too_small_for_the_vae_is_no_resolution(tiny_dir, tmp_path):
+    """tiny's 16 px is a 1x1 latent of width 32 (one value per GroupNorm group); tiny-patchify's is
+    2x2 and S's is 256 wide, so they keep it. A folder claiming the side is refused at load."""
+    assert get_config("tiny").resolutions[0] == 32
+    assert get_config("tiny-patchify").resolutions[0] == get_config("S").resolutions[0] == 16
+    folder = shutil.copytree(tiny_dir, tmp_path / "model")
+    meta = json.loads((folder / "config.json").read_text())
+    meta["serving"]["resolutions"] = [16]
+    (folder / "config.json").write_text(json.dumps(meta))
+    with pytest.raises((CheckpointError, ValueError), match=r"cannot serve resolutions \[16\]"):
         EditPipeline.from_pretrained(folder)
 
 
