@@ -139,10 +139,10 @@ def _committed(sessions: sessionmaker[Session], job_id: str) -> dict[str, Any] |
 def _undo(
     sessions: sessionmaker[Session], storage: Storage, key: str, owner: str, idempotency_key: str | None
 ) -> None:
-    """The submit did not commit: remove what it left. Best effort: a leftover object or reservation is
-    harmless, the original error matters more."""
+    """The submit did not commit: remove what it left (the source, and the new job's folder in a local
+    store). Best effort: a leftover object or reservation is harmless, the original error matters more."""
     try:
-        storage.delete(key)
+        storage.undo_put(key)
     except Exception:
         log.warning("job_submit_cleanup_failed", key=key, exc_info=True)
     if idempotency_key is None:

@@ -7,6 +7,7 @@ derive it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -54,6 +55,11 @@ class Storage(Protocol):
 
     def delete(self, key: str) -> None:
         """Remove the object; absent objects are not an error."""
+        ...
+
+    def undo_put(self, key: str) -> None:
+        """Remove an object whose write is being rolled back, and the folder its `put` made for it when
+        that is left empty (local folders; S3 has none). For a key in a folder of its own: a new job's."""
         ...
 
     def presigned_url(self, key: str, expires_s: int) -> str | None:
@@ -106,6 +112,13 @@ class LocalStorage:
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+
+    def undo_put(self, key: str) -> None:
+        self.delete(key)
+        folder = self._path(key).parent
+        if folder != self.root:
+            with contextlib.suppress(OSError):  # not empty: it holds other objects, and stays
+                folder.rmdir()
 
     def presigned_url(self, key: str, expires_s: int) -> str | None:
         return None
@@ -198,6 +211,9 @@ class S3Storage:
             self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
         except (BotoCoreError, ClientError) as e:
             raise StorageError(f"could not delete {key}: {e}") from e
+
+    def undo_put(self, key: str) -> None:
+        self.delete(key)
 
     def presigned_url(self, key: str, expires_s: int) -> str | None:
         return self.signing_client.generate_presigned_url(

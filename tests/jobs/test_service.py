@@ -89,6 +89,23 @@ def test_submit_edit_failing_in_the_transaction_leaves_nothing(
     assert publisher.published == []
 
 
+def test_a_rolled_back_submit_removes_the_folder_it_made_and_nothing_else(
+    sessions: Sessions, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage, publisher = LocalStorage(tmp_path / "objects"), RecordingPublisher()
+    _submit(sessions, storage, publisher)  # a job whose folder, and the jobs/ folder, must stay
+    before = sorted(storage.root.rglob("*"))
+
+    def failing_insert(session: Session, **fields: Any) -> Job:
+        raise RuntimeError("the insert failed after the image was stored")
+
+    monkeypatch.setattr(service.transitions, "submit", failing_insert)
+    with pytest.raises(RuntimeError):
+        _submit(sessions, storage, publisher)
+    assert sorted(storage.root.rglob("*")) == before  # no empty jobs/<id>/ left behind
+    assert _rows(sessions, Job) == 1
+
+
 def test_a_lost_commit_reply_on_submit_keeps_the_job_and_its_source(
     sessions: Sessions, tmp_path: Path
 ) -> None:

@@ -47,6 +47,18 @@ def test_put_get_exists_delete_roundtrip(storage: Storage) -> None:
     storage.delete(key)  # deleting an absent object is not an error
 
 
+def test_undo_put_removes_the_object_and_its_folder_once_empty(storage: Storage) -> None:
+    kept, undone = source_key("job-1", "image/png"), result_key("job-1", 1)
+    storage.put(kept, b"stays", "image/png")
+    storage.put(undone, b"rolled back", "image/png")
+    storage.undo_put(undone)
+    assert not storage.exists(undone) and storage.get(kept) == b"stays"  # a folder in use stays
+    storage.undo_put(kept)
+    assert not storage.exists(kept)
+    if isinstance(storage, LocalStorage):
+        assert [p.name for p in storage.root.rglob("*")] == ["jobs"]  # job-1/ went, jobs/ and the root stay
+
+
 def test_get_missing_raises_key_error(storage: Storage) -> None:
     with pytest.raises(KeyError):
         storage.get("jobs/missing/source.png")
