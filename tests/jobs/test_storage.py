@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -11,12 +13,12 @@ from urllib.parse import urlparse
 import httpx
 import pytest
 
-from jobs import storage as storage_module
+from jobs import s3storage
 from jobs.errors import StorageError
+from jobs.s3storage import S3Storage
 from jobs.settings import Settings
 from jobs.storage import (
     LocalStorage,
-    S3Storage,
     Storage,
     result_key,
     source_key,
@@ -162,7 +164,7 @@ def test_s3_that_accepts_but_never_answers_fails_after_bounded_attempts(
 ) -> None:
     """A hung store (connections accepted, no answer) must fail the request with StorageError after
     S3_ATTEMPTS reads that each time out, instead of botocore's minutes of waiting."""
-    monkeypatch.setattr(storage_module, "S3_READ_TIMEOUT_S", 1)  # the test's wait, not the product's
+    monkeypatch.setattr(s3storage, "S3_READ_TIMEOUT_S", 1)  # the test's wait, not the product's
     accepted: list[socket.socket] = []
     with socket.create_server(("127.0.0.1", 0)) as server:
         stop = threading.Event()
@@ -186,4 +188,18 @@ def test_s3_that_accepts_but_never_answers_fails_after_bounded_attempts(
             thread.join()
             for conn in accepted:
                 conn.close()
-    assert len(accepted) == storage_module.S3_ATTEMPTS
+    assert len(accepted) == s3storage.S3_ATTEMPTS
+
+
+def test_local_storage_runs_without_boto3_imported(tmp_path: Path) -> None:
+    """The API and the workers import boto3 only for s3:// storage: a GPU machine's image that holds
+    PyTorch but not boto3 can run the embedded platform (benchmarks/gpu_kit.sh leaves boto3 out)."""
+    code = (
+        "import sys\n"
+        "import api.main, worker.process, worker.tasks\n"
+        "from jobs.storage import storage_from_url\n"
+        f"storage_from_url({(tmp_path / 'objects').as_uri()!r}).put('k', b'x', 'image/png')\n"
+        "assert 'boto3' not in sys.modules and 'botocore' not in sys.modules, 'boto3 was imported'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
