@@ -3,7 +3,7 @@
 # (git-ignored, about 17 MiB):
 #
 #   bash benchmarks/gpu_kit.sh                      # wheels for CPython 3.12 on manylinux x86-64
-#   bash benchmarks/gpu_kit.sh --python-version 3.11 # for a dry run on this machine (tests/benchmarks)
+#   bash benchmarks/gpu_kit.sh --python-version 3.11 # for a dry run here (README.md, "GPU check")
 #
 # The machine's image has PyTorch, numpy, Pillow, transformers, safetensors and pytest, but none of the
 # platform's packages, and it cannot reach PyPI. The kit holds wheels of requirements/platform.lock,
