@@ -132,7 +132,11 @@ def main() -> int:
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/test")
+    parser.add_argument(
+        "--admin-url",
+        default="postgresql://postgres@127.0.0.1:5432/postgres",
+        help="a database to connect to while creating and dropping the benchmark's own",
+    )
     args = parser.parse_args()
     if shutil.which("ab") is None:
         parser.error("needs ApacheBench: apt-get install apache2-utils")

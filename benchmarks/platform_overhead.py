@@ -21,9 +21,11 @@ Prints one block of numbers. Not a test: nothing is asserted.
 from __future__ import annotations
 
 import argparse
+import atexit
 import http.server
 import io
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -119,6 +121,7 @@ def main() -> int:
     args = parser.parse_args()
 
     data_dir = Path(tempfile.mkdtemp(prefix="varedit-bench-"))
+    atexit.register(shutil.rmtree, data_dir, ignore_errors=True)  # the database, logs and images
     env = {
         "VAREDIT_MODEL_PATH": "fake://?scales=10",
         "VAREDIT_MAX_BATCH": "1",

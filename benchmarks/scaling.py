@@ -25,6 +25,7 @@ import argparse
 import io
 import platform
 import secrets
+import shutil
 import statistics
 import sys
 import tempfile
@@ -131,6 +132,7 @@ def run(n_workers: int, args: argparse.Namespace, image: bytes) -> tuple[float, 
     finally:
         engine.dispose()
         drop_database(args.admin_url, url)
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def main() -> int:
@@ -141,7 +143,11 @@ def main() -> int:
     parser.add_argument("--jobs-per-worker", type=int, default=25)
     parser.add_argument("--device-ms", type=float, default=200.0, help="simulated GPU time per job")
     parser.add_argument("--latency-jobs", type=int, default=20)
-    parser.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/test")
+    parser.add_argument(
+        "--admin-url",
+        default="postgresql://postgres@127.0.0.1:5432/postgres",
+        help="a database to connect to while creating and dropping the benchmark's own",
+    )
     args = parser.parse_args()
     image = source_png()
     print(
