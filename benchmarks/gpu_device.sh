@@ -8,6 +8,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-.}
+if ! compgen -G '.gpu-kit/wheels/*.whl' >/dev/null; then
+  echo "no .gpu-kit/wheels here: run bash benchmarks/gpu_kit.sh first, and carry .gpu-kit" >&2
+  exit 2
+fi
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/gpu-kit-site \
   .gpu-kit/wheels/*.whl
 export PYTHONPATH="/tmp/gpu-kit-site:$PWD" PATH="$PWD/.gpu-kit/bin:$PATH" PYTHONUNBUFFERED=1
