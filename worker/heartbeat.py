@@ -1,4 +1,5 @@
-"""The worker's liveness row (`WorkerHeartbeat`), read by the API's /v1/models and /readyz.
+"""The worker's liveness row (`WorkerHeartbeat`), read by the API's /v1/models, beat's gauges and the
+container healthcheck (worker/healthcheck.py); /readyz does not wait for workers.
 
 A GPU worker process writes its row with ``ready=False`` when it starts loading, ``ready=True`` once
 the weights are loaded and the warm-up edit ran, refreshes ``last_seen`` every ``heartbeat_s`` from a
