@@ -1,4 +1,4 @@
-"""Per-caller request rate on every write route (submit, cancel, redeliver).
+"""Per-caller request rate on every write route (submit, cancel, delete, redeliver).
 
 The rate is a moving window kept in Redis (the broker), so every API replica counts the same requests;
 with a non-Redis broker each process counts its own. Over it: 429 with Retry-After, nothing stored.
