@@ -65,7 +65,7 @@ async def readyz(
 
 def _may_scrape(request: Request, settings: Settings) -> bool:
     """With VAREDIT_METRICS_TOKEN set, only a scraper presenting it; with keys on and no token, nobody
-    (queue depths and worker counts are the operator's); on a laptop (auth off), anyone."""
+    (request counts and timings by route are the operator's); on a laptop (auth off), anyone."""
     if settings.metrics_token:
         presented = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
         return hmac.compare_digest(presented.encode(), settings.metrics_token.encode())
