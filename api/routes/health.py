@@ -26,9 +26,7 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-def _checks(
-    request: Request, sessions: sessionmaker[Session], storage: Storage, settings: Settings
-) -> dict[str, str]:
+def _checks(request: Request, sessions: sessionmaker[Session], storage: Storage) -> dict[str, str]:
     checks: dict[str, str] = {}
     try:
         with sessions() as session:
@@ -51,13 +49,11 @@ def _checks(
 
 
 @router.get("/readyz", responses={503: {"description": "a dependency is not ready; details name it"}})
-async def readyz(
-    request: Request, sessions: SessionsDep, storage: StorageDep, settings: SettingsDep
-) -> Response:
+async def readyz(request: Request, sessions: SessionsDep, storage: StorageDep) -> Response:
     """Readiness: this process can accept jobs (database, broker and storage reachable). Edit workers
     are not required: with workers scaled to zero, accepted jobs are what wakes them (their readiness is
     on /v1/models and in the metrics)."""
-    checks = await run_in_threadpool(_checks, request, sessions, storage, settings)
+    checks = await run_in_threadpool(_checks, request, sessions, storage)
     if all(v == "ok" for v in checks.values()):
         return JSONResponse({"status": "ready", "checks": checks})
     return error_response(503, "not_ready", "a dependency is not ready", checks)
