@@ -1,4 +1,5 @@
-"""Operations that own their transaction (what the API calls): submit an edit, cancel a job.
+"""Operations that own their transaction (what the API calls): submit an edit, cancel a job, delete a
+finished job's images.
 
 Submitting, order matters: the object is written first under the job's key; the job row and the
 idempotency response commit together; only after the commit is ``run_edit`` published, and a failed
