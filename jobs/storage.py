@@ -1,9 +1,9 @@
-"""Object storage for source images and results: a local folder, or any S3-compatible service
-(`jobs/s3storage.py`).
+"""Object storage for source images, results, previews and models' example images: a local folder, or
+any S3-compatible service (`jobs/s3storage.py`).
 
-Keys are ``jobs/<job_id>/source.<ext>``, ``jobs/<job_id>/result-<attempt>.png`` and the previews
-``jobs/<job_id>/previews/<scale>.png``; the key of the result lives on the job row, so readers never
-derive it.
+Keys are ``jobs/<job_id>/source.<ext>``, ``jobs/<job_id>/result-<attempt>.png``, the previews
+``jobs/<job_id>/previews/<scale>.png`` and ``models/<model>/examples/<index>``; the key of the result
+lives on the job row, so readers never derive it.
 """
 
 from __future__ import annotations
