@@ -145,11 +145,6 @@ class Child:
             self._log.close()
             self._log = None
 
-    def log_tail(self, n: int = 40) -> str:
-        if self.log_path is None or not self.log_path.exists():
-            return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-
     def _log_since_start(self, n: int) -> list[str]:
         """The last `n` lines this process wrote (not an earlier run's or an earlier restart's)."""
         if self.log_path is None or not self.log_path.exists():
