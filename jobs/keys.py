@@ -74,14 +74,9 @@ def create(
     return NewKey(key, token)
 
 
-def authenticate(session: Session, token: str) -> ApiKey | None:
-    """The live key this token belongs to, or None (malformed, unknown, wrong secret or revoked)."""
-    key_id = token_key_id(token)
-    return checked(session.get(ApiKey, key_id) if key_id else None, token)
-
-
 async def authenticate_async(session: AsyncSession, token: str) -> ApiKey | None:
-    """`authenticate` on an asyncio session: no thread is taken while the database answers."""
+    """The live key this token belongs to, or None (malformed, unknown, wrong secret or revoked). On an
+    asyncio session: no thread is taken while the database answers."""
     key_id = token_key_id(token)
     return checked(await session.get(ApiKey, key_id) if key_id else None, token)
 
