@@ -108,7 +108,6 @@ TEMPLATES = {
     ),
 }
 BIGGER = {"large": ["bigger", "larger"], "small": ["smaller"]}  # new size -> words
-N_TRAIN_TEMPLATES = 4  # per kind; the rest are held out
 
 
 @dataclass(frozen=True)
@@ -342,15 +341,6 @@ def make_record(seed: int, index: int, split: str = "train", kind: str | None = 
         meta.update({"source_scene": src, "target_scene": tgt, "template": template})
         return Record(source, target, edit_mask(source, target), template.format(**slots), kind, meta)
     raise RuntimeError(f"could not sample a {kind} edit for index {index}")
-
-
-def make_records(seed: int, n: int, split: str = "train", start: int = 0) -> list[Record]:
-    return [make_record(seed, i, split) for i in range(start, start + n)]
-
-
-def all_instructions(seed: int = 0, n: int = 3000) -> list[str]:
-    """A sample of instructions from both splits (for building the word-level tokenizer)."""
-    return [make_record(seed, i, s).instruction for s in ("train", "test") for i in range(n)]
 
 
 def vocabulary() -> list[str]:
