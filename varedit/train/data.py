@@ -54,7 +54,7 @@ POSITIONS = [  # (row, col) -> name
 EDIT_KINDS = ["recolor", "remove", "add", "move", "resize", "background"]
 MASK_DILATE = 2  # the edit may also touch a 2-pixel rim around what changes (anti-aliasing, VAE)
 
-# Instruction templates per kind: the last one(s) in each list are held out (test only).
+# Instruction templates per kind: (training templates, held-out templates used by the test split only).
 # Slots: {obj} "red circle", {color}, {size} "small"/"large", {shape}, {pos}, {bigger}.
 TEMPLATES = {
     "recolor": (
