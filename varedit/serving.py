@@ -91,7 +91,8 @@ class Serving:
             raise ValueError("a model serves at least one resolution")
 
     def check(self, config: VAREditConfig) -> None:
-        """Refuse resolutions the model's scale schedule cannot produce."""
+        """Refuse resolutions the model cannot run: `VAREditConfig.resolutions` (a side its scale
+        schedule produces and its VAE can normalize)."""
         bad = [r for r in self.resolutions if r not in config.resolutions]
         if bad:
             raise ValueError(
