@@ -17,7 +17,8 @@ A child that dies (a crash, the OOM killer, a lost broker) is restarted after a 
 restart is printed; the platform stops with the cause only when restarting cannot help: an edit worker
 whose model does not load, or a child that died `RESTART_LIMIT` times within `RESTART_WINDOW_S`. The
 Redis server is restarted at once on its port, and the queued jobs are published again.
-``--ready-file PATH`` also writes ``{"url", "pid", "children"}`` there at that moment, for scripts.
+``--ready-file PATH`` also writes ``{"url", "job_metrics", "pid", "children"}`` there at that moment,
+for scripts.
 Child logs go to ``<data_dir>/logs/<name>.log`` (``--log-to-console`` streams them instead). Webhooks
 are signed with ``<data_dir>/webhook-secret`` (made on first start) unless VAREDIT_WEBHOOK_SECRETS is set.
 """
@@ -508,7 +509,9 @@ def serve(argv: Sequence[str]) -> int:
         help="a model folder (ours or an official release; the model it holds "
         "is served); default: VAREDIT_MODEL_PATH or the bundled small model",
     )
-    parser.add_argument("--ready-file", type=Path, help="write {url, pid, children} here once ready")
+    parser.add_argument(
+        "--ready-file", type=Path, help="write {url, job_metrics, pid, children} here when ready"
+    )
     parser.add_argument("--log-to-console", action="store_true", help="children log to this terminal")
     args = parser.parse_args(argv)
 
