@@ -2,7 +2,8 @@
 
 A variant fixes the transformer, the VAE and the output resolution. The transformer weights do not
 depend on the resolution (scales only index `lvl_embed` rows and RoPE table entries), so one
-checkpoint can serve any resolution whose schedule fits; the released ones were trained at one.
+checkpoint can serve any resolution whose schedule fits and whose latent its VAE can normalize
+(`VAREditConfig.resolutions`); the released ones were trained at one.
 
 Scale schedules come from the official aspect-ratio templates: each template lists 13
 token grids (h, w); a resolution uses the first K of them, so that the last grid times the pixels per
