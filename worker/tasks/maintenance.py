@@ -1,7 +1,9 @@
-"""Periodic maintenance (Celery beat -> queue ``maintenance``), each a short batched transaction.
+"""Periodic maintenance (Celery beat -> queue ``maintenance``), each task one short transaction.
 
-Every task does at most one batch (`jobs.reapers.REAP_BATCH` rows) and re-enqueues itself when the
-batch was full, up to `MAX_CHAINED_BATCHES` in a row, so a backlog drains without one long transaction.
+Every task over jobs does at most one batch (`jobs.reapers.REAP_BATCH` rows) and re-enqueues itself when
+the batch was full, up to `MAX_CHAINED_BATCHES` in a row, so a backlog drains without one long
+transaction. The two prunes (idempotency records, heartbeat rows of long-silent workers) are one
+unbatched DELETE each and never chain.
 Republishing happens after the commit (outbox rule): a requeued job whose message is lost is found
 again by `republish_stranded`.
 """
