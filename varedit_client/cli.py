@@ -60,7 +60,7 @@ def _common_options() -> argparse.ArgumentParser:
         "--max-attempts",
         type=int,
         default=3,
-        help="tries per request on connection errors, 429 and 503 (default: %(default)s)",
+        help="tries per request on connection errors, 429, 503 and a submit in flight (default: %(default)s)",
     )
     return common
 

@@ -7,8 +7,9 @@
         job.wait(progress=lambda p: print(f"scale {p.scale}/{p.scales}"))
         job.result(as_image=True).save("edited.png")
 
-Requests are retried on connection errors, 429 and 503 (honouring ``Retry-After``) with backoff; a submit
-sends one ``Idempotency-Key`` on all its tries, so a retry after a lost answer never makes a second job.
+Requests are retried on connection errors, 429, 503 (honouring ``Retry-After``) and 409
+``idempotency_request_in_flight`` with backoff (`varedit_client.retry`); a submit sends one
+``Idempotency-Key`` on all its tries, so a retry after a lost answer never makes a second job.
 `AsyncClient` (``varedit_client.aio``) has the same surface for asyncio.
 """
 
