@@ -83,6 +83,8 @@ class S3Storage:
             if e.response["Error"]["Code"] in ("NoSuchKey", "404", "NotFound"):
                 return False
             raise StorageError(f"could not check {key}: {e}") from e
+        except BotoCoreError as e:
+            raise StorageError(f"could not check {key}: {e}") from e
         return True
 
     def delete(self, key: str) -> None:

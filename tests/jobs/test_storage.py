@@ -191,6 +191,27 @@ def test_s3_that_accepts_but_never_answers_fails_after_bounded_attempts(
     assert len(accepted) == s3storage.S3_ATTEMPTS
 
 
+@pytest.mark.parametrize(
+    "operation",
+    [
+        lambda s: s.put("k", b"x", "image/png"),
+        lambda s: s.get("k"),
+        lambda s: s.exists("k"),
+        lambda s: s.delete("k"),
+        lambda s: s.check(),
+    ],
+    ids=["put", "get", "exists", "delete", "check"],
+)
+def test_every_s3_operation_reports_an_unreachable_store_as_storage_error(
+    operation: Callable[[S3Storage], object],
+) -> None:
+    """Nothing listens on the port: botocore's connection error, not a ClientError (exists let it
+    through raw)."""
+    unreachable = S3Storage("bucket", endpoint_url=f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(StorageError):
+        operation(unreachable)
+
+
 def test_local_storage_runs_without_boto3_imported(tmp_path: Path) -> None:
     """The API and the workers import boto3 only for s3:// storage: a GPU machine's image that holds
     PyTorch but not boto3 can run the embedded platform (benchmarks/gpu_kit.sh leaves boto3 out)."""
