@@ -141,7 +141,7 @@ class Settings(BaseSettings):
     seed_max: int = 2**31 - 1
     max_wait_s: int = Field(60, gt=0)  # upper bound of `Prefer: wait=N`
     wait_recheck_s: float = Field(2.0, gt=0)  # waiting requests re-read the job at least this often
-    page_size_max: int = Field(100, gt=0)
+    page_size_max: int = Field(100, gt=0, le=100)  # can only lower the API's documented maximum `limit`
 
     # Who may call. "none": every request is the same anonymous owner (the laptop default);
     # "api_key": `Authorization: Bearer <key>` from `varedit-serve keys create`, each key seeing its own jobs.
@@ -204,9 +204,13 @@ class Settings(BaseSettings):
             raise ValueError("VAREDIT_HEARTBEAT_S must be smaller than VAREDIT_LEASE_S")
         for name, override in self.model_overrides.items():
             if override.cfg is not None and not self.cfg_min <= override.cfg <= self.cfg_max:
-                raise ValueError(f"VAREDIT_MODEL_OVERRIDES: {name}'s cfg must lie within [cfg_min, cfg_max]")
+                raise ValueError(
+                    f"VAREDIT_MODEL_OVERRIDES: {name}'s cfg must lie in [VAREDIT_CFG_MIN, VAREDIT_CFG_MAX]"
+                )
             if override.tau is not None and not self.tau_min <= override.tau <= self.tau_max:
-                raise ValueError(f"VAREDIT_MODEL_OVERRIDES: {name}'s tau must lie within [tau_min, tau_max]")
+                raise ValueError(
+                    f"VAREDIT_MODEL_OVERRIDES: {name}'s tau must lie in [VAREDIT_TAU_MIN, VAREDIT_TAU_MAX]"
+                )
         if any(not _signs(secret) for secret in self.webhook_secrets):
             # one that cannot sign failed every attempt before its POST: the message was never sent,
             # never failed, and handed to the webhook worker again after every reservation

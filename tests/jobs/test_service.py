@@ -169,6 +169,7 @@ def test_settings_defaults_and_normalisation(make_settings: Callable[..., Settin
         {"model_overrides": {"tiny": {"cfg": 50.0}}},
         {"model_overrides": {"tiny": {"resolutions": []}}},
         {"heartbeat_s": 60, "lease_s": 60},
+        {"page_size_max": 150},  # above the API's `limit` maximum: it would never take effect
         {"environment": "production"},
         # another spelling of production is production, and a typo is refused: neither may leave the
         # production checks silently off
