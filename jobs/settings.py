@@ -76,6 +76,21 @@ def _signs(secret: str) -> bool:
     return True
 
 
+def _check_database_url(url: str) -> None:
+    """Refuse a URL SQLAlchemy cannot parse (a port that is no number) or has no dialect for (a typo in
+    the scheme), which otherwise failed only at the first connection, with a traceback. The problem is
+    not repeated: the URL holds the password."""
+    from sqlalchemy.engine import make_url  # what every process that reads the settings then uses
+
+    try:
+        make_url(url).get_dialect()  # the dialect class only: no driver is imported, nothing connects
+    except Exception:
+        raise ValueError(
+            "VAREDIT_DATABASE_URL: not a database URL SQLAlchemy can use "
+            "(sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST[:PORT]/DATABASE)"
+        ) from None
+
+
 def _default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
@@ -193,6 +208,7 @@ class Settings(BaseSettings):
         if self.database_url.startswith(("postgres://", "postgresql://")):
             # One driver everywhere: psycopg 3.
             self.database_url = "postgresql+psycopg://" + self.database_url.split("://", 1)[1]
+        _check_database_url(self.database_url)
         if not self.storage_url:
             self.storage_url = f"file://{(self.data_dir / 'objects').resolve()}"
         if not self.models:

@@ -197,6 +197,12 @@ def test_settings_read_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert settings.models == ["8B-512", "tiny"] and settings.lease_s == 120
 
 
+DATABASE_URL_PROBLEM = (
+    "VAREDIT_DATABASE_URL: not a database URL SQLAlchemy can use "
+    "(sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST[:PORT]/DATABASE)"
+)
+
+
 @pytest.mark.parametrize(
     ("env", "problems"),
     [
@@ -220,6 +226,16 @@ def test_settings_read_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path
         ),
         ({"VAREDIT_HEARTBEAT_S": "60"}, ["VAREDIT_HEARTBEAT_S must be smaller than VAREDIT_LEASE_S"]),
         ({"VAREDIT_RATE_LIMIT": "often"}, ["VAREDIT_RATE_LIMIT: couldn't parse rate limit string 'often'"]),
+        # a URL SQLAlchemy cannot parse or has no dialect for: named here, not a traceback at the first
+        # connection (the worker kept running); its password is never repeated
+        *(
+            ({"VAREDIT_DATABASE_URL": url}, [DATABASE_URL_PROBLEM])
+            for url in (
+                "postgresql://u:s3cret@127.0.0.1:port/db",
+                "postgress://u:s3cret@127.0.0.1/db",
+                "s3cret",
+            )
+        ),
     ],
 )
 def test_invalid_settings_are_one_line_each_naming_the_variable(
