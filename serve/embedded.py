@@ -558,11 +558,11 @@ def serve(argv: Sequence[str]) -> int:
     except Shutdown as sig:
         _say(f"stopping ({sig})")
     except RuntimeError as exc:
-        _say(f"error: {exc}")
+        _error(str(exc))
         code = 1
     except InvalidSettings as exc:  # one line each, like a usage error, not pydantic's traceback
         for problem in exc.problems:
-            _say(f"error: {problem}")
+            _error(problem)
         code = 2
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -576,3 +576,8 @@ def serve(argv: Sequence[str]) -> int:
 
 def _say(message: str) -> None:
     print(f"varedit-serve: {message}", flush=True)
+
+
+def _error(message: str) -> None:
+    """On stderr, where every other command writes its errors."""
+    print(f"varedit-serve: error: {message}", file=sys.stderr, flush=True)

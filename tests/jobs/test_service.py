@@ -265,8 +265,8 @@ def test_the_commands_exit_2_naming_each_invalid_setting(tmp_path: Path, command
     done = subprocess.run(
         [sys.executable, *command], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120
     )
-    said = done.stdout + done.stderr
-    assert done.returncode == 2, said
+    said = done.stderr  # errors on stderr, stdout free for what a command prints on success
+    assert done.returncode == 2, done.stdout + said
     assert "error: VAREDIT_MAX_BATCH: Input should be a valid integer" in said
     assert "error: VAREDIT_ENVIRONMENT: Input should be 'development' or 'production'" in said
     assert "Traceback" not in said
