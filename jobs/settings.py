@@ -6,6 +6,7 @@ storage under ``data_dir``, a Redis broker on localhost, the small bundled model
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import socket
@@ -66,10 +67,12 @@ MAX_WEBHOOK_RETRY_S = 365 * 86400.0  # the longest delay between two attempts at
 
 
 def _signs(secret: str) -> bool:
-    """Whether a webhook secret is one the Standard Webhooks library can sign with."""
+    """Whether a webhook secret is whsec_ and strict base64 the Standard Webhooks library can sign with
+    (its own decoding drops characters outside the alphabet, so a typo would change the key silently)."""
     if not secret.startswith("whsec_"):
         return False
     try:
+        base64.b64decode(secret.removeprefix("whsec_"), validate=True)
         Webhook(secret)
     except Exception:  # binascii.Error for bad base64, EmptyWebhookSecretError for "whsec_"
         return False

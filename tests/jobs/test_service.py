@@ -179,6 +179,7 @@ def test_settings_defaults_and_normalisation(make_settings: Callable[..., Settin
         # webhook settings no message could be sent or scheduled with
         {"webhook_secrets": ["whsec_!!!notbase64"]},
         {"webhook_secrets": ["whsec_"]},
+        {"webhook_secrets": ["whsec_S3CRET!!!"]},  # decodable only by dropping the !s
         {"webhook_retry_s": [5, float("inf")]},
         {"webhook_retry_s": [3.6e12]},
         {"webhook_retry_s": [-5]},
