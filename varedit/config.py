@@ -234,9 +234,9 @@ class VAREditConfig:
     def resolutions(self) -> tuple[int, ...]:
         """Every square side this model can generate: one per prefix of the square template, except those
         too small for its VAE (`_normalizable`)."""
-        return tuple(side for side in self._sides() if self._normalizable(side))
+        return tuple(side for side in self.template_sides() if self._normalizable(side))
 
-    def _sides(self) -> list[int]:
+    def template_sides(self) -> list[int]:
         """The square side of each prefix of the square template (scale k + 1 at index k)."""
         n = self.pixels_per_token
         return [h * n for h, _ in TEMPLATES[1.0][: self.num_levels]]
@@ -253,9 +253,9 @@ class VAREditConfig:
     def num_scales(self, resolution: int) -> int:
         """K for a square image of side `resolution`."""
         if resolution not in self.resolutions:
-            why = " (too small for its VAE)" if resolution in self._sides() else ""
+            why = " (too small for its VAE)" if resolution in self.template_sides() else ""
             raise ValueError(f"resolution {resolution} is not one of {self.resolutions}{why}")
-        return self._sides().index(resolution) + 1
+        return self.template_sides().index(resolution) + 1
 
     def schedule(self, resolution: int | None = None) -> list[tuple[int, int]]:
         """Square token grids (h, w) for `resolution` (default: the variant's own)."""

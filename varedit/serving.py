@@ -95,8 +95,10 @@ class Serving:
         schedule produces and its VAE can normalize)."""
         bad = [r for r in self.resolutions if r not in config.resolutions]
         if bad:
+            small = [r for r in bad if r in config.template_sides()]
+            why = f" ({small} too small for its VAE)" if small else ""
             raise ValueError(
-                f"{config.name} cannot serve resolutions {bad}; it can serve {config.resolutions}"
+                f"{config.name} cannot serve resolutions {bad}{why}; it can serve {config.resolutions}"
             )
 
     def to_dict(self) -> dict[str, Any]:
