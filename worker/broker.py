@@ -18,9 +18,17 @@ succeeded), the messages stay in Redis's ``unacked`` hash and are restored by ``
 the visibility timeout, and the database is the truth (the stranded-job republisher and the webhook
 dispatcher resend what is due). Only the detached case is changed; everything else runs kombu's code.
 
-When it can go: once a kombu release restores (or skips) unacked messages on a detached transport
-without raising. To check, drop the `install_redis_restore_guard()` call in `worker/celery_app.py` and
-run ``tests/worker/test_broker_loss.py``; if the worker survives, delete this module.
+The same detached channel kills a worker a second way: a task that was running when Redis died ends,
+and its acknowledgement (or rejection) reaches the old channel once the consumer has reconnected
+(``AttributeError: 'NoneType' object has no attribute 'client'``). The guard settles it in memory only;
+the message stays in the ``unacked`` hash and comes back after the visibility timeout as a duplicate,
+harmless like every duplicate (the claim decides what an edit message runs; a webhook task carries its
+attempt count).
+
+When it can go: once a kombu release restores (or skips) unacked messages, and acknowledges, on a
+detached transport without raising. To check, drop the `install_redis_restore_guard()` call in
+`worker/celery_app.py` and run ``tests/worker/test_broker_loss.py``; if the workers survive, delete
+this module.
 """
 
 from __future__ import annotations
@@ -76,11 +84,38 @@ def _guard_visible(original: Callable[..., Any]) -> Callable[..., Any]:
     return restore_visible
 
 
+def _guard_settle(original: Callable[..., Any], how: str) -> Callable[..., Any]:
+    """``QoS.ack`` / ``QoS.reject`` of a message whose channel was detached while its task ran (a
+    worker with a free pool process waits in BRPOP, so that socket sees Redis die and the skip above
+    detaches the channel): the task's acknowledgement arrives on that channel once the consumer has
+    reconnected, and kombu would build a client from the detached transport (``AttributeError:
+    'NoneType' object has no attribute 'client'``, "Unrecoverable error"). Settle it in memory only:
+    the message stays in Redis's ``unacked`` hash and comes back after the visibility timeout as a
+    harmless duplicate."""
+
+    @functools.wraps(original)
+    def settle(self: Any, delivery_tag: Any, *args: Any, **kwargs: Any) -> Any:
+        if transport_detached(self):
+            self._quick_ack(delivery_tag)  # kombu's in-memory part of an ack (virtual QoS)
+            log.warning(
+                "broker_settle_skipped",
+                how=how,
+                reason="broker connection closed; Redis restores the message after the visibility timeout",
+            )
+            return None
+        return original(self, delivery_tag, *args, **kwargs)
+
+    return settle
+
+
 def install_redis_restore_guard() -> None:
-    """Wrap kombu's Redis ``QoS.restore_unacked`` and ``restore_visible`` (idempotent)."""
+    """Wrap kombu's Redis ``QoS.restore_unacked``, ``restore_visible``, ``ack`` and ``reject``
+    (idempotent)."""
     qos = kombu_redis.QoS
     if getattr(qos, _MARK, False):
         return
     qos.restore_unacked = _guard_unacked(qos.restore_unacked)
     qos.restore_visible = _guard_visible(qos.restore_visible)
+    qos.ack = _guard_settle(qos.ack, "ack")
+    qos.reject = _guard_settle(qos.reject, "reject")
     setattr(qos, _MARK, True)

@@ -1,15 +1,18 @@
 """A real Celery worker survives the loss of its Redis broker while it holds an unacknowledged message
-with a countdown (an ETA message: `run_edit` republished after a give-back, `deliver_webhook`), and
-resumes consuming once Redis is back on the same port.
+with a countdown (an ETA message: `run_edit` republished after a give-back, `deliver_webhook`), or
+while it runs a task that ends before it reconnects, and resumes consuming once Redis is back on the
+same port.
 
 Before the guard in `worker/broker.py`, kombu's Redis transport restored the held message on the
 closed connection and the worker died with ``Unrecoverable error: AttributeError("'NoneType' object
-has no attribute 'hostname'")``.
+has no attribute 'hostname'")``; the running task's acknowledgement, on that closed channel, killed it
+with ``... has no attribute 'client'`` (found by a chaos soak: the light worker, Redis restarted).
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import signal
 import subprocess
@@ -22,9 +25,14 @@ from types import SimpleNamespace
 
 import pytest
 import redis
+from PIL import Image
 
+from jobs import queries, transitions
+from jobs.db import make_engine, make_sessionmaker, session_scope
+from jobs.models import JobStatus
 from jobs.queue import DELIVER_WEBHOOK_TASK, RUN_EDIT_TASK, WEBHOOKS_QUEUE, make_celery, queue_name
 from jobs.settings import Settings
+from jobs.storage import LocalStorage
 from serve.redis_server import RedisServer, free_port
 from tests.conftest import wait_for
 from worker import broker as guard
@@ -46,9 +54,18 @@ KINDS = {
 
 
 class Worker:
-    """``celery worker -Q <queue> -c 1`` as a child process (the fake model), its output in a log file."""
+    """``celery worker -Q <queue> -c <concurrency>`` (1 unless told) as a child process (the fake model),
+    its output in a log file."""
 
-    def __init__(self, tmp_path: Path, db_url: str, broker: str, queue: str) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        db_url: str,
+        broker: str,
+        queue: str,
+        extra_env: dict[str, str] | None = None,
+        concurrency: int = 1,
+    ) -> None:
         self.log = tmp_path / "worker.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("VAREDIT_")}
         env.update(
@@ -61,11 +78,12 @@ class Worker:
                 "VAREDIT_LOG_JSON": "true",
                 "VAREDIT_LOG_LEVEL": "DEBUG",  # Celery's per-task lines, which `ran` reads
                 "PYTHONUNBUFFERED": "1",
+                **(extra_env or {}),
             }
         )
         cmd = [
             sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", queue,
-            "-c", "1", "-O", "fair", "-n", "broker-loss@%h", "--loglevel", "INFO",
+            "-c", str(concurrency), "-O", "fair", "-n", "broker-loss@%h", "--loglevel", "INFO",
             "--without-gossip", "--without-mingle", "--without-heartbeat",
         ]  # fmt: skip
         self._out = open(self.log, "wb")  # noqa: SIM115 - closed in stop()
@@ -127,13 +145,17 @@ def worker(tmp_path: Path, sqlite_url: str, broker: RedisServer, kind: tuple[str
     started.stop()
 
 
-def _send(broker_url: str, kind: tuple[str, str], countdown: float | None = None) -> str:
-    """The kind's task for an id that matches nothing (the task finds nothing to do and returns)."""
+def _send(
+    broker_url: str, kind: tuple[str, str], countdown: float | None = None, job_id: str | None = None
+) -> str:
+    """The kind's task for ``job_id``, by default an id that matches nothing (the task finds nothing to
+    do and returns)."""
     queue, task = kind
     settings = Settings(_env_file=None, broker_url=broker_url)  # type: ignore[call-arg]
     app = make_celery(settings)
     try:
-        return app.send_task(task, args=[str(uuid.uuid4())], queue=queue, countdown=countdown, retry=False).id
+        args = [job_id or str(uuid.uuid4())]
+        return app.send_task(task, args=args, queue=queue, countdown=countdown, retry=False).id
     finally:
         app.close()
 
@@ -175,6 +197,76 @@ def test_worker_holding_an_eta_message_survives_broker_restarts(
     task_id = _send(broker.url, kind)
     wait_for(lambda: worker.ran(task_id), "the fresh task to run")
     assert worker.proc.poll() is None
+
+
+def _gated_job(db_url: str, data_dir: Path, token: str) -> str:
+    """A queued job (source stored) whose edit blocks at the fake model's gate until ``open-<token>``."""
+    job_id = transitions.new_job_id()
+    key = f"jobs/{job_id}/source.png"
+    image = io.BytesIO()
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(image, format="PNG")
+    LocalStorage(data_dir / "objects").put(key, image.getvalue(), "image/png")
+    spec = transitions.EditSpec(f"hold gate:{token}", "tiny", 32, 1, 3.0, 0.5, 3600)
+    engine = make_engine(db_url)
+    try:
+        with session_scope(make_sessionmaker(engine)) as session:
+            transitions.submit(
+                session,
+                job_id=job_id,
+                owner="anonymous",
+                spec=spec,
+                source_key=key,
+                source_content_type="image/png",
+            )
+    finally:
+        engine.dispose()
+    return job_id
+
+
+def _status(db_url: str, job_id: str) -> JobStatus:
+    engine = make_engine(db_url)
+    try:
+        with make_sessionmaker(engine)() as session:
+            return queries.get_job(session, job_id).status
+    finally:
+        engine.dispose()
+
+
+def test_worker_whose_task_ends_while_the_broker_is_down_survives(
+    tmp_path: Path, sqlite_url: str, broker: RedisServer
+) -> None:
+    # given an edit worker running a job, held mid-edit at the fake model's gate
+    gate = tmp_path / "gate"
+    model = f"fake://?scales=3&gate={gate}&gate_scale=2&gate_timeout_s=60"
+    queue = queue_name("tiny")
+    # Two pool processes, as the light worker runs (compose: 4): while one runs the task, the consumer
+    # waits in BRPOP for the other, so that socket is the one that sees Redis die.
+    worker = Worker(
+        tmp_path, sqlite_url, broker.url, queue=queue, extra_env={"VAREDIT_MODEL_PATH": model}, concurrency=2
+    )
+    try:
+        wait_for(lambda: "ready." in worker.text(), "the worker to start")
+        job_id = _gated_job(sqlite_url, tmp_path / "data", "outage")
+        _send(broker.url, KINDS["edit"], job_id=job_id)
+        wait_for((gate / "blocked-outage").exists, "the edit to reach the gate")
+        # when Redis dies while the task runs, and the task ends before Redis is back
+        _kill(broker)
+        wait_for(lambda: "Connection to broker lost" in worker.text(), "the worker to notice the loss")
+        (gate / "open-outage").touch()
+        wait_for(lambda: _status(sqlite_url, job_id) is JobStatus.SUCCEEDED, "the job to succeed")
+        broker.stop()
+        broker.start()
+        # then the worker reconnects and stays up: the finished task's acknowledgement, due on the
+        # closed channel, does not kill it (before: AttributeError: 'NoneType' object has no attribute
+        # 'client', "Unrecoverable error")
+        wait_for(lambda: worker.connects() > 1 or worker.proc.poll() is not None, "the worker to reconnect")
+        task_id = _send(broker.url, KINDS["edit"])
+        wait_for(lambda: worker.ran(task_id) or worker.proc.poll() is not None, "a fresh task to run")
+        tail = worker.text()[-4000:]
+        assert worker.proc.poll() is None, f"the worker exited with {worker.proc.returncode}:\n{tail}"
+        assert "Unrecoverable error" not in worker.text()
+    finally:
+        worker.stop()
 
 
 def _qos(client: object, delivered: dict[str, object]) -> SimpleNamespace:
