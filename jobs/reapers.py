@@ -79,9 +79,8 @@ def reap_expired_leases(
     requeued = session.execute(
         update(Job)
         .where(*in_batch)
-        .values(
-            status=JobStatus.QUEUED, progress_scale=None, progress_scales=None, dispatched_at=now, **common
-        )
+        # progress_scales stays (the previews its worker may have stored are purged by it), as in a claim
+        .values(status=JobStatus.QUEUED, progress_scale=None, dispatched_at=now, **common)
         .returning(Job.id, Job.model)
         .execution_options(synchronize_session=False)
     ).all()

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 from sqlalchemy.orm import Session, sessionmaker
 
-from jobs import queries, reapers, transitions
+from jobs import queries, reapers, service, transitions
 from jobs.db import session_scope
 from jobs.errors import StorageError
 from jobs.models import Job, JobStatus, utcnow
@@ -246,6 +246,54 @@ def test_previews_are_deleted_with_the_jobs_objects(runtime, spy, submit, sessio
     for job_id in (done, crashed):
         assert preview_files(runtime, job_id) == []
         assert job_row(sessions, job_id).preview_scale is None
+
+
+def _lease_lost(sessions: sessionmaker[Session], job_id: str, attempt: int) -> None:
+    with session_scope(sessions) as session:  # the worker was killed; the reaper finds its lease gone
+        later = utcnow() + timedelta(seconds=31)
+        assert reapers.reap_expired_leases(session, max_attempts=3, now=later)
+
+
+def _released(sessions: sessionmaker[Session], job_id: str, attempt: int) -> None:
+    with session_scope(sessions) as session:  # a transient fault
+        assert transitions.release(session, job_id, attempt)
+
+
+def _handed_back(sessions: sessionmaker[Session], job_id: str, attempt: int) -> None:
+    with session_scope(sessions) as session:  # the worker's drain
+        assert transitions.hand_back(session, job_id, attempt)
+
+
+def _run_again_failing_at_once(sessions: sessionmaker[Session], job_id: str, attempt: int) -> None:
+    _lease_lost(sessions, job_id, attempt)
+    with session_scope(sessions) as session:  # the next attempt fails before its first progress write
+        retry = transitions.claim(session, job_id, "w3", 30)
+        assert retry is not None and transitions.fail(session, job_id, retry.attempts, "edit_failed", "x")
+
+
+@pytest.mark.parametrize(
+    "back_to_the_queue", [_lease_lost, _released, _handed_back, _run_again_failing_at_once]
+)
+def test_previews_of_a_job_that_went_back_to_the_queue_are_deleted_with_its_objects(
+    runtime, submit, sessions, back_to_the_queue
+) -> None:
+    # given a job whose worker stored previews 1..3 but recorded only 1 of them (progress 2 of 4), then
+    # lost it: back in the queue, and canceled there (or run again and failed at once)
+    job_id = submit(previews=True)
+    with session_scope(sessions) as session:
+        attempt = transitions.claim(session, job_id, "w2", 30).attempts
+        assert transitions.heartbeat(session, job_id, attempt, 30, (2, SCALES), preview_scale=1)
+    for k in range(1, 4):
+        runtime.storage.put(preview_key(job_id, k), png((8, 8)), "image/png")
+    back_to_the_queue(sessions, job_id, attempt)
+    with session_scope(sessions) as session:
+        assert transitions.cancel(session, job_id).status.terminal
+    # when its objects are deleted (DELETE /v1/jobs/{id})
+    service.delete_job(sessions, runtime.storage, job_id, "anonymous")
+    # then none of its previews is left (before: the requeue forgot the job's scale count, so only the
+    # recorded previews were deleted)
+    assert preview_files(runtime, job_id) == []
+    assert not runtime.storage.exists(f"jobs/{job_id}/source.png")
 
 
 @pytest.fixture(scope="module")
