@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from jobs import outbox
 from jobs.models import TERMINAL_STATUSES, Job, JobStatus, startable, utcnow
-from jobs.storage import Storage, preview_key
+from jobs.storage import Storage, preview_key, result_key
 
 log = structlog.get_logger(__name__)
 
@@ -192,15 +192,25 @@ def purge_objects(
 ) -> int:
     """Delete the source, result and preview objects of the jobs matching ``where`` (terminal ones) and
     mark them purged (their result then answers 410): what the result TTL and `DELETE /v1/jobs/{id}`
-    both do."""
+    both do. The results of every attempt go too: one that uploaded and died before its finish
+    committed left its object behind."""
     rows = session.execute(
-        select(Job.id, Job.source_key, Job.result_key, Job.previews, Job.preview_scale, Job.progress_scales)
+        select(
+            Job.id,
+            Job.source_key,
+            Job.result_key,
+            Job.attempts,
+            Job.previews,
+            Job.preview_scale,
+            Job.progress_scales,
+        )
         .where(*where)
         .order_by(Job.finished_at)
         .limit(limit)
     ).all()
     for row in rows:
-        for key in (row.source_key, row.result_key, *_preview_keys(row)):
+        attempts = [result_key(row.id, a) for a in range(1, (row.attempts or 0) + 1)]
+        for key in {row.source_key, row.result_key, *attempts, *_preview_keys(row)}:
             if key:
                 storage.delete(key)
     if rows:

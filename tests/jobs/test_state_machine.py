@@ -409,6 +409,30 @@ def test_delete_expired_results_purges_objects(
     assert job.purged_at is not None
 
 
+def test_purging_deletes_the_results_of_every_attempt(
+    sessions: Sessions, submit_job: Callable[..., str], tmp_path
+) -> None:
+    # given a job whose first attempt uploaded its result and died before its finish committed (kill -9
+    # between the two, or the database lost at the finish), and whose second attempt succeeded
+    storage = LocalStorage(tmp_path / "objects")
+    job_id = submit_job()
+    first = _claim(sessions, job_id).attempts
+    storage.put(_result(job_id, first).key, b"orphan", "image/png")
+    later = utcnow() + timedelta(seconds=LEASE_S + 1)
+    with session_scope(sessions) as session:
+        assert reapers.reap_expired_leases(session, max_attempts=3, now=later)
+    second = _claim(sessions, job_id, "w2", now=later).attempts
+    storage.put(_result(job_id, second).key, b"out", "image/png")
+    with session_scope(sessions) as session:
+        assert transitions.finish(session, job_id, second, _result(job_id, second), now=later)
+    # when its objects are deleted (DELETE /v1/jobs/{id} and the result TTL purge the same way)
+    with session_scope(sessions) as session:
+        assert reapers.purge_objects(session, storage, [Job.id == job_id], utcnow()) == 1
+    # then no attempt's result is left (before: the first one stayed for good)
+    assert not storage.exists(_result(job_id, first).key)
+    assert not storage.exists(_result(job_id, second).key)
+
+
 def test_worker_heartbeats_count_ready_workers(sessions: Sessions) -> None:
     now = utcnow()
     with session_scope(sessions) as session:
