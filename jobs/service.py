@@ -4,7 +4,8 @@ finished job's images.
 Submitting, order matters: the object is written first under the job's key; the job row and the
 idempotency response commit together; only after the commit is ``run_edit`` published, and a failed
 publish leaves the job ``queued`` for the dispatcher. Any failure before the commit removes the object
-and the reservation, so nothing is left half-stored.
+and the reservation, so nothing is left half-stored. Only a failed COMMIT is ambiguous: the row is read
+back, and the source is kept when that cannot be done either.
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ def submit_edit(
 
     job_id = transitions.new_job_id()
     key = source_key(job_id, content_type)
+    committing = False  # until the COMMIT is sent, a failure certainly rolled the job back
     try:
         storage.put(key, image, content_type)
         with session_scope(sessions) as session:
@@ -98,8 +100,9 @@ def submit_edit(
                         f"{max_in_flight} jobs are already queued or running",
                         details={"max_in_flight": max_in_flight},
                     )
+            committing = True  # the block's end: the COMMIT, whose failure may hide a success
     except BaseException as exc:
-        committed = _committed(sessions, job_id)
+        committed = _committed(sessions, job_id) if committing else None
         if committed is UNKNOWN:
             raise  # keep the source: the job may exist (an orphan object is harmless, a lost source is not)
         if committed is None:

@@ -19,10 +19,11 @@ import redis
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs import idempotency, service
-from jobs.db import MIGRATIONS_DIR, make_engine, session_scope
+from jobs.db import MIGRATIONS_DIR, make_engine, make_sessionmaker, session_scope
 from jobs.errors import IdempotencyConflict, IdempotencyInFlight
 from jobs.models import IdempotencyRecord, Job, utcnow
 from jobs.queue import RUN_EDIT_TASK, CeleryPublisher, make_celery, publish_quietly, queue_name
@@ -120,6 +121,21 @@ def test_a_lost_commit_reply_on_submit_keeps_the_job_and_its_source(
     assert publisher.published == [(submitted.job_id, "tiny")]
     replay = _submit(sessions, storage, publisher, idempotency_key="k", fingerprint="f")
     assert replay.replayed and replay.job_id == submitted.job_id
+
+
+def test_a_submit_failing_before_its_commit_leaves_nothing_when_the_database_cannot_be_asked(
+    tmp_path: Path,
+) -> None:
+    # given a database that cannot be reached at all (the outcome of the submit cannot be read back)
+    unreachable = make_sessionmaker(make_engine(f"sqlite:///{tmp_path}/no-such-folder/varedit.db"))
+    storage, publisher = LocalStorage(tmp_path / "objects"), RecordingPublisher()
+    # when a submit stores its source and then fails at its first statement, long before any COMMIT
+    with pytest.raises(OperationalError):
+        _submit(unreachable, storage, publisher)
+    # then the source is removed: the job cannot exist, so the object would be an orphan for good (before:
+    # kept because the database could not be asked, though no COMMIT had been sent)
+    assert [p for p in storage.root.rglob("*") if p.is_file()] == []
+    assert publisher.published == []
 
 
 def test_idempotency_reserve_conflict_in_flight_and_stale_takeover(sessions: Sessions) -> None:
