@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from jobs import outbox
 from jobs.models import TERMINAL_STATUSES, Job, JobStatus, startable, utcnow
-from jobs.storage import Storage, preview_key, result_key
+from jobs.storage import Storage, job_prefix
 
 log = structlog.get_logger(__name__)
 
@@ -79,8 +79,9 @@ def reap_expired_leases(
     requeued = session.execute(
         update(Job)
         .where(*in_batch)
-        # progress_scales stays (the previews its worker may have stored are purged by it), as in a claim
-        .values(status=JobStatus.QUEUED, progress_scale=None, dispatched_at=now, **common)
+        .values(
+            status=JobStatus.QUEUED, progress_scale=None, progress_scales=None, dispatched_at=now, **common
+        )
         .returning(Job.id, Job.model)
         .execution_options(synchronize_session=False)
     ).all()
@@ -190,43 +191,18 @@ def delete_expired_results(
 def purge_objects(
     session: Session, storage: Storage, where: list[Any], now: datetime, limit: int = REAP_BATCH
 ) -> int:
-    """Delete the source, result and preview objects of the jobs matching ``where`` (terminal ones) and
-    mark them purged (their result then answers 410): what the result TTL and `DELETE /v1/jobs/{id}`
-    both do. The results of every attempt go too: one that uploaded and died before its finish
-    committed left its object behind."""
-    rows = session.execute(
-        select(
-            Job.id,
-            Job.source_key,
-            Job.result_key,
-            Job.attempts,
-            Job.previews,
-            Job.preview_scale,
-            Job.progress_scales,
-        )
-        .where(*where)
-        .order_by(Job.finished_at)
-        .limit(limit)
-    ).all()
-    for row in rows:
-        attempts = [result_key(row.id, a) for a in range(1, (row.attempts or 0) + 1)]
-        for key in {row.source_key, row.result_key, *attempts, *_preview_keys(row)}:
-            if key:
-                storage.delete(key)
-    if rows:
+    """Delete every object of the jobs matching ``where`` (terminal ones) and mark them purged (their
+    result then answers 410): what the result TTL and `DELETE /v1/jobs/{id}` both do. By the job's
+    prefix, not by what its row records: an attempt may have stored a result or previews and died
+    before recording them."""
+    ids = session.scalars(select(Job.id).where(*where).order_by(Job.finished_at).limit(limit)).all()
+    for job_id in ids:
+        storage.delete_prefix(job_prefix(job_id))
+    if ids:
         session.execute(
             update(Job)
-            .where(Job.id.in_([r.id for r in rows]), *where)
+            .where(Job.id.in_(ids), *where)
             .values(source_key=None, result_key=None, preview_scale=None, purged_at=now)
             .execution_options(synchronize_session=False)
         )
-    return len(rows)
-
-
-def _preview_keys(row: Any) -> list[str]:
-    """The preview keys a job may have: up to its recorded preview, or its last known scale count (a
-    worker may have stored previews it never got to record)."""
-    if not row.previews:
-        return []
-    last = max(row.preview_scale or 0, row.progress_scales or 0)
-    return [preview_key(row.id, k) for k in range(1, last + 1)]
+    return len(ids)

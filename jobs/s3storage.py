@@ -93,6 +93,23 @@ class S3Storage:
         except (BotoCoreError, ClientError) as e:
             raise StorageError(f"could not delete {key}: {e}") from e
 
+    def delete_prefix(self, prefix: str) -> None:
+        if not prefix.endswith("/"):
+            raise ValueError(f"a prefix is a folder, ending in '/': {prefix!r}")
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self._key(prefix)
+            )
+            for page in pages:  # up to 1000 keys a page, as many as one DeleteObjects takes
+                if keys := [{"Key": item["Key"]} for item in page.get("Contents", [])]:
+                    done = self.client.delete_objects(
+                        Bucket=self.bucket, Delete={"Objects": keys, "Quiet": True}
+                    )
+                    if done.get("Errors"):  # a 200 that lists the keys it could not delete
+                        raise StorageError(f"could not delete {prefix}: {done['Errors'][0]}")
+        except (BotoCoreError, ClientError) as e:
+            raise StorageError(f"could not delete {prefix}: {e}") from e
+
     def undo_put(self, key: str) -> None:
         self.delete(key)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Protocol
@@ -21,19 +22,24 @@ from jobs.settings import Settings
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 
 
+def job_prefix(job_id: str) -> str:
+    """Where every object of a job lives, so purging it needs no record of what was stored."""
+    return f"jobs/{job_id}/"
+
+
 def source_key(job_id: str, content_type: str) -> str:
-    return f"jobs/{job_id}/source.{EXTENSIONS.get(content_type, 'bin')}"
+    return f"{job_prefix(job_id)}source.{EXTENSIONS.get(content_type, 'bin')}"
 
 
 def result_key(job_id: str, attempt: int) -> str:
     """Per attempt, so a fenced-out stale attempt can never overwrite the result that was accepted."""
-    return f"jobs/{job_id}/result-{attempt}.png"
+    return f"{job_prefix(job_id)}result-{attempt}.png"
 
 
 def preview_key(job_id: str, scale: int) -> str:
     """One per scale, not per attempt: a later attempt rewrites them (same seed, so nearly the same
     images), and the job row records how many are stored."""
-    return f"jobs/{job_id}/previews/{scale}.png"
+    return f"{job_prefix(job_id)}previews/{scale}.png"
 
 
 def model_example_key(model: str, index: int) -> str:
@@ -52,6 +58,10 @@ class Storage(Protocol):
 
     def delete(self, key: str) -> None:
         """Remove the object; absent objects are not an error."""
+        ...
+
+    def delete_prefix(self, prefix: str) -> None:
+        """Remove every object whose key starts with ``prefix`` (a `job_prefix`, ending in "/")."""
         ...
 
     def undo_put(self, key: str) -> None:
@@ -109,6 +119,11 @@ class LocalStorage:
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+
+    def delete_prefix(self, prefix: str) -> None:
+        if not prefix.endswith("/"):
+            raise ValueError(f"a prefix is a folder, ending in '/': {prefix!r}")
+        shutil.rmtree(self._path(prefix), ignore_errors=True)  # absent: nothing to remove
 
     def undo_put(self, key: str) -> None:
         self.delete(key)

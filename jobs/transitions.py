@@ -169,9 +169,8 @@ def _claim_values(worker_id: str, lease_s: int, now: datetime) -> dict[str, Any]
         "worker_id": worker_id,
         "lease_expires_at": now + timedelta(seconds=lease_s),
         "started_at": func.coalesce(Job.started_at, now),
-        # The run starts again at no scale; its scale count stays: purging a job deletes the previews
-        # 1..progress_scales, and an earlier attempt may have stored more of them than it recorded.
         "progress_scale": None,
+        "progress_scales": None,
         "updated_at": now,
     }
 
@@ -357,7 +356,8 @@ def _requeue(session: Session, job_id: str, attempt: int, now: datetime, **value
         status=JobStatus.QUEUED,
         worker_id=None,
         lease_expires_at=None,
-        progress_scale=None,  # progress_scales stays, as in a claim: the previews purging deletes
+        progress_scale=None,
+        progress_scales=None,
         dispatched_at=now,
         updated_at=now,
         **values,

@@ -15,7 +15,7 @@ from jobs import queries, reapers, transitions, workers
 from jobs.db import session_scope
 from jobs.models import Base, Job, JobStatus, utcnow
 from jobs.reapers import ToPublish
-from jobs.storage import LocalStorage
+from jobs.storage import LocalStorage, preview_key
 from jobs.transitions import ResultMeta
 
 LEASE_S = 60
@@ -431,6 +431,25 @@ def test_purging_deletes_the_results_of_every_attempt(
     # then no attempt's result is left (before: the first one stayed for good)
     assert not storage.exists(_result(job_id, first).key)
     assert not storage.exists(_result(job_id, second).key)
+
+
+def test_purging_deletes_previews_no_progress_write_recorded(
+    sessions: Sessions, submit_job: Callable[..., str], tmp_path
+) -> None:
+    # given a job with previews whose attempt stored preview 1 and was canceled before its first
+    # progress write (progress writes come every 0.25 s), so its row records no scale at all
+    storage = LocalStorage(tmp_path / "objects")
+    job_id = submit_job(previews=True)
+    attempt = _claim(sessions, job_id).attempts
+    storage.put(preview_key(job_id, 1), b"preview", "image/png")
+    with session_scope(sessions) as session:
+        transitions.cancel(session, job_id)
+        assert transitions.mark_canceled(session, job_id, attempt)
+    # when its objects are deleted
+    with session_scope(sessions) as session:
+        assert reapers.purge_objects(session, storage, [Job.id == job_id], utcnow()) == 1
+    # then the unrecorded preview went too (before: only the scales the row recorded)
+    assert not storage.exists(preview_key(job_id, 1))
 
 
 def test_worker_heartbeats_count_ready_workers(sessions: Sessions) -> None:

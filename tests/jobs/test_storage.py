@@ -20,6 +20,8 @@ from jobs.settings import Settings
 from jobs.storage import (
     LocalStorage,
     Storage,
+    job_prefix,
+    preview_key,
     result_key,
     source_key,
     storage_from_settings,
@@ -59,6 +61,18 @@ def test_undo_put_removes_the_object_and_its_folder_once_empty(storage: Storage)
     assert not storage.exists(kept)
     if isinstance(storage, LocalStorage):
         assert [p.name for p in storage.root.rglob("*")] == ["jobs"]  # job-1/ went, jobs/ and the root stay
+
+
+def test_delete_prefix_removes_a_jobs_objects_and_nothing_else(storage: Storage) -> None:
+    mine = [source_key("job-1", "image/png"), result_key("job-1", 2), preview_key("job-1", 3)]
+    others = [source_key("job-10", "image/png"), result_key("job-2", 1)]  # job-10 shares "jobs/job-1"
+    for key in mine + others:
+        storage.put(key, b"x", "image/png")
+    storage.delete_prefix(job_prefix("job-1"))
+    assert [storage.exists(k) for k in mine + others] == [False] * len(mine) + [True] * len(others)
+    storage.delete_prefix(job_prefix("job-1"))  # nothing left: not an error
+    with pytest.raises(ValueError):
+        storage.delete_prefix("jobs/job-2")  # not a folder: would also match jobs/job-20/
 
 
 def test_get_missing_raises_key_error(storage: Storage) -> None:
