@@ -92,8 +92,18 @@ class ModelFacts:
         if override is None:
             return self
         sampling = {**self.sampling, **override.sampling()}
-        resolutions = list(override.resolutions or self.resolutions)
+        resolutions = self._narrowed(override.resolutions)
         return ModelFacts(self.name, resolutions, sampling, self.description, self.examples)
+
+    def _narrowed(self, chosen: list[int] | None) -> list[int]:
+        """The operator's resolutions (their order) that the workers reported; all of them before any
+        worker has (scaling from zero). One they cannot run would only fail its jobs, so it is dropped,
+        and a choice that leaves none keeps what the workers reported."""
+        if not chosen:
+            return list(self.resolutions)
+        if not self.resolutions:
+            return list(chosen)
+        return [r for r in chosen if r in self.resolutions] or list(self.resolutions)
 
 
 def record_model(session: Session, facts: ModelFacts, worker_id: str, *, now: datetime | None = None) -> None:

@@ -139,6 +139,21 @@ def test_operator_override_adjusts_the_reported_defaults(
         assert refused.status_code == 422 and refused.json()["error"]["details"][0]["msg"] == "one of [32]"
 
 
+def test_an_override_narrows_the_reported_resolutions_and_never_widens_them(
+    make_settings, sqlite_url: str, redis_url: str
+) -> None:
+    # a side the workers cannot run (16: too small for tiny's VAE) is dropped; one that leaves none is
+    # ignored, so the API never accepts jobs the workers would fail
+    for chosen, served in (([16, 32], [32]), ([16], [64, 32])):
+        override = {"tiny": {"resolutions": chosen}}
+        settings = make_settings(database_url=sqlite_url, broker_url=redis_url, model_overrides=override)
+        with ApiHarness(settings) as harness:
+            record_tiny_facts(harness.sessions, ModelFacts("tiny", [64, 32], {"cfg": 2.5, "tau": 0.35}))
+            refused = post_json(harness, image_bytes(), resolution=16)
+            assert refused.status_code == 422, chosen
+            assert refused.json()["error"]["details"][0]["msg"] == f"one of {served}"
+
+
 def test_a_model_no_worker_has_reported_is_not_ready(make_settings, sqlite_url: str, redis_url: str) -> None:
     settings = make_settings(database_url=sqlite_url, broker_url=redis_url, models=["tiny", "other"])
     with ApiHarness(settings) as harness:
