@@ -1,7 +1,7 @@
 """Periodic transitions and clean-up, run by Celery beat: lost leases, start deadlines, stranded
-messages, expired results. Each pass handles at most ``limit`` rows in one short transaction; like the
-transitions (`jobs.transitions`), every change is a conditional UPDATE, so a pass racing a worker
-changes only rows that are still in the state it expects.
+messages, expired results, orphaned objects. Each pass handles at most ``limit`` rows in one short
+transaction; like the transitions (`jobs.transitions`), every change is a conditional UPDATE, so a
+pass racing a worker changes only rows that are still in the state it expects.
 """
 
 from __future__ import annotations
@@ -15,11 +15,15 @@ from sqlalchemy.orm import Session
 
 from jobs import outbox
 from jobs.models import TERMINAL_STATUSES, Job, JobStatus, startable, utcnow
-from jobs.storage import Storage, job_prefix
+from jobs.storage import JOBS_PREFIX, Storage, job_id_of, job_prefix
 
 log = structlog.get_logger(__name__)
 
 REAP_BATCH = 100  # rows per maintenance pass; each pass is one short transaction
+SWEEP_BATCH = 500  # job folders per orphan sweep pass: one listing stretch and one indexed SELECT
+# A folder without a live job is left alone until its newest object is this old: a submit stores its
+# source before it commits the row, and that takes seconds (storage and database timeouts), never an hour.
+ORPHAN_GRACE_S = 3600
 
 
 class ToPublish(NamedTuple):
@@ -206,3 +210,42 @@ def purge_objects(
             .execution_options(synchronize_session=False)
         )
     return len(ids)
+
+
+class Sweep(NamedTuple):
+    deleted: int  # job folders deleted
+    resume_after: str | None  # the key the next pass lists after; None once the listing is done
+
+
+def sweep_orphan_objects(
+    session: Session,
+    storage: Storage,
+    *,
+    start_after: str = "",
+    now: datetime | None = None,
+    limit: int = SWEEP_BATCH,
+) -> Sweep:
+    """Delete the job folders in storage that no live job owns: the source of a submit whose row never
+    committed (an API process killed between its upload and its COMMIT, or a COMMIT whose outcome it
+    could not learn, which keeps the source on purpose), and objects written under a purged job (a
+    stalled worker's late preview after `DELETE /v1/jobs/{id}`). One pass reads up to ``limit``
+    folders in key order, after ``start_after``."""
+    cutoff = _now(now) - timedelta(seconds=ORPHAN_GRACE_S)
+    newest: dict[str, datetime] = {}
+    last_key, resume_after = start_after, None
+    for obj in storage.list_objects(JOBS_PREFIX, start_after):
+        job_id = job_id_of(obj.key)
+        if job_id is not None and job_id not in newest and len(newest) == limit:
+            resume_after = last_key  # a folder's keys are contiguous, so it resumes at the next one
+            break
+        if job_id is not None:
+            newest[job_id] = max(obj.modified, newest.get(job_id, obj.modified))
+        last_key = obj.key
+    settled = [job_id for job_id, modified in newest.items() if modified < cutoff]
+    live = set(_ids(session, select(Job.id).where(Job.id.in_(settled), Job.purged_at.is_(None))))
+    orphans = [job_id for job_id in settled if job_id not in live]
+    for job_id in orphans:
+        storage.delete_prefix(job_prefix(job_id))
+    if orphans:
+        log.info("orphan_objects_deleted", folders=len(orphans), job_ids=orphans[:10])
+    return Sweep(len(orphans), resume_after)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from urllib.parse import urlparse
 
 import boto3
@@ -9,6 +10,7 @@ from botocore.client import BaseClient, Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from jobs.errors import StorageError
+from jobs.storage import StoredObject
 
 # A request waits on S3 at most about 2 x (connect + read): botocore's defaults (60 s each, 3 attempts)
 # would hold a submit or a readiness probe for minutes against a store that accepts connections but
@@ -109,6 +111,21 @@ class S3Storage:
                         raise StorageError(f"could not delete {prefix}: {done['Errors'][0]}")
         except (BotoCoreError, ClientError) as e:
             raise StorageError(f"could not delete {prefix}: {e}") from e
+
+    def list_objects(self, prefix: str, start_after: str = "") -> Iterator[StoredObject]:
+        if not prefix.endswith("/"):
+            raise ValueError(f"a prefix is a folder, ending in '/': {prefix!r}")
+        strip = len(self._key(""))
+        options = {"StartAfter": self._key(start_after)} if start_after else {}
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self._key(prefix), **options
+            )
+            for page in pages:
+                for item in page.get("Contents", []):
+                    yield StoredObject(item["Key"][strip:], item["LastModified"])
+        except (BotoCoreError, ClientError) as e:
+            raise StorageError(f"could not list {prefix}: {e}") from e
 
     def undo_put(self, key: str) -> None:
         self.delete(key)

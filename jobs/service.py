@@ -104,7 +104,7 @@ def submit_edit(
     except BaseException as exc:
         committed = _committed(sessions, job_id) if committing else None
         if committed is UNKNOWN:
-            raise  # keep the source: the job may exist (an orphan object is harmless, a lost source is not)
+            raise  # keep the source: the job may exist (if not, the orphan sweep deletes it later)
         if committed is None:
             log.warning("job_submit_rolled_back", job_id=job_id, exc_info=True)
             _undo(sessions, storage, key, owner, idempotency_key)

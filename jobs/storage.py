@@ -12,14 +12,22 @@ import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 from urllib.parse import urlparse
 
 from jobs.errors import StorageError
 from jobs.settings import Settings
 
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+JOBS_PREFIX = "jobs/"
+
+
+class StoredObject(NamedTuple):
+    key: str
+    modified: datetime  # the last write, timezone-aware UTC
 
 
 def job_prefix(job_id: str) -> str:
@@ -42,6 +50,14 @@ def preview_key(job_id: str, scale: int) -> str:
     return f"{job_prefix(job_id)}previews/{scale}.png"
 
 
+def job_id_of(key: str) -> str | None:
+    """The job whose folder holds ``key``, None for a key outside every job folder."""
+    parts = key.split("/", 2)
+    if len(parts) == 3 and f"{parts[0]}/" == JOBS_PREFIX and parts[1] and parts[2]:
+        return parts[1]
+    return None
+
+
 def model_example_key(model: str, index: int) -> str:
     """Where a model's example source image is kept (written by its workers when they load it)."""
     return f"models/{model}/examples/{index}"
@@ -62,6 +78,11 @@ class Storage(Protocol):
 
     def delete_prefix(self, prefix: str) -> None:
         """Remove every object whose key starts with ``prefix`` (a `job_prefix`, ending in "/")."""
+        ...
+
+    def list_objects(self, prefix: str, start_after: str = "") -> Iterator[StoredObject]:
+        """Every object under ``prefix`` (a folder, ending in "/") whose key sorts after
+        ``start_after``, in key order as S3 lists them, so a listing can resume where one stopped."""
         ...
 
     def undo_put(self, key: str) -> None:
@@ -124,6 +145,18 @@ class LocalStorage:
         if not prefix.endswith("/"):
             raise ValueError(f"a prefix is a folder, ending in '/': {prefix!r}")
         shutil.rmtree(self._path(prefix), ignore_errors=True)  # absent: nothing to remove
+
+    def list_objects(self, prefix: str, start_after: str = "") -> Iterator[StoredObject]:
+        if not prefix.endswith("/"):
+            raise ValueError(f"a prefix is a folder, ending in '/': {prefix!r}")
+        found = []
+        for path in self._path(prefix).rglob("*"):  # an absent folder lists nothing
+            key = path.relative_to(self.root).as_posix()
+            if key > start_after:
+                with contextlib.suppress(FileNotFoundError):  # deleted since the walk saw it
+                    if path.is_file():
+                        found.append(StoredObject(key, datetime.fromtimestamp(path.stat().st_mtime, UTC)))
+        yield from sorted(found)
 
     def undo_put(self, key: str) -> None:
         self.delete(key)

@@ -51,6 +51,7 @@ MAINTENANCE_EVERY_S = {
     "worker.delete_expired_results": 600.0,
     "worker.prune_idempotency": 3600.0,
     "worker.prune_worker_heartbeats": 600.0,
+    "worker.sweep_orphan_objects": 3600.0,  # lists every job folder in storage: rarely
 }
 
 

@@ -14,8 +14,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from jobs import queries, reapers, transitions, workers
 from jobs.db import session_scope
 from jobs.models import Base, Job, JobStatus, utcnow
-from jobs.reapers import ToPublish
-from jobs.storage import LocalStorage, preview_key
+from jobs.reapers import Sweep, ToPublish
+from jobs.storage import LocalStorage, model_example_key, preview_key, source_key
 from jobs.transitions import ResultMeta
 
 LEASE_S = 60
@@ -450,6 +450,50 @@ def test_purging_deletes_previews_no_progress_write_recorded(
         assert reapers.purge_objects(session, storage, [Job.id == job_id], utcnow()) == 1
     # then the unrecorded preview went too (before: only the scales the row recorded)
     assert not storage.exists(preview_key(job_id, 1))
+
+
+def test_orphan_sweep_deletes_the_folders_no_live_job_owns_once_settled(
+    sessions: Sessions, submit_job: Callable[..., str], tmp_path
+) -> None:
+    # given a live job's source, the source of a submit whose row never committed (an API process
+    # killed between upload and COMMIT), a preview a stalled worker stored after its job was purged,
+    # and objects outside any job folder
+    storage = LocalStorage(tmp_path / "objects")
+    live, never_committed, purged = submit_job(), transitions.new_job_id(), submit_job()
+    with session_scope(sessions) as session:
+        transitions.cancel(session, purged)
+        assert reapers.purge_objects(session, storage, [Job.id == purged], utcnow()) == 1
+    kept = [source_key(live, "image/png"), model_example_key("tiny", 0), "jobs/loose-file"]
+    swept = [source_key(never_committed, "image/png"), preview_key(purged, 2)]
+    for key in kept + swept:
+        storage.put(key, b"x", "image/png")
+    # when the sweep runs within the grace (a submit may still be between its upload and its COMMIT)
+    with session_scope(sessions) as session:
+        assert reapers.sweep_orphan_objects(session, storage) == Sweep(0, None)
+    assert all(storage.exists(key) for key in kept + swept)
+    # and once the grace has passed
+    later = utcnow() + timedelta(seconds=reapers.ORPHAN_GRACE_S + 1)
+    with session_scope(sessions) as session:
+        assert reapers.sweep_orphan_objects(session, storage, now=later) == Sweep(2, None)
+    # then only the orphans went
+    assert [storage.exists(key) for key in kept + swept] == [True] * len(kept) + [False] * len(swept)
+
+
+def test_orphan_sweep_passes_resume_where_the_last_one_stopped(sessions: Sessions, tmp_path) -> None:
+    storage = LocalStorage(tmp_path / "objects")
+    for job_id in [f"orphan-{i}" for i in range(5)]:
+        storage.put(source_key(job_id, "image/png"), b"x", "image/png")
+        storage.put(preview_key(job_id, 1), b"x", "image/png")
+    later = utcnow() + timedelta(seconds=reapers.ORPHAN_GRACE_S + 1)
+    deleted: list[int] = []
+    resume: str | None = ""
+    while resume is not None:
+        with session_scope(sessions) as session:
+            sweep = reapers.sweep_orphan_objects(session, storage, start_after=resume, now=later, limit=2)
+        deleted.append(sweep.deleted)
+        resume = sweep.resume_after
+    assert deleted == [2, 2, 1]  # two folders a pass, each folder whole, none twice
+    assert list(storage.list_objects("jobs/")) == []
 
 
 def test_worker_heartbeats_count_ready_workers(sessions: Sessions) -> None:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -20,7 +21,9 @@ from jobs.settings import Settings
 from jobs.storage import (
     LocalStorage,
     Storage,
+    job_id_of,
     job_prefix,
+    model_example_key,
     preview_key,
     result_key,
     source_key,
@@ -73,6 +76,24 @@ def test_delete_prefix_removes_a_jobs_objects_and_nothing_else(storage: Storage)
     storage.delete_prefix(job_prefix("job-1"))  # nothing left: not an error
     with pytest.raises(ValueError):
         storage.delete_prefix("jobs/job-2")  # not a folder: would also match jobs/job-20/
+
+
+def test_list_objects_lists_a_folder_in_key_order_and_resumes_after_a_key(storage: Storage) -> None:
+    keys = [preview_key("job-2", 1), source_key("job-1", "image/png"), result_key("job-10", 1)]
+    for key in [*keys, model_example_key("tiny", 0)]:  # models/ is outside the listed folder
+        storage.put(key, b"x", "image/png")
+    listed = list(storage.list_objects("jobs/"))
+    assert [obj.key for obj in listed] == sorted(keys)
+    assert all(abs(obj.modified - datetime.now(UTC)) < timedelta(minutes=5) for obj in listed)
+    assert [obj.key for obj in storage.list_objects("jobs/", start_after=sorted(keys)[0])] == sorted(keys)[1:]
+    assert list(storage.list_objects("jobs/nobody/")) == []
+    with pytest.raises(ValueError):
+        list(storage.list_objects("jobs"))  # not a folder
+
+
+def test_job_id_of_names_the_folder_a_key_is_in() -> None:
+    assert job_id_of(preview_key("job-1", 3)) == job_id_of(source_key("job-1", "image/png")) == "job-1"
+    assert [job_id_of(k) for k in ["jobs/loose-file", "jobs//x", "models/jobs/x/y", "jobs/x/"]] == [None] * 4
 
 
 def test_get_missing_raises_key_error(storage: Storage) -> None:

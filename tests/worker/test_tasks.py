@@ -7,6 +7,7 @@ import io
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from PIL import Image
 from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
 
-from jobs import models, queries, transitions, workers
+from jobs import models, queries, reapers, transitions, workers
 from jobs.db import session_scope
 from jobs.models import Job, JobStatus
 from jobs.settings import Settings
@@ -481,6 +482,33 @@ def test_expire_and_purge_tasks_return_counts(runtime, submit, sessions) -> None
     assert maintenance.delete_expired_results() == 1
     assert _objects(runtime.storage, job_id) == []
     assert _job(sessions, job_id).purged_at is not None
+
+
+def test_orphan_sweep_task_chains_until_the_listing_ends(runtime, submit, monkeypatch) -> None:
+    live = submit()
+    for i in range(reapers.SWEEP_BATCH + 1):  # one more folder than a pass reads
+        runtime.storage.put(f"jobs/orphan-{i:04d}/source.png", b"x", "image/png")
+    settled = time.time() - reapers.ORPHAN_GRACE_S - 60
+    for path in Path(runtime.storage.root, "jobs").rglob("*.png"):
+        os.utime(path, (settled, settled))
+    chained: list[dict[str, Any]] = []
+    task = maintenance.sweep_orphan_objects
+    monkeypatch.setattr(task, "apply_async", lambda kwargs, queue: chained.append(kwargs))
+    first = task()
+    assert len(chained) == 1  # the listing went on: a second run resumes after the first's last folder
+    second = task(**chained[0])
+    assert len(chained) == 1  # and the listing ended there
+    assert first + second == reapers.SWEEP_BATCH + 1
+    assert [obj.key for obj in runtime.storage.list_objects("jobs/")] == [f"jobs/{live}/source.png"]
+
+
+def test_every_scheduled_task_is_a_registered_maintenance_or_webhook_task() -> None:
+    maintenance.app.loader.import_default_modules()  # the task modules a worker imports
+    schedule = maintenance.app.conf.beat_schedule
+    assert "sweep_orphan_objects" in schedule
+    for entry in schedule.values():
+        assert entry["task"] in maintenance.app.tasks
+        assert entry["options"]["queue"] in ("maintenance", "webhooks")
 
 
 # -- pool and process helpers ---------------------------------------------------------------------

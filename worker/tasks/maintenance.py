@@ -3,7 +3,8 @@
 Every task over jobs does at most one batch (`jobs.reapers.REAP_BATCH` rows) and re-enqueues itself when
 the batch was full, up to `MAX_CHAINED_BATCHES` in a row, so a backlog drains without one long
 transaction. The two prunes (idempotency records, heartbeat rows of long-silent workers) are one
-unbatched DELETE each and never chain.
+unbatched DELETE each and never chain. The orphan sweep lists storage in key order, a stretch of
+folders per run, and chains until the listing ends, each run resuming where the last stopped.
 Republishing happens after the commit (outbox rule): a requeued job whose message is lost is found
 again by `republish_stranded`.
 """
@@ -93,6 +94,17 @@ def delete_expired_results(self: Task, chained: int = 0) -> int:
         log.info("results_purged", count=purged)
     _chain(self, purged, chained)
     return purged
+
+
+@app.task(name="worker.sweep_orphan_objects", bind=True, acks_late=True, ignore_result=True)
+def sweep_orphan_objects(self: Task, resume_after: str = "") -> int:
+    """Delete the storage folders that no live job owns (`jobs.reapers.sweep_orphan_objects`)."""
+    rt = get_runtime()
+    with session_scope(rt.sessions) as session:
+        sweep = reapers.sweep_orphan_objects(session, rt.storage, start_after=resume_after)
+    if sweep.resume_after is not None:
+        self.apply_async(kwargs={"resume_after": sweep.resume_after}, queue=MAINTENANCE_QUEUE)
+    return sweep.deleted
 
 
 @app.task(name="worker.prune_idempotency", bind=True, acks_late=True, ignore_result=True)
