@@ -6,6 +6,7 @@ module connects to nothing and never imports torch.
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -31,6 +32,10 @@ from jobs.notify import Notifier
 from jobs.queue import CeleryPublisher, make_celery, webhook_sender
 from jobs.settings import Settings, get_settings
 from jobs.storage import storage_from_settings
+
+# uvicorn's exit status for an app that cannot start: a `--workers N` child that ends with it stops
+# the supervisor, which restarts a child that ends with any other status, forever.
+UVICORN_STARTUP_FAILURE = 3
 
 DESCRIPTION = """Instruction-guided image editing as asynchronous jobs.
 
@@ -93,4 +98,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-app = create_app()
+def _app_or_exit() -> FastAPI:
+    """`create_app` from the environment. Invalid settings end the process with status 2; in a
+    `uvicorn --workers N` child (a multiprocessing child) with status 3, which stops uvicorn."""
+    try:
+        return create_app()
+    except SystemExit as e:
+        if e.code == 2 and multiprocessing.parent_process() is not None:
+            raise SystemExit(UVICORN_STARTUP_FAILURE) from None
+        raise
+
+
+app = _app_or_exit()

@@ -289,6 +289,19 @@ def test_the_commands_exit_2_naming_each_invalid_setting(tmp_path: Path, command
     assert "Traceback" not in said
 
 
+def test_bad_settings_stop_uvicorn_with_workers_instead_of_restarting_them(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VAREDIT_")}
+    env |= {"VAREDIT_DATA_DIR": str(tmp_path), "VAREDIT_MAX_BATCH": "abc"}
+    command = ["-m", "uvicorn", "api.main:app", "--workers", "2", "--host", "127.0.0.1", "--port", "0"]
+    # before: every child that exited was started again, and this ran until the timeout
+    done = subprocess.run(
+        [sys.executable, *command], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=90
+    )
+    assert "error: VAREDIT_MAX_BATCH: Input should be a valid integer" in done.stderr
+    assert "failed to start, stopping the parent process" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_migrations_downgrade_and_upgrade_again(db_url: str) -> None:
     config = Config(str(MIGRATIONS_DIR.parent / "alembic.ini"))
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
