@@ -78,19 +78,20 @@ def _signs(secret: str) -> bool:
         return False
 
 
-def _check_database_url(url: str) -> None:
+def _database_url_problem(url: str) -> str | None:
     """Refuse a URL SQLAlchemy cannot parse (a port that is no number) or has no dialect for (a typo in
-    the scheme), which otherwise failed only at the first connection, with a traceback. The problem is
-    not repeated: the URL holds the password."""
+    the scheme), which otherwise failed only at the first connection, with a traceback. The problem
+    does not repeat the URL: it holds the password."""
     from sqlalchemy.engine import make_url  # what every process that reads the settings then uses
 
     try:
         make_url(url).get_dialect()  # the dialect class only: no driver is imported, nothing connects
     except Exception:
-        raise ValueError(
+        return (
             "VAREDIT_DATABASE_URL: not a database URL SQLAlchemy can use "
             "(sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST[:PORT]/DATABASE)"
-        ) from None
+        )
+    return None
 
 
 def _default_worker_id() -> str:
@@ -204,51 +205,57 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _fill_and_check(self) -> Settings:
-        """Derive defaults from data_dir and refuse configurations that cannot work."""
+        """Derive defaults from data_dir and refuse configurations that cannot work, naming every
+        problem at once (one line each), so a deployment is not fixed one restart per mistake."""
         if not self.database_url:
             self.database_url = f"sqlite:///{(self.data_dir / 'varedit.db').resolve()}"
         if self.database_url.startswith(("postgres://", "postgresql://")):
             # One driver everywhere: psycopg 3.
             self.database_url = "postgresql+psycopg://" + self.database_url.split("://", 1)[1]
-        _check_database_url(self.database_url)
         if not self.storage_url:
             self.storage_url = f"file://{(self.data_dir / 'objects').resolve()}"
+        if problems := self._problems():
+            raise ValueError("\n".join(problems))
+        return self
+
+    def _problems(self) -> list[str]:
+        problems = [problem] if (problem := _database_url_problem(self.database_url)) else []
         if not self.models:
-            raise ValueError("VAREDIT_MODELS must name at least one model")
-        unknown = sorted(set(self.model_overrides) - set(self.models))
-        if unknown:
-            raise ValueError(f"VAREDIT_MODEL_OVERRIDES names models that are not served: {unknown}")
+            problems.append("VAREDIT_MODELS must name at least one model")
+        if unknown := sorted(set(self.model_overrides) - set(self.models)):
+            problems.append(f"VAREDIT_MODEL_OVERRIDES names models that are not served: {unknown}")
         if self.heartbeat_s >= self.lease_s:
-            raise ValueError("VAREDIT_HEARTBEAT_S must be smaller than VAREDIT_LEASE_S")
+            problems.append("VAREDIT_HEARTBEAT_S must be smaller than VAREDIT_LEASE_S")
         for name, override in self.model_overrides.items():
             if override.cfg is not None and not self.cfg_min <= override.cfg <= self.cfg_max:
-                raise ValueError(
+                problems.append(
                     f"VAREDIT_MODEL_OVERRIDES: {name}'s cfg must lie in [VAREDIT_CFG_MIN, VAREDIT_CFG_MAX]"
                 )
             if override.tau is not None and not self.tau_min <= override.tau <= self.tau_max:
-                raise ValueError(
+                problems.append(
                     f"VAREDIT_MODEL_OVERRIDES: {name}'s tau must lie in [VAREDIT_TAU_MIN, VAREDIT_TAU_MAX]"
                 )
         if any(not _signs(secret) for secret in self.webhook_secrets):
             # one that cannot sign failed every attempt before its POST: the message was never sent,
             # never failed, and handed to the webhook worker again after every reservation
-            raise ValueError("VAREDIT_WEBHOOK_SECRETS: secrets look like whsec_<base64>, with some bytes")
+            problems.append("VAREDIT_WEBHOOK_SECRETS: secrets look like whsec_<base64>, with some bytes")
         if any(not 0 <= delay <= MAX_WEBHOOK_RETRY_S for delay in self.webhook_retry_s):  # NaN too
             # a delay no timestamp can hold broke recording the attempt, which then repeated forever
-            raise ValueError(
+            problems.append(
                 f"VAREDIT_WEBHOOK_RETRY_S: delays lie within [0, {MAX_WEBHOOK_RETRY_S:.0f}] seconds"
             )
         try:
             limits.parse(self.rate_limit)
         except ValueError as e:  # its message says what is wrong, not where
-            raise ValueError(f"VAREDIT_RATE_LIMIT: {e}") from None
-        if self.environment == "production" and self.auth == "none":
-            raise ValueError("production needs VAREDIT_AUTH=api_key")
-        if self.environment == "production" and self.database_url.startswith("sqlite"):
-            raise ValueError("production needs VAREDIT_DATABASE_URL pointing at PostgreSQL")
-        if self.environment == "production" and (defaults := self._default_secrets()):
-            raise ValueError(f"production refuses the published default secrets of {', '.join(defaults)}")
-        return self
+            problems.append(f"VAREDIT_RATE_LIMIT: {e}")
+        if self.environment == "production":
+            if self.auth == "none":
+                problems.append("production needs VAREDIT_AUTH=api_key")
+            if self.database_url.startswith("sqlite"):
+                problems.append("production needs VAREDIT_DATABASE_URL pointing at PostgreSQL")
+            if defaults := self._default_secrets():
+                problems.append(f"production refuses the published default secrets of {', '.join(defaults)}")
+        return problems
 
     def _default_secrets(self) -> list[str]:
         """The settings (and the S3 secret boto3 reads) whose value is a well-known default."""
@@ -296,7 +303,10 @@ def read_settings() -> Settings:
     try:
         return Settings()
     except ValidationError as e:
-        raise InvalidSettings([_problem(error) for error in e.errors()]) from None
+        # a check across settings reports its problems as the lines of one message
+        raise InvalidSettings(
+            [line for error in e.errors() for line in _problem(error).splitlines()]
+        ) from None
     except SettingsError as e:  # a list or dict variable that is not JSON; the message names the field
         field = re.search(r'field "(\w+)"', str(e))
         problem = f"VAREDIT_{field[1].upper()}: not valid JSON ({e.__cause__})" if field else str(e)

@@ -242,6 +242,20 @@ DATABASE_URL_PROBLEM = (
             ["VAREDIT_MODELS: not valid JSON (Expecting value: line 1 column 1 (char 0))"],
         ),
         ({"VAREDIT_HEARTBEAT_S": "60"}, ["VAREDIT_HEARTBEAT_S must be smaller than VAREDIT_LEASE_S"]),
+        (  # every check across settings at once, not the first of them
+            {
+                "VAREDIT_HEARTBEAT_S": "60",
+                "VAREDIT_RATE_LIMIT": "often",
+                "VAREDIT_ENVIRONMENT": "production",
+                "VAREDIT_DATABASE_URL": "postgress://u:s3cret@127.0.0.1/db",
+            },
+            [
+                DATABASE_URL_PROBLEM,
+                "VAREDIT_HEARTBEAT_S must be smaller than VAREDIT_LEASE_S",
+                "VAREDIT_RATE_LIMIT: couldn't parse rate limit string 'often'",
+                "production needs VAREDIT_AUTH=api_key",
+            ],
+        ),
         ({"VAREDIT_RATE_LIMIT": "often"}, ["VAREDIT_RATE_LIMIT: couldn't parse rate limit string 'often'"]),
         # a URL SQLAlchemy cannot parse or has no dialect for: named here, not a traceback at the first
         # connection (the worker kept running); its password is never repeated
