@@ -16,7 +16,9 @@ the next section runs; all of them share one overall deadline):
   (`torch.cuda.max_memory_allocated`). Full sizes on CUDA; "tiny" and "tiny-patchify" on the CPU.
   The T5 encoder is a random two-layer stand-in of the real width, so text encoding is not timed at
   full size. An out-of-memory batch is recorded as such, not as a failure.
-* compile: the same edit at batch 1 with `EditPipeline`'s `compile` option, when it has one (CUDA only).
+* compile: the same edit at batch 1 with `EditPipeline`'s `compile` option, when it has one (CUDA only),
+  in torch.compile's default mode or `--compile-mode` ("reduce-overhead": CUDA graphs, with a count
+  of the graphs inductor ran without one).
 
 The report (--out; default gpu_check.json, under $OUT when that is set) holds every section's status
 ("passed", "failed" with an error, "skipped" with a reason), seconds, budget and results. Exit status 1
@@ -71,6 +73,7 @@ class Ctx:
     out: Path
     cold: bool
     started: float
+    compile_mode: str = "default"
 
     def left(self) -> float:
         return self.budget_s - (time.perf_counter() - self.started)
@@ -385,11 +388,17 @@ def section_compile(ctx: Ctx) -> dict[str, Any]:
         raise Skip("EditPipeline has no compile option")
     variant = FULL_SIZES[0]
     folder, _ = official_folder(ctx, variant)
-    pipe, load = load_pipeline(ctx, variant, folder, compile=True)
-    result: dict[str, Any] = {"variant": variant, "option_in": takes, "load": load}
+    from torch._dynamo.utils import counters
+
+    mode = ctx.compile_mode
+    pipe, load = load_pipeline(ctx, variant, folder, compile=True if mode == "default" else mode)
+    result: dict[str, Any] = {"variant": variant, "mode": mode, "option_in": takes, "load": load}
     t0 = time.perf_counter()
     timed_edit(pipe, ctx.device, 1)
     result["first_edit_s"] = time.perf_counter() - t0  # includes compilation
+    # graphs inductor ran without a CUDA graph under "reduce-overhead" (mutated inputs, CPU ops, ...)
+    result["cudagraph_skips"] = counters["inductor"]["cudagraph_skips"]
+    result["graph_breaks"] = dict(counters["graph_break"])
     ctx.save(result)
     measure_batches(ctx, pipe, result, (1,))
     off = ctx.work / "sections" / f"model_{variant}.json"
@@ -502,7 +511,8 @@ def run_section_here(name: str, ctx: Ctx) -> None:
 def run_section(name: str, budget: float, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     out = work / "sections" / f"{name.replace(':', '_')}.json"
     cmd = [sys.executable, __file__, "--device", args.device, "--section", name, "--work", str(work)]
-    cmd += ["--budget", str(budget), "--section-out", str(out)] + (["--cold"] if args.cold else [])
+    cmd += ["--budget", str(budget), "--section-out", str(out), "--compile-mode", args.compile_mode]
+    cmd += ["--cold"] if args.cold else []
     t0 = time.perf_counter()
     quiet = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error"}
     proc = subprocess.Popen(cmd, cwd=REPO, env=os.environ | quiet, start_new_session=True)
@@ -569,13 +579,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", help="comma-separated section names to run (others are not run)")
     p.add_argument("--cold", action="store_true", help="drop the checkpoints' page cache before each load")
     p.add_argument("--keep", action="store_true", help="keep the scratch folder (checkpoints, logs)")
+    p.add_argument(
+        "--compile-mode",
+        default="default",
+        help='the compile section\'s torch.compile mode: "reduce-overhead" measures CUDA graphs',
+    )
     p.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--section", help=argparse.SUPPRESS)
     p.add_argument("--budget", type=float, help=argparse.SUPPRESS)
     p.add_argument("--section-out", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.section:
-        ctx = Ctx(args.device, args.work, args.budget, args.section_out, args.cold, time.perf_counter())
+        ctx = Ctx(
+            args.device,
+            args.work,
+            args.budget,
+            args.section_out,
+            args.cold,
+            time.perf_counter(),
+            args.compile_mode,
+        )
         run_section_here(args.section, ctx)
         return 0
 

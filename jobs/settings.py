@@ -120,9 +120,10 @@ class Settings(BaseSettings):
     # The transformer blocks' dtype; None: the pipeline's default (bfloat16 on CUDA, float32 on CPU).
     # bfloat16 on a CPU with AMX halves an edit, with results that differ from float32 ones.
     dtype: Literal["bfloat16", "float32"] | None = None
-    # torch.compile the model when loading (EditPipeline's `compile`): for CUDA workers; each new batch
-    # size or resolution compiles on first use
-    compile: bool = False
+    # torch.compile the model when loading (EditPipeline's `compile`): true, or a torch.compile mode
+    # ("reduce-overhead" adds CUDA graphs); for CUDA workers; each new batch size or resolution
+    # compiles on first use
+    compile: bool | Literal["default", "reduce-overhead", "max-autotune"] = False
     # Model names served by this deployment (one Celery queue each). A model's resolutions and default
     # sampling settings come from its folder, reported by its workers; `model_overrides` adjusts them.
     models: list[str] = Field(default_factory=lambda: ["shapes-64"])

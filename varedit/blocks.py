@@ -149,11 +149,11 @@ class Block(nn.Module):
         self.ca_norm = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
         self.ffn = FFN(cfg)
 
-    def compile_inference(self) -> None:
+    def compile_inference(self, mode: str | None = None) -> None:
         """Run the token-wise parts under torch.compile (`compiled.compiled`) from now on."""
-        self.attn_qkv = compiled(self.attn_qkv)  # type: ignore[method-assign]
-        self.attn_residual = compiled(self.attn_residual)  # type: ignore[method-assign]
-        self.ffn_residual = compiled(self.ffn_residual)  # type: ignore[method-assign]
+        self.attn_qkv = compiled(self.attn_qkv, mode)  # type: ignore[method-assign]
+        self.attn_residual = compiled(self.attn_residual, mode)  # type: ignore[method-assign]
+        self.ffn_residual = compiled(self.ffn_residual, mode)  # type: ignore[method-assign]
 
     def qkv(
         self, x_BLC: torch.Tensor, gss_B16C: torch.Tensor, rope_2Lc: torch.Tensor

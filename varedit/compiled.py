@@ -3,6 +3,8 @@
 Shapes are static (`dynamic=False`): each scale of each batch size and resolution gets its own graphs,
 compiled on first use, so the first edit of every (batch size, resolution) pays for compiling.
 Meant for CUDA; on CPU the compiled VAE was slower than the eager one (varedit/NOTES.md, section 5).
+A mode is torch.compile's: "reduce-overhead" replays each graph as a CUDA graph (inductor's
+cudagraph trees), which removes the kernel launches that dominate the small early scales.
 """
 
 from __future__ import annotations
@@ -22,10 +24,10 @@ R = TypeVar("R")
 RECOMPILE_LIMIT = 1024
 
 
-def compiled(fn: Callable[P, R]) -> Callable[P, R]:
-    """`fn` under torch.compile with static shapes. Calls beyond dynamo's recompile limit of graphs
-    run eagerly, unless made under `many_graphs`."""
-    return torch.compile(fn, dynamic=False)
+def compiled(fn: Callable[P, R], mode: str | None = None) -> Callable[P, R]:
+    """`fn` under torch.compile with static shapes, in torch.compile's ``mode`` (None: its default).
+    Calls beyond dynamo's recompile limit of graphs run eagerly, unless made under `many_graphs`."""
+    return torch.compile(fn, dynamic=False, mode=mode)
 
 
 def many_graphs(fn: Callable[P, R]) -> Callable[P, R]:

@@ -158,12 +158,13 @@ class EditPipeline:
         text_encoder: TextEncoder,
         device: torch.device | str = "cpu",
         serving: Serving | None = None,
-        compile: bool = False,
+        compile: bool | str = False,
         source: Path | None = None,
     ):
         """compile: run the transformer blocks' token-wise parts, the VAE encoder and the final decode
-        under torch.compile (`varedit/compiled.py`; attention and previews stay eager). For CUDA: the
-        first edit of each batch size and resolution compiles, and on CPU the compiled VAE is slower.
+        under torch.compile (`varedit/compiled.py`; attention and previews stay eager): True, or one of
+        torch.compile's modes ("reduce-overhead": as CUDA graphs too). For CUDA: the first edit of each
+        batch size and resolution compiles, and on CPU the compiled VAE is slower.
         source: the folder in our format it was loaded from, which holds the images of the serving
         examples (`save_pretrained` copies them)."""
         self.config, self.transformer, self.vae, self.text_encoder = config, transformer, vae, text_encoder
@@ -181,9 +182,10 @@ class EditPipeline:
         self._encode_features: Callable[[torch.Tensor], torch.Tensor] | None = None
         self._decode: Callable[[torch.Tensor], torch.Tensor] | None = None
         if compile:
-            transformer.compile_inference()
-            self._encode_features = many_graphs(compiled(vae.encode_features))
-            self._decode = many_graphs(compiled(vae.decode))
+            mode = None if compile is True else compile
+            transformer.compile_inference(mode)
+            self._encode_features = many_graphs(compiled(vae.encode_features, mode))
+            self._decode = many_graphs(compiled(vae.decode, mode))
 
     # ---- loading ---------------------------------------------------------------------------
 
@@ -194,7 +196,7 @@ class EditPipeline:
         variant: str | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
-        compile: bool = False,
+        compile: bool | str = False,
     ) -> EditPipeline:
         """Load a model folder.
 
@@ -206,7 +208,7 @@ class EditPipeline:
         device: default CUDA when available, else CPU.
         dtype: the transformer blocks' dtype; default bfloat16 on CUDA, float32 on CPU. The rest of
             the transformer stays float32, the VAE float32, the T5 encoder float16 (official).
-        compile: torch.compile the hot paths (see `__init__`).
+        compile: torch.compile the hot paths, True or a torch.compile mode (see `__init__`).
         Raises `CheckpointError` for a wrong folder, a missing or damaged file or a checkpoint of another
         variant, and ValueError for a CUDA device this machine does not have or another dtype.
         """

@@ -255,12 +255,12 @@ class VAREditTransformer(nn.Module):
 
     # ---- inference: KV cache ---------------------------------------------------------------
 
-    def compile_inference(self) -> None:
-        """Run every block's token-wise parts under torch.compile from now on (`Block`, static shapes:
-        graphs per token count, shared by the blocks), in `prefill` and `step` with room for a graph
-        per scale, batch size and resolution (`compiled.many_graphs`)."""
+    def compile_inference(self, mode: str | None = None) -> None:
+        """Run every block's token-wise parts under torch.compile (in its ``mode``) from now on
+        (`Block`, static shapes: graphs per token count, shared by the blocks), in `prefill` and `step`
+        with room for a graph per scale, batch size and resolution (`compiled.many_graphs`)."""
         for blk in self.blocks:
-            blk.compile_inference()
+            blk.compile_inference(mode)
         self.prefill = many_graphs(self.prefill)  # type: ignore[method-assign]
         self.step = many_graphs(self.step)  # type: ignore[method-assign]
 

@@ -62,7 +62,7 @@ class ModelPool:
         *,
         device: str | None = None,
         dtype: str | None = None,
-        compile: bool = False,
+        compile: bool | str = False,
         warmup: bool = True,
     ) -> LoadedModel:
         """Load (once) and warm up the model serving `name`; a folder holding another model is refused."""
@@ -146,7 +146,7 @@ def resolve_model_path(configured: str | Path | None, model: str) -> str:
 
 
 def _build(
-    name: str, path: str, *, device: str | None, dtype: str | None, compile: bool
+    name: str, path: str, *, device: str | None, dtype: str | None, compile: bool | str
 ) -> tuple[EditModel, str]:
     if is_fake_path(path):
         return FakeEditPipeline.from_url(path, name), "none"

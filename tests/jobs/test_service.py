@@ -18,6 +18,7 @@ import pytest
 import redis
 from alembic import command
 from alembic.config import Config
+from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -212,6 +213,19 @@ def test_settings_read_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path
     monkeypatch.setenv("VAREDIT_LEASE_S", "120")
     settings = Settings(_env_file=None, data_dir=tmp_path)  # type: ignore[call-arg]
     assert settings.models == ["8B-512", "tiny"] and settings.lease_s == 120
+
+
+@pytest.mark.parametrize(
+    ("value", "compile"), [("true", True), ("0", False), ("reduce-overhead", "reduce-overhead")]
+)
+def test_compile_is_a_switch_or_a_torch_compile_mode(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, value: str, compile: bool | str
+) -> None:
+    monkeypatch.setenv("VAREDIT_COMPILE", value)
+    assert Settings(_env_file=None, data_dir=tmp_path).compile == compile  # type: ignore[call-arg]
+    monkeypatch.setenv("VAREDIT_COMPILE", "fast")
+    with pytest.raises(ValidationError):
+        Settings(_env_file=None, data_dir=tmp_path)  # type: ignore[call-arg]
 
 
 DATABASE_URL_PROBLEM = (

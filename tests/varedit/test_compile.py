@@ -1,8 +1,8 @@
 """`EditPipeline(compile=True)` edits as the eager pipeline does: the same sampled bits, and a decoded
 image within float32 rounding (the compiled kernels sum in another order).
 
-Slow: inductor compiles C++ for each graph on the CPU, over a minute for the tiny model on 2 cores
-(less when its cache in the temp folder already holds the graphs).
+The edit is slow: inductor compiles C++ for each graph on the CPU, over a minute for the tiny model on
+2 cores (less when its cache in the temp folder already holds the graphs).
 """
 
 from pathlib import Path
@@ -14,11 +14,11 @@ from PIL import Image
 from torch._dynamo.utils import counters
 
 from tests.parity import CODES_TOL
-from varedit import EditPipeline, write_random_checkpoint
+from varedit import EditPipeline, compiled, write_random_checkpoint
 from varedit.config import get_config
 from varedit.sampling import Generation, generate
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 RESOLUTION = 32  # 2 scales: one cached step, then the last (uncached) one
 
@@ -35,6 +35,21 @@ def edit(folder: Path, compile: bool) -> tuple[Generation, torch.Tensor]:
         return out, pipe.decode(out.f_hat)
 
 
+@pytest.mark.parametrize(("option", "mode"), [(True, None), ("reduce-overhead", "reduce-overhead")])
+def test_the_compile_option_compiles_every_hot_path_in_its_mode(tmp_path, monkeypatch, option, mode):
+    modes: list[str | None] = []
+
+    def record(fn, *, dynamic, mode):
+        modes.append(mode)
+        return fn
+
+    monkeypatch.setattr(compiled.torch, "compile", record)
+    EditPipeline.from_pretrained(write_random_checkpoint(tmp_path, "tiny"), device="cpu", compile=option)
+    # three token-wise parts per block, the VAE encoder and the decode
+    assert modes == [mode] * (3 * get_config("tiny").depth + 2)
+
+
+@pytest.mark.slow
 def test_compiled_edit_samples_the_same_bits_and_decodes_within_float32_rounding(tmp_path):
     folder = write_random_checkpoint(tmp_path, "tiny", seed=3)
     eager, eager_image = edit(folder, compile=False)
