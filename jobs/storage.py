@@ -150,11 +150,13 @@ class LocalStorage:
         if not prefix.endswith("/"):
             raise ValueError(f"a prefix is a folder, ending in '/': {prefix!r}")
         found = []
-        for path in self._path(prefix).rglob("*"):  # an absent folder lists nothing
-            key = path.relative_to(self.root).as_posix()
-            if key > start_after:
-                with contextlib.suppress(FileNotFoundError):  # deleted since the walk saw it
-                    if path.is_file():
+        # os.walk skips folders that vanish under it (a job purged meanwhile); an absent one lists nothing
+        for folder, _, names in os.walk(self._path(prefix)):
+            for name in names:
+                path = Path(folder, name)
+                key = path.relative_to(self.root).as_posix()
+                if key > start_after:
+                    with contextlib.suppress(FileNotFoundError):  # deleted since the walk saw it
                         found.append(StoredObject(key, datetime.fromtimestamp(path.stat().st_mtime, UTC)))
         yield from sorted(found)
 
