@@ -14,13 +14,16 @@ import socket
 import sys
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 from urllib.parse import urlsplit
 
 import limits
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+
+CompileMode = Literal["default", "reduce-overhead", "max-autotune"]  # torch.compile's modes
+COMPILE_MODES: tuple[str, ...] = get_args(CompileMode)
 
 
 class ModelOverride(BaseModel):
@@ -123,7 +126,7 @@ class Settings(BaseSettings):
     # torch.compile the model when loading (EditPipeline's `compile`): true, or a torch.compile mode
     # ("reduce-overhead" adds CUDA graphs); for CUDA workers; each new batch size or resolution
     # compiles on first use
-    compile: bool | Literal["default", "reduce-overhead", "max-autotune"] = False
+    compile: bool | CompileMode = False
     # Model names served by this deployment (one Celery queue each). A model's resolutions and default
     # sampling settings come from its folder, reported by its workers; `model_overrides` adjusts them.
     models: list[str] = Field(default_factory=lambda: ["shapes-64"])
@@ -203,6 +206,18 @@ class Settings(BaseSettings):
     @classmethod
     def _environment_case(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile_switch_or_mode(cls, value: object) -> object:
+        """One problem line for a value that is neither a switch nor a mode, instead of pydantic's one
+        per member of the union (`(bool): ...` and `(literal[...]): ...`)."""
+        if not isinstance(value, str) or value in COMPILE_MODES:
+            return value
+        try:
+            return TypeAdapter(bool).validate_python(value)
+        except ValidationError:
+            raise ValueError(f"true, false or a torch.compile mode ({', '.join(COMPILE_MODES)})") from None
 
     @model_validator(mode="after")
     def _fill_and_check(self) -> Settings:

@@ -271,6 +271,10 @@ DATABASE_URL_PROBLEM = (
             ],
         ),
         ({"VAREDIT_RATE_LIMIT": "often"}, ["VAREDIT_RATE_LIMIT: couldn't parse rate limit string 'often'"]),
+        (  # one line for one variable, not one per member of its union type
+            {"VAREDIT_COMPILE": "fast"},
+            ["VAREDIT_COMPILE: true, false or a torch.compile mode (default, reduce-overhead, max-autotune)"],
+        ),
         # a URL SQLAlchemy cannot parse or has no dialect for: named here, not a traceback at the first
         # connection (the worker kept running); its password is never repeated
         *(
