@@ -149,16 +149,26 @@ class LocalStorage:
     def list_objects(self, prefix: str, start_after: str = "") -> Iterator[StoredObject]:
         if not prefix.endswith("/"):
             raise ValueError(f"a prefix is a folder, ending in '/': {prefix!r}")
-        found = []
-        # os.walk skips folders that vanish under it (a job purged meanwhile); an absent one lists nothing
-        for folder, _, names in os.walk(self._path(prefix)):
-            for name in names:
-                path = Path(folder, name)
-                key = path.relative_to(self.root).as_posix()
-                if key > start_after:
-                    with contextlib.suppress(FileNotFoundError):  # deleted since the walk saw it
-                        found.append(StoredObject(key, datetime.fromtimestamp(path.stat().st_mtime, UTC)))
-        yield from sorted(found)
+        yield from self._walk(self._path(prefix), prefix, start_after)
+
+    def _walk(self, folder: Path, prefix: str, start_after: str) -> Iterator[StoredObject]:
+        """The objects in ``folder``, whose keys start with ``prefix``, in key order and lazily: a
+        folder is read when the listing reaches it, and one whose keys all sort before ``start_after``
+        is not read at all, so a sweep resuming near the end reads little."""
+        try:
+            with os.scandir(folder) as entries:
+                keyed = sorted(
+                    (prefix + e.name + ("/" if e.is_dir(follow_symlinks=False) else ""), e) for e in entries
+                )
+        except FileNotFoundError:  # absent, or removed since its parent was read (a job purged meanwhile)
+            return
+        for key, entry in keyed:  # a folder's "name/" sorts as each of its keys does against its siblings
+            if key.endswith("/"):
+                if key > start_after or start_after.startswith(key):
+                    yield from self._walk(Path(entry.path), key, start_after)
+            elif key > start_after:
+                with contextlib.suppress(FileNotFoundError):  # deleted since the folder was read
+                    yield StoredObject(key, datetime.fromtimestamp(entry.stat().st_mtime, UTC))
 
     def undo_put(self, key: str) -> None:
         self.delete(key)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -89,6 +90,29 @@ def test_list_objects_lists_a_folder_in_key_order_and_resumes_after_a_key(storag
     assert list(storage.list_objects("jobs/nobody/")) == []
     with pytest.raises(ValueError):
         list(storage.list_objects("jobs"))  # not a folder
+
+
+def test_list_objects_orders_and_resumes_as_s3_does_for_any_names(storage: Storage) -> None:
+    # "-" and "." sort before "/", "0" after it: a folder's keys do not simply follow its name's order
+    keys = ["jobs/a/x", "jobs/a/y/z", "jobs/a-b/x", "jobs/a.png", "jobs/a0/x", "jobs/b/c/d/e"]
+    for key in keys:
+        storage.put(key, b"x", "image/png")
+    assert [obj.key for obj in storage.list_objects("jobs/")] == sorted(keys)
+    for after in [*keys, "jobs/a/", "jobs/a/y", "jobs/a-", "jobs/b/c"]:  # resumes anywhere
+        assert [o.key for o in storage.list_objects("jobs/", after)] == [k for k in sorted(keys) if k > after]
+
+
+def test_a_resumed_local_listing_reads_no_folder_before_its_key(tmp_path: Path, monkeypatch) -> None:
+    storage = LocalStorage(tmp_path / "objects")
+    for job_id in ("job-1", "job-2", "job-3"):
+        storage.put(preview_key(job_id, 1), b"x", "image/png")
+    read: list[str] = []
+    scandir = os.scandir
+    monkeypatch.setattr(os, "scandir", lambda path: read.append(Path(path).name) or scandir(path))
+    listed = [obj.key for obj in storage.list_objects("jobs/", start_after=preview_key("job-2", 1))]
+    assert listed == [preview_key("job-3", 1)]
+    # job-2 holds the key it resumes after; job-1 is never read (before: every folder, on every pass)
+    assert read == ["jobs", "job-2", "previews", "job-3", "previews"]
 
 
 def test_job_id_of_names_the_folder_a_key_is_in() -> None:
