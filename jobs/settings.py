@@ -8,19 +8,19 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import os
-import re
 import socket
 import sys
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Annotated, Literal, get_args
 from urllib.parse import urlsplit
 
 import limits
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
-from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 CompileMode = Literal["default", "reduce-overhead", "max-autotune"]  # torch.compile's modes
 COMPILE_MODES: tuple[str, ...] = get_args(CompileMode)
@@ -129,8 +129,8 @@ class Settings(BaseSettings):
     compile: bool | CompileMode = False
     # Model names served by this deployment (one Celery queue each). A model's resolutions and default
     # sampling settings come from its folder, reported by its workers; `model_overrides` adjusts them.
-    models: list[str] = Field(default_factory=lambda: ["shapes-64"])
-    model_overrides: dict[str, ModelOverride] = Field(default_factory=dict)
+    models: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["shapes-64"])
+    model_overrides: Annotated[dict[str, ModelOverride], NoDecode] = Field(default_factory=dict)
     worker_id: str = Field(default_factory=_default_worker_id)
 
     # Leases and retries.
@@ -176,17 +176,21 @@ class Settings(BaseSettings):
     # only when this is set (tests, LANs); see jobs/netguard.py.
     allow_private_urls: bool = False
     # Ports client-chosen URLs may use; empty: 80 and 443, or any port while private URLs are allowed.
-    allowed_url_ports: list[int] = Field(default_factory=list)
+    allowed_url_ports: Annotated[list[int], NoDecode] = Field(default_factory=list)
     image_url_max_concurrent: int = Field(4, gt=0)  # image_url fetches in flight per caller, per API process
     image_url_timeout_s: float = Field(10.0, gt=0)
     image_url_max_redirects: int = Field(3, ge=0)
 
     # Webhooks (Standard Webhooks 1.0). Secrets are "whsec_" + base64; list a new one first and keep the
     # old one while receivers switch: every message is signed with each.
-    webhook_secrets: list[str] = Field(default_factory=list)  # empty: webhook_url is refused (422)
+    webhook_secrets: Annotated[list[str], NoDecode] = Field(
+        default_factory=list
+    )  # empty: webhook_url is refused (422)
     webhook_timeout_s: float = Field(10.0, gt=0)
     # Delays between attempts after the first (the Standard Webhooks schedule: ~27 h in all), +-10% jitter.
-    webhook_retry_s: list[float] = Field(default_factory=lambda: [5, 300, 1800, 7200, 18000, 36000, 36000])
+    webhook_retry_s: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: [5, 300, 1800, 7200, 18000, 36000, 36000]
+    )
     webhook_dispatch_s: float = Field(1.0, gt=0)  # how often due deliveries are handed to the webhook worker
     max_redeliveries: int = Field(5, ge=0)  # POST .../webhooks/redeliver per job
 
@@ -206,6 +210,20 @@ class Settings(BaseSettings):
     @classmethod
     def _environment_case(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator(
+        "models", "model_overrides", "allowed_url_ports", "webhook_secrets", "webhook_retry_s", mode="before"
+    )
+    @classmethod
+    def _json(cls, value: object) -> object:
+        """List and dict variables are JSON. Decoded here (`NoDecode` keeps pydantic-settings from it),
+        so one that is not JSON is a problem line beside the others instead of ending the reading."""
+        if not isinstance(value, str):
+            return value
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"not valid JSON ({e})") from None
 
     @field_validator("compile", mode="before")
     @classmethod
@@ -323,10 +341,6 @@ def read_settings() -> Settings:
         raise InvalidSettings(
             [line for error in e.errors() for line in _problem(error).splitlines()]
         ) from None
-    except SettingsError as e:  # a list or dict variable that is not JSON; the message names the field
-        field = re.search(r'field "(\w+)"', str(e))
-        problem = f"VAREDIT_{field[1].upper()}: not valid JSON ({e.__cause__})" if field else str(e)
-        raise InvalidSettings([problem]) from None
 
 
 @lru_cache

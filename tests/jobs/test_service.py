@@ -255,6 +255,14 @@ DATABASE_URL_PROBLEM = (
             {"VAREDIT_MODELS": "tiny"},
             ["VAREDIT_MODELS: not valid JSON (Expecting value: line 1 column 1 (char 0))"],
         ),
+        (  # every variable that is not JSON, beside the other invalid values
+            {"VAREDIT_MODELS": "tiny", "VAREDIT_WEBHOOK_RETRY_S": "5,300", "VAREDIT_MAX_BATCH": "abc"},
+            [
+                "VAREDIT_MODELS: not valid JSON (Expecting value: line 1 column 1 (char 0))",
+                "VAREDIT_MAX_BATCH: Input should be a valid integer, unable to parse string as an integer",
+                "VAREDIT_WEBHOOK_RETRY_S: not valid JSON (Extra data: line 1 column 2 (char 1))",
+            ],
+        ),
         ({"VAREDIT_HEARTBEAT_S": "60"}, ["VAREDIT_HEARTBEAT_S must be smaller than VAREDIT_LEASE_S"]),
         (  # every check across settings at once, not the first of them
             {
