@@ -234,15 +234,15 @@ def sweep_orphan_objects(
     newest: dict[str, datetime] = {}
     last_key, resume_after = start_after, None
     for obj in storage.list_objects(JOBS_PREFIX, start_after):
-        job_id = job_id_of(obj.key)
-        if job_id is not None and job_id not in newest and len(newest) == limit:
-            resume_after = last_key  # a folder's keys are contiguous, so it resumes at the next one
-            break
-        if job_id is not None:
+        if (job_id := job_id_of(obj.key)) is not None:
+            if job_id not in newest and len(newest) == limit:
+                resume_after = last_key  # a folder's keys are contiguous, so it resumes at the next one
+                break
             newest[job_id] = max(obj.modified, newest.get(job_id, obj.modified))
         last_key = obj.key
     settled = [job_id for job_id, modified in newest.items() if modified < cutoff]
-    live = set(_ids(session, select(Job.id).where(Job.id.in_(settled), Job.purged_at.is_(None))))
+    owned = select(Job.id).where(Job.id.in_(settled), Job.purged_at.is_(None))
+    live = set(_ids(session, owned)) if settled else set()  # all young: no question to ask
     orphans = [job_id for job_id in settled if job_id not in live]
     for job_id in orphans:
         storage.delete_prefix(job_prefix(job_id))

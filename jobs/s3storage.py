@@ -10,7 +10,7 @@ from botocore.client import BaseClient, Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from jobs.errors import StorageError
-from jobs.storage import StoredObject
+from jobs.storage import StoredObject, check_folder
 
 # A request waits on S3 at most about 2 x (connect + read): botocore's defaults (60 s each, 3 attempts)
 # would hold a submit or a readiness probe for minutes against a store that accepts connections but
@@ -96,25 +96,19 @@ class S3Storage:
             raise StorageError(f"could not delete {key}: {e}") from e
 
     def delete_prefix(self, prefix: str) -> None:
-        if not prefix.endswith("/"):
-            raise ValueError(f"a prefix is a folder, ending in '/': {prefix!r}")
+        keys = [{"Key": self._key(obj.key)} for obj in self.list_objects(prefix)]
         try:
-            pages = self.client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=self._key(prefix)
-            )
-            for page in pages:  # up to 1000 keys a page, as many as one DeleteObjects takes
-                if keys := [{"Key": item["Key"]} for item in page.get("Contents", [])]:
-                    done = self.client.delete_objects(
-                        Bucket=self.bucket, Delete={"Objects": keys, "Quiet": True}
-                    )
-                    if done.get("Errors"):  # a 200 that lists the keys it could not delete
-                        raise StorageError(f"could not delete {prefix}: {done['Errors'][0]}")
+            for start in range(0, len(keys), 1000):  # as many keys as one DeleteObjects takes
+                done = self.client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": keys[start : start + 1000], "Quiet": True}
+                )
+                if done.get("Errors"):  # a 200 that lists the keys it could not delete
+                    raise StorageError(f"could not delete {prefix}: {done['Errors'][0]}")
         except (BotoCoreError, ClientError) as e:
             raise StorageError(f"could not delete {prefix}: {e}") from e
 
     def list_objects(self, prefix: str, start_after: str = "") -> Iterator[StoredObject]:
-        if not prefix.endswith("/"):
-            raise ValueError(f"a prefix is a folder, ending in '/': {prefix!r}")
+        check_folder(prefix)
         strip = len(self._key(""))
         options = {"StartAfter": self._key(start_after)} if start_after else {}
         try:

@@ -32,7 +32,7 @@ class StoredObject(NamedTuple):
 
 def job_prefix(job_id: str) -> str:
     """Where every object of a job lives, so purging it needs no record of what was stored."""
-    return f"jobs/{job_id}/"
+    return f"{JOBS_PREFIX}{job_id}/"
 
 
 def source_key(job_id: str, content_type: str) -> str:
@@ -52,10 +52,16 @@ def preview_key(job_id: str, scale: int) -> str:
 
 def job_id_of(key: str) -> str | None:
     """The job whose folder holds ``key``, None for a key outside every job folder."""
-    parts = key.split("/", 2)
-    if len(parts) == 3 and f"{parts[0]}/" == JOBS_PREFIX and parts[1] and parts[2]:
-        return parts[1]
-    return None
+    if not key.startswith(JOBS_PREFIX):
+        return None
+    job_id, _, rest = key.removeprefix(JOBS_PREFIX).partition("/")
+    return job_id if job_id and rest else None
+
+
+def check_folder(prefix: str) -> None:
+    """Refuse a prefix that is not a folder: "jobs/job-2" would also match jobs/job-20/."""
+    if not prefix.endswith("/"):
+        raise ValueError(f"a prefix is a folder, ending in '/': {prefix!r}")
 
 
 def model_example_key(model: str, index: int) -> str:
@@ -142,13 +148,11 @@ class LocalStorage:
         self._path(key).unlink(missing_ok=True)
 
     def delete_prefix(self, prefix: str) -> None:
-        if not prefix.endswith("/"):
-            raise ValueError(f"a prefix is a folder, ending in '/': {prefix!r}")
+        check_folder(prefix)
         shutil.rmtree(self._path(prefix), ignore_errors=True)  # absent: nothing to remove
 
     def list_objects(self, prefix: str, start_after: str = "") -> Iterator[StoredObject]:
-        if not prefix.endswith("/"):
-            raise ValueError(f"a prefix is a folder, ending in '/': {prefix!r}")
+        check_folder(prefix)
         yield from self._walk(self._path(prefix), prefix, start_after)
 
     def _walk(self, folder: Path, prefix: str, start_after: str) -> Iterator[StoredObject]:
