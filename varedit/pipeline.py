@@ -31,6 +31,7 @@ from . import checkpoints as ckpt
 from .compiled import compiled, many_graphs
 from .config import VAREditConfig
 from .images import to_rgb
+from .ops import cpu_has_native_bf16
 from .sampling import EditCancelled, OnCodes, OnScale, generate, per_scale
 from .serving import SamplingDefaults, Serving, check_cut
 from .text import TextEncoder, TextFeatures
@@ -222,6 +223,11 @@ class EditPipeline:
             dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         if dtype not in BLOCK_DTYPES:  # else it loads, and the first edit fails on mixed dtypes
             raise ValueError(f"dtype must be one of {BLOCK_DTYPES}, got {dtype!r}")
+        if device.type == "cpu" and dtype == torch.bfloat16 and cpu_has_native_bf16() is False:
+            log.warning(
+                "bfloat16 blocks on a CPU without bfloat16 instructions (no avx512_bf16, amx_bf16 "
+                "or bf16 flag): edits run about twice as slow as in float32"
+            )
         config, serving = ckpt.describe(path, variant)
         if path.is_file():
             path = path.parent

@@ -1,11 +1,15 @@
-"""The speed-ups of varedit/NOTES.md section 5 compute what the plain ops compute."""
+"""The speed-ups of varedit/NOTES.md section 5 compute what the plain ops compute; the CPU's
+bfloat16 support is read from its flags."""
+
+import logging
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from varedit import EditPipeline, write_random_checkpoint
 from varedit.config import get_config
-from varedit.ops import linear, linear_gelu
+from varedit.ops import cpu_has_native_bf16, linear, linear_gelu
 from varedit.vae import VAE
 from varedit.vae.layers import Conv, Upsample
 
@@ -64,3 +68,41 @@ def test_vae_decodes_under_cpu_bf16_autocast():
         with torch.autocast("cpu", torch.bfloat16):
             img = vae.decode(z.contiguous(memory_format=torch.channels_last)).float()
     assert img.shape == ref.shape and (img - ref).abs().max() < 0.1
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "native"),
+    [
+        ("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw\n", False),  # Ice Lake
+        ("flags\t\t: avx2 avx512f avx512_bf16\n", True),  # Zen 4, Cooper Lake
+        ("flags\t\t: avx512f amx_tile amx_bf16\n", True),  # Sapphire Rapids
+        ("Features\t: fp asimd sve bf16 i8mm\n", True),  # Arm v8.6
+        ("Features\t: fp asimd sve\n", False),
+        ("processor\t: 0\n", None),  # no flags line: unknown, not "no"
+    ],
+)
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path, cpuinfo, native):
+    path = tmp_path / "cpuinfo"
+    path.write_text(cpuinfo)
+    assert cpu_has_native_bf16(path) is native
+    assert cpu_has_native_bf16(tmp_path / "missing") is None
+
+
+@pytest.mark.parametrize(
+    ("native", "dtype", "warned"),
+    [
+        (False, torch.bfloat16, True),
+        (True, torch.bfloat16, False),
+        (None, torch.bfloat16, False),
+        (False, torch.float32, False),
+    ],
+)
+def test_bf16_blocks_on_a_cpu_without_bf16_instructions_are_warned_about(
+    tmp_path, monkeypatch, caplog, native, dtype, warned
+):
+    """bfloat16 blocks take about twice float32's time there: a worker set up that way should say so."""
+    monkeypatch.setattr("varedit.pipeline.cpu_has_native_bf16", lambda: native)
+    folder = write_random_checkpoint(tmp_path, "tiny")
+    with caplog.at_level(logging.WARNING, logger="varedit.pipeline"):
+        EditPipeline.from_pretrained(folder, device="cpu", dtype=dtype)
+    assert any("without bfloat16 instructions" in r.message for r in caplog.records) is warned
