@@ -94,7 +94,7 @@ async def read_edit_request(request: Request, settings: Settings, owner: str) ->
     elif content_type == "application/json":
         try:
             body = await request.json()
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
             raise InvalidRequest("the body is not valid JSON") from None
         if not isinstance(body, dict):
             raise InvalidRequest("the body must be a JSON object")

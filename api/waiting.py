@@ -24,7 +24,12 @@ PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+)", re.IGNORECASE)
 def preferred_wait_s(prefer: str | None, settings: Settings) -> int | None:
     """Seconds a `Prefer: wait=N` header asks to hold the reply (capped at `max_wait_s`), or None."""
     match = PREFER_WAIT.search(prefer or "")
-    return min(int(match.group(1)), settings.max_wait_s) if match else None
+    if match is None:
+        return None
+    digits = match.group(1).lstrip("0") or "0"
+    if len(digits) > len(str(settings.max_wait_s)):  # over the cap; int() refuses over 4300 digits
+        return settings.max_wait_s
+    return min(int(digits), settings.max_wait_s)
 
 
 async def changes(

@@ -79,6 +79,7 @@ async def create_edit(
     """Submit an edit: the image and instruction are stored and the job is queued for a GPU worker.
     With `Prefer: wait=N` the answer waits for the job: 200 with the finished job when it ends within
     N seconds, else 202 with the job as it is then (poll, stream or wait on it as usual)."""
+    wait_s = preferred_wait_s(prefer, settings)  # before anything is stored: nothing after may fail
     served = facts.fresh() or await run_in_threadpool(facts.load)
     fields, image = await read_edit_request(request, settings, principal.id)
     spec = build_spec(
@@ -102,7 +103,6 @@ async def create_edit(
     headers = {"Location": job_path(submitted.job_id)}
     if submitted.replayed:
         headers["Idempotent-Replayed"] = "true"
-    wait_s = preferred_wait_s(prefer, settings)
     if wait_s is None:
         return JSONResponse(submitted.body, status_code=submitted.status_code, headers=headers)
     headers["Preference-Applied"] = f"wait={wait_s}"

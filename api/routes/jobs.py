@@ -6,7 +6,7 @@ import base64
 import binascii
 import json
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Response
@@ -77,8 +77,8 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         after = datetime.fromisoformat(created_at)
         if after.tzinfo is None or "\x00" in job_id:  # never ours, and no database takes them
             raise ValueError(created_at)
-        return after, job_id
-    except (ValueError, binascii.Error, UnicodeDecodeError):
+        return after.astimezone(UTC), job_id  # OverflowError for a time with no UTC form
+    except (ValueError, OverflowError, binascii.Error, UnicodeDecodeError):
         raise InvalidRequest("cursor is not valid", details=[{"loc": ["query", "cursor"]}]) from None
 
 

@@ -472,3 +472,23 @@ def test_prefer_wait_answers_200_once_the_job_has_ended(harness: ApiHarness) -> 
         headers={"Prefer": "wait=30"},
     )
     assert answer.status_code == 200 and answer.json()["status"] == "canceled", answer.text
+
+
+def test_a_prefer_wait_too_long_for_int_is_the_longest_wait(harness: ApiHarness) -> None:
+    # int() refuses more than 4300 digits: the header was a 500 after the job had been accepted.
+    harness.publisher.on_publish = lambda job_id, model: harness.client.post(f"/v1/jobs/{job_id}/cancel")
+    headers = {"Prefer": "wait=" + "9" * 5000}
+    answer = post_multipart(harness, headers=headers)
+    assert answer.status_code == 200 and answer.json()["status"] == "canceled", answer.text
+    assert answer.headers["preference-applied"] == f"wait={harness.settings.max_wait_s}"
+    assert count_jobs(harness) == 1
+
+
+def test_json_nested_too_deep_to_parse_is_invalid_request(harness: ApiHarness) -> None:
+    # Python's JSON parser raises RecursionError, not ValueError, on deep nesting: it was a 500.
+    deep = "[" * 100_000 + "]" * 100_000
+    for body in (deep, '{"instruction": ' + deep + "}"):
+        headers = {"content-type": "application/json"}
+        response = harness.client.post("/v1/edits", content=body, headers=headers)
+        assert (response.status_code, response.json()["error"]["code"]) == (422, "invalid_request")
+    assert count_jobs(harness) == 0 and stored_objects(harness) == [] and harness.publisher.published == []

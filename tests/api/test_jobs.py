@@ -157,6 +157,9 @@ def test_list_jobs_paginates_newest_first_with_status_filter(harness: ApiHarness
         # Decodable cursors that were never ours: a time without a zone (once a 500 from the query)
         {"cursor": base64.urlsafe_b64encode(b"2026-01-01T00:00:00|x").decode()},
         {"cursor": base64.urlsafe_b64encode(b"9999-12-31T23:59:59|").decode()},
+        # Zoned times that have no UTC form (once a 500 from binding them)
+        {"cursor": base64.urlsafe_b64encode(b"0001-01-01T00:00:00+14:00|x").decode()},
+        {"cursor": base64.urlsafe_b64encode(b"9999-12-31T23:59:59-14:00|x").decode()},
         {"limit": 0},
         {"limit": 101},
         {"status": "sleeping"},
