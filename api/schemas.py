@@ -71,6 +71,14 @@ class EditCreate(BaseModel):
         "GET /v1/jobs/{id}/previews/{k}. Default false.",
     )
 
+    @field_validator("resolution", "seed", "cfg", "tau", "priority", "start_timeout_s", mode="before")
+    @classmethod
+    def _not_a_boolean(cls, value: object) -> object:
+        """JSON `true` is no number, though lax validation would read it as 1."""
+        if isinstance(value, bool):
+            raise ValueError("must be a number, not a boolean")
+        return value
+
     @field_validator("image_url", "webhook_url", mode="before")
     @classmethod
     def _lower_scheme(cls, url: object) -> object:

@@ -492,3 +492,13 @@ def test_json_nested_too_deep_to_parse_is_invalid_request(harness: ApiHarness) -
         response = harness.client.post("/v1/edits", content=body, headers=headers)
         assert (response.status_code, response.json()["error"]["code"]) == (422, "invalid_request")
     assert count_jobs(harness) == 0 and stored_objects(harness) == [] and harness.publisher.published == []
+
+
+@pytest.mark.parametrize("field", ["seed", "cfg", "tau", "priority", "resolution", "start_timeout_s"])
+def test_a_json_boolean_is_not_a_number(harness: ApiHarness, field: str) -> None:
+    # Pydantic's lax mode read true as 1: "priority": true was a priority-1 job (403 for a key without
+    # the right), "seed": true seed 1.
+    response = post_json(harness, **{field: True})
+    assert (response.status_code, response.json()["error"]["code"]) == (422, "invalid_request")
+    assert response.json()["error"]["details"][0]["loc"] == ["body", field]
+    assert count_jobs(harness) == 0 and stored_objects(harness) == [] and harness.publisher.published == []
