@@ -37,7 +37,9 @@ from jobs.settings import Settings
 from jobs.transitions import EditSpec
 from jobs.workers import ModelFacts
 
-CONTENT_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
+# MPO is Pillow's name for a JPEG that carries more pictures (a phone's gain or depth map): a JPEG to
+# every viewer, which shows, as the model edits, the first one.
+CONTENT_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "MPO": "image/jpeg", "WEBP": "image/webp"}
 
 
 def _parse(fields: dict[str, Any]) -> EditCreate:

@@ -71,3 +71,17 @@ def test_an_animation_is_accepted_as_its_first_frame(harness: ApiHarness) -> Non
     response = post_multipart(harness, animated_png([(255, 0, 0), (0, 0, 255)]))
     assert response.status_code == 202, response.text
     assert count_jobs(harness) == 1
+
+
+def test_a_jpeg_carrying_more_pictures_is_a_jpeg(harness: ApiHarness) -> None:
+    # Phones write JPEGs with a second picture (an Ultra HDR gain map, a depth map) in an MPF segment;
+    # Pillow names that format MPO. Every viewer shows the first picture, and so does the model.
+    frames = [Image.new("RGB", (32, 32), c) for c in ((255, 0, 0), (0, 0, 255))]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="MPO", save_all=True, append_images=frames[1:])
+    assert buf.getvalue()[:2] == b"\xff\xd8"  # a JPEG, byte for byte at its start
+    response = post_multipart(harness, buf.getvalue())
+    assert response.status_code == 202, response.text
+    job_id = response.json()["id"]
+    with Image.open(io.BytesIO(harness.storage.get(f"jobs/{job_id}/source.jpg"))) as stored:
+        assert stored.convert("RGB").getpixel((16, 16))[0] > 200  # the first picture: red
