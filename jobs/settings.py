@@ -24,6 +24,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 CompileMode = Literal["default", "reduce-overhead", "max-autotune"]  # torch.compile's modes
 COMPILE_MODES: tuple[str, ...] = get_args(CompileMode)
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+STORAGE_SCHEMES = ("file", "s3")  # what jobs.storage.storage_from_url opens
 
 
 class ModelOverride(BaseModel):
@@ -235,6 +237,15 @@ class Settings(BaseSettings):
         except ValidationError:
             raise ValueError(f"true, false or a torch.compile mode ({', '.join(COMPILE_MODES)})") from None
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _log_level_name(cls, value: object) -> object:
+        """A level the logging module knows, in any case; another one stopped every process at its
+        logging setup, after the settings had been accepted."""
+        if isinstance(value, str) and value.strip().upper() in LOG_LEVELS:
+            return value.strip().upper()
+        raise ValueError(f"one of {', '.join(LOG_LEVELS)} (any case)")
+
     @model_validator(mode="after")
     def _fill_and_check(self) -> Settings:
         """Derive defaults from data_dir and refuse configurations that cannot work, naming every
@@ -252,6 +263,11 @@ class Settings(BaseSettings):
 
     def _problems(self) -> list[str]:
         problems = [problem] if (problem := _database_url_problem(self.database_url)) else []
+        storage = urlsplit(self.storage_url)
+        # a file URL's path is absolute: file://data/objects names the folder /objects on host "data"
+        on_this_host = storage.scheme != "file" or storage.netloc in ("", "localhost")
+        if storage.scheme not in STORAGE_SCHEMES or not on_this_host:
+            problems.append("VAREDIT_STORAGE_URL: not a storage URL (file:///PATH or s3://BUCKET/PREFIX)")
         if not self.models:
             problems.append("VAREDIT_MODELS must name at least one model")
         if unknown := sorted(set(self.model_overrides) - set(self.models)):

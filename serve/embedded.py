@@ -32,6 +32,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -238,6 +239,7 @@ class EmbeddedPlatform:
         env = {**os.environ, **self.extra_env}
         _name_the_model(env)
         settings = _settings_for(env)
+        _check_port_free(self.host, self.port)
         data_dir = Path(settings.data_dir).resolve()
         data_dir.mkdir(parents=True, exist_ok=True)
         log_dir = None if self.log_to_console else data_dir / "logs"
@@ -431,6 +433,19 @@ def _check_model(settings: Settings) -> None:
         )
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """Refuse a port that something already listens on: the API would fail to bind and be restarted in
+    vain, while whatever holds the port answered the readiness check in its place."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind(address)
+    except OSError as e:
+        reason = e.strerror or str(e)
+        raise RuntimeError(f"cannot listen on {host}:{port}: {reason} (--port 0 picks a free one)") from None
+
+
 def _name_the_model(env: dict[str, str]) -> None:
     """With a model folder given, serve the model it holds: its name becomes VAREDIT_MODELS (or, when
     that is set, must be in it). The folder is read by `varedit info` in a child process, so this
@@ -449,7 +464,12 @@ def _name_the_model(env: dict[str, str]) -> None:
     name = json.loads(info.stdout)["name"]
     if "VAREDIT_MODELS" not in env:
         env["VAREDIT_MODELS"] = json.dumps([name])
-    elif name not in json.loads(env["VAREDIT_MODELS"]):
+        return
+    try:
+        served = json.loads(env["VAREDIT_MODELS"])
+    except ValueError:
+        return  # the settings report a value that is not JSON, beside any other invalid one
+    if isinstance(served, list) and name not in served:
         raise RuntimeError(
             f"{path} holds model {name!r}, which VAREDIT_MODELS={env['VAREDIT_MODELS']} "
             "does not serve; unset VAREDIT_MODELS to serve the folder's model"

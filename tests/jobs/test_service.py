@@ -283,6 +283,20 @@ DATABASE_URL_PROBLEM = (
             {"VAREDIT_COMPILE": "fast"},
             ["VAREDIT_COMPILE: true, false or a torch.compile mode (default, reduce-overhead, max-autotune)"],
         ),
+        # before: accepted, then every child died with a traceback and was restarted until it gave up
+        (
+            {"VAREDIT_LOG_LEVEL": "verbose"},
+            ["VAREDIT_LOG_LEVEL: one of DEBUG, INFO, WARNING, ERROR, CRITICAL (any case)"],
+        ),
+        # before: accepted, then the edit worker reported the first as its model failing to load, and
+        # the second stored every object under /objects ("data" read as the host)
+        *(
+            (
+                {"VAREDIT_STORAGE_URL": url},
+                ["VAREDIT_STORAGE_URL: not a storage URL (file:///PATH or s3://BUCKET/PREFIX)"],
+            )
+            for url in ("ftp://host/objects", "file://data/objects")
+        ),
         # a URL SQLAlchemy cannot parse or has no dialect for: named here, not a traceback at the first
         # connection (the worker kept running); its password is never repeated
         *(
