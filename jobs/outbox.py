@@ -161,7 +161,11 @@ def claim_due(
     due = [WebhookDelivery.status == DeliveryStatus.PENDING, WebhookDelivery.next_attempt_at <= now]
     ids = list(
         session.scalars(
-            select(WebhookDelivery.id).where(*due).order_by(WebhookDelivery.next_attempt_at).limit(limit)
+            select(WebhookDelivery.id)
+            .where(*due)
+            .order_by(WebhookDelivery.next_attempt_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)  # skip one another transaction holds (a frozen worker)
         )
     )
     if not ids:

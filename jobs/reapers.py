@@ -1,7 +1,10 @@
 """Periodic transitions and clean-up, run by Celery beat: lost leases, start deadlines, stranded
 messages, expired results, orphaned objects. Each pass handles at most ``limit`` rows in one short
 transaction; like the transitions (`jobs.transitions`), every change is a conditional UPDATE, so a
-pass racing a worker changes only rows that are still in the state it expects.
+pass racing a worker changes only rows that are still in the state it expects. A pass locks the rows it
+picks and skips those locked by another transaction (`_pick`): a worker frozen in the middle of a
+transition (a stopped process, a paused VM) keeps its row locked, and waiting on it would hold up the
+pass, and the light worker running it, for every other job.
 """
 
 from __future__ import annotations
@@ -41,6 +44,13 @@ def _ids(session: Session, stmt: Any) -> list[str]:
     return list(session.execute(stmt).scalars())
 
 
+def _pick(session: Session, where: list[Any], order_by: Any, limit: int) -> list[str]:
+    """The ids of up to ``limit`` jobs matching ``where``, locked for this pass; rows another transaction
+    holds are left for a later pass (PostgreSQL; SQLite runs one writer at a time)."""
+    stmt = select(Job.id).where(*where).order_by(order_by).limit(limit).with_for_update(skip_locked=True)
+    return _ids(session, stmt)
+
+
 def _jobs(session: Session, stmt: Any) -> list[Job]:
     """Run a bulk UPDATE of jobs and return the updated rows."""
     stmt = stmt.returning(Job).execution_options(synchronize_session=False, populate_existing=True)
@@ -55,7 +65,7 @@ def reap_expired_leases(
     jobs, which the caller republishes after commit."""
     now = _now(now)
     expired = [Job.status == JobStatus.RUNNING, Job.lease_expires_at < now]
-    ids = _ids(session, select(Job.id).where(*expired).order_by(Job.lease_expires_at).limit(limit))
+    ids = _pick(session, expired, Job.lease_expires_at, limit)
     if not ids:
         return []
     common = {"worker_id": None, "lease_expires_at": None, "updated_at": now}
@@ -134,7 +144,7 @@ def _expire(
     """queued -> expired (start_deadline_exceeded, ``message``) for up to ``limit`` jobs matching
     ``where``, each announced to its webhook."""
     due = [Job.status == JobStatus.QUEUED, *where]
-    ids = _ids(session, select(Job.id).where(*due).order_by(oldest_first).limit(limit))
+    ids = _pick(session, due, oldest_first, limit)
     if not ids:
         return []
     expired = _jobs(
@@ -164,7 +174,7 @@ def stranded_queued(
     now = _now(now)
     cutoff = now - timedelta(seconds=older_than_s)
     due = [Job.status == JobStatus.QUEUED, Job.dispatched_at < cutoff, startable(now)]
-    ids = _ids(session, select(Job.id).where(*due).order_by(Job.dispatched_at).limit(limit))
+    ids = _pick(session, due, Job.dispatched_at, limit)
     if not ids:
         return []
     rows = session.execute(
@@ -199,7 +209,7 @@ def purge_objects(
     result then answers 410): what the result TTL and `DELETE /v1/jobs/{id}` both do. By the job's
     prefix, not by what its row records: an attempt may have stored a result or previews and died
     before recording them."""
-    ids = session.scalars(select(Job.id).where(*where).order_by(Job.finished_at).limit(limit)).all()
+    ids = _pick(session, where, Job.finished_at, limit)
     for job_id in ids:
         storage.delete_prefix(job_prefix(job_id))
     if ids:

@@ -248,6 +248,7 @@ def claim_batch(
         .where(*_claimable(now), Job.model == first.model, Job.resolution == first.resolution)
         .order_by(*CLAIM_ORDER)
         .limit(max_batch - 1)
+        .with_for_update(skip_locked=True)  # as `claim_next`: never wait on a locked row
     )
     ids = list(session.execute(candidates).scalars())
     if not ids:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from datetime import timedelta
+from typing import TypeVar
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Engine
+from sqlalchemy import Engine, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs import queries, reapers, transitions, workers
@@ -20,6 +23,7 @@ from jobs.transitions import ResultMeta
 
 LEASE_S = 60
 Sessions = sessionmaker[Session]
+T = TypeVar("T")
 
 
 def _job(sessions: Sessions, job_id: str) -> Job:
@@ -344,6 +348,62 @@ def test_stranded_queued_jobs_are_republished_once_per_period(
         assert reapers.stranded_queued(session, 300, now=now) == [ToPublish(stranded, "tiny")]
     with session_scope(sessions) as session:
         assert reapers.stranded_queued(session, 300, now=now + timedelta(seconds=1)) == []
+
+
+@contextmanager
+def _stalled_in_a_transaction(sessions: Sessions, job_id: str) -> Iterator[None]:
+    """A worker frozen in the middle of one of its transitions (SIGSTOP, a paused VM, a partition): its
+    open transaction keeps the job's row locked until it ends."""
+    with sessions() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(updated_at=Job.updated_at))
+        try:
+            yield
+        finally:
+            session.rollback()
+
+
+def _passes_within(seconds: float, run: Callable[[Session], T], sessions: Sessions) -> list[T]:
+    """``run`` in a transaction of its own on a thread: its result, or nothing while it still waits."""
+    done: list[T] = []
+
+    def target() -> None:
+        with session_scope(sessions) as session:
+            done.append(run(session))
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return done
+
+
+def test_maintenance_and_claims_pass_over_a_row_a_stalled_transaction_holds(
+    engine: Engine, sessions: Sessions, submit_job: Callable[..., str]
+) -> None:
+    """A worker frozen inside a transaction holds its job's row lock for as long as it is frozen. The
+    periodic passes and the batch claim skip that row and go on with the rest, instead of waiting on it:
+    a reaper waiting there froze the light worker (reaping, webhooks) for every job."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has no row locks: one writer at a time")
+    past = utcnow() - timedelta(seconds=LEASE_S + 1)
+    running = [submit_job() for _ in range(2)]
+    for job_id in running:
+        _claim(sessions, job_id, now=past)  # both leases ran out
+    late = [submit_job(start_timeout_s=1, now=past) for _ in range(2)]  # never started, past the deadline
+    queued = [submit_job(model="other", now=past) for _ in range(3)]
+    with ExitStack() as stack:
+        for stalled in (running[0], late[0], queued[1]):
+            stack.enter_context(_stalled_in_a_transaction(sessions, stalled))
+        assert _passes_within(10, lambda s: reapers.stranded_queued(s, 1), sessions) == [
+            [ToPublish(queued[0], "other"), ToPublish(queued[2], "other")]
+        ]
+        claimed = _passes_within(
+            10, lambda s: [j.id for j in transitions.claim_batch(s, queued[0], "w2", LEASE_S, 3)], sessions
+        )
+        assert claimed == [[queued[0], queued[2]]]
+        assert _passes_within(10, lambda s: reapers.reap_expired_leases(s, max_attempts=3), sessions) == [
+            [ToPublish(running[1], "tiny")]
+        ]
+        assert _passes_within(10, lambda s: reapers.expire_unstarted(s), sessions) == [[late[1]]]
 
 
 def test_claim_batch_takes_same_model_and_resolution_oldest_first(

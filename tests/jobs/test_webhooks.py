@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from prometheus_client import generate_latest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 from standardwebhooks.webhooks import Webhook
 
@@ -164,6 +164,28 @@ def _one_message(sessions, submit_job) -> str:  # type: ignore[no-untyped-def]
     with session_scope(sessions) as session:
         transitions.claim(session, job_id, "w1", lease_s=60)
     return _messages(sessions, job_id)[0].id
+
+
+def test_dispatch_passes_over_a_message_a_frozen_worker_is_settling(sessions, submit_job) -> None:
+    """A webhook worker frozen while it records an attempt keeps that message's row locked; the
+    dispatcher hands over the other due messages instead of waiting on it (and freezing beside it)."""
+    if sessions.kw["bind"].dialect.name != "postgresql":
+        pytest.skip("SQLite has no row locks: one writer at a time")
+    frozen, other = _one_message(sessions, submit_job), _one_message(sessions, submit_job)
+    due: list[list[outbox.Handover]] = []
+
+    def dispatch() -> None:
+        with session_scope(sessions) as session:
+            due.append(outbox.claim_due(session, hold_s=60, now=utcnow() + timedelta(seconds=1)))
+
+    with sessions() as stalled:
+        stalled.execute(update(WebhookDelivery).where(WebhookDelivery.id == frozen).values(attempts=0))
+        thread = threading.Thread(target=dispatch, daemon=True)
+        thread.start()
+        thread.join(10)
+        stalled.rollback()
+    thread.join(10)
+    assert due[0] == [(other, 0)]
 
 
 def test_failures_follow_the_schedule_with_jitter_and_retry_after_then_fail(sessions, submit_job) -> None:
