@@ -16,6 +16,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from jobs import errors as domain
 
@@ -226,6 +227,13 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
 
 
+async def _client_disconnected(_: Request, exc: Exception) -> JSONResponse:
+    """The client hung up before its body ended: nobody reads this answer, and it is the client's doing,
+    not a server error (the error log and the 5xx rate are for those)."""
+    log.info("client_disconnected")
+    return error_response(400, "client_disconnected", "the connection closed before the request body ended")
+
+
 async def _unhandled(_: Request, exc: Exception) -> JSONResponse:
     log.error("unhandled_error", exc_info=exc)
     return error_response(500, "internal_error", "internal server error")
@@ -238,4 +246,5 @@ def install_error_handlers(app: FastAPI) -> None:
         app.add_exception_handler(outage, _database_unavailable)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(ClientDisconnect, _client_disconnected)
     app.add_exception_handler(Exception, _unhandled)

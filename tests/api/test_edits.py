@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import socket
 import struct
 import zlib
 from datetime import timedelta
@@ -14,13 +15,14 @@ import pytest
 from PIL import Image
 from sqlalchemy import func, select
 
+from api.main import create_app
 from jobs import idempotency, transitions
 from jobs.db import session_scope
 from jobs.models import IdempotencyRecord, Job, JobStatus
 from jobs.reapers import stranded_queued
 from jobs.settings import Settings
 from jobs.workers import ModelFacts
-from tests.conftest import ApiHarness, record_tiny_facts
+from tests.conftest import ApiHarness, live_server, record_tiny_facts, wait_for
 
 
 def image_bytes(fmt: str = "PNG", size: tuple[int, int] = (32, 32)) -> bytes:
@@ -502,3 +504,28 @@ def test_a_json_boolean_is_not_a_number(harness: ApiHarness, field: str) -> None
     assert (response.status_code, response.json()["error"]["code"]) == (422, "invalid_request")
     assert response.json()["error"]["details"][0]["loc"] == ["body", field]
     assert count_jobs(harness) == 0 and stored_objects(harness) == [] and harness.publisher.published == []
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "multipart/form-data; boundary=B"])
+def test_a_client_gone_before_its_body_ended_is_no_server_error(
+    api_settings: Settings, content_type: str
+) -> None:
+    # Starlette raises ClientDisconnect where the body stops: it was logged as an unhandled error and
+    # counted as a 500, so any client could fill the error log and the 5xx rate by hanging up.
+    app = create_app(api_settings)
+    with live_server(app) as port:
+        record_tiny_facts(app.state.sessions)
+        with socket.create_connection(("127.0.0.1", port)) as conn:
+            head = f"POST /v1/edits HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n"
+            conn.sendall(head.encode() + b"Content-Length: 9999\r\n\r\n--B\r\n" + b"x" * 100)
+        labels = {"method": "POST", "route": "/v1/edits"}
+
+        def counted(status: int) -> float | None:
+            return app.state.metrics.registry.get_sample_value(
+                "varedit_http_requests_total", {**labels, "status": str(status)}
+            )
+
+        assert wait_for(lambda: counted(400) or counted(500), "the request to be counted", 10) == 1
+        assert counted(500) is None
+        with app.state.sessions() as session:
+            assert session.scalar(select(func.count()).select_from(Job)) == 0
