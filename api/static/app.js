@@ -20,9 +20,22 @@ async function api(path, options = {}) {
   if (!response.ok) {
     let error = { code: `http_${response.status}`, message: response.statusText };
     try { error = (await response.json()).error || error; } catch (_) { /* not JSON */ }
-    throw Object.assign(new Error(error.message), { code: error.code });
+    throw Object.assign(new Error(explain(error)), { code: error.code });
   }
   return response;
+}
+
+// The API's message, with the fields at fault that its details name when the message does not say
+// them already: "the request is not valid (tau: Input should be greater than 0)".
+function explain(error) {
+  const details = Array.isArray(error.details) ? error.details : [];
+  const said = details
+    .filter((detail) => detail && detail.msg && !String(error.message).includes(detail.msg))
+    .map((detail) => {
+      const where = (detail.loc || []).filter((part) => part !== "body" && part !== "query").join(".");
+      return where ? `${where}: ${detail.msg}` : detail.msg;
+    });
+  return said.length ? `${error.message} (${said.join("; ")})` : error.message;
 }
 
 function showError(error) {
@@ -129,8 +142,19 @@ async function watch(job) {
   }
   if (current === job.id && job.status === "succeeded") {
     const blob = await (await api(`/v1/jobs/${job.id}/result`)).blob();
-    if (current === job.id) await showImage(blob, "After", null);
+    if (current !== job.id) return;
+    await showImage(blob, "After", null);
+    offerDownload(blob, job.id);
   }
+}
+
+// The result as a file named after its job (saving the image itself would give it a random name).
+function offerDownload(blob, jobId) {
+  const link = $("download");
+  if (link.href.startsWith("blob:")) URL.revokeObjectURL(link.href);
+  link.href = URL.createObjectURL(blob);
+  link.download = `edit-${jobId}.png`;
+  link.hidden = false;
 }
 
 $("edit-form").addEventListener("submit", async (event) => {
@@ -138,6 +162,7 @@ $("edit-form").addEventListener("submit", async (event) => {
   showError(null);
   $("after").hidden = true;
   $("after-caption").textContent = "After";
+  $("download").hidden = true;
   const form = new FormData();
   form.append("image", $("image").files[0]);
   form.append("instruction", $("instruction").value);
