@@ -24,7 +24,8 @@ log = logging.getLogger("varedit")
 def _edit(args: argparse.Namespace) -> int:
     from .pipeline import EditPipeline, load_image
 
-    image = load_image(args.image)  # fail on a bad input before loading a model
+    image = load_image(args.image)  # fail on a bad input or output before loading a model
+    _prepare_output(args.output)
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
@@ -45,6 +46,18 @@ def _edit(args: argparse.Namespace) -> int:
         f"{time.perf_counter() - t0:.2f} s)"
     )
     return 0
+
+
+def _prepare_output(path: Path) -> None:
+    """Refuse a file name no image format saves, and make its folder, before the model loads and the
+    edit runs (minutes for a release model), rather than fail when saving."""
+    from PIL import Image
+
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None or fmt not in Image.SAVE:
+        kind = f"{path.suffix} files" if path.suffix else "files without an extension"
+        raise ValueError(f"cannot write {path}: no image format saves {kind} (use .png)")
+    path.parent.mkdir(parents=True, exist_ok=True)
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -148,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, KeyError) as e:  # CheckpointError is a ValueError
+    except (ValueError, OSError, KeyError) as e:  # CheckpointError is a ValueError
         text = e.args[0] if isinstance(e, KeyError) and e.args else e  # str(KeyError) is its repr, quoted
         message = " ".join(str(text).split())  # one line, even when a wrapped library error spans several
         print(f"varedit: error: {message}", file=sys.stderr)

@@ -335,6 +335,24 @@ def test_cli_refuses_bad_threads_devices_and_names_in_one_line(tiny_dir, tmp_pat
     assert capsys.readouterr().err.startswith("varedit: error: unknown variant 'nope'")  # not repr-quoted
 
 
+def test_cli_refuses_an_output_it_cannot_write_before_loading_the_model(
+    tiny_dir, tmp_path, monkeypatch, capsys
+):
+    """An output of no image format is refused before the model loads and the edit runs (before: after
+    both, minutes for a release model); a missing folder is made, as the client's commands do."""
+    src = tmp_path / "in.png"
+    image(16, 16, 16).save(src)
+    argv = ["edit", str(src), "x", "--model", str(tiny_dir), "-o"]
+    with monkeypatch.context() as patched:
+        patched.setattr(EditPipeline, "from_pretrained", lambda *a, **k: pytest.fail("the model was loaded"))
+        assert cli_main([*argv, str(tmp_path / "out.xyz")]) == 2
+    assert capsys.readouterr().err == (
+        f"varedit: error: cannot write {tmp_path / 'out.xyz'}: no image format saves .xyz files (use .png)\n"
+    )
+    assert cli_main([*argv, str(tmp_path / "new" / "out.png"), "--seed", "1"]) == 0
+    assert Image.open(tmp_path / "new" / "out.png").size == (16, 16)
+
+
 def test_a_weight_file_holding_integer_tensors_is_refused(tiny_dir, tmp_path):
     damaged = tmp_path / "damaged"
     shutil.copytree(tiny_dir, damaged)
