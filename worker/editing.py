@@ -54,6 +54,10 @@ log = structlog.get_logger(__name__)
 RESULT_CONTENT_TYPE = "image/png"
 MAX_ERROR_CHARS = 2000  # of an error message recorded on a job
 REQUEUE_DELAY_S = 5  # a job given back after a transient fault is republished after this delay
+# A generated image is worth more than one upload: a storage error is retried after each of these delays
+# (31 s in all, under the lease the keeper renews and inside the drain grace) before the job is given
+# back to be generated again, at the cost of an attempt.
+UPLOAD_RETRY_S = (1.0, 2.0, 4.0, 8.0, 16.0)
 # Progress is written (lease + scale k of K, one committed UPDATE) at most this often per job (counting
 # the claim) and always on the last scale; the other scales only read the row to see a cancel or a lost
 # lease.
@@ -528,10 +532,15 @@ class EditRun:
         job.output.save(buf, format="PNG")
         data = buf.getvalue()
         key = result_key(job.id, job.attempt)
-        try:
-            self.storage.put(key, data, RESULT_CONTENT_TYPE)
-        except StorageError as exc:
-            raise TransientFault(f"storage: {exc}") from exc
+        for retry_in_s in (*UPLOAD_RETRY_S, None):
+            try:
+                self.storage.put(key, data, RESULT_CONTENT_TYPE)
+                break
+            except StorageError as exc:
+                if retry_in_s is None:
+                    raise TransientFault(f"storage: {exc}") from exc
+                log.warning("result_upload_retry", job_id=job.id, retry_in_s=retry_in_s, error=str(exc))
+                time.sleep(retry_in_s)
         return transitions.ResultMeta(
             key=key,
             content_type=RESULT_CONTENT_TYPE,

@@ -351,6 +351,7 @@ def test_storage_outage_gives_the_job_back_then_fails_after_max_attempts(
 
     job_id = submit()
     monkeypatch.setattr(runtime.storage, "put", broken_put)
+    monkeypatch.setattr(editing, "UPLOAD_RETRY_S", (0.0,))
     edit_tasks.run_edit(job_id)
     job = _job(sessions, job_id)
     assert job.status is JobStatus.QUEUED and job.attempts == 1  # released, not failed
@@ -362,6 +363,31 @@ def test_storage_outage_gives_the_job_back_then_fails_after_max_attempts(
     assert job.status is JobStatus.FAILED and job.error_code == "transient_fault" and job.attempts == 3
     assert len(republished) == 2
     assert _objects(runtime.storage, job_id) == ["source.png"]
+
+
+def test_a_finished_edit_outlives_a_short_storage_outage(
+    runtime, pipeline, submit, sessions, republished, monkeypatch
+) -> None:
+    """The upload is retried in place (the lease kept) before the job is given back: a storage blip of
+    seconds neither costs an attempt nor throws the generated image away."""
+    from jobs.errors import StorageError
+
+    put, calls = runtime.storage.put, []
+
+    def flaky_put(key: str, data: bytes, content_type: str) -> None:
+        calls.append(key)
+        if key.endswith("result-1.png") and len(calls) <= 3:
+            raise StorageError("S3 answered 503")
+        put(key, data, content_type)
+
+    job_id = submit()
+    monkeypatch.setattr(runtime.storage, "put", flaky_put)
+    monkeypatch.setattr(editing, "UPLOAD_RETRY_S", (0.0, 0.0, 0.0, 0.0))
+    edit_tasks.run_edit(job_id)
+    job = _job(sessions, job_id)
+    assert job.status is JobStatus.SUCCEEDED and job.attempts == 1
+    assert len(pipeline.calls) == 1 and republished == []
+    assert _objects(runtime.storage, job_id) == ["result-1.png", "source.png"]
 
 
 # -- batching -------------------------------------------------------------------------------------
