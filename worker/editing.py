@@ -46,7 +46,7 @@ from jobs.notify import Notifier
 from jobs.queue import Publisher, publish_quietly
 from jobs.storage import Storage, preview_key, result_key
 from worker import metrics
-from worker.drain import Drain
+from worker.drain import POLL_S, Drain
 from worker.model import PREVIEW_SIZE, EditModel
 
 log = structlog.get_logger(__name__)
@@ -55,8 +55,8 @@ RESULT_CONTENT_TYPE = "image/png"
 MAX_ERROR_CHARS = 2000  # of an error message recorded on a job
 REQUEUE_DELAY_S = 5  # a job given back after a transient fault is republished after this delay
 # A generated image is worth more than one upload: a storage error is retried after each of these delays
-# (31 s in all, under the lease the keeper renews and inside the drain grace) before the job is given
-# back to be generated again, at the cost of an attempt.
+# (31 s in all, under the lease the keeper renews; cut short when the drain grace ends) before the job
+# is given back to be generated again, at the cost of an attempt.
 UPLOAD_RETRY_S = (1.0, 2.0, 4.0, 8.0, 16.0)
 # Progress is written (lease + scale k of K, one committed UPDATE) at most this often per job (counting
 # the claim) and always on the last scale; the other scales only read the row to see a cancel or a lost
@@ -526,6 +526,17 @@ class EditRun:
             return self.fence.heartbeat(job, None, self.previews.flush(job.id, PREVIEW_FLUSH_S))
         return self.fence.still_ours(job) or self.fence.heartbeat(job, None)
 
+    def _pause_unless_drained(self, seconds: float) -> bool:
+        """Wait ``seconds``; False as soon as the drain grace is over (checked every POLL_S: the drain
+        request arrives in a signal handler, which does not cut a sleep short)."""
+        end = time.monotonic() + seconds
+        while not (self.drain is not None and self.drain.due()):
+            left = end - time.monotonic()
+            if left <= 0:
+                return True
+            time.sleep(min(left, POLL_S))
+        return False
+
     def _upload(self, job: ClaimedJob) -> transitions.ResultMeta:
         assert job.output is not None
         buf = io.BytesIO()
@@ -537,10 +548,9 @@ class EditRun:
                 self.storage.put(key, data, RESULT_CONTENT_TYPE)
                 break
             except StorageError as exc:
-                if retry_in_s is None:
+                if retry_in_s is None or not self._pause_unless_drained(retry_in_s):
                     raise TransientFault(f"storage: {exc}") from exc
                 log.warning("result_upload_retry", job_id=job.id, retry_in_s=retry_in_s, error=str(exc))
-                time.sleep(retry_in_s)
         return transitions.ResultMeta(
             key=key,
             content_type=RESULT_CONTENT_TYPE,

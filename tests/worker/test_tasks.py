@@ -390,6 +390,47 @@ def test_a_finished_edit_outlives_a_short_storage_outage(
     assert _objects(runtime.storage, job_id) == ["result-1.png", "source.png"]
 
 
+class FakeClock:
+    """`time` for worker.editing and worker.drain: sleeping moves the monotonic clock, nothing waits."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.perf_counter = time.perf_counter
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_the_drain_grace_cuts_the_upload_retries_short(
+    runtime, pipeline, submit, sessions, republished, monkeypatch
+) -> None:
+    """A worker told to stop retries its upload only until its grace is over, then gives the job back."""
+    from jobs.errors import StorageError
+    from worker import drain as drain_mod
+
+    clock, tries = FakeClock(), []
+    monkeypatch.setattr(editing, "time", clock)
+    monkeypatch.setattr(drain_mod, "time", clock)
+    runtime.__dict__["drain"] = drain = drain_mod.Drain(grace_s=5.0)
+
+    def broken_put(key: str, data: bytes, content_type: str) -> None:
+        tries.append(clock.now)
+        drain.request()  # SIGTERM arrives during the first try
+        raise StorageError("S3 is down")
+
+    job_id = submit()
+    monkeypatch.setattr(runtime.storage, "put", broken_put)
+    edit_tasks.run_edit(job_id)
+    assert [t - tries[0] for t in tries] == [0.0, 1.0, 3.0]  # the next retry, at 7 s, is past the grace
+    assert clock.now - tries[0] < 5.0 + drain_mod.POLL_S + 1e-9
+    job = _job(sessions, job_id)
+    assert job.status is JobStatus.QUEUED and job.attempts == 1
+    assert republished == [(job_id, "tiny", editing.REQUEUE_DELAY_S)]
+
+
 # -- batching -------------------------------------------------------------------------------------
 
 
