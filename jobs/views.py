@@ -87,6 +87,7 @@ def public_job(job: Job) -> JobPublic:
         ),
         urls=JobUrls(self=path, cancel=f"{path}/cancel", result=f"{path}/result", events=f"{path}/events"),
         webhook=WebhookPublic(url=job.webhook_url, events=job.webhook_events) if job.webhook_url else None,
+        deleted_at=job.purged_at,
     )
 
 

@@ -132,6 +132,11 @@ class JobPublic(BaseModel):
     metrics: JobMetrics
     urls: JobUrls
     webhook: WebhookPublic | None
+    deleted_at: datetime | None = Field(
+        None,
+        description="When the job's images (source, result, previews) were deleted, by DELETE "
+        "/v1/jobs/{id} or at the end of the result retention period; its result answers 410 from then on.",
+    )
     queue_position: int | None = Field(
         None,
         description="On GET /v1/jobs/{id} while queued: how many queued jobs of its model were accepted "

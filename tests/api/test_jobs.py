@@ -378,8 +378,12 @@ def test_delete_removes_a_finished_jobs_images_and_is_idempotent(harness: ApiHar
     assert harness.client.delete(f"/v1/jobs/{job_id}").status_code == 409  # queued: cancel it first
     finish(harness, job_id, claim(harness, job_id))
     assert harness.storage.exists(f"jobs/{job_id}/result-1.png")
+    assert harness.client.get(f"/v1/jobs/{job_id}").json()["deleted_at"] is None
     assert harness.client.delete(f"/v1/jobs/{job_id}").status_code == 204
+    deleted_at = harness.client.get(f"/v1/jobs/{job_id}").json()["deleted_at"]
+    assert deleted_at is not None  # the record says its images are gone
     assert harness.client.delete(f"/v1/jobs/{job_id}").status_code == 204  # again: nothing left to do
+    assert harness.client.get(f"/v1/jobs/{job_id}").json()["deleted_at"] == deleted_at
     assert not harness.storage.exists(f"jobs/{job_id}/result-1.png")
     assert not any(harness.storage.exists(f"jobs/{job_id}/source.{ext}") for ext in ("png", "jpg", "webp"))
     response = harness.client.get(f"/v1/jobs/{job_id}/result")
