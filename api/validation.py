@@ -190,9 +190,15 @@ def inspect_image(data: bytes, settings: Settings) -> str:
         raise InvalidImage(f"the image could not be decoded: {e}") from e
 
 
-def _range_error(name: str, value: Any, low: Any, high: Any) -> InvalidRequest:
+def _range_error(name: str, value: Any, low: Any, high: Any, default_of: str | None = None) -> InvalidRequest:
+    """``default_of``: the model whose default this value is. The range is the deployment's and the
+    default the model folder's, so they can disagree; the caller then learns it must send a value."""
+    message = f"{name} must be between {low} and {high}"
+    if default_of is not None:
+        outside = f"model {default_of}'s default {name} ({value}) lies outside this deployment's range"
+        message += f": send one, as {outside}"
     return InvalidRequest(
-        f"{name} must be between {low} and {high}",
+        message,
         details=[{"loc": ["body", name], "msg": f"must be between {low} and {high}", "input": value}],
     )
 
@@ -236,10 +242,12 @@ def build_spec(
         )
     cfg = facts.sampling["cfg"] if fields.cfg is None else fields.cfg
     if not settings.cfg_min <= cfg <= settings.cfg_max:
-        raise _range_error("cfg", cfg, settings.cfg_min, settings.cfg_max)
+        default_of = model if fields.cfg is None else None
+        raise _range_error("cfg", cfg, settings.cfg_min, settings.cfg_max, default_of)
     tau = facts.sampling["tau"] if fields.tau is None else fields.tau
     if not settings.tau_min <= tau <= settings.tau_max:
-        raise _range_error("tau", tau, settings.tau_min, settings.tau_max)
+        default_of = model if fields.tau is None else None
+        raise _range_error("tau", tau, settings.tau_min, settings.tau_max, default_of)
     seed = secrets.randbelow(settings.seed_max + 1) if fields.seed is None else fields.seed
     if not 0 <= seed <= settings.seed_max:
         raise _range_error("seed", seed, 0, settings.seed_max)

@@ -10,6 +10,7 @@ import base64
 import binascii
 import json
 import os
+import re
 import socket
 import sys
 from functools import lru_cache
@@ -26,6 +27,17 @@ CompileMode = Literal["default", "reduce-overhead", "max-autotune"]  # torch.com
 COMPILE_MODES: tuple[str, ...] = get_args(CompileMode)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 STORAGE_SCHEMES = ("file", "s3")  # what jobs.storage.storage_from_url opens
+Port = Annotated[int, Field(ge=1, le=65535)]  # one a socket can listen on or a URL can name
+# What torch.device parses (TYPE or TYPE:INDEX), checked without importing torch: the API never does,
+# and a worker reported a device it cannot parse only as its model failing to load. The index has two
+# digits at most: torch reads a larger one modulo 256 (cuda:255 is cuda, cuda:1000 is cuda:-24).
+TORCH_DEVICE_TYPES = (
+    "cpu", "cuda", "ipu", "xpu", "mkldnn", "opengl", "opencl", "ideep", "hip", "ve", "fpga", "maia", "xla",
+    "lazy", "vulkan", "mps", "meta", "hpu", "mtia", "privateuseone",
+)  # fmt: skip
+TORCH_DEVICE = re.compile(rf"(?:{'|'.join(TORCH_DEVICE_TYPES)})(?::(?:0|[1-9][0-9]?))?")
+SEED_MAX = 2**31 - 1  # the jobs' seed column is a 32-bit integer
+MAX_PRESIGNED_URL_S = 7 * 86400  # S3 (and MinIO) refuse a presigned URL that lives longer
 
 
 class ModelOverride(BaseModel):
@@ -33,9 +45,9 @@ class ModelOverride(BaseModel):
     sampling settings, or fewer resolutions. Naming resolutions, cfg and tau lets the API accept jobs
     for a model before any of its workers has ever started (e.g. scaled from zero)."""
 
-    model_config = {"extra": "forbid"}
+    model_config = {"extra": "forbid", "allow_inf_nan": False}
 
-    resolutions: list[int] | None = Field(None, min_length=1)
+    resolutions: list[Annotated[int, Field(gt=0)]] | None = Field(None, min_length=1)
     cfg: float | None = None
     tau: float | None = None
 
@@ -106,7 +118,11 @@ def _default_worker_id() -> str:
 class Settings(BaseSettings):
     """Every knob of the api, the workers and the periodic tasks; one instance per process."""
 
-    model_config = SettingsConfigDict(env_prefix="VAREDIT_", env_file=".env", extra="ignore")
+    # No setting means infinity or NaN: every bound compared with NaN is false, and an infinite delay
+    # or timeout overflows the date or the socket call it reaches.
+    model_config = SettingsConfigDict(
+        env_prefix="VAREDIT_", env_file=".env", extra="ignore", allow_inf_nan=False
+    )
 
     # "production" refuses unsafe defaults. Any other spelling is refused rather than read as
     # development, so a typo ("prod", "Production ") never switches the production checks off.
@@ -121,7 +137,7 @@ class Settings(BaseSettings):
     s3_public_endpoint_url: str | None = None
     s3_region: str = "us-east-1"
     model_path: str | None = None  # a folder, or fake:// for the instant test model; None: the bundled model
-    device: str | None = None  # "cuda", "cuda:1", "cpu"; None: CUDA when available
+    device: str | None = None  # "cuda", "cuda:1", "cpu"; None (or empty): CUDA when available
     # The transformer blocks' dtype; None: the pipeline's default (bfloat16 on CUDA, float32 on CPU).
     # bfloat16 on a CPU with AMX halves an edit, with results that differ from float32 ones.
     dtype: Literal["bfloat16", "float32"] | None = None
@@ -137,7 +153,7 @@ class Settings(BaseSettings):
 
     # Leases and retries.
     lease_s: int = Field(60, gt=0)  # a running job whose lease is this old is presumed lost
-    heartbeat_s: int = Field(10, gt=0)  # must stay well under lease_s
+    heartbeat_s: int = Field(10, gt=0)  # must stay well under lease_s and worker_stale_s
     max_attempts: int = Field(3, ge=1)
     # On SIGTERM a worker takes no new job and lets the one in hand finish for this long, then hands it
     # back to the queue with its attempt undone (worker/drain.py). A pod's or container's grace period
@@ -149,7 +165,7 @@ class Settings(BaseSettings):
     idempotency_ttl_s: int = Field(24 * 3600, gt=0)
     max_batch: int = Field(1, ge=1)  # jobs of one model+resolution run as one batch; raise it on GPUs
     worker_stale_s: int = Field(60, gt=0)  # a worker silent this long is not counted as ready
-    presigned_url_s: int = Field(300, gt=0)
+    presigned_url_s: int = Field(300, gt=0, le=MAX_PRESIGNED_URL_S)
 
     # Input limits.
     max_upload_bytes: int = Field(20 * 1024 * 1024, gt=0)
@@ -160,9 +176,9 @@ class Settings(BaseSettings):
     max_instruction_chars: int = Field(1000, gt=0)
     cfg_min: float = 1.0  # accepted ranges of the sampling parameters a caller may set
     cfg_max: float = 10.0
-    tau_min: float = 0.01
+    tau_min: float = Field(0.01, gt=0)  # tau divides the logits
     tau_max: float = 2.0
-    seed_max: int = 2**31 - 1
+    seed_max: int = Field(SEED_MAX, ge=0, le=SEED_MAX)
     max_wait_s: int = Field(60, gt=0)  # upper bound of `Prefer: wait=N`
     wait_recheck_s: float = Field(2.0, gt=0)  # waiting requests re-read the job at least this often
     page_size_max: int = Field(100, gt=0, le=100)  # can only lower the API's documented maximum `limit`
@@ -178,7 +194,7 @@ class Settings(BaseSettings):
     # only when this is set (tests, LANs); see jobs/netguard.py.
     allow_private_urls: bool = False
     # Ports client-chosen URLs may use; empty: 80 and 443, or any port while private URLs are allowed.
-    allowed_url_ports: Annotated[list[int], NoDecode] = Field(default_factory=list)
+    allowed_url_ports: Annotated[list[Port], NoDecode] = Field(default_factory=list)
     image_url_max_concurrent: int = Field(4, gt=0)  # image_url fetches in flight per caller, per API process
     image_url_timeout_s: float = Field(10.0, gt=0)
     image_url_max_redirects: int = Field(3, ge=0)
@@ -199,7 +215,7 @@ class Settings(BaseSettings):
     metrics_token: str | None = None
     # The database-derived gauges (queue depth, oldest queued age, open jobs, ready workers) are
     # exported once, by the beat process, on this port (worker/job_gauges.py); unset: not exported.
-    job_metrics_port: int | None = None
+    job_metrics_port: Port | None = None
     job_metrics_host: str = "0.0.0.0"  # the address it listens on (varedit-serve: loopback only)
 
     # Logging.
@@ -224,6 +240,15 @@ class Settings(BaseSettings):
             return json.loads(value)
         except json.JSONDecodeError as e:
             raise ValueError(f"not valid JSON ({e})") from None
+
+    @field_validator("device", mode="before")
+    @classmethod
+    def _torch_device(cls, value: object) -> object:
+        if value == "":  # an empty variable is unset, as before
+            return None
+        if isinstance(value, str) and not TORCH_DEVICE.fullmatch(value):
+            raise ValueError("a torch device: cpu, cuda, cuda:N, mps, ... (a type, then optionally :N)")
+        return value
 
     @field_validator("compile", mode="before")
     @classmethod
@@ -274,6 +299,11 @@ class Settings(BaseSettings):
             problems.append(f"VAREDIT_MODEL_OVERRIDES names models that are not served: {unknown}")
         if self.heartbeat_s >= self.lease_s:
             problems.append("VAREDIT_HEARTBEAT_S must be smaller than VAREDIT_LEASE_S")
+        if self.heartbeat_s >= self.worker_stale_s:  # a worker would count as gone between its beats
+            problems.append("VAREDIT_HEARTBEAT_S must be smaller than VAREDIT_WORKER_STALE_S")
+        for low, high in (("cfg_min", "cfg_max"), ("tau_min", "tau_max")):
+            if getattr(self, low) > getattr(self, high):  # no value would be accepted
+                problems.append(f"VAREDIT_{low.upper()} must not be larger than VAREDIT_{high.upper()}")
         for name, override in self.model_overrides.items():
             if override.cfg is not None and not self.cfg_min <= override.cfg <= self.cfg_max:
                 problems.append(
@@ -324,6 +354,16 @@ class Settings(BaseSettings):
     @property
     def default_model(self) -> str:
         return self.models[0]
+
+    def defaults_outside_ranges(self, sampling: dict[str, float]) -> dict[str, float]:
+        """A model's default cfg and tau that VAREDIT_CFG_MIN/MAX or VAREDIT_TAU_MIN/MAX exclude: every
+        job leaving them out is refused. Known only once a worker has loaded the model."""
+        ranges = {"cfg": (self.cfg_min, self.cfg_max), "tau": (self.tau_min, self.tau_max)}
+        return {
+            name: value
+            for name, (low, high) in ranges.items()
+            if (value := sampling.get(name)) is not None and not low <= value <= high
+        }
 
 
 class InvalidSettings(ValueError):

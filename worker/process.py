@@ -127,6 +127,15 @@ def load_model(rt: Runtime, name: str) -> None:
     facts = dataclasses.replace(facts_of(loaded.model), description=description, examples=examples)
     with session_scope(rt.sessions) as session:
         workers.record_model(session, facts, rt.worker_id)
+    served = facts.with_override(rt.settings.model_overrides.get(name))
+    if outside := rt.settings.defaults_outside_ranges(served.sampling):
+        log.warning(
+            "model_defaults_outside_ranges",
+            model=name,
+            outside=outside,
+            fix="jobs that leave these out are refused: widen VAREDIT_CFG_MIN/MAX or VAREDIT_TAU_MIN/MAX, "
+            "or set the model's defaults in VAREDIT_MODEL_OVERRIDES",
+        )
 
 
 def publish_examples(rt: Runtime, name: str, folder: Path) -> tuple[str, list[dict[str, str]]]:

@@ -141,6 +141,25 @@ def test_operator_override_adjusts_the_reported_defaults(
         assert refused.status_code == 422 and refused.json()["error"]["details"][0]["msg"] == "one of [32]"
 
 
+def test_a_model_default_outside_the_accepted_range_is_named_as_the_models(
+    make_settings, sqlite_url: str, redis_url: str
+) -> None:
+    # the range is the deployment's, the default the model folder's: only known once a worker reported it
+    settings = make_settings(database_url=sqlite_url, broker_url=redis_url, cfg_min=5.0)
+    with ApiHarness(settings) as harness:
+        record_tiny_facts(harness.sessions, ModelFacts("tiny", [64, 32], {"cfg": 2.5, "tau": 0.35}))
+        refused = post_json(harness, image_bytes())
+        assert refused.status_code == 422
+        error = refused.json()["error"]
+        # before: "cfg must be between 5.0 and 10.0", about a cfg this request never sent
+        assert error["message"] == (
+            "cfg must be between 5.0 and 10.0: send one, as model tiny's default cfg (2.5) lies outside "
+            "this deployment's range"
+        )
+        assert error["details"][0]["loc"] == ["body", "cfg"]
+        assert post_json(harness, image_bytes(), cfg=6.0).status_code == 202
+
+
 def test_an_override_narrows_the_reported_resolutions_and_never_widens_them(
     make_settings, sqlite_url: str, redis_url: str
 ) -> None:

@@ -200,12 +200,57 @@ def test_settings_defaults_and_normalisation(make_settings: Callable[..., Settin
         {"webhook_retry_s": [5, float("inf")]},
         {"webhook_retry_s": [3.6e12]},
         {"webhook_retry_s": [-5]},
+        # ports no socket has: beat failed to start its gauges, a URL's port never matched
+        {"job_metrics_port": 70000},
+        {"job_metrics_port": 0},
+        {"allowed_url_ports": [0, 443]},
+        {"allowed_url_ports": [99999]},
+        # sampling bounds the model cannot run with (tau divides the logits), min above max, a seed
+        # no draw can make (randbelow(0)) or the jobs' 32-bit seed column cannot hold
+        {"tau_min": 0},
+        {"tau_min": 0, "model_overrides": {"tiny": {"tau": 0}}},
+        {"tau_min": 1.0, "tau_max": 0.5},
+        {"cfg_min": 5, "cfg_max": 2},
+        {"cfg_max": float("inf")},
+        {"cfg_min": float("nan")},
+        {"seed_max": -1},
+        {"seed_max": 2**31},
+        {"drain_grace_s": float("inf")},
+        {"model_overrides": {"tiny": {"resolutions": [-64]}}},
+        {"model_overrides": {"tiny": {"resolutions": [0]}}},
+        {"heartbeat_s": 30, "worker_stale_s": 30},  # a worker would count as gone between its beats
+        {"presigned_url_s": 8 * 86400},  # S3 signs a URL for 7 days at most
+        {"device": "gpu"},
+        {"device": "cuda:"},
+        {"device": "CUDA"},
+        {"device": "cuda:255"},  # torch reads it as cuda, the current device
     ],
     ids=str,
 )
 def test_settings_refuse_unworkable_values(make_settings: Callable[..., Settings], overrides: dict) -> None:
     with pytest.raises(ValueError):
         make_settings(**overrides)
+
+
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", "cuda", "cuda:0", "cuda:12", "mps", "xpu:1", "gpu", "CUDA", "cuda:", "cuda:01", "cuda:-1",
+     " cuda", "cuda:0:1", "npu", "cuda:1x"],
+)  # fmt: skip
+def test_a_device_is_what_torch_parses(make_settings: Callable[..., Settings], device: str) -> None:
+    # checked without torch (the API never imports it): before, "gpu" failed only in the edit worker
+    torch = pytest.importorskip("torch")
+    try:
+        torch.device(device)
+    except RuntimeError:
+        with pytest.raises(ValidationError, match="a torch device"):
+            make_settings(device=device)
+    else:
+        assert make_settings(device=device).device == device
+
+
+def test_an_empty_device_is_the_default(make_settings: Callable[..., Settings]) -> None:
+    assert make_settings(device="").device is None and make_settings().device is None
 
 
 def test_settings_read_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -263,7 +308,48 @@ DATABASE_URL_PROBLEM = (
                 "VAREDIT_WEBHOOK_RETRY_S: not valid JSON (Extra data: line 1 column 2 (char 1))",
             ],
         ),
-        ({"VAREDIT_HEARTBEAT_S": "60"}, ["VAREDIT_HEARTBEAT_S must be smaller than VAREDIT_LEASE_S"]),
+        (
+            {"VAREDIT_HEARTBEAT_S": "60"},
+            [
+                "VAREDIT_HEARTBEAT_S must be smaller than VAREDIT_LEASE_S",
+                "VAREDIT_HEARTBEAT_S must be smaller than VAREDIT_WORKER_STALE_S",
+            ],
+        ),
+        # before: accepted; beat failed at start_http_server, the URL ports never matched a URL, every
+        # submit without a seed was a 500 (randbelow(0)), jobs defaulting to tau 0 failed on the worker,
+        # and a device torch cannot parse failed only in the edit worker, after the API took jobs
+        (
+            {
+                "VAREDIT_JOB_METRICS_PORT": "70000",
+                "VAREDIT_ALLOWED_URL_PORTS": "[0, 99999]",
+                "VAREDIT_TAU_MIN": "0",
+                "VAREDIT_SEED_MAX": "-1",
+                "VAREDIT_MODEL_OVERRIDES": '{"shapes-64": {"resolutions": [-64]}}',
+                "VAREDIT_DEVICE": "gpu",
+            },
+            [
+                "VAREDIT_DEVICE: a torch device: cpu, cuda, cuda:N, mps, ... (a type, then optionally :N)",
+                "VAREDIT_MODEL_OVERRIDES (shapes-64.resolutions.0): Input should be greater than 0",
+                "VAREDIT_TAU_MIN: Input should be greater than 0",
+                "VAREDIT_SEED_MAX: Input should be greater than or equal to 0",
+                "VAREDIT_ALLOWED_URL_PORTS (0): Input should be greater than or equal to 1",
+                "VAREDIT_ALLOWED_URL_PORTS (1): Input should be less than or equal to 65535",
+                "VAREDIT_JOB_METRICS_PORT: Input should be less than or equal to 65535",
+            ],
+        ),
+        (
+            {
+                "VAREDIT_CFG_MIN": "5",
+                "VAREDIT_CFG_MAX": "2",
+                "VAREDIT_TAU_MIN": "1",
+                "VAREDIT_TAU_MAX": "0.5",
+            },
+            [
+                "VAREDIT_CFG_MIN must not be larger than VAREDIT_CFG_MAX",
+                "VAREDIT_TAU_MIN must not be larger than VAREDIT_TAU_MAX",
+            ],
+        ),
+        ({"VAREDIT_CFG_MAX": "inf"}, ["VAREDIT_CFG_MAX: Input should be a finite number"]),
         (  # every check across settings at once, not the first of them
             {
                 "VAREDIT_HEARTBEAT_S": "60",
@@ -274,6 +360,7 @@ DATABASE_URL_PROBLEM = (
             [
                 DATABASE_URL_PROBLEM,
                 "VAREDIT_HEARTBEAT_S must be smaller than VAREDIT_LEASE_S",
+                "VAREDIT_HEARTBEAT_S must be smaller than VAREDIT_WORKER_STALE_S",
                 "VAREDIT_RATE_LIMIT: couldn't parse rate limit string 'often'",
                 "production needs VAREDIT_AUTH=api_key",
             ],

@@ -621,6 +621,23 @@ def test_loading_a_model_records_its_facts_for_the_api(runtime, sessions) -> Non
     assert facts == {"tiny": workers.ModelFacts("tiny", [64, 32], {"cfg": 2.0, "tau": 0.3})}
 
 
+def test_a_model_whose_defaults_the_ranges_exclude_is_named_when_it_loads(runtime) -> None:
+    from structlog.testing import capture_logs
+
+    from worker.process import load_model
+
+    # cfg 2 is outside [5, 10]: every job that leaves cfg out is refused, which the API can only say
+    # to callers; the operator learns it here, when the model's defaults first become known
+    runtime.settings.model_path = "fake://?resolutions=32&cfg=2&tau=0.3"
+    runtime.settings.cfg_min = 5.0
+    with capture_logs() as logs:
+        load_model(runtime, "tiny")
+    [warning] = [e for e in logs if e["event"] == "model_defaults_outside_ranges"]
+    assert warning["log_level"] == "warning" and warning["model"] == "tiny"
+    assert warning["outside"] == {"cfg": 2.0}
+    assert "VAREDIT_CFG_MIN/MAX" in warning["fix"] and "VAREDIT_MODEL_OVERRIDES" in warning["fix"]
+
+
 def test_model_path_is_the_setting_or_a_bundled_folder(tmp_path, monkeypatch) -> None:
     assert pool_mod.resolve_model_path("fake://", "tiny") == "fake://"
     monkeypatch.setattr(pool_mod, "BUNDLED_MODELS_DIR", tmp_path)
