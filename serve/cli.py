@@ -20,7 +20,13 @@ PLATFORM_MISSING = (
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    from varedit_client.cli import quiet_when_stdout_closes
+
+    # `varedit-serve keys list | head` ends as the client's commands do: quietly, with status 141
+    return quiet_when_stdout_closes(lambda: _dispatch(list(sys.argv[1:] if argv is None else argv)))
+
+
+def _dispatch(argv: list[str]) -> int:
     from varedit_client.cli import COMMANDS
 
     if argv and argv[0] in COMMANDS:

@@ -231,6 +231,28 @@ def s3_bucket(s3_endpoint: str) -> str:
     return name
 
 
+# -- commands -----------------------------------------------------------------------------------
+
+
+def run_with_stdout_closed(
+    args: list[str], env: dict[str, str], unbuffered: bool, **kwargs: Any
+) -> subprocess.CompletedProcess[str]:
+    """Run a command whose stdout is a pipe nobody reads any more (``| head`` after its lines), where
+    every write fails with EPIPE: at once when ``unbuffered`` (PYTHONUNBUFFERED), else in the flush of
+    what Python buffered, at the latest at exit."""
+    env = {k: v for k, v in env.items() if k != "PYTHONUNBUFFERED"} | (
+        {"PYTHONUNBUFFERED": "1"} if unbuffered else {}
+    )
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        return subprocess.run(
+            args, env=env, stdout=write, stderr=subprocess.PIPE, text=True, timeout=120, **kwargs
+        )
+    finally:
+        os.close(write)
+
+
 # -- settings -----------------------------------------------------------------------------------
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -156,11 +157,32 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# What a shell reports for a command that SIGPIPE ended (128 + 13), as `cat` in `cat | head` ends; the
+# platform's commands (varedit_client.cli, which the model may not import) end the same way.
+EXIT_STDOUT_CLOSED = 141
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; `varedit info ... | head -1` ends quietly with `EXIT_STDOUT_CLOSED`. Python
+    ignores SIGPIPE, so a write to a closed pipe raises BrokenPipeError: in the command, in the flush
+    below, or else in the flush at exit as "Exception ignored"; that last one goes to /dev/null."""
+    try:
+        try:
+            return _run(argv)
+        finally:
+            sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_STDOUT_CLOSED
+
+
+def _run(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
+    except BrokenPipeError:  # stdout's reader has gone: not a failure of the command (see main)
+        raise
     except (ValueError, OSError, KeyError) as e:  # CheckpointError is a ValueError
         text = e.args[0] if isinstance(e, KeyError) and e.args else e  # str(KeyError) is its repr, quoted
         message = " ".join(str(text).split())  # one line, even when a wrapped library error spans several

@@ -16,7 +16,8 @@ otherwise; stdout carries only what a script reads (a job id, JSON, a saved path
 
 Exit status: 0 success (the job succeeded, or the command did what it says); 1 the job ended otherwise
 (failed, canceled, expired); 2 a usage, HTTP or connection error, or a wait that timed out; 130
-interrupted (Ctrl-C; a submitted job keeps running on the server).
+interrupted (Ctrl-C; a submitted job keeps running on the server); 141 stdout was closed before all was
+written (``| head``), silently.
 """
 
 from __future__ import annotations
@@ -41,7 +42,36 @@ EXIT_CODES = """exit status:
   0  success (the job succeeded, or the command did what it says)
   1  the job ended otherwise (failed, canceled, expired)
   2  a usage, HTTP or connection error, or a wait that timed out
-  130  interrupted (Ctrl-C; a submitted job keeps running)"""
+  130  interrupted (Ctrl-C; a submitted job keeps running)
+  141  stdout was closed before all was written (| head)"""
+# What a shell reports for a command that SIGPIPE ended (128 + 13), as `cat` in `cat | head` ends. Not 1,
+# which says a job ended otherwise; and not signal.SIGPIPE, which Windows lacks.
+EXIT_STDOUT_CLOSED = 141
+
+
+def quiet_when_stdout_closes(run: Callable[[], int]) -> int:
+    """``run()``, or `EXIT_STDOUT_CLOSED` without a word once the reader of stdout has gone. Python
+    ignores SIGPIPE, so a write to a closed pipe raises BrokenPipeError: in the command, in the flush
+    below, or else in the flush at exit as "Exception ignored"; that last one goes to /dev/null."""
+    try:
+        try:
+            return run()
+        finally:
+            sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_STDOUT_CLOSED
+
+
+def _at_least_1(text: str) -> int:
+    """An argparse type: a count that asks for something (0 or less listed nothing, with status 0)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _common_options() -> argparse.ArgumentParser:
@@ -117,7 +147,7 @@ def build_parser(prog: str = "varedit-client") -> argparse.ArgumentParser:
 
     ls = command("list", "list your jobs, newest first")
     ls.add_argument("--status", choices=[s.value for s in JobStatus])
-    ls.add_argument("--limit", type=int, default=20, help="at most this many (default: %(default)s)")
+    ls.add_argument("--limit", type=_at_least_1, default=20, help="at most this many (default: %(default)s)")
     ls.add_argument("--json", action="store_true", help="one JSON object per line")
 
     r = command("result", "save a job's result (waiting for it to end)")
@@ -132,6 +162,10 @@ def build_parser(prog: str = "varedit-client") -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None, prog: str = "varedit-client") -> int:
     """Run one client command; ``prog`` is the name its help shows (``varedit-serve`` reaches it too)."""
+    return quiet_when_stdout_closes(lambda: _main(argv, prog))
+
+
+def _main(argv: Sequence[str] | None, prog: str) -> int:
     args = build_parser(prog).parse_args(argv)
     if getattr(args, "output", None) == STDOUT and sys.stdout.isatty():  # before anything is submitted
         print("error: the result is an image; pass -o FILE or redirect stdout", file=sys.stderr)
@@ -149,6 +183,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "varedit-client") -> int
     except ApiError as exc:
         print(api_error_text(exc), file=sys.stderr)
         return 2
+    except BrokenPipeError:  # stdout's reader has gone: not a failure of the command (see main)
+        raise
     except (TimeoutError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -20,7 +20,7 @@ from jobs.db import session_scope
 from jobs.settings import Settings
 from jobs.workers import ModelFacts
 from tests.api.test_edits import count_jobs, image_bytes, stored_objects
-from tests.conftest import ApiHarness, live_server, record_tiny_facts
+from tests.conftest import ApiHarness, live_server, record_tiny_facts, run_with_stdout_closed
 from worker.runtime import Runtime, install_runtime, reset_runtime
 from worker.tasks import webhooks as webhook_tasks
 
@@ -187,6 +187,11 @@ def test_keys_commands(tmp_path: Path) -> None:
     listed = json.loads(keys_cmd("list").stdout)
     assert [(k["id"], k["rate_limit"]) for k in listed] == [(created["id"], "10/minute")]
     assert "token" not in listed[0]
+    for unbuffered in (True, False):  # `keys list | head -3`: before, a BrokenPipeError traceback
+        piped = run_with_stdout_closed(
+            [sys.executable, "-m", "serve", "keys", "list"], env, unbuffered, cwd=ROOT
+        )
+        assert piped.returncode == 141 and "Broken" not in piped.stderr and "Traceback" not in piped.stderr
     rotated = json.loads(keys_cmd("rotate-webhook-secret", created["id"]).stdout)
     assert rotated["webhook_secret"] != created["webhook_secret"]
     assert json.loads(keys_cmd("revoke", created["id"]).stdout)["revoked_at"]

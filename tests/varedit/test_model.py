@@ -16,6 +16,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from tests.conftest import run_with_stdout_closed
 from tests.parity import assert_matches_reference
 from varedit import CheckpointError, EditCancelled, EditPipeline, write_random_checkpoint
 from varedit.checkpoints import load_official_golden
@@ -443,6 +444,15 @@ def test_top_p_cuts_the_minority_bit_at_three_percent():
 
 
 # ---- command line ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("unbuffered", [True, False], ids=["unbuffered", "buffered"])
+def test_cli_output_into_a_closed_pipe_ends_quietly_with_141(unbuffered):
+    # `varedit info MODEL | head -1`; before: "varedit: error: [Errno 32] Broken pipe" and 2, or
+    # "Exception ignored ... BrokenPipeError" and 120
+    command = [sys.executable, "-m", "varedit.cli", "info", str(BUNDLED)]
+    done = run_with_stdout_closed(command, dict(os.environ), unbuffered, cwd=REPO)
+    assert (done.returncode, done.stderr) == (141, "")
 
 
 def test_cli_edits_a_png_end_to_end(tmp_path, capsys):

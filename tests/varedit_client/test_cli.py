@@ -21,6 +21,7 @@ import pytest
 from PIL import Image
 
 from serve.redis_server import free_port
+from tests.conftest import run_with_stdout_closed
 from tests.varedit_client.conftest import DEADLINE_S, GATE_SCALE, ROOT, SCALES, Platform, png, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -195,6 +196,30 @@ def test_list_shows_the_newest_jobs_through_both_command_names(platform: Platfor
     jobs = [json.loads(line) for line in listed.stdout.splitlines()]
     assert listed.returncode == 0 and jobs and all(j["status"] == "succeeded" for j in jobs)
     assert [j["created_at"] for j in jobs] == sorted((j["created_at"] for j in jobs), reverse=True)
+
+
+@pytest.mark.parametrize("unbuffered", [True, False], ids=["unbuffered", "buffered"])
+def test_a_closed_stdout_ends_a_command_quietly_with_141(platform: Platform, unbuffered: bool) -> None:
+    submitted = _run("submit", str(ROOT / "assets" / "sample.png"), "recolour", "--url", platform.url)
+    job_id = submitted.stdout.strip()
+    serve = [sys.executable, "-m", "serve"]
+    for command in (
+        [*CLIENT, "get", job_id, "--url", platform.url],
+        [*CLIENT, "list", "--json", "--url", platform.url],
+        [*serve, "get", job_id, "--url", platform.url],
+    ):
+        done = run_with_stdout_closed(command, _env(), unbuffered, cwd=ROOT)
+        # before: "error: [Errno 32] Broken pipe" and 2, or "Exception ignored ... BrokenPipeError" and
+        # 120; now what a shell reports for a command SIGPIPE ended, as `cat | head` does
+        assert (done.returncode, done.stderr) == (141, ""), command
+
+
+def test_a_limit_below_one_is_a_usage_error() -> None:
+    for limit in ("-5", "0"):
+        listed = _run("list", "--limit", limit, "--url", f"http://127.0.0.1:{free_port()}")
+        # before: 0, listing nothing
+        assert listed.returncode == 2 and listed.stdout == "", limit
+        assert f"argument --limit: must be at least 1, got {limit}" in listed.stderr
 
 
 def test_errors_name_the_url_or_the_field_and_exit_2(platform: Platform) -> None:
