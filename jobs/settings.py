@@ -217,6 +217,9 @@ class Settings(BaseSettings):
     # exported once, by the beat process, on this port (worker/job_gauges.py); unset: not exported.
     job_metrics_port: Port | None = None
     job_metrics_host: str = "0.0.0.0"  # the address it listens on (varedit-serve: loopback only)
+    # A worker's pool processes serve their own metrics from this port up, pool process i on this port
+    # + i (worker/metrics.py); unset: not served.
+    worker_metrics_port: Port | None = None
 
     # Logging.
     log_level: str = "INFO"
@@ -241,12 +244,15 @@ class Settings(BaseSettings):
         except json.JSONDecodeError as e:
             raise ValueError(f"not valid JSON ({e})") from None
 
-    @field_validator("device", mode="before")
+    @field_validator("device", "worker_metrics_port", mode="before")
     @classmethod
-    def _torch_device(cls, value: object) -> object:
-        if value == "":  # an empty variable is unset, as before
-            return None
-        if isinstance(value, str) and not TORCH_DEVICE.fullmatch(value):
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value  # as these read before they were checked
+
+    @field_validator("device")
+    @classmethod
+    def _torch_device(cls, value: str | None) -> str | None:
+        if value is not None and not TORCH_DEVICE.fullmatch(value):
             raise ValueError("a torch device: cpu, cuda, cuda:N, mps, ... (a type, then optionally :N)")
         return value
 

@@ -8,8 +8,6 @@ in compose, one per service). Without it the instruments still count, nobody scr
 
 from __future__ import annotations
 
-import os
-
 import structlog
 from billiard.process import current_process
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -59,20 +57,20 @@ BATCH_SIZE = Histogram(
 )
 
 
-def serve_from_env() -> int | None:
-    """Start the metrics endpoint if VAREDIT_WORKER_METRICS_PORT is set; returns the port.
+def serve_pool_metrics(port: int | None) -> int | None:
+    """Start the metrics endpoint when ``port`` (VAREDIT_WORKER_METRICS_PORT) is set; returns its port.
 
     A worker with several pool processes (the light worker runs ``-c 4``) serves each one's own
     counters on its own port: pool process i on the port + i (a replaced process gets its
-    predecessor's index, so its port). A port that cannot be bound is logged and left unserved: it
-    never stops the process from working (an edit worker from announcing itself ready)."""
-    port = os.environ.get("VAREDIT_WORKER_METRICS_PORT")
-    if not port:
+    predecessor's index, so its port). A port that cannot be bound (or is past 65535) is logged and
+    left unserved: it never stops the process from working (an edit worker from announcing itself
+    ready)."""
+    if port is None:
         return None
-    port_i = int(port) + int(getattr(current_process(), "index", 0) or 0)
+    port_i = port + int(getattr(current_process(), "index", 0) or 0)
     try:
         start_http_server(port_i, registry=REGISTRY)
-    except OSError as e:
+    except (OSError, OverflowError) as e:
         log.error("worker_metrics_port_unavailable", port=port_i, error=f"{type(e).__name__}: {e}")
         return None
     log.info("worker_metrics_serving", port=port_i)

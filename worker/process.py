@@ -89,7 +89,7 @@ def _init_pool_child(sender: str | None = None, **_: Any) -> None:
     )
     models = served_models(list(current_app.amqp.queues.consume_from))
     if not models:  # the light worker: webhook deliveries and maintenance
-        metrics.serve_from_env()
+        metrics.serve_pool_metrics(rt.settings.worker_metrics_port)
         drain.shield()
         return
     structlog.contextvars.bind_contextvars(worker_id=rt.worker_id)
@@ -107,7 +107,7 @@ def _init_pool_child(sender: str | None = None, **_: Any) -> None:
         drain.shield()  # the parent forwards the SIGTERM below; this child then leaves as the pool closes
         os.kill(os.getppid(), signal.SIGTERM)  # warm shutdown of the whole worker; tasks won't claim
         return
-    metrics.serve_from_env()
+    metrics.serve_pool_metrics(rt.settings.worker_metrics_port)
     log.info("worker_ready", models=models, pid=os.getpid())  # logged before the row flips, never after
     beats.beat(ready=True)
     beats.start()

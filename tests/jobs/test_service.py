@@ -350,6 +350,12 @@ DATABASE_URL_PROBLEM = (
             ],
         ),
         ({"VAREDIT_CFG_MAX": "inf"}, ["VAREDIT_CFG_MAX: Input should be a finite number"]),
+        # before: read by the worker alone, where a port past 65535 or no number failed each pool
+        # process's start (OverflowError, ValueError)
+        (
+            {"VAREDIT_WORKER_METRICS_PORT": "70000"},
+            ["VAREDIT_WORKER_METRICS_PORT: Input should be less than or equal to 65535"],
+        ),
         (  # every check across settings at once, not the first of them
             {
                 "VAREDIT_HEARTBEAT_S": "60",

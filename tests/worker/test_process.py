@@ -202,6 +202,24 @@ def test_each_pool_process_of_the_light_worker_serves_its_metrics_on_its_own_por
     assert "Signal handler" not in worker.log.read_text(errors="replace")
 
 
+def test_a_pool_process_whose_metrics_port_would_pass_65535_logs_it_and_works_on(start_worker) -> None:
+    # pool process 1 of a worker on port 65535 would serve on 65536; before: an OverflowError failed its
+    # start (skipping its SIGTERM shield), logged only as "Signal handler ... raised"
+    worker = start_worker(
+        "fake://",
+        queues="webhooks,maintenance",
+        name="light",
+        concurrency=2,
+        extra_env={"VAREDIT_WORKER_METRICS_PORT": "65535"},
+    )
+
+    def unavailable() -> list[int]:
+        return [e["port"] for e in worker.events("worker_metrics_port_unavailable")]
+
+    wait_for(lambda: 65536 in unavailable(), "the port past 65535 to be logged")
+    assert "Signal handler" not in worker.log.read_text(errors="replace")
+
+
 def test_an_edit_worker_whose_metrics_port_is_taken_still_becomes_ready(start_worker, sqlite_url) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
