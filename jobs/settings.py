@@ -302,7 +302,7 @@ class Settings(BaseSettings):
         if not self.models:
             problems.append("VAREDIT_MODELS must name at least one model")
         if unknown := sorted(set(self.model_overrides) - set(self.models)):
-            problems.append(f"VAREDIT_MODEL_OVERRIDES names models that are not served: {unknown}")
+            problems.append(f"VAREDIT_MODEL_OVERRIDES names models not in VAREDIT_MODELS: {unknown}")
         if self.heartbeat_s >= self.lease_s:
             problems.append("VAREDIT_HEARTBEAT_S must be smaller than VAREDIT_LEASE_S")
         if self.heartbeat_s >= self.worker_stale_s:  # a worker would count as gone between its beats
@@ -398,9 +398,24 @@ def read_settings() -> Settings:
         return Settings()
     except ValidationError as e:
         # a check across settings reports its problems as the lines of one message
-        raise InvalidSettings(
-            [line for error in e.errors() for line in _problem(error).splitlines()]
-        ) from None
+        problems = [line for error in e.errors() for line in _problem(error).splitlines()]
+        invalid = {str(error["loc"][0]) for error in e.errors() if error["loc"]}
+        raise InvalidSettings(problems + _problems_across(invalid)) from None
+
+
+def _problems_across(invalid: set[str]) -> list[str]:
+    """The checks across settings, which pydantic skips while a value is invalid, run with defaults in
+    place of the ``invalid`` fields; a problem naming one of them is left out (a default made it)."""
+    if not invalid:
+        return []
+    defaults = {name: Settings.model_fields[name].get_default(call_default_factory=True) for name in invalid}
+    try:
+        Settings(**defaults)
+    except ValidationError as e:
+        named = re.compile(rf"\bVAREDIT_(?:{'|'.join(name.upper() for name in invalid)})\b")
+        lines = (line for error in e.errors() if not error["loc"] for line in _problem(error).splitlines())
+        return [line for line in lines if not named.search(line)]
+    return []
 
 
 @lru_cache

@@ -350,6 +350,26 @@ DATABASE_URL_PROBLEM = (
             ],
         ),
         ({"VAREDIT_CFG_MAX": "inf"}, ["VAREDIT_CFG_MAX: Input should be a finite number"]),
+        (  # the checks across settings beside invalid values, except those that involve one of them
+            {
+                "VAREDIT_MAX_BATCH": "abc",
+                "VAREDIT_TAU_MIN": "0",
+                "VAREDIT_TAU_MAX": "-1",
+                "VAREDIT_CFG_MIN": "5",
+                "VAREDIT_CFG_MAX": "2",
+                "VAREDIT_HEARTBEAT_S": "60",
+                "VAREDIT_MODELS": "tiny",
+                "VAREDIT_MODEL_OVERRIDES": '{"tiny": {"resolutions": [32]}}',
+            },
+            [
+                "VAREDIT_MODELS: not valid JSON (Expecting value: line 1 column 1 (char 0))",
+                "VAREDIT_MAX_BATCH: Input should be a valid integer, unable to parse string as an integer",
+                "VAREDIT_TAU_MIN: Input should be greater than 0",
+                "VAREDIT_HEARTBEAT_S must be smaller than VAREDIT_LEASE_S",
+                "VAREDIT_HEARTBEAT_S must be smaller than VAREDIT_WORKER_STALE_S",
+                "VAREDIT_CFG_MIN must not be larger than VAREDIT_CFG_MAX",
+            ],
+        ),
         # before: read by the worker alone, where a port past 65535 or no number failed each pool
         # process's start (OverflowError, ValueError)
         (
