@@ -12,7 +12,7 @@ from fastapi import Request
 from PIL import Image, UnidentifiedImageError
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException
 
 from api.errors import (
     ImageAspectRatio,
@@ -29,6 +29,7 @@ from api.errors import (
     WebhooksNotConfigured,
     WebhookUrlNotAllowed,
 )
+from api.forms import UndecodableField, read_form
 from api.image_fetch import FetchFailed, ResponseTooLarge, TooManyFetchesInFlight, fetch, fetch_slot
 from api.schemas import EditCreate
 from jobs.errors import ModelNotReady
@@ -40,6 +41,7 @@ from jobs.workers import ModelFacts
 # MPO is Pillow's name for a JPEG that carries more pictures (a phone's gain or depth map): a JPEG to
 # every viewer, which shows, as the model edits, the first one.
 CONTENT_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "MPO": "image/jpeg", "WEBP": "image/webp"}
+JSON_IMAGE_FIELDS = ("image_url", "image_base64")  # a form's image is its `image` file
 
 
 def _parse(fields: dict[str, Any]) -> EditCreate:
@@ -76,21 +78,32 @@ async def read_edit_request(request: Request, settings: Settings, owner: str) ->
     max_image = settings.max_upload_bytes
     if content_type == "multipart/form-data":
         try:
-            async with request.form(max_files=1, max_fields=32) as form:
+            async with read_form(request, max_files=1, max_fields=32) as form:
                 upload = form.get("image")
                 fields: dict[str, Any] = {
                     k: v for k, v in form.multi_items() if k not in ("image", "webhook_events") and v != ""
                 }
                 if form.getlist("webhook_events"):
                     fields["webhook_events"] = form.getlist("webhook_events")
+                for name in JSON_IMAGE_FIELDS:
+                    if name in fields:  # else ignored next to a file, or answered as a missing file
+                        raise InvalidRequest(
+                            f"{name} is for JSON bodies; a form sends the image as the `image` file",
+                            details=[{"loc": ["body", name], "msg": "not a form field"}],
+                        )
                 if not isinstance(upload, UploadFile):
                     raise InvalidRequest(
                         "the form needs an `image` file", details=[{"loc": ["body", "image"]}]
                     )
                 image = await upload.read(max_image + 1)
-        except StarletteHTTPException as e:  # Starlette's 400 for a form it cannot parse
+        except UndecodableField as e:
             raise InvalidRequest(
-                f"the multipart body cannot be read: {e.detail} (one file, `image`, and text fields)"
+                e.message,
+                details=[{"loc": ["body", e.name], "msg": f"not valid {e.charset} text"}],
+            ) from None
+        except MultiPartException as e:
+            raise InvalidRequest(
+                f"the multipart body cannot be read: {e.message} (one file, `image`, and text fields)"
             ) from None
         parsed = _parse(fields)
     elif content_type == "application/json":

@@ -369,6 +369,40 @@ def test_a_malformed_form_is_invalid_request(
     assert count_jobs(harness) == 0 and stored_objects(harness) == [] and harness.publisher.published == []
 
 
+@pytest.mark.parametrize("field", ["instruction", "negative_instruction", "model"])
+def test_a_form_field_that_is_not_utf8_is_refused_with_422(harness: ApiHarness, field: str) -> None:
+    # Before, such a field was read as latin-1 and stored: "\xff\xfe" became "ÿþ", text nobody sent.
+    fields: dict[str, bytes] = {"instruction": b"make it blue", field: b"red \xff\xfe circle"}
+    files = {"image": ("in.png", image_bytes(), "image/png")}
+    response = harness.client.post("/v1/edits", data=fields, files=files)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == "invalid_request"
+    assert response.json()["error"]["details"][0]["loc"] == ["body", field]
+    assert field in response.json()["error"]["message"]
+    assert count_jobs(harness) == 0 and stored_objects(harness) == [] and harness.publisher.published == []
+    # Non-ASCII text sent as UTF-8 is text like any other.
+    sent = "café ÿþ → blue"
+    accepted = harness.client.post("/v1/edits", data={"instruction": sent.encode()}, files=files)
+    assert accepted.status_code == 202 and accepted.json()["instruction"] == sent
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("image_url", "https://example.com/a.png"), ("image_base64", base64.b64encode(image_bytes()).decode())],
+)
+def test_a_form_with_a_json_image_field_is_refused(harness: ApiHarness, field: str, value: str) -> None:
+    # A form sends its image as the `image` file; before, these fields were ignored without a word (next
+    # to a file) or answered as a missing file.
+    next_to_a_file = post_multipart(harness, **{field: value})
+    alone = harness.client.post("/v1/edits", files={"instruction": (None, "x"), field: (None, value)})
+    for response in (next_to_a_file, alone):
+        assert response.status_code == 422, response.text
+        assert response.json()["error"]["code"] == "invalid_request"
+        assert response.json()["error"]["details"][0]["loc"] == ["body", field]
+        assert field in response.json()["error"]["message"]
+    assert count_jobs(harness) == 0 and stored_objects(harness) == [] and harness.publisher.published == []
+
+
 def test_missing_image_file_is_invalid(harness: ApiHarness) -> None:
     response = harness.client.post("/v1/edits", data={"instruction": "x"}, files={"other": ("a", b"b")})
     assert response.json()["error"]["code"] == "invalid_request"
