@@ -1,20 +1,28 @@
-"""The request-body limit, enforced as bytes arrive: a chunked upload without Content-Length is cut off
-after at most the limit plus one chunk, and nothing of it is stored.
+"""The request-body limits, enforced as bytes arrive: a chunked upload without Content-Length is cut off
+after at most the size limit plus one chunk, and a body that stops arriving is given up after
+`BODY_IDLE_TIMEOUT_S` without a byte; nothing of either is stored.
 
-Plain ASGI: the `receive` channel is wrapped, so the check holds for every way a route reads its body
+Plain ASGI: the `receive` channel is wrapped, so the checks hold for every way a route reads its body
 (JSON, multipart spooled to disk, raw stream). A declared Content-Length over the limit is refused
-before any byte is read. Going over raises `PayloadTooLarge`, which the route's error handling turns
-into the 413 envelope.
+before any byte is read. Going over raises `PayloadTooLarge`, a stall `RequestTimeout`, which the
+route's error handling turns into the 413 or 408 envelope. Only waits for the body are timed: once it
+has ended, a route may wait on the client as long as it likes (an event stream listens for the hang-up).
 """
 
 from __future__ import annotations
 
+import asyncio
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import PayloadTooLarge
+from api.errors import PayloadTooLarge, RequestTimeout
 from jobs.settings import Settings
 
 FORM_OVERHEAD_BYTES = 64 * 1024  # room for form fields and multipart framing next to the image
+# Far longer than a working connection goes without a byte, short enough that stalled uploads (each
+# holding a connection, a task and maybe a spooled file) do not pile up. A constant until a deployment
+# needs another value; a proxy in front may time out sooner.
+BODY_IDLE_TIMEOUT_S = 60.0
 
 
 def body_limit(settings: Settings, content_type: str) -> int:
@@ -40,7 +48,7 @@ class BodyLimitMiddleware:
         if declared.isdigit() and int(declared) > limit:
             await self.app(scope, _refuse(limit), send)
             return
-        await self.app(scope, _counting(receive, limit), send)
+        await self.app(scope, _guarded(receive, limit), send)
 
 
 def _too_large(limit: int) -> PayloadTooLarge:
@@ -54,16 +62,27 @@ def _refuse(limit: int) -> Receive:
     return receive
 
 
-def _counting(receive: Receive, limit: int) -> Receive:
+def _guarded(receive: Receive, limit: int) -> Receive:
     seen = 0
+    ended = False
 
-    async def counted() -> Message:
-        nonlocal seen
-        message = await receive()
+    async def guarded() -> Message:
+        nonlocal seen, ended
+        if ended:
+            return await receive()
+        timeout_s = BODY_IDLE_TIMEOUT_S
+        try:
+            async with asyncio.timeout(timeout_s):
+                message = await receive()
+        except TimeoutError:
+            raise RequestTimeout(
+                f"no byte of the request body arrived for {timeout_s:g} s", details={"timeout_s": timeout_s}
+            ) from None
         if message["type"] == "http.request":
             seen += len(message.get("body", b""))
             if seen > limit:
                 raise _too_large(limit)
+        ended = message["type"] != "http.request" or not message.get("more_body", False)
         return message
 
-    return counted
+    return guarded

@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+from starlette.routing import BaseRoute, Match
 
 from jobs import errors as domain
 
@@ -46,6 +47,8 @@ DATABASE_OUTAGES: tuple[type[Exception], ...] = (
     sqlalchemy.exc.TimeoutError,
     sqlalchemy.exc.DisconnectionError,
 )
+
+ROUTE_METHODS = ("DELETE", "GET", "PATCH", "POST", "PUT")  # what a 405's `Allow` may name, with HEAD
 
 STATUS_CODES = {
     400: "bad_request",
@@ -123,6 +126,11 @@ class UnsupportedMediaType(ApiError):
 
 class PayloadTooLarge(ApiError):
     code, status = "payload_too_large", 413
+
+
+class RequestTimeout(ApiError):
+    code, status = "request_timeout", 408
+    headers = {"Connection": "close"}  # the rest of the body may still come: the connection is done
 
 
 class PriorityNotAllowed(ApiError):
@@ -221,10 +229,28 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(422, "invalid_request", "the request is not valid", details)
 
 
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = STATUS_CODES.get(exc.status_code, "error" if exc.status_code < 500 else "internal_error")
-    return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
+    headers = exc.headers
+    if exc.status_code == 405:
+        headers = {**(headers or {}), **_allow(request)}
+    return error_response(exc.status_code, code, str(exc.detail), headers=headers)
+
+
+def _allow(request: Request) -> dict[str, str]:
+    """`Allow` for a 405: every method some route answers at this path, found by asking the routes
+    (Starlette names those of the one route it matched, and FastAPI makes a route per method). A route
+    that matches any method (a mount) says nothing: its app answers for itself."""
+
+    def answers(route: BaseRoute, method: str) -> bool:
+        return route.matches({**request.scope, "method": method})[0] is Match.FULL
+
+    routes = [route for route in request.app.routes if not answers(route, "")]
+    allowed = {method for method in ROUTE_METHODS if any(answers(route, method) for route in routes)}
+    if "GET" in allowed:
+        allowed.add("HEAD")  # answered as GET (`HeadAsGetMiddleware`)
+    return {"Allow": ", ".join(sorted(allowed))} if allowed else {}
 
 
 async def _client_disconnected(_: Request, exc: Exception) -> JSONResponse:

@@ -19,6 +19,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 
+from api.body_limit import BODY_IDLE_TIMEOUT_S
 from api.schemas import EditCreate, ErrorBody
 from varedit_client.types import JobPublic
 
@@ -27,6 +28,7 @@ ERROR_EXAMPLES = {
     401: ("unauthorized", "send the API key as `Authorization: Bearer <key>`"),
     403: ("forbidden", "not for this caller"),
     404: ("job_not_found", "no job 0b3c6a9e-4f0e-4a53-9d4e-1f1f7b1f7c11"),
+    408: ("request_timeout", f"no byte of the request body arrived for {BODY_IDLE_TIMEOUT_S:g} s"),
     409: ("conflict", "the request conflicts with the job's state"),
     410: ("result_expired", "the result was deleted after its time to live"),
     413: ("payload_too_large", "the request is larger than 27984554 bytes"),

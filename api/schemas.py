@@ -13,6 +13,10 @@ from jobs.views import JobPublic, job_path, render_job
 
 __all__ = ["EditCreate", "JobList", "JobPublic", "ModelList", "WebhookDeliveryList", "job_path", "render_job"]
 
+# An 8x8 sky-blue PNG: a documented request that can be sent as it is.
+EXAMPLE_PNG_BASE64 = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAIAAABLbSncAAAAFUlEQVR42mOM6nnGgA0wMeAAg1MCAGpTAdzURJmaAAAAAElFTkSuQmCC"
+)
 WebhookEvent = Literal["job.running", "job.succeeded", "job.failed", "job.canceled", "job.expired"]
 
 
@@ -27,7 +31,7 @@ class EditCreate(BaseModel):
                 {
                     "instruction": "make the sky purple",
                     "negative_instruction": "blurry, low quality",
-                    "image_base64": "iVBORw0KGgoAAAANSUhEUgAA...",
+                    "image_base64": EXAMPLE_PNG_BASE64,
                     "model": "shapes-64",
                     "resolution": 64,
                     "seed": 42,

@@ -58,7 +58,7 @@ _REQUEST_BODY = {
     responses={
         200: {"model": JobPublic, "description": "with `Prefer: wait=N`: the job, finished within N s"},
         202: {"headers": {"Location": {"schema": {"type": "string"}, "description": "the job's URL"}}},
-        **error_responses(401, 403, 409, 413, 415, 422, 429, 503),
+        **error_responses(401, 403, 408, 409, 413, 415, 422, 429, 503),
     },
 )
 async def create_edit(

@@ -5,7 +5,7 @@ served without a CDN; and a bounded fuzz run (schemathesis) finds no 5xx and no 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -22,7 +22,8 @@ from schemathesis.specs.openapi.checks import (
 from jobs import workers
 from jobs.db import session_scope
 from jobs.settings import Settings
-from tests.conftest import ApiHarness
+from jobs.workers import ModelFacts
+from tests.conftest import ApiHarness, record_tiny_facts
 
 
 @pytest.fixture
@@ -73,7 +74,7 @@ def test_every_error_answer_is_the_error_envelope(spec: dict[str, Any]) -> None:
     limited = spec["paths"]["/v1/edits"]["post"]["responses"]["429"]
     assert "Retry-After" in limited["headers"]
     # Every status the README gives a submit: 403 is priority_not_allowed (once missing here).
-    assert {"401", "403", "409", "413", "415", "422", "429", "503"} <= set(
+    assert {"401", "403", "408", "409", "413", "415", "422", "429", "503"} <= set(
         spec["paths"]["/v1/edits"]["post"]["responses"]
     )
 
@@ -92,6 +93,23 @@ def test_webhooks_and_streams_are_described(spec: dict[str, Any]) -> None:
     assert "text/event-stream" in events
     result = spec["paths"]["/v1/jobs/{job_id}/result"]["get"]["responses"]["307"]
     assert "Location" in result["headers"]
+
+
+def test_every_documented_edit_example_is_accepted(
+    make_settings: Callable[..., Settings], sqlite_url: str, redis_url: str
+) -> None:
+    # The image_base64 example was once cut short ("iVBORw0KGgo..."), so the documented request got a 422.
+    settings = make_settings(database_url=sqlite_url, broker_url=redis_url, models=["shapes-64"])
+    with ApiHarness(settings) as harness:
+        record_tiny_facts(harness.sessions, ModelFacts("shapes-64", [64], {"cfg": 2.0, "tau": 0.3}))
+        spec = harness.client.get("/openapi.json").json()
+        body = spec["paths"]["/v1/edits"]["post"]["requestBody"]["content"]["application/json"]
+        examples = [e["value"] for e in body["examples"].values()]
+        examples += spec["components"]["schemas"]["EditCreate"]["examples"]
+        assert examples
+        for example in examples:
+            response = harness.client.post("/v1/edits", json=example)
+            assert response.status_code == 202, (example, response.text)
 
 
 @pytest.mark.parametrize("page", ["/docs", "/redoc"])

@@ -122,6 +122,19 @@ def test_framework_errors_use_the_envelope(
     assert response.json()["error"]["code"] == code and response.json()["error"]["message"]
 
 
+def test_a_405_allows_every_method_of_its_path(harness: ApiHarness) -> None:
+    # Before, `Allow` named one route's methods: PUT /v1/jobs/{id} answered `Allow: GET` though DELETE
+    # works there, and never HEAD, which every GET route answers.
+    job_path = "/v1/jobs/0b3c6a9e-4f0e-4a53-9d4e-1f1f7b1f7c11"
+    expected = {job_path: "DELETE, GET, HEAD", "/v1/edits": "POST", "/healthz": "GET, HEAD"}
+    for path, allowed in expected.items():
+        response = harness.client.put(path)
+        assert response.status_code == 405 and response.json()["error"]["code"] == "method_not_allowed"
+        assert response.headers["allow"] == allowed, path
+        if "HEAD" in allowed:  # what `Allow` names is answered
+            assert harness.client.head(path).status_code != 405, path
+
+
 def test_openapi_documents_both_bodies_and_examples(harness: ApiHarness) -> None:
     spec = harness.client.get("/openapi.json").json()
     edit = spec["paths"]["/v1/edits"]["post"]
