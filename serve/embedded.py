@@ -512,6 +512,13 @@ def _models_ready(settings: Settings, workers_per_model: int = 1) -> bool:
 # -- command line ---------------------------------------------------------------------------------
 
 
+def _port(text: str) -> int:
+    """An argparse type: a port a socket can have (uvicorn took 70000 as 70000 - 65536 = 4464)."""
+    if not (text.isdecimal() and int(text) <= 65535):
+        raise argparse.ArgumentTypeError(f"a TCP port, 0 to 65535 (0 picks a free one), got {text}")
+    return int(text)
+
+
 def serve(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="varedit-serve",
@@ -522,7 +529,7 @@ def serve(argv: Sequence[str]) -> int:
         "API keys: varedit-serve keys create|list|revoke|rotate-webhook-secret.",
     )
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    parser.add_argument("--port", type=_port, default=8000, help="0 picks a free port")
     parser.add_argument("--data-dir", type=Path, help="default: VAREDIT_DATA_DIR or ./data")
     parser.add_argument(
         "--model-path",

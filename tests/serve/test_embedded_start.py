@@ -39,6 +39,15 @@ def test_a_port_in_use_is_refused_before_anything_starts(tmp_path: Path) -> None
     assert "ready" not in done.stdout and not (tmp_path / "data" / "logs").exists()
 
 
+def test_a_port_no_socket_has_is_a_usage_error(tmp_path: Path) -> None:
+    # before: --port 70000 printed http://127.0.0.1:70000 and the API listened on 4464 (70000 - 65536)
+    for port in ("70000", "-1"):
+        done = _serve(tmp_path, "--port", port)
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert f"argument --port: a TCP port, 0 to 65535 (0 picks a free one), got {port}" in done.stderr
+        assert not (tmp_path / "data" / "logs").exists()
+
+
 def test_varedit_models_that_is_not_json_is_a_settings_error_with_a_model_path(tmp_path: Path) -> None:
     # before: a JSONDecodeError traceback from naming the folder's model
     done = _serve(tmp_path, "--port", "0", "--model-path", str(BUNDLED), VAREDIT_MODELS="shapes-64")
