@@ -169,6 +169,10 @@ class TooManyFetches(RateLimited):
     code = "too_many_fetches"
 
 
+class TooManyWaits(RateLimited):
+    code = "too_many_waits"
+
+
 def json_safe(value: Any) -> Any:
     """`value` as strict JSON can carry it: non-finite floats (an echoed NaN or 1e999) and anything
     without a JSON form become strings, so rendering an error can never fail."""

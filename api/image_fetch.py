@@ -1,13 +1,11 @@
 """Fetching ``image_url``: a GET through the address guard (`jobs/netguard.py`), following a few
 redirects itself so that every target is checked like the first, within a byte budget and one deadline
 for the whole fetch. It runs on the event loop (httpcore's async API), so slow image servers hold no
-threads the rest of the API needs; `fetch_slot` caps how many fetches one caller has in flight."""
+threads the rest of the API needs; `api/slots.py` caps how many fetches one caller has in flight."""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Collection, Iterator
-from contextlib import contextmanager
+from collections.abc import Collection
 from urllib.parse import urljoin
 
 import anyio
@@ -36,10 +34,6 @@ class FetchFailed(OSError):
 
 class ResponseTooLarge(FetchFailed):
     pass
-
-
-class TooManyFetchesInFlight(RuntimeError):
-    """The caller already has as many fetches in flight as allowed."""
 
 
 async def fetch(
@@ -107,27 +101,3 @@ async def _read(response: httpcore.Response, max_bytes: int) -> bytes:
         if len(data) > max_bytes:
             raise ResponseTooLarge(f"the image is larger than {max_bytes} bytes")
     return bytes(data)
-
-
-_in_flight: dict[str, int] = {}
-_in_flight_lock = threading.Lock()  # one event loop per app, but tests may run several apps at once
-
-
-@contextmanager
-def fetch_slot(owner: str, limit: int) -> Iterator[None]:
-    """Hold one of ``owner``'s ``limit`` fetch slots in this process (`TooManyFetchesInFlight` when
-    all are taken), so one caller's slow URLs cannot pile up connections and memory in the API."""
-    with _in_flight_lock:
-        count = _in_flight.get(owner, 0)
-        if count >= limit:
-            raise TooManyFetchesInFlight(f"{owner} has {count} image_url fetches in flight")
-        _in_flight[owner] = count + 1
-    try:
-        yield
-    finally:
-        with _in_flight_lock:
-            left = _in_flight[owner] - 1
-            if left:
-                _in_flight[owner] = left
-            else:
-                del _in_flight[owner]

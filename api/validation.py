@@ -30,8 +30,9 @@ from api.errors import (
     WebhookUrlNotAllowed,
 )
 from api.forms import UndecodableField, read_form
-from api.image_fetch import FetchFailed, ResponseTooLarge, TooManyFetchesInFlight, fetch, fetch_slot
+from api.image_fetch import FetchFailed, ResponseTooLarge, fetch
 from api.schemas import EditCreate
+from api.slots import FETCHES, SlotsTaken
 from jobs.errors import ModelNotReady
 from jobs.netguard import UnsafeURL, check_url_syntax
 from jobs.settings import Settings
@@ -138,7 +139,7 @@ async def fetch_image(url: str, settings: Settings, owner: str) -> bytes:
     most ``image_url_max_concurrent`` fetches of one caller in flight in this process."""
     where = [{"loc": ["body", "image_url"], "input": url}]
     try:
-        with fetch_slot(owner, settings.image_url_max_concurrent):
+        with FETCHES.hold(owner, settings.image_url_max_concurrent):
             return await fetch(
                 url,
                 max_bytes=settings.max_upload_bytes,
@@ -147,7 +148,7 @@ async def fetch_image(url: str, settings: Settings, owner: str) -> bytes:
                 allow_private=settings.allow_private_urls,
                 allowed_ports=settings.allowed_url_ports,
             )
-    except TooManyFetchesInFlight:
+    except SlotsTaken:
         limit = settings.image_url_max_concurrent
         raise TooManyFetches(
             f"at most {limit} image_url fetches may be in flight per caller; retry shortly",

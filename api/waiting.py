@@ -1,7 +1,8 @@
 """Holding a reply until a job changes: `Prefer: wait=N` on reads and submits, and the event stream.
 
 Each step re-reads the job in a short session (a long wait must not hold a database connection); the
-watcher wakes it on a change and at least every few seconds (`api/watch.py`).
+watcher wakes it on a change and at least every few seconds (`api/watch.py`). A caller holds at most
+`max_waits` waits open in one API process (`take_wait`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.deps import read_owned_job
+from api.errors import TooManyWaits
+from api.slots import WAITS, Slot, SlotsTaken
 from api.watch import JobWatcher
 from jobs.models import Job
 from jobs.settings import Settings
@@ -30,6 +33,20 @@ def preferred_wait_s(prefer: str | None, settings: Settings) -> int | None:
     if len(digits) > len(str(settings.max_wait_s)):  # over the cap; int() refuses over 4300 digits
         return settings.max_wait_s
     return min(int(digits), settings.max_wait_s)
+
+
+def take_wait(owner: str, settings: Settings) -> Slot:
+    """One of the caller's `max_waits` open waits (release it when the wait ends); 429 `too_many_waits`
+    when all are open, so a client cannot pile up connections and database reads without bound."""
+    try:
+        return WAITS.take(owner, settings.max_waits)
+    except SlotsTaken:
+        raise TooManyWaits(
+            f"at most {settings.max_waits} waits (Prefer: wait, event streams) may be open per caller; "
+            "retry when one ends",
+            retry_after_s=1,
+            details={"limit": settings.max_waits},
+        ) from None
 
 
 async def changes(

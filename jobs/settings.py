@@ -181,6 +181,7 @@ class Settings(BaseSettings):
     seed_max: int = Field(SEED_MAX, ge=0, le=SEED_MAX)
     max_wait_s: int = Field(60, gt=0)  # upper bound of `Prefer: wait=N`
     wait_recheck_s: float = Field(2.0, gt=0)  # waiting requests re-read the job at least this often
+    max_waits: int = Field(32, gt=0)  # waits (Prefer: wait, event streams) open per caller, per API process
     page_size_max: int = Field(100, gt=0, le=100)  # can only lower the API's documented maximum `limit`
 
     # Who may call. "none": every request is the same anonymous owner (the laptop default);

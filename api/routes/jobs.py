@@ -6,6 +6,7 @@ import base64
 import binascii
 import json
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -28,7 +29,8 @@ from api.deps import (
 from api.errors import InvalidRequest, PreviewNotFound, ResultExpired, ResultNotReady
 from api.limits import WriterDep
 from api.schemas import JobList, JobPublic, error_responses, render_job
-from api.waiting import changes, preferred_wait_s
+from api.waiting import changes, preferred_wait_s, take_wait
+from api.watch import JobWatcher
 from jobs import queries, service
 from jobs.models import Job, JobStatus
 from jobs.service import cancel_job
@@ -40,7 +42,7 @@ router = APIRouter(prefix="/v1", tags=["jobs"])
 SSE_PING_S = 15  # keeps proxies from closing an idle event stream
 
 
-@router.get("/jobs/{job_id}", response_model=JobPublic, responses=error_responses(404))
+@router.get("/jobs/{job_id}", response_model=JobPublic, responses=error_responses(404, 429))
 async def get_job(
     job: OwnedJobDep,
     principal: PrincipalDep,
@@ -50,12 +52,17 @@ async def get_job(
     response: Response,
     prefer: Annotated[str | None, Header(description="`wait=N` holds the reply until done or N s")] = None,
 ) -> dict[str, Any]:
-    """The job; `Prefer: wait=N` (N <= 60) holds the reply until the job is terminal or N seconds pass."""
+    """The job; `Prefer: wait=N` (N <= 60) holds the reply until the job is terminal or N seconds pass
+    (429 `too_many_waits` when the caller already holds `max_waits` waits open here)."""
     wait_s = preferred_wait_s(prefer, settings)
     if wait_s is not None and not job.status.terminal:
+        slot = take_wait(principal.id, settings)
+        try:
+            async for latest in changes(sessions, watcher, job.id, principal.id, wait_s):
+                job = latest
+        finally:
+            slot.release()
         response.headers["Preference-Applied"] = f"wait={wait_s}"
-        async for latest in changes(sessions, watcher, job.id, principal.id, wait_s):
-            job = latest
     body = render_job(job)
     if job.status is JobStatus.QUEUED:
         body["queue_position"] = await run_in_threadpool(_queue_position, sessions, job)
@@ -169,39 +176,57 @@ def get_preview(job: OwnedJobDep, storage: StorageDep, scale: Annotated[int, Pat
 @router.get(
     "/jobs/{job_id}/events",
     response_class=EventSourceResponse,
-    responses={200: {"content": {"text/event-stream": {}}}, **error_responses(404)},
+    responses={200: {"content": {"text/event-stream": {}}}, **error_responses(404, 429)},
 )
 async def job_events(
-    job: OwnedJobDep, principal: PrincipalDep, sessions: SessionsDep, watcher: WatcherDep
+    job: OwnedJobDep,
+    principal: PrincipalDep,
+    sessions: SessionsDep,
+    watcher: WatcherDep,
+    settings: SettingsDep,
 ) -> EventSourceResponse:
     """Server-Sent Events: `status` (the job JSON) on every state change, `progress` once per scale of
     a run, in order (scales that ended between two reads of the job are announced together, also when
     the job ended meanwhile; a stream opened on a finished job gets its last run's scales), `preview`
     once per stored preview (jobs with `previews`), all before the job's terminal `status`; the stream
-    ends when the job is terminal."""
+    ends when the job is terminal. A stream is one of the caller's `max_waits` (else 429)."""
+
+    slot = take_wait(principal.id, settings)  # before the stream starts: its 429 is still an answer
 
     async def stream() -> AsyncIterator[dict[str, str]]:
-        last: Job | None = None
-        reported = 0  # scales 1..reported of this run were sent
-        announced = 0  # previews 1..announced were sent
-        async for current in changes(sessions, watcher, job.id, principal.id, float("inf")):
-            status_changed = last is None or current.status != last.status
-            if status_changed and not current.status.terminal:
-                reported = 0  # a new run (a retry starts again at scale 1)
-                yield {"event": "status", "data": json.dumps(render_job(current))}
-            # A queued job has no progress (a claim and a requeue clear it); a finished one keeps its
-            # last run's, whose final scales may have ended after the stream's last read.
-            if current.progress is not None:
-                scale, scales = current.progress
-                for k in range(reported + 1, scale + 1):  # each scale ended while the job ran
-                    data = {"id": current.id, "status": JobStatus.RUNNING.value, "scale": k, "scales": scales}
-                    yield {"event": "progress", "data": json.dumps(data)}
-                reported = max(reported, scale)
-            for preview in preview_events(current, announced):
-                yield {"event": "preview", "data": preview.model_dump_json()}
-                announced = preview.scale
-            if status_changed and current.status.terminal:
-                yield {"event": "status", "data": json.dumps(render_job(current))}
-            last = current
+        try:
+            async with aclosing(_job_events(sessions, watcher, job.id, principal.id)) as events:
+                async for event in events:
+                    yield event
+        finally:
+            slot.release()
 
     return EventSourceResponse(stream(), ping=SSE_PING_S)
+
+
+async def _job_events(
+    sessions: sessionmaker[Session], watcher: JobWatcher, job_id: str, owner: str
+) -> AsyncIterator[dict[str, str]]:
+    """The events of `job_events`, in order."""
+    last: Job | None = None
+    reported = 0  # scales 1..reported of this run were sent
+    announced = 0  # previews 1..announced were sent
+    async for current in changes(sessions, watcher, job_id, owner, float("inf")):
+        status_changed = last is None or current.status != last.status
+        if status_changed and not current.status.terminal:
+            reported = 0  # a new run (a retry starts again at scale 1)
+            yield {"event": "status", "data": json.dumps(render_job(current))}
+        # A queued job has no progress (a claim and a requeue clear it); a finished one keeps its
+        # last run's, whose final scales may have ended after the stream's last read.
+        if current.progress is not None:
+            scale, scales = current.progress
+            for k in range(reported + 1, scale + 1):  # each scale ended while the job ran
+                data = {"id": current.id, "status": JobStatus.RUNNING.value, "scale": k, "scales": scales}
+                yield {"event": "progress", "data": json.dumps(data)}
+            reported = max(reported, scale)
+        for preview in preview_events(current, announced):
+            yield {"event": "preview", "data": preview.model_dump_json()}
+            announced = preview.scale
+        if status_changed and current.status.terminal:
+            yield {"event": "status", "data": json.dumps(render_job(current))}
+        last = current

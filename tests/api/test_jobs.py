@@ -363,6 +363,34 @@ def test_events_of_a_terminal_job_end_at_once(harness: ApiHarness) -> None:
     assert events.get_nowait() is None
 
 
+def test_a_caller_holds_at_most_max_waits_open(harness: ApiHarness) -> None:
+    """Each wait holds a connection and re-reads the job every few seconds: past `max_waits` per caller a
+    wait is refused (429, Retry-After) or, on a submit, not applied; each one ended frees its slot."""
+    harness.settings.max_waits = 1
+    job_id = submit(harness)
+    attempt = claim(harness, job_id)
+    events: queue.Queue[tuple[str, dict] | None] = queue.Queue()
+    reader = threading.Thread(target=read_events, args=(harness, job_id, events))
+    reader.start()
+    assert events.get(timeout=10)[0] == "status"  # the stream holds the one slot
+    refused = [
+        harness.client.get(f"/v1/jobs/{job_id}", headers={"Prefer": "wait=30"}),
+        harness.client.get(f"/v1/jobs/{job_id}/events"),
+    ]
+    for response in refused:
+        assert (response.status_code, response.json()["error"]["code"]) == (429, "too_many_waits")
+        assert response.headers["retry-after"] == "1" and "preference-applied" not in response.headers
+    submitted = post_multipart(harness, headers={"Prefer": "wait=30"})
+    assert submitted.status_code == 202 and "preference-applied" not in submitted.headers  # not held
+    assert harness.client.get(f"/v1/jobs/{submitted.json()['id']}").status_code == 200  # no wait asked
+    finish(harness, job_id, attempt)
+    assert events.get(timeout=10)[1]["status"] == "succeeded"
+    assert events.get(timeout=10) is None
+    reader.join()
+    response = harness.client.get(f"/v1/jobs/{submitted.json()['id']}", headers={"Prefer": "wait=1"})
+    assert response.headers["preference-applied"] == "wait=1"  # the stream's slot is free again
+
+
 def test_a_queued_job_shows_its_position_in_the_queue(harness: ApiHarness) -> None:
     ids = [post_multipart(harness, instruction=f"edit {i}").json()["id"] for i in range(3)]
     positions = [harness.client.get(f"/v1/jobs/{job_id}").json()["queue_position"] for job_id in ids]
