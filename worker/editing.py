@@ -548,9 +548,12 @@ class EditRun:
                 self.storage.put(key, data, RESULT_CONTENT_TYPE)
                 break
             except StorageError as exc:
-                if retry_in_s is None or not self._pause_unless_drained(retry_in_s):
+                if retry_in_s is None:
                     raise TransientFault(f"storage: {exc}") from exc
+                # Logged as the try fails, so its time and retry_in_s tell when the next try is.
                 log.warning("result_upload_retry", job_id=job.id, retry_in_s=retry_in_s, error=str(exc))
+                if not self._pause_unless_drained(retry_in_s):
+                    raise TransientFault(f"storage: {exc}") from exc
         return transitions.ResultMeta(
             key=key,
             content_type=RESULT_CONTENT_TYPE,

@@ -431,6 +431,39 @@ def test_the_drain_grace_cuts_the_upload_retries_short(
     assert republished == [(job_id, "tiny", editing.REQUEUE_DELAY_S)]
 
 
+def test_an_upload_retry_is_logged_when_the_upload_fails(
+    runtime, pipeline, submit, sessions, republished, monkeypatch
+) -> None:
+    """`result_upload_retry` is logged at the failure it reports, with the wait ahead of the retry, not
+    once that wait is over (a reader would expect one more try ``retry_in_s`` after it)."""
+    from jobs.errors import StorageError
+
+    clock, tries, logged = FakeClock(), [], []
+    monkeypatch.setattr(editing, "time", clock)
+    real_log = editing.log
+
+    class Recorder:
+        def __getattr__(self, level: str) -> Callable[..., None]:
+            def emit(event: str, **kw: Any) -> None:
+                if event == "result_upload_retry":
+                    logged.append((clock.now, kw["retry_in_s"]))
+                getattr(real_log, level)(event, **kw)
+
+            return emit
+
+    def broken_put(key: str, data: bytes, content_type: str) -> None:
+        tries.append(clock.now)
+        raise StorageError("S3 is down")
+
+    job_id = submit()
+    monkeypatch.setattr(runtime.storage, "put", broken_put)
+    monkeypatch.setattr(editing, "log", Recorder())
+    edit_tasks.run_edit(job_id)
+    assert [t - tries[0] for t in tries] == [0.0, 1.0, 3.0, 7.0, 15.0, 31.0]
+    expected = [(0.0, 1.0), (1.0, 2.0), (3.0, 4.0), (7.0, 8.0), (15.0, 16.0)]
+    assert [(t - tries[0], wait) for t, wait in logged] == expected
+
+
 # -- batching -------------------------------------------------------------------------------------
 
 
