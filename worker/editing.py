@@ -55,8 +55,8 @@ RESULT_CONTENT_TYPE = "image/png"
 MAX_ERROR_CHARS = 2000  # of an error message recorded on a job
 REQUEUE_DELAY_S = 5  # a job given back after a transient fault is republished after this delay
 # A generated image is worth more than one upload: a storage error is retried after each of these delays
-# (31 s in all, under the lease the keeper renews; cut short when the drain grace ends) before the job
-# is given back to be generated again, at the cost of an attempt.
+# (31 s in all, under the lease the keeper renews) before the job is given back to be generated again,
+# at the cost of an attempt. When the drain grace ends first, the job is handed back like any drained one.
 UPLOAD_RETRY_S = (1.0, 2.0, 4.0, 8.0, 16.0)
 # Progress is written (lease + scale k of K, one committed UPDATE) at most this often per job (counting
 # the claim) and always on the last scale; the other scales only read the row to see a cancel or a lost
@@ -241,12 +241,13 @@ class Fence:
             publish_quietly(self.publisher, job.id, job.model, REQUEUE_DELAY_S)
         log.warning("edit_released", job_id=job.id, attempt=job.attempt, reason=reason)
 
-    def withdraw(self, jobs: Iterable[ClaimedJob]) -> None:
-        """The drain stops the active jobs without a result yet: from now on nothing heartbeats or
-        delivers them (their lease still runs until `hand_back`)."""
+    def withdraw(self, jobs: Iterable[ClaimedJob], *, generated_too: bool = False) -> None:
+        """The drain stops the active jobs without a result yet (``generated_too``: also those whose
+        result is made but could not be stored in the grace): from now on nothing heartbeats or delivers
+        them (their lease still runs until `hand_back`)."""
         with self._lock:
             for job in jobs:
-                if job.state is JobState.ACTIVE and job.output is None:
+                if job.state is JobState.ACTIVE and (generated_too or job.output is None):
                     job.state = JobState.DRAINED
 
     def hand_back(self, job: ClaimedJob) -> None:
@@ -504,6 +505,8 @@ class EditRun:
                 self.fence.stop(job)
                 continue
             meta = self._upload(job)
+            if meta is None:  # the drain grace ended while storage refused it
+                continue
             if self.fence.finish(job, meta):
                 # deliver_ms: the platform's bookkeeping after generation (encode, upload, fenced finish)
                 deliver_ms = (time.perf_counter() - (job.generated_at or 0.0)) * 1000
@@ -537,7 +540,10 @@ class EditRun:
             time.sleep(min(left, POLL_S))
         return False
 
-    def _upload(self, job: ClaimedJob) -> transitions.ResultMeta:
+    def _upload(self, job: ClaimedJob) -> transitions.ResultMeta | None:
+        """Store the result, retrying a storage error in place (`UPLOAD_RETRY_S`); `TransientFault`
+        once the retries are spent. None when the drain grace ends first: the job is withdrawn and
+        handed back after the run with its attempt undone, as a drain does to any job in hand."""
         assert job.output is not None
         buf = io.BytesIO()
         job.output.save(buf, format="PNG")
@@ -553,7 +559,8 @@ class EditRun:
                 # Logged as the try fails, so its time and retry_in_s tell when the next try is.
                 log.warning("result_upload_retry", job_id=job.id, retry_in_s=retry_in_s, error=str(exc))
                 if not self._pause_unless_drained(retry_in_s):
-                    raise TransientFault(f"storage: {exc}") from exc
+                    self.fence.withdraw([job], generated_too=True)
+                    return None
         return transitions.ResultMeta(
             key=key,
             content_type=RESULT_CONTENT_TYPE,

@@ -407,7 +407,8 @@ class FakeClock:
 def test_the_drain_grace_cuts_the_upload_retries_short(
     runtime, pipeline, submit, sessions, republished, monkeypatch
 ) -> None:
-    """A worker told to stop retries its upload only until its grace is over, then gives the job back."""
+    """A worker told to stop retries its upload only until its grace is over, then hands the job back
+    as its drain does any other: at once, its attempt undone (a drain never costs one)."""
     from jobs.errors import StorageError
     from worker import drain as drain_mod
 
@@ -427,8 +428,8 @@ def test_the_drain_grace_cuts_the_upload_retries_short(
     assert [t - tries[0] for t in tries] == [0.0, 1.0, 3.0]  # the next retry, at 7 s, is past the grace
     assert clock.now - tries[0] < 5.0 + drain_mod.POLL_S + 1e-9
     job = _job(sessions, job_id)
-    assert job.status is JobStatus.QUEUED and job.attempts == 1
-    assert republished == [(job_id, "tiny", editing.REQUEUE_DELAY_S)]
+    assert job.status is JobStatus.QUEUED and job.attempts == 0
+    assert republished == [(job_id, "tiny", 0)]
 
 
 def test_an_upload_retry_is_logged_when_the_upload_fails(
@@ -462,6 +463,17 @@ def test_an_upload_retry_is_logged_when_the_upload_fails(
     assert [t - tries[0] for t in tries] == [0.0, 1.0, 3.0, 7.0, 15.0, 31.0]
     expected = [(0.0, 1.0), (1.0, 2.0), (3.0, 4.0), (7.0, 8.0), (15.0, 16.0)]
     assert [(t - tries[0], wait) for t, wait in logged] == expected
+
+
+def test_a_runs_log_lines_name_the_job_it_claimed_not_the_message(runtime, pipeline, submit) -> None:
+    """A message only wakes the worker, which claims the queue's next job: the run's log context names
+    that job, so searching the logs by job id finds its lines (and the message's id is kept aside)."""
+    import structlog
+
+    older, newer = submit(instruction="first"), submit(instruction="second")
+    edit_tasks.run_edit(newer)  # claims the older job first
+    bound = structlog.contextvars.get_contextvars()
+    assert (bound["job_id"], bound["message_job_id"]) == (older, newer)
 
 
 # -- batching -------------------------------------------------------------------------------------

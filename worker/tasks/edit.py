@@ -49,7 +49,11 @@ def run_edit(self: Task, job_id: str) -> str:
     if not jobs:
         log.info("run_edit_dropped", reason="not_claimable")
         return "dropped"
-    structlog.contextvars.bind_contextvars(attempt=jobs[0].attempt, batch=len(jobs))
+    # The message only wakes the worker: it claims the queue's next job, often another one than the
+    # message names, so the run's lines carry the claimed job's id (a batch's first).
+    structlog.contextvars.bind_contextvars(
+        job_id=jobs[0].id, message_job_id=job_id, attempt=jobs[0].attempt, batch=len(jobs)
+    )
     claim_ms = round((time.perf_counter() - t0) * 1000, 2)
     for job in jobs:
         if job.created_at is not None:
