@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session, sessionmaker
@@ -50,9 +50,15 @@ def take_wait(owner: str, settings: Settings) -> Slot:
 
 
 async def changes(
-    sessions: sessionmaker[Session], watcher: JobWatcher, job_id: str, owner: str, timeout_s: float
+    sessions: sessionmaker[Session],
+    watcher: JobWatcher,
+    job_id: str,
+    owner: str,
+    timeout_s: float,
+    client_gone: Callable[[], Awaitable[bool]] | None = None,
 ) -> AsyncIterator[Job]:
-    """The job now and after every change, until it is terminal or ``timeout_s`` passes."""
+    """The job now and after every change, until it is terminal or ``timeout_s`` passes, or (checked at
+    every wake-up) ``client_gone()``: a reply nobody will read need not hold its wait any longer."""
     deadline = time.monotonic() + timeout_s
     async with watcher.watch(job_id) as changed:
         while True:
@@ -62,3 +68,5 @@ async def changes(
             if job.status.terminal or remaining <= 0:
                 return
             await watcher.wait(changed, remaining)
+            if client_gone is not None and await client_gone():
+                return

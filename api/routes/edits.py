@@ -111,7 +111,9 @@ async def create_edit(
     except TooManyWaits:  # the job is accepted all the same: answered now, the preference not applied
         return JSONResponse(submitted.body, status_code=submitted.status_code, headers=headers)
     try:
-        async for job in changes(sessions, watcher, submitted.job_id, principal.id, wait_s):
+        async for job in changes(
+            sessions, watcher, submitted.job_id, principal.id, wait_s, client_gone=request.is_disconnected
+        ):
             latest = job
     finally:
         slot.release()

@@ -10,7 +10,7 @@ from contextlib import aclosing
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Path, Query, Response
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse
 from sqlalchemy.orm import Session, sessionmaker
@@ -49,6 +49,7 @@ async def get_job(
     sessions: SessionsDep,
     watcher: WatcherDep,
     settings: SettingsDep,
+    request: Request,
     response: Response,
     prefer: Annotated[str | None, Header(description="`wait=N` holds the reply until done or N s")] = None,
 ) -> dict[str, Any]:
@@ -58,7 +59,9 @@ async def get_job(
     if wait_s is not None and not job.status.terminal:
         slot = take_wait(principal.id, settings)
         try:
-            async for latest in changes(sessions, watcher, job.id, principal.id, wait_s):
+            async for latest in changes(
+                sessions, watcher, job.id, principal.id, wait_s, client_gone=request.is_disconnected
+            ):
                 job = latest
         finally:
             slot.release()

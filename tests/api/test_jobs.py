@@ -6,6 +6,7 @@ import base64
 import http.client
 import json
 import queue
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +18,7 @@ import pytest
 
 from api.deps import Principal, current_principal
 from api.main import create_app
+from api.slots import WAITS
 from jobs import reapers, transitions
 from jobs.db import session_scope
 from jobs.models import utcnow
@@ -389,6 +391,30 @@ def test_a_caller_holds_at_most_max_waits_open(harness: ApiHarness) -> None:
     reader.join()
     response = harness.client.get(f"/v1/jobs/{submitted.json()['id']}", headers={"Prefer": "wait=1"})
     assert response.headers["preference-applied"] == "wait=1"  # the stream's slot is free again
+
+
+def test_a_wait_whose_client_left_ends_at_its_next_wake_up(harness: ApiHarness) -> None:
+    """A `Prefer: wait` reply nobody will read stops waiting (and frees the caller's slot) when the job
+    next changes or is re-read, instead of holding on for the rest of its N seconds."""
+    job_id = submit(harness)
+    app = create_app(harness.settings)
+
+    def waiters() -> bool:
+        return job_id in app.state.watcher._waiters
+
+    with live_server(app) as port:
+        with socket.create_connection(("127.0.0.1", port)) as conn:
+            conn.sendall(f"GET /v1/jobs/{job_id} HTTP/1.1\r\nHost: x\r\nPrefer: wait=60\r\n\r\n".encode())
+            deadline = time.monotonic() + 10
+            while not waiters():
+                assert time.monotonic() < deadline, "no request started waiting"
+                time.sleep(0.01)
+        deadline = time.monotonic() + 10
+        while waiters():  # each notification wakes the wait, which then finds its client gone
+            assert time.monotonic() < deadline, "the wait outlived its client"
+            harness.notifier.job_changed(job_id)
+            time.sleep(0.05)
+        assert WAITS.held("anonymous") == 0
 
 
 def test_a_queued_job_shows_its_position_in_the_queue(harness: ApiHarness) -> None:
