@@ -88,15 +88,28 @@ def _common_options() -> argparse.ArgumentParser:
     )
     common.add_argument(
         "--max-attempts",
-        type=int,
+        type=_at_least_1,
         default=3,
         help="tries per request on connection errors, 429, 503 and a submit in flight (default: %(default)s)",
     )
     return common
 
 
+def _positive_seconds(text: str) -> float:
+    """An argparse type: a time to wait, finite and above 0 (a negative one gave up at once)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text}")
+    return value
+
+
 def _timeout(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait (default: %(default)s)")
+    parser.add_argument(
+        "--timeout", type=_positive_seconds, default=600.0, help="seconds to wait (default: %(default)s)"
+    )
 
 
 def build_parser(prog: str = "varedit-client") -> argparse.ArgumentParser:

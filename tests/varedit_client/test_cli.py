@@ -220,6 +220,14 @@ def test_a_limit_below_one_is_a_usage_error() -> None:
         # before: 0, listing nothing
         assert listed.returncode == 2 and listed.stdout == "", limit
         assert f"argument --limit: must be at least 1, got {limit}" in listed.stderr
+    # before: --max-attempts 0 was read as 1 and --timeout -1 gave up at once, both silently
+    for args, message in (
+        (["list", "--max-attempts", "0"], "argument --max-attempts: must be at least 1, got 0"),
+        (["wait", "some-job", "--timeout", "-1"], "argument --timeout: must be a number of seconds above 0"),
+        (["wait", "some-job", "--timeout", "nan"], "argument --timeout: must be a number of seconds above 0"),
+    ):
+        done = _run(*args, "--url", f"http://127.0.0.1:{free_port()}")
+        assert done.returncode == 2 and done.stdout == "" and message in done.stderr, args
 
 
 def test_errors_name_the_url_or_the_field_and_exit_2(platform: Platform) -> None:
