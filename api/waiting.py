@@ -11,6 +11,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -70,3 +71,24 @@ async def changes(
             await watcher.wait(changed, remaining)
             if client_gone is not None and await client_gone():
                 return
+
+
+async def held_until_done(
+    request: Request,
+    sessions: sessionmaker[Session],
+    watcher: JobWatcher,
+    job_id: str,
+    owner: str,
+    wait_s: float,
+    slot: Slot,
+) -> Job:
+    """The job once it is terminal, ``wait_s`` has passed or its client has gone; ``slot`` (`take_wait`)
+    is held until then."""
+    try:
+        async for job in changes(
+            sessions, watcher, job_id, owner, wait_s, client_gone=request.is_disconnected
+        ):
+            latest = job
+    finally:
+        slot.release()
+    return latest

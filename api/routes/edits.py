@@ -14,7 +14,7 @@ from api.errors import TooManyWaits
 from api.limits import WriterDep
 from api.schemas import EditCreate, JobPublic, error_responses, job_path, render_job
 from api.validation import build_spec, inspect_image, read_edit_request
-from api.waiting import changes, preferred_wait_s, take_wait
+from api.waiting import held_until_done, preferred_wait_s, take_wait
 from jobs.queue import Publisher
 from jobs.service import Submitted, request_fingerprint, submit_edit
 from jobs.settings import Settings
@@ -110,13 +110,7 @@ async def create_edit(
         slot = take_wait(principal.id, settings)
     except TooManyWaits:  # the job is accepted all the same: answered now, the preference not applied
         return JSONResponse(submitted.body, status_code=submitted.status_code, headers=headers)
-    try:
-        async for job in changes(
-            sessions, watcher, submitted.job_id, principal.id, wait_s, client_gone=request.is_disconnected
-        ):
-            latest = job
-    finally:
-        slot.release()
+    latest = await held_until_done(request, sessions, watcher, submitted.job_id, principal.id, wait_s, slot)
     headers["Preference-Applied"] = f"wait={wait_s}"
     status = 200 if latest.status.terminal else submitted.status_code
     return JSONResponse(render_job(latest), status_code=status, headers=headers)

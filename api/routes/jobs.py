@@ -29,7 +29,7 @@ from api.deps import (
 from api.errors import InvalidRequest, PreviewNotFound, ResultExpired, ResultNotReady
 from api.limits import WriterDep
 from api.schemas import JobList, JobPublic, error_responses, render_job
-from api.waiting import changes, preferred_wait_s, take_wait
+from api.waiting import changes, held_until_done, preferred_wait_s, take_wait
 from api.watch import JobWatcher
 from jobs import queries, service
 from jobs.models import Job, JobStatus
@@ -58,13 +58,7 @@ async def get_job(
     wait_s = preferred_wait_s(prefer, settings)
     if wait_s is not None and not job.status.terminal:
         slot = take_wait(principal.id, settings)
-        try:
-            async for latest in changes(
-                sessions, watcher, job.id, principal.id, wait_s, client_gone=request.is_disconnected
-            ):
-                job = latest
-        finally:
-            slot.release()
+        job = await held_until_done(request, sessions, watcher, job.id, principal.id, wait_s, slot)
         response.headers["Preference-Applied"] = f"wait={wait_s}"
     body = render_job(job)
     if job.status is JobStatus.QUEUED:
