@@ -60,6 +60,17 @@ class Drain:
         """The grace is over: what is still in progress is to be handed back."""
         return self.deadline is not None and time.monotonic() >= self.deadline
 
+    def sleep(self, seconds: float) -> bool:
+        """Sleep ``seconds``; False as soon as the grace is over (checked every POLL_S: the drain
+        request arrives in a signal handler, which does not cut a sleep short)."""
+        end = time.monotonic() + seconds
+        while not self.due():
+            left = end - time.monotonic()
+            if left <= 0:
+                return True
+            time.sleep(min(left, POLL_S))
+        return False
+
     def within_grace(self, fn: Callable[[], T]) -> T | None:
         """``fn()`` on a helper thread, waited for until it returns or the grace is over; None then, or
         at once when the grace was already over (fn is not started). A thread given up on is left to

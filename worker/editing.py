@@ -46,7 +46,7 @@ from jobs.notify import Notifier
 from jobs.queue import Publisher, publish_quietly
 from jobs.storage import Storage, preview_key, result_key
 from worker import metrics
-from worker.drain import POLL_S, Drain
+from worker.drain import Drain
 from worker.model import PREVIEW_SIZE, EditModel
 
 log = structlog.get_logger(__name__)
@@ -529,17 +529,6 @@ class EditRun:
             return self.fence.heartbeat(job, None, self.previews.flush(job.id, PREVIEW_FLUSH_S))
         return self.fence.still_ours(job) or self.fence.heartbeat(job, None)
 
-    def _pause_unless_drained(self, seconds: float) -> bool:
-        """Wait ``seconds``; False as soon as the drain grace is over (checked every POLL_S: the drain
-        request arrives in a signal handler, which does not cut a sleep short)."""
-        end = time.monotonic() + seconds
-        while not (self.drain is not None and self.drain.due()):
-            left = end - time.monotonic()
-            if left <= 0:
-                return True
-            time.sleep(min(left, POLL_S))
-        return False
-
     def _upload(self, job: ClaimedJob) -> transitions.ResultMeta | None:
         """Store the result, retrying a storage error in place (`UPLOAD_RETRY_S`); `TransientFault`
         once the retries are spent. None when the drain grace ends first: the job is withdrawn and
@@ -558,7 +547,9 @@ class EditRun:
                     raise TransientFault(f"storage: {exc}") from exc
                 # Logged as the try fails, so its time and retry_in_s tell when the next try is.
                 log.warning("result_upload_retry", job_id=job.id, retry_in_s=retry_in_s, error=str(exc))
-                if not self._pause_unless_drained(retry_in_s):
+                if self.drain is None:
+                    time.sleep(retry_in_s)
+                elif not self.drain.sleep(retry_in_s):
                     self.fence.withdraw([job], generated_too=True)
                     return None
         return transitions.ResultMeta(

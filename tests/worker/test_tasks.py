@@ -438,9 +438,11 @@ def test_an_upload_retry_is_logged_when_the_upload_fails(
     """`result_upload_retry` is logged at the failure it reports, with the wait ahead of the retry, not
     once that wait is over (a reader would expect one more try ``retry_in_s`` after it)."""
     from jobs.errors import StorageError
+    from worker import drain as drain_mod
 
     clock, tries, logged = FakeClock(), [], []
     monkeypatch.setattr(editing, "time", clock)
+    monkeypatch.setattr(drain_mod, "time", clock)
     real_log = editing.log
 
     class Recorder:
