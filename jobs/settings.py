@@ -201,7 +201,7 @@ class Settings(BaseSettings):
     image_url_max_redirects: int = Field(3, ge=0)
 
     # Webhooks (Standard Webhooks 1.0). Secrets are "whsec_" + base64; list a new one first and keep the
-    # old one while receivers switch: every message is signed with each. None: webhook_url is refused (422).
+    # old one while receivers switch: every message is signed with each. Empty: webhook_url is refused (422).
     webhook_secrets: Annotated[list[str], NoDecode] = Field(default_factory=list)
     webhook_timeout_s: float = Field(10.0, gt=0)
     # Delays between attempts after the first (the Standard Webhooks schedule: ~27 h in all), +-10% jitter.

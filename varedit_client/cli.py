@@ -63,15 +63,24 @@ def quiet_when_stdout_closes(run: Callable[[], int]) -> int:
         return EXIT_STDOUT_CLOSED
 
 
-def _at_least_1(text: str) -> int:
-    """An argparse type: a count that asks for something (0 or less listed nothing, with status 0)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _above_0(kind: Callable[[str], float], what: str, need: str) -> Callable[[str], float]:
+    """An argparse type: a finite number of ``kind`` above 0 (a count of 0 or less listed nothing with
+    status 0, and a negative time gave up at once); ``need`` says what is wanted when it is not."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+        if not 0 < value < float("inf"):
+            raise argparse.ArgumentTypeError(f"{need}, got {text}")
+        return value
+
+    return parse
+
+
+AT_LEAST_1 = _above_0(int, "a whole number", "must be at least 1")
+SECONDS = _above_0(float, "a number of seconds", "must be a number of seconds above 0")
 
 
 def _common_options() -> argparse.ArgumentParser:
@@ -88,27 +97,16 @@ def _common_options() -> argparse.ArgumentParser:
     )
     common.add_argument(
         "--max-attempts",
-        type=_at_least_1,
+        type=AT_LEAST_1,
         default=3,
         help="tries per request on connection errors, 429, 503 and a submit in flight (default: %(default)s)",
     )
     return common
 
 
-def _positive_seconds(text: str) -> float:
-    """An argparse type: a time to wait, finite and above 0 (a negative one gave up at once)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text}")
-    return value
-
-
 def _timeout(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--timeout", type=_positive_seconds, default=600.0, help="seconds to wait (default: %(default)s)"
+        "--timeout", type=SECONDS, default=600.0, help="seconds to wait (default: %(default)s)"
     )
 
 
@@ -160,7 +158,7 @@ def build_parser(prog: str = "varedit-client") -> argparse.ArgumentParser:
 
     ls = command("list", "list your jobs, newest first")
     ls.add_argument("--status", choices=[s.value for s in JobStatus])
-    ls.add_argument("--limit", type=_at_least_1, default=20, help="at most this many (default: %(default)s)")
+    ls.add_argument("--limit", type=AT_LEAST_1, default=20, help="at most this many (default: %(default)s)")
     ls.add_argument("--json", action="store_true", help="one JSON object per line")
 
     r = command("result", "save a job's result (waiting for it to end)")
