@@ -1,6 +1,7 @@
 """The request-body limits, enforced as bytes arrive: a chunked upload without Content-Length is cut off
-after at most the size limit plus one chunk, and a body that stops arriving is given up after
-`BODY_IDLE_TIMEOUT_S` without a byte; nothing of either is stored.
+after at most the size limit plus one chunk, and a body that stops arriving (`BODY_IDLE_TIMEOUT_S`
+without a byte) or trickles in (slower on average than `BODY_MIN_RATE` once that same time has
+passed) is given up; nothing of either is stored.
 
 Plain ASGI: the `receive` channel is wrapped, so the checks hold for every way a route reads its body
 (JSON, multipart spooled to disk, raw stream). A declared Content-Length over the limit is refused
@@ -23,6 +24,10 @@ FORM_OVERHEAD_BYTES = 64 * 1024  # room for form fields and multipart framing ne
 # holding a connection, a task and maybe a spooled file) do not pile up. A constant until a deployment
 # needs another value; a proxy in front may time out sooner.
 BODY_IDLE_TIMEOUT_S = 60.0
+# Bytes per second a body must average once BODY_IDLE_TIMEOUT_S has passed: each byte received buys
+# 1 / BODY_MIN_RATE s more (Apache's mod_reqtimeout rule). Without it, a byte every 59 s held a
+# connection for as long as the client liked; a phone on a poor link sends 10 to 100 times faster.
+BODY_MIN_RATE = 1024
 
 
 def body_limit(settings: Settings, content_type: str) -> int:
@@ -65,18 +70,28 @@ def _refuse(limit: int) -> Receive:
 def _guarded(receive: Receive, limit: int) -> Receive:
     seen = 0
     ended = False
+    started: float | None = None
 
     async def guarded() -> Message:
-        nonlocal seen, ended
+        nonlocal seen, ended, started
         if ended:
             return await receive()
-        timeout_s = BODY_IDLE_TIMEOUT_S
+        now = asyncio.get_running_loop().time()
+        if started is None:
+            started = now
+        idle_s = BODY_IDLE_TIMEOUT_S
+        rate_left_s = started + idle_s + seen / BODY_MIN_RATE - now
         try:
-            async with asyncio.timeout(timeout_s):
+            async with asyncio.timeout(min(idle_s, rate_left_s)):
                 message = await receive()
         except TimeoutError:
+            if rate_left_s < idle_s:
+                raise RequestTimeout(
+                    f"the request body arrived slower than {BODY_MIN_RATE} bytes/s",
+                    details={"min_rate_bytes_per_s": BODY_MIN_RATE},
+                ) from None
             raise RequestTimeout(
-                f"no byte of the request body arrived for {timeout_s:g} s", details={"timeout_s": timeout_s}
+                f"no byte of the request body arrived for {idle_s:g} s", details={"timeout_s": idle_s}
             ) from None
         if message["type"] == "http.request":
             seen += len(message.get("body", b""))

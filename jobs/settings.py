@@ -38,6 +38,12 @@ TORCH_DEVICE_TYPES = (
 TORCH_DEVICE = re.compile(rf"(?:{'|'.join(TORCH_DEVICE_TYPES)})(?::(?:0|[1-9][0-9]?))?")
 SEED_MAX = 2**31 - 1  # the jobs' seed column is a 32-bit integer
 MAX_PRESIGNED_URL_S = 7 * 86400  # S3 (and MinIO) refuse a presigned URL that lives longer
+# Every duration setting stays under ten years: far past any useful value, and well inside what
+# `datetime + timedelta` (year 9999) and thread waits (about 292 years) can hold, so a typo of a few
+# digits is refused at start instead of raising OverflowError in a worker's claim or a reaper pass.
+MAX_DURATION_S = 10 * 366 * 86400
+Seconds = Annotated[int, Field(gt=0, le=MAX_DURATION_S)]
+SecondsF = Annotated[float, Field(gt=0, le=MAX_DURATION_S)]
 
 
 class ModelOverride(BaseModel):
@@ -152,19 +158,19 @@ class Settings(BaseSettings):
     worker_id: str = Field(default_factory=_default_worker_id)
 
     # Leases and retries.
-    lease_s: int = Field(60, gt=0)  # a running job whose lease is this old is presumed lost
-    heartbeat_s: int = Field(10, gt=0)  # must stay well under lease_s and worker_stale_s
+    lease_s: Seconds = 60  # a running job whose lease is this old is presumed lost
+    heartbeat_s: Seconds = 10  # must stay well under lease_s and worker_stale_s
     max_attempts: int = Field(3, ge=1)
     # On SIGTERM a worker takes no new job and lets the one in hand finish for this long, then hands it
     # back to the queue with its attempt undone (worker/drain.py). A pod's or container's grace period
     # must exceed it.
-    drain_grace_s: float = Field(60.0, ge=0)
-    start_timeout_s: int = Field(3600, gt=0)  # default start deadline: queued longer -> expired
-    stranded_after_s: int = Field(300, gt=0)  # queued with no publish for this long -> republish
-    result_ttl_s: int = Field(7 * 24 * 3600, gt=0)  # results and sources are deleted after this
-    idempotency_ttl_s: int = Field(24 * 3600, gt=0)
+    drain_grace_s: float = Field(60.0, ge=0, le=MAX_DURATION_S)
+    start_timeout_s: Seconds = 3600  # default start deadline: queued longer -> expired
+    stranded_after_s: Seconds = 300  # queued with no publish for this long -> republish
+    result_ttl_s: Seconds = 7 * 24 * 3600  # results and sources are deleted after this
+    idempotency_ttl_s: Seconds = 24 * 3600
     max_batch: int = Field(1, ge=1)  # jobs of one model+resolution run as one batch; raise it on GPUs
-    worker_stale_s: int = Field(60, gt=0)  # a worker silent this long is not counted as ready
+    worker_stale_s: Seconds = 60  # a worker silent this long is not counted as ready
     presigned_url_s: int = Field(300, gt=0, le=MAX_PRESIGNED_URL_S)
 
     # Input limits.
@@ -179,8 +185,8 @@ class Settings(BaseSettings):
     tau_min: float = Field(0.01, gt=0)  # tau divides the logits
     tau_max: float = 2.0
     seed_max: int = Field(SEED_MAX, ge=0, le=SEED_MAX)
-    max_wait_s: int = Field(60, gt=0)  # upper bound of `Prefer: wait=N`
-    wait_recheck_s: float = Field(2.0, gt=0)  # waiting requests re-read the job at least this often
+    max_wait_s: Seconds = 60  # upper bound of `Prefer: wait=N`
+    wait_recheck_s: SecondsF = 2.0  # waiting requests re-read the job at least this often
     max_waits: int = Field(32, gt=0)  # waits (Prefer: wait, event streams) open per caller, per API process
     page_size_max: int = Field(100, gt=0, le=100)  # can only lower the API's documented maximum `limit`
 
@@ -197,18 +203,18 @@ class Settings(BaseSettings):
     # Ports client-chosen URLs may use; empty: 80 and 443, or any port while private URLs are allowed.
     allowed_url_ports: Annotated[list[Port], NoDecode] = Field(default_factory=list)
     image_url_max_concurrent: int = Field(4, gt=0)  # image_url fetches in flight per caller, per API process
-    image_url_timeout_s: float = Field(10.0, gt=0)
+    image_url_timeout_s: SecondsF = 10.0
     image_url_max_redirects: int = Field(3, ge=0)
 
     # Webhooks (Standard Webhooks 1.0). Secrets are "whsec_" + base64; list a new one first and keep the
     # old one while receivers switch: every message is signed with each. Empty: webhook_url is refused (422).
     webhook_secrets: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    webhook_timeout_s: float = Field(10.0, gt=0)
+    webhook_timeout_s: SecondsF = 10.0
     # Delays between attempts after the first (the Standard Webhooks schedule: ~27 h in all), +-10% jitter.
     webhook_retry_s: Annotated[list[float], NoDecode] = Field(
         default_factory=lambda: [5, 300, 1800, 7200, 18000, 36000, 36000]
     )
-    webhook_dispatch_s: float = Field(1.0, gt=0)  # how often due deliveries are handed to the webhook worker
+    webhook_dispatch_s: SecondsF = 1.0  # how often due deliveries are handed to the webhook worker
     max_redeliveries: int = Field(5, ge=0)  # POST .../webhooks/redeliver per job
 
     # Operator surfaces. /metrics answers only with `Authorization: Bearer <metrics_token>` when set

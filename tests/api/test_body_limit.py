@@ -1,6 +1,6 @@
 """Upload limits do not trust Content-Length: a chunked body with none is cut off after at most the
-limit plus one chunk, for JSON and multipart, and nothing is stored. A body that stops arriving is
-given up after an idle timeout with a 408, and nothing is stored either."""
+limit plus one chunk, for JSON and multipart, and nothing is stored. A body that stops arriving, or
+trickles in below a minimum rate, is given up with a 408, and nothing is stored either."""
 
 from __future__ import annotations
 
@@ -106,6 +106,36 @@ def test_a_stalled_body_is_given_up_with_408_and_nothing_stored(
     assert response.json()["error"]["code"] == "request_timeout"
     assert response.headers["connection"] == "close"
     assert count_jobs(harness) == 0 and stored_objects(harness) == [] and harness.publisher.published == []
+
+
+def test_a_trickling_body_is_given_up_with_408(harness: ApiHarness, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Before, a byte sent just inside every idle timeout held the request open for as long as the
+    # client liked. Here a byte every 0.05 s never trips the 0.5 s idle timeout, but at 20 bytes/s
+    # it falls behind 100 bytes/s at 0.5 / (1/20 - 1/100) = 12.5 bytes, about 0.6 s in.
+    monkeypatch.setattr(body_limit_module, "BODY_IDLE_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(body_limit_module, "BODY_MIN_RATE", 100)
+    sent = 0
+
+    async def body() -> AsyncIterator[bytes]:
+        nonlocal sent
+        yield b'{"instruction": "make it blue", "image_base64": "'
+        while True:
+            await asyncio.sleep(0.05)  # the slow client's pace, not a wait for the server
+            sent += 1
+            yield b"A"
+
+    async def post() -> httpx.Response:
+        transport = httpx.ASGITransport(app=harness.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+            json_type = {"content-type": "application/json"}
+            return await client.post("/v1/edits", content=body(), headers=json_type)
+
+    response = asyncio.run(asyncio.wait_for(post(), 30))
+    assert response.status_code == 408, response.text
+    error = response.json()["error"]
+    assert error["code"] == "request_timeout" and error["details"] == {"min_rate_bytes_per_s": 100}
+    assert sent < 40, sent  # cut off near the 13th byte, far before the test's bound
+    assert count_jobs(harness) == 0 and stored_objects(harness) == []
 
 
 def test_a_stalled_body_over_a_real_server_gets_408_and_the_connection_closed(

@@ -29,7 +29,7 @@ from jobs.errors import IdempotencyConflict, IdempotencyInFlight
 from jobs.models import IdempotencyRecord, Job, utcnow
 from jobs.queue import RUN_EDIT_TASK, CeleryPublisher, make_celery, publish_quietly, queue_name
 from jobs.service import Submitted, request_fingerprint, submit_edit
-from jobs.settings import InvalidSettings, Settings, read_settings
+from jobs.settings import MAX_DURATION_S, InvalidSettings, Settings, read_settings
 from jobs.storage import LocalStorage
 from jobs.transitions import EditSpec
 from serve.redis_server import free_port
@@ -230,6 +230,21 @@ def test_settings_defaults_and_normalisation(make_settings: Callable[..., Settin
 def test_settings_refuse_unworkable_values(make_settings: Callable[..., Settings], overrides: dict) -> None:
     with pytest.raises(ValueError):
         make_settings(**overrides)
+
+
+DURATION_SETTINGS = [
+    "lease_s", "heartbeat_s", "drain_grace_s", "start_timeout_s", "stranded_after_s", "result_ttl_s",
+    "idempotency_ttl_s", "worker_stale_s", "max_wait_s", "wait_recheck_s", "image_url_timeout_s",
+    "webhook_timeout_s", "webhook_dispatch_s",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", DURATION_SETTINGS)
+def test_durations_are_bounded(make_settings: Callable[..., Settings], name: str) -> None:
+    # before, VAREDIT_LEASE_S=10**15 was accepted and every claim raised OverflowError in the worker
+    with pytest.raises(ValidationError, match=f"(?i){name}"):
+        make_settings(**{name: 10**12})
+    assert utcnow() + timedelta(seconds=MAX_DURATION_S) < utcnow().replace(year=9999)  # the cap is usable
 
 
 @pytest.mark.parametrize(
