@@ -35,6 +35,7 @@ import os
 import pickle
 import re
 import shutil
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -67,9 +68,13 @@ class CheckpointError(ValueError):
 
 def _load_pth(path: Path) -> object:
     """`torch.load` memory-mapped; a damaged file (truncated, not a checkpoint) raises CheckpointError
-    naming it instead of torch's error, which does not."""
+    naming it instead of torch's error, which does not. A file in torch's legacy (pre-zip) format
+    cannot be mapped: it is read whole, with a warning, since it then briefly takes twice its size."""
+    mmap = zipfile.is_zipfile(path)
+    if not mmap:
+        log.warning("%s is not in torch's zip format (legacy torch.save?): reading it without mmap", path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
         raise CheckpointError(f"{path}: not a readable checkpoint ({e})") from e
 
@@ -85,7 +90,7 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
 
 
-def _official_state(path: Path) -> object:
+def _official_state(path: Path) -> Mapping[str, torch.Tensor]:
     """The transformer state of an official file: a plain state dict or {'trainer': {'gpt_fsdp': ...}}."""
     raw = _load_pth(path)
     if isinstance(raw, Mapping) and "trainer" in raw:
@@ -93,6 +98,8 @@ def _official_state(path: Path) -> object:
         if not isinstance(trainer, Mapping) or "gpt_fsdp" not in trainer:
             raise CheckpointError(f"{path}: a training checkpoint without the model state (trainer.gpt_fsdp)")
         raw = trainer["gpt_fsdp"]
+    if not isinstance(raw, Mapping) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
+        raise CheckpointError(f"{path} is not a transformer state dict")
     return raw
 
 
@@ -204,10 +211,7 @@ def load_official_transformer(
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"transformer checkpoint not found: {path}")
-    raw = _official_state(path)
-    if not isinstance(raw, Mapping) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
-        raise CheckpointError(f"{path} is not a transformer state dict")
-    return build_transformer(cfg, official_to_ours(raw, cfg), device, dtype, what=str(path))
+    return build_transformer(cfg, official_to_ours(_official_state(path), cfg), device, dtype, what=str(path))
 
 
 def load_vae(path: str | Path, cfg: VAREditConfig, device: Device = "cpu") -> VAE:
@@ -222,7 +226,7 @@ def load_vae(path: str | Path, cfg: VAREditConfig, device: Device = "cpu") -> VA
             state = unwrap_state_dict(_load_pth(path))
         return build_vae(cfg.vae, state, device).requires_grad_(False)
     except VAECheckpointError as e:
-        raise CheckpointError(str(e)) from e
+        raise CheckpointError(f"{path}: {e}") from e
 
 
 def load_official_golden(
@@ -247,13 +251,16 @@ def _one(folder: Path, pattern: str) -> Path:
 
 
 def is_our_folder(path: Path) -> bool:
+    """Whether ``path`` holds a config.json of our format (official test folders hold one of theirs);
+    one that is not JSON at all is reported as such, not as a folder of neither kind."""
     cfg_file = path / CONFIG_FILE
     if not cfg_file.is_file():
         return False
     try:
-        return json.loads(cfg_file.read_text()).get("format") == FORMAT
-    except (json.JSONDecodeError, AttributeError, UnicodeDecodeError):
-        return False
+        meta = json.loads(cfg_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{cfg_file}: not valid JSON ({e})") from e
+    return isinstance(meta, dict) and meta.get("format") == FORMAT
 
 
 def _read_meta(folder: Path) -> dict:

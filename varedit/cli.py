@@ -146,7 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("src", type=Path)
     c.add_argument("dst", type=Path)
     c.add_argument("--variant", help="2B-512, 8B-512 or 8B-1024 (needed if the folder holds several)")
-    c.add_argument("--bf16", action="store_true", help="store the transformer blocks in bfloat16")
+    c.add_argument(
+        "--bf16",
+        action="store_true",
+        help="store the transformer blocks in bfloat16 (without it they keep the release's dtype, "
+        "which in the official release is bfloat16 already)",
+    )
     c.set_defaults(func=_convert)
 
     r = sub.add_parser("random", help="write a randomly initialised model (for tests and demos)")

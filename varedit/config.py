@@ -14,6 +14,7 @@ dropped here.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -266,13 +267,11 @@ class VAREditConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> VAREditConfig:
-        d = dict(d)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown config fields {sorted(unknown)}")
-        if isinstance(d.get("vae"), dict):
-            d["vae"] = VAEConfig(**d["vae"])
+        d = _typed(cls, d)
+        if "vae" in d:
+            if not isinstance(d["vae"], dict):
+                raise ValueError(f"config field 'vae' must be an object, got {d['vae']!r}")
+            d["vae"] = VAEConfig(**_typed(VAEConfig, d["vae"]))
         return cls(**d)
 
     @classmethod
@@ -381,3 +380,30 @@ def get_config(name: str) -> VAREditConfig:
         return VARIANTS[name]
     except KeyError:
         raise KeyError(f"unknown variant {name!r}; known: {sorted(VARIANTS)}") from None
+
+
+def _typed(cls: type, d: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``d``, once each value is of its field's kind. A config read from JSON may hold "2" or 128.0
+    where an int belongs, which would otherwise fail far from the file, or not at all."""
+    kinds = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+    unknown = set(d) - set(kinds)
+    if unknown:
+        raise ValueError(f"unknown config fields {sorted(unknown)}")
+    for name, value in d.items():
+        if not _is_kind(kinds[name], value):
+            raise ValueError(f"config field {name!r} must be {kinds[name]}, got {value!r}")
+    return dict(d)
+
+
+def _is_kind(kind: str, value: object) -> bool:
+    if kind == "tuple[int, ...]":
+        return isinstance(value, (list, tuple)) and all(_is_kind("int", v) for v in value)
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "str":
+        return isinstance(value, str)
+    return True  # a nested config is checked on its own

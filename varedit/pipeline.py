@@ -17,6 +17,7 @@ Shapes: B images, S model resolution (pixels), d bits per token.
 from __future__ import annotations
 
 import logging
+import numbers
 import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -60,6 +61,14 @@ def load_image(image: ImageInput) -> Image.Image:
     if not isinstance(image, Image.Image):
         raise ValueError(f"expected a PIL image or an image path, got {type(image).__name__}")
     return to_rgb(image)
+
+
+def _texts(texts: str | Sequence[str], name: str) -> list[str]:
+    """One text, or a list of them, as a list; anything else (None, a number) is refused by name."""
+    texts = [texts] if isinstance(texts, str) else texts
+    if not isinstance(texts, list | tuple) or not all(isinstance(t, str) for t in texts):
+        raise ValueError(f"{name} must be a string or a list of strings, got {texts!r}")
+    return list(texts)
 
 
 def check_device(device: torch.device) -> None:
@@ -330,7 +339,7 @@ class EditPipeline:
         top_p: float | None = None,
         on_preview: OnPreview | None = None,
         preview_size: int = PREVIEW_SIZE,
-        negative_instruction: str | Sequence[str] = "",
+        negative_instruction: str | Sequence[str] | None = "",
     ) -> list[Image.Image]:
         """Edit each image by its instruction; returns one RGB image per input, each of its input's size.
 
@@ -351,23 +360,23 @@ class EditPipeline:
             codes so far (`preview_images`); the last one is each result resized (`preview_of`).
         negative_instruction: what to steer away from, one for all images or one per image, used
             verbatim: its T5 features replace the learned null text as the unconditional text of
-            classifier-free guidance; "" keeps the null text (no effect when cfg is 1).
+            classifier-free guidance; "" (or None) keeps the null text (no effect when cfg is 1).
         Raises `MemoryError` when the device runs out of memory (its cache is released first).
         Example: pipe.edit([img], ["make it snowy"], seeds=[0], on_scale=lambda k, K: print(k, K))
         """
         # 1. check inputs
-        single = isinstance(images, Image.Image | str | Path)
-        images = [images] if single else list(images)
-        instructions = [instructions] if isinstance(instructions, str) else list(instructions)
+        # a list or tuple is a batch; anything else one image (a numpy array is no batch of its rows)
+        images = list(images) if isinstance(images, list | tuple) else [images]
+        instructions = _texts(instructions, "instructions")
         if len(images) != len(instructions) or not images:
             raise ValueError(
                 f"need one instruction per image: {len(images)} images, {len(instructions)} instructions"
             )
-        negatives = (
-            [negative_instruction] * len(images)
-            if isinstance(negative_instruction, str)
-            else list(negative_instruction)
-        )
+        if negative_instruction is None:
+            negative_instruction = ""
+        negatives = _texts(negative_instruction, "negative_instruction")
+        if isinstance(negative_instruction, str):  # one for all images
+            negatives *= len(images)
         if len(negatives) != len(images):
             raise ValueError(
                 f"need one negative instruction per image: {len(negatives)} for {len(images)} images"
@@ -376,7 +385,10 @@ class EditPipeline:
             raise ValueError(f"preview_size must be at least 1, got {preview_size}")
         if seeds is None:
             seeds = [random.SystemRandom().randrange(2**31) for _ in images]
-        seeds = [seeds] if isinstance(seeds, int) else [int(s) for s in seeds]
+        seeds = [seeds] if isinstance(seeds, numbers.Integral) else list(seeds)
+        if not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in seeds):
+            raise ValueError(f"seeds must be integers, got {seeds!r}")  # 1.7 is not seed 1, True not 1
+        seeds = [int(s) for s in seeds]
         bad_seeds = [s for s in seeds if not SEED_MIN <= s <= SEED_MAX]
         if bad_seeds:  # else torch.Generator refuses it after the encoding, saying "Overflow"
             raise ValueError(f"seed {bad_seeds[0]} is out of range: a seed is an int in [-2**63, 2**64 - 1]")

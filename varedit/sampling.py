@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -51,8 +51,11 @@ class Generation:
 def per_scale(value: float | Sequence[float], K: int, name: str, positive: bool = False) -> list[float]:
     """A scalar or a per-scale list -> a list of K finite floats, each > 0 if `positive` (tau divides
     the logits): anything else would fail deep in sampling, with an error that does not say why."""
-    scalar = isinstance(value, numbers.Real)  # numpy scalars too (np.float32 is no Python float)
-    values = [float(value)] * K if scalar else [float(v) for v in value]
+    if isinstance(value, numbers.Real):  # numpy scalars too (np.float32 is no Python float)
+        value = [value] * K
+    elif isinstance(value, str | bytes) or not isinstance(value, Iterable):  # "3" is no list of 3.0
+        raise ValueError(f"{name} must be a number or one number per scale, got {value!r}")
+    values = [_number(v, name) for v in value]
     if len(values) != K:
         raise ValueError(f"{name} needs {K} values (one per scale), got {len(values)}")
     bad = [v for v in values if not math.isfinite(v) or (positive and v <= 0)]
@@ -60,6 +63,16 @@ def per_scale(value: float | Sequence[float], K: int, name: str, positive: bool 
         allowed = "a finite number greater than 0" if positive else "a finite number"
         raise ValueError(f"{name} must be {allowed} at every scale, got {bad[0]}")
     return values
+
+
+def _number(value: object, name: str) -> float:
+    """``value`` as a float: a real number (numpy's and 0-d tensors too), not True or "3"."""
+    if isinstance(value, bool | str | bytes):
+        raise ValueError(f"{name} values must be numbers, got {value!r}")
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} values must be numbers, got {value!r}") from None
 
 
 def unconditional_text(

@@ -111,14 +111,25 @@ class Serving:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Serving:
+        if not isinstance(d, dict):
+            raise ValueError(f"serving must be an object, got {d!r}")
         unknown = set(d) - {"resolutions", "sampling", "description", "examples"}
         if unknown:
             raise ValueError(f"unknown serving fields {sorted(unknown)}")
         sampling = d.get("sampling", {})
+        if not isinstance(sampling, dict):
+            raise ValueError(f"serving sampling must be an object, got {sampling!r}")
         known = {f.name for f in dataclasses.fields(SamplingDefaults)}
         if set(sampling) - known:
             raise ValueError(f"unknown sampling fields {sorted(set(sampling) - known)}")
-        examples = tuple(Example(str(e["instruction"]), str(e["image"])) for e in d.get("examples", []))
+        examples = d.get("examples", [])
+        if not isinstance(examples, list) or not all(
+            isinstance(e, dict) and set(e) == {"instruction", "image"} for e in examples
+        ):
+            wanted = '{"instruction": ..., "image": ...}'
+            raise ValueError(f"serving examples must be a list of {wanted}, got {examples!r}")
+        if "resolutions" not in d:
+            raise ValueError("serving has no resolutions (the image sides it serves)")
         resolutions = d["resolutions"]
         if not isinstance(resolutions, list) or not all(_is_integer(r) for r in resolutions):
             raise ValueError(f"serving resolutions must be a list of integers, got {resolutions!r}")
@@ -126,7 +137,7 @@ class Serving:
             tuple(resolutions),
             SamplingDefaults(**sampling),
             str(d.get("description", "")),
-            examples,
+            tuple(Example(str(e["instruction"]), str(e["image"])) for e in examples),
         )
 
     @classmethod

@@ -93,7 +93,15 @@ class TextEncoder:
             names = " or ".join(TOKENIZER_FILES)
             raise FileNotFoundError(f"text encoder folder {tok_path} has no tokenizer ({names})")
         tokenizer = AutoTokenizer.from_pretrained(tok_path, legacy=True, local_files_only=True)
-        model = T5EncoderModel.from_pretrained(path, dtype=dtype, local_files_only=True)
+        model, info = T5EncoderModel.from_pretrained(
+            path, dtype=dtype, local_files_only=True, output_loading_info=True
+        )
+        # transformers fills missing weights with fresh random values and only logs it: every load
+        # would then encode the same instruction differently. (Unexpected keys are fine: a full T5
+        # folder such as flan-t5-xl also holds the decoder.)
+        if info["missing_keys"]:
+            missing = sorted(info["missing_keys"])
+            raise ValueError(f"the T5 weights in {path} lack {len(missing)} tensors: {missing[:10]}")
         return cls(tokenizer, model.to(device).eval().requires_grad_(False), max_length)
 
     @property

@@ -1,6 +1,7 @@
 """Lean loading: weights are adopted from the memory-mapped file, never copied twice; random
 official-format folders have exactly the official layout."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 from varedit import checkpoints as ckpt
-from varedit.config import get_config
+from varedit.config import VARIANTS, get_config
 
 GOLDEN = Path(__file__).parents[1] / "data" / "golden"
 
@@ -104,3 +105,43 @@ def test_writing_to_loaded_weights_leaves_the_file_alone(release: Path) -> None:
     assert not torch.equal(
         ckpt.load_vae(vae_path, cfg).decoder.conv_out.conv.weight, vae.decoder.conv_out.conv.weight
     )
+
+
+def test_a_legacy_torch_save_file_is_read_without_mmap(release: Path, tmp_path: Path) -> None:
+    # Before, a valid file re-saved in torch's pre-zip format was "not a readable checkpoint".
+    cfg = get_config("tiny-patchify")
+    tf_path, _, _ = ckpt.official_files(release, cfg)
+    legacy = tmp_path / tf_path.name
+    torch.save(torch.load(tf_path, weights_only=True), legacy, _use_new_zipfile_serialization=False)
+    model = ckpt.load_official_transformer(legacy, cfg)
+    for key, value in ckpt.load_official_transformer(tf_path, cfg).state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+
+
+def test_damaged_official_files_are_checkpoint_errors(
+    release: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A VAE tensor of the wrong kind (cast to float32, it would look like weights), or a file that
+    holds no state dict, is a CheckpointError naming the file, for loading and for conversion alike
+    (before: RuntimeError, ValueError, AttributeError without the file's name)."""
+    cfg = get_config("tiny-patchify")
+    tf_path, vae_path, _ = ckpt.official_files(release, cfg)
+    vae_state = torch.load(vae_path, weights_only=True)["vae"]
+    key = next(k for k, v in vae_state.items() if v.is_floating_point())
+    damaged = [  # an int VAE tensor, a list, a bare tensor
+        {"vae": {**vae_state, key: vae_state[key].to(torch.int32)}},
+        [torch.zeros(3)],
+        torch.zeros(3),
+    ]
+    for content in damaged:
+        bad = tmp_path / vae_path.name
+        torch.save(content, bad)
+        with pytest.raises(ckpt.CheckpointError, match=str(bad)):
+            ckpt.load_vae(bad, cfg)
+    stand_in = dataclasses.replace(cfg, name="2B-512")  # convert reads official variants only
+    monkeypatch.setitem(VARIANTS, "2B-512", stand_in)
+    folder = tmp_path / "release"
+    tf_path = ckpt.write_random_official(folder, stand_in, seed=2)
+    torch.save([torch.zeros(3)], tf_path)
+    with pytest.raises(ckpt.CheckpointError, match=f"{tf_path} is not a transformer state dict"):
+        ckpt.convert_official(folder, tmp_path / "converted", variant="2B-512")

@@ -222,6 +222,52 @@ def test_damaged_folders_name_the_file(tiny_dir, tmp_path, capsys):
     assert capsys.readouterr().err.count("\n") == 1  # transformers' message spans several lines
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda meta: meta["config"].update(depth="2"), "config field 'depth' must be int, got '2'"),
+        (lambda meta: meta["config"].update(width=128.0), "config field 'width' must be int, got 128.0"),
+        (lambda meta: meta["config"]["vae"].update(ch_mult=[1, "2"]), "config field 'ch_mult' must be"),
+        (
+            lambda meta: meta["config"]["vae"].update(spatial_patchify=0),
+            "config field 'spatial_patchify' must be bool",
+        ),
+        (lambda meta: meta.update(serving=[]), "serving must be an object, got \\[\\]"),
+        (lambda meta: meta["serving"].pop("resolutions"), "serving has no resolutions"),
+        (lambda meta: meta["serving"].update(examples=[1]), "serving examples must be a list of"),
+    ],
+)
+def test_config_values_of_the_wrong_kind_are_named(tiny_dir, tmp_path, change, message):
+    # before: "not all arguments converted during string formatting", a TypeError from torch.randn,
+    # an AttributeError, or "config.json: 'resolutions'"
+    folder = shutil.copytree(tiny_dir, tmp_path / "model")
+    meta = json.loads((folder / "config.json").read_text())
+    change(meta)
+    (folder / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=f"config.json: {message}"):
+        EditPipeline.from_pretrained(folder, device="cpu")
+
+
+def test_a_config_json_that_does_not_parse_is_named(tiny_dir, tmp_path):
+    folder = shutil.copytree(tiny_dir, tmp_path / "model")
+    (folder / "config.json").write_text('{"format": ')  # before: "neither a varedit folder nor ..."
+    with pytest.raises(CheckpointError, match="config.json: not valid JSON"):
+        EditPipeline.from_pretrained(folder, device="cpu")
+
+
+def test_t5_weights_missing_from_the_file_are_refused(tiny_dir, tmp_path):
+    """transformers fills missing T5 weights with fresh random values and goes on: before, every load
+    encoded the same instruction differently and the same seed gave another image."""
+    folder = shutil.copytree(tiny_dir, tmp_path / "model")
+    weights = folder / "text_encoder" / "model.safetensors"
+    state = load_file(weights)
+    key = next(k for k in state if "DenseReluDense.wo" in k)
+    del state[key]
+    save_file(state, weights, metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=f"lack 1 tensors: \\['{key}'\\]"):
+        EditPipeline.from_pretrained(folder, device="cpu")
+
+
 def test_sampling_and_device_are_checked_before_any_work(tiny_pipe, tiny_dir, tmp_path, monkeypatch, capsys):
     im = image(14, 16, 16)
     K = tiny_pipe.num_scales()
@@ -299,7 +345,8 @@ def test_cuts_seeds_and_resolution_are_checked_before_any_work(tiny_pipe, monkey
     [ref] = tiny_pipe.edit(im, "a", seeds=1, cfg=2.0)
     [same] = tiny_pipe.edit(im, "a", seeds=1, cfg=np.float32(2.0))  # a numpy scalar is a scalar
     assert np.array_equal(np.asarray(same), np.asarray(ref))
-    for ok in ({"top_k": 0}, {"top_p": 0}, {"top_p": 1}, {"top_k": np.int64(2)}, {"seeds": 2**64 - 1}):
+    for ok in ({"top_k": 0}, {"top_p": 0}, {"top_p": 1}, {"top_k": np.int64(2)}, {"seeds": 2**64 - 1},
+               {"seeds": np.int64(3)}, {"negative_instruction": None}):  # fmt: skip
         assert tiny_pipe.edit(im, "a", **{"seeds": 1, **ok})[0].size == im.size
     monkeypatch.setattr(tiny_pipe.text_encoder, "encode", lambda prompts: pytest.fail("encoded"))
     refused = [
@@ -313,12 +360,22 @@ def test_cuts_seeds_and_resolution_are_checked_before_any_work(tiny_pipe, monkey
         ({"resolution": 0}, "resolution 0 is not one of"),
         # a 1x1 latent of width 32: GroupNorm would see one value per group (it once failed there)
         ({"resolution": 16}, r"resolution 16 is not one of \(32, .*\) \(too small for its VAE\)"),
+        # inputs of the wrong type, once taken as seed 1, cfg [3.0] or the rows of an array
+        ({"seeds": True}, "seeds must be integers"),
+        ({"seeds": [1.7]}, "seeds must be integers"),
+        ({"cfg": "3"}, "cfg must be a number or one number per scale, got '3'"),
+        ({"tau": [True] * 5}, "tau values must be numbers, got True"),
+        ({"negative_instruction": 5}, "negative_instruction must be a string or a list of strings"),
     ]
     for kwargs, message in refused:
         with pytest.raises(ValueError, match=message):
             tiny_pipe.edit(im, "a", **{"seeds": 1, **kwargs})
     with pytest.raises(ValueError, match="resolution 0 is not one of"):
         tiny_pipe.num_scales(0)
+    with pytest.raises(ValueError, match="instructions must be a string or a list of strings, got None"):
+        tiny_pipe.edit(im, None, seeds=1)
+    with pytest.raises(ValueError, match="expected a PIL image or an image path, got ndarray"):
+        tiny_pipe.edit(np.asarray(im), "a", seeds=1)  # before: 16 images (its rows), 1 instruction
 
 
 def test_cli_refuses_bad_threads_devices_and_names_in_one_line(tiny_dir, tmp_path, capsys):

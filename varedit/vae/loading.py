@@ -76,8 +76,10 @@ def build_vae(
     return vae.eval()
 
 
-def unwrap_state_dict(raw: Mapping[str, object]) -> dict[str, torch.Tensor]:
+def unwrap_state_dict(raw: object) -> dict[str, torch.Tensor]:
     """The official file is {"vae": state_dict, ...}; only "vae" is read. A bare state dict is accepted."""
+    if not isinstance(raw, Mapping):
+        raise VAECheckpointError(f"not a VAE state dict: the file holds a {type(raw).__name__}")
     if "vae" in raw and isinstance(raw["vae"], Mapping):
         ignored = sorted(k for k in raw if k != "vae")
         if ignored:
@@ -104,6 +106,8 @@ def remap_official_keys(state: Mapping[str, torch.Tensor], vae: VAE) -> dict[str
             duplicated.append(f"{key} and {source_of[name]} -> {name}")
         elif tuple(tensor.shape) != tuple(target[name].shape):
             mismatched.append(f"{key}: checkpoint {tuple(tensor.shape)} vs model {tuple(target[name].shape)}")
+        elif tensor.is_floating_point() != target[name].is_floating_point():  # a cast would hide it
+            mismatched.append(f"{key}: checkpoint {tensor.dtype} vs model {target[name].dtype}")
         else:
             out[name], source_of[name] = tensor, key
     expected = BSQ(vae.config.codebook_dim).mask  # real values, also when `vae` is on the meta device
@@ -115,7 +119,7 @@ def remap_official_keys(state: Mapping[str, torch.Tensor], vae: VAE) -> dict[str
     problems = [
         (unmapped, "keys that match no model tensor"),
         (missing, "model tensors missing from the checkpoint"),
-        (mismatched, "shape/value mismatches"),
+        (mismatched, "shape/kind/value mismatches"),
         (duplicated, "keys given twice (both spellings)"),
     ]
     msg = "; ".join(f"{what}: {items}" for items, what in problems if items)
