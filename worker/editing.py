@@ -31,7 +31,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_all
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 import structlog
 from PIL import Image, UnidentifiedImageError
@@ -50,14 +51,16 @@ from worker.drain import Drain
 from worker.model import PREVIEW_SIZE, EditModel
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 RESULT_CONTENT_TYPE = "image/png"
 MAX_ERROR_CHARS = 2000  # of an error message recorded on a job
 REQUEUE_DELAY_S = 5  # a job given back after a transient fault is republished after this delay
-# A generated image is worth more than one upload: a storage error is retried after each of these delays
-# (31 s in all, under the lease the keeper renews) before the job is given back to be generated again,
-# at the cost of an attempt. When the drain grace ends first, the job is handed back like any drained one.
-UPLOAD_RETRY_S = (1.0, 2.0, 4.0, 8.0, 16.0)
+# A storage error reading a source or storing a result is retried in place after each of these delays
+# (31 s in all, under the lease the keeper renews) before the run's jobs are given back, at the cost of
+# an attempt: an outage of seconds costs none, and a generated image is not thrown away. When the drain
+# grace ends first, the job is handed back like any drained one.
+STORAGE_RETRY_S = (1.0, 2.0, 4.0, 8.0, 16.0)
 # Progress is written (lease + scale k of K, one committed UPDATE) at most this often per job (counting
 # the claim) and always on the last scale; the other scales only read the row to see a cancel or a lost
 # lease.
@@ -120,6 +123,10 @@ class ClaimedJob:
             previews=job.previews,
             negative_instruction=job.negative_instruction,
         )
+
+
+class Withdrawn(Exception):
+    """The drain grace ended while a storage call was being retried: the job is withdrawn."""
 
 
 class TransientFault(Exception):
@@ -364,12 +371,12 @@ class EditRun:
                 self.fence.fail(job, "source_missing", "the source image was purged")
                 continue
             try:
-                data = self.storage.get(job.source_key)
+                data = self._with_retries("source_read_retry", job, partial(self.storage.get, job.source_key))
             except KeyError:
                 self.fence.fail(job, "source_missing", f"no source object {job.source_key}")
                 continue
-            except StorageError as exc:
-                raise TransientFault(f"storage: {exc}") from exc
+            except Withdrawn:
+                continue
             try:
                 with Image.open(io.BytesIO(data)) as img:
                     img.load()  # decode the first frame here: an undecodable source fails its job
@@ -529,29 +536,39 @@ class EditRun:
             return self.fence.heartbeat(job, None, self.previews.flush(job.id, PREVIEW_FLUSH_S))
         return self.fence.still_ours(job) or self.fence.heartbeat(job, None)
 
-    def _upload(self, job: ClaimedJob) -> transitions.ResultMeta | None:
-        """Store the result, retrying a storage error in place (`UPLOAD_RETRY_S`); `TransientFault`
-        once the retries are spent. None when the drain grace ends first: the job is withdrawn and
+    def _with_retries(self, event: str, job: ClaimedJob, call: Callable[[], T]) -> T:
+        """``call()``, a storage error retried in place after each of `STORAGE_RETRY_S`; `TransientFault`
+        once they are spent. When the drain grace ends first the job is withdrawn (`Withdrawn`) and
         handed back after the run with its attempt undone, as a drain does to any job in hand."""
+        for retry_in_s in STORAGE_RETRY_S:
+            try:
+                return call()
+            except StorageError as exc:
+                # Logged as the try fails, so its time and retry_in_s tell when the next try is.
+                log.warning(event, job_id=job.id, retry_in_s=retry_in_s, error=str(exc))
+            if self.drain is None:
+                time.sleep(retry_in_s)
+            elif not self.drain.sleep(retry_in_s):
+                self.fence.withdraw([job], generated_too=True)
+                raise Withdrawn
+        try:
+            return call()
+        except StorageError as exc:
+            raise TransientFault(f"storage: {exc}") from exc
+
+    def _upload(self, job: ClaimedJob) -> transitions.ResultMeta | None:
+        """Store the result (`_with_retries`); None when the drain withdrew the job meanwhile."""
         assert job.output is not None
         buf = io.BytesIO()
         job.output.save(buf, format="PNG")
         data = buf.getvalue()
         key = result_key(job.id, job.attempt)
-        for retry_in_s in (*UPLOAD_RETRY_S, None):
-            try:
-                self.storage.put(key, data, RESULT_CONTENT_TYPE)
-                break
-            except StorageError as exc:
-                if retry_in_s is None:
-                    raise TransientFault(f"storage: {exc}") from exc
-                # Logged as the try fails, so its time and retry_in_s tell when the next try is.
-                log.warning("result_upload_retry", job_id=job.id, retry_in_s=retry_in_s, error=str(exc))
-                if self.drain is None:
-                    time.sleep(retry_in_s)
-                elif not self.drain.sleep(retry_in_s):
-                    self.fence.withdraw([job], generated_too=True)
-                    return None
+        try:
+            self._with_retries(
+                "result_upload_retry", job, lambda: self.storage.put(key, data, RESULT_CONTENT_TYPE)
+            )
+        except Withdrawn:
+            return None
         return transitions.ResultMeta(
             key=key,
             content_type=RESULT_CONTENT_TYPE,

@@ -351,7 +351,7 @@ def test_storage_outage_gives_the_job_back_then_fails_after_max_attempts(
 
     job_id = submit()
     monkeypatch.setattr(runtime.storage, "put", broken_put)
-    monkeypatch.setattr(editing, "UPLOAD_RETRY_S", (0.0,))
+    monkeypatch.setattr(editing, "STORAGE_RETRY_S", (0.0,))
     edit_tasks.run_edit(job_id)
     job = _job(sessions, job_id)
     assert job.status is JobStatus.QUEUED and job.attempts == 1  # released, not failed
@@ -382,12 +382,36 @@ def test_a_finished_edit_outlives_a_short_storage_outage(
 
     job_id = submit()
     monkeypatch.setattr(runtime.storage, "put", flaky_put)
-    monkeypatch.setattr(editing, "UPLOAD_RETRY_S", (0.0, 0.0, 0.0, 0.0))
+    monkeypatch.setattr(editing, "STORAGE_RETRY_S", (0.0, 0.0, 0.0, 0.0))
     edit_tasks.run_edit(job_id)
     job = _job(sessions, job_id)
     assert job.status is JobStatus.SUCCEEDED and job.attempts == 1
     assert len(pipeline.calls) == 1 and republished == []
     assert _objects(runtime.storage, job_id) == ["result-1.png", "source.png"]
+
+
+def test_a_source_read_outlives_a_short_storage_outage(
+    runtime, pipeline, submit, sessions, republished, monkeypatch
+) -> None:
+    """Reading the source is retried in place as the upload is: before, each failed read cost an
+    attempt 5 s apart, so an outage of ~10 s failed every job a worker took during it."""
+    from jobs.errors import StorageError
+
+    get, calls = runtime.storage.get, []
+
+    def flaky_get(key: str) -> bytes:
+        calls.append(key)
+        if len(calls) <= 3:
+            raise StorageError("S3 answered 503")
+        return get(key)
+
+    job_id = submit()
+    monkeypatch.setattr(runtime.storage, "get", flaky_get)
+    monkeypatch.setattr(editing, "STORAGE_RETRY_S", (0.0, 0.0, 0.0, 0.0))
+    edit_tasks.run_edit(job_id)
+    job = _job(sessions, job_id)
+    assert job.status is JobStatus.SUCCEEDED and job.attempts == 1
+    assert len(calls) == 4 and republished == []
 
 
 class FakeClock:
