@@ -23,7 +23,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from jobs import idempotency, service
+from jobs import idempotency, reapers, service
 from jobs.db import MIGRATIONS_DIR, make_engine, make_sessionmaker, session_scope
 from jobs.errors import IdempotencyConflict, IdempotencyInFlight
 from jobs.models import IdempotencyRecord, Job, utcnow
@@ -73,6 +73,22 @@ def test_submit_edit_stores_commits_and_publishes(sessions: Sessions, tmp_path: 
     replay = _submit(sessions, storage, publisher, idempotency_key="k", fingerprint="f")
     assert (replay.job_id, replay.body, replay.replayed) == (submitted.job_id, submitted.body, True)
     assert _rows(sessions, Job) == 1 and len(publisher.published) == 1
+
+
+def test_a_submit_whose_publish_fails_is_republished_at_the_next_pass(
+    sessions: Sessions, tmp_path: Path
+) -> None:
+    """Before, such a job waited `stranded_after_s` (300 s), and since workers claim the oldest queued
+    job whatever message woke them, the newest queued job of any owner was the one left without a
+    message, with workers idle."""
+
+    class DeadBroker:
+        def publish_run_edit(self, job_id: str, model: str, delay_s: float = 0) -> None:
+            raise ConnectionError("broker down")
+
+    submitted = _submit(sessions, LocalStorage(tmp_path / "objects"), DeadBroker())
+    with session_scope(sessions) as session:
+        assert reapers.stranded_queued(session, 300) == [reapers.ToPublish(submitted.job_id, "tiny")]
 
 
 def test_submit_edit_failing_in_the_transaction_leaves_nothing(

@@ -17,7 +17,6 @@ from celery import Task
 from jobs import reapers, workers
 from jobs.db import session_scope
 from jobs.idempotency import prune as prune_idempotency_records
-from jobs.queue import publish_quietly
 from worker.celery_app import MAINTENANCE_QUEUE, app
 from worker.runtime import get_runtime
 
@@ -28,9 +27,9 @@ MAX_CHAINED_BATCHES = 50  # then wait for the next beat tick instead of monopoli
 
 
 def _republish(to_publish: list[reapers.ToPublish]) -> None:
-    publisher = get_runtime().publisher
+    rt = get_runtime()
     for item in to_publish:
-        publish_quietly(publisher, item.job_id, item.model)
+        reapers.publish_or_flag(rt.sessions, rt.publisher, item.job_id, item.model)
 
 
 def _notify(job_ids: list[str]) -> None:
