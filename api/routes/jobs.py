@@ -154,15 +154,21 @@ def get_result(job: OwnedJobDep, storage: StorageDep, settings: SettingsDep) -> 
     response_class=Response,
     responses={
         200: {"content": {"image/png": {}}, "description": "the preview (PNG)"},
-        **error_responses(404),
+        **error_responses(404, 410),
     },
 )
 def get_preview(job: OwnedJobDep, storage: StorageDep, scale: Annotated[int, Path(ge=1)]) -> Response:
     """The small preview image of scale `scale` (a job submitted with `previews`): 404 until it is stored
-    (the SSE `preview` event says when), and again once the job's objects are deleted. The bytes, also
-    on S3: they are small, and a redirect to another origin would be refused by the web page's policy."""
-    if not job.previews or job.preview_scale is None or scale > job.preview_scale:
-        raise PreviewNotFound(f"job {job.id} has no preview of scale {scale} (yet)")
+    (the SSE `preview` event says when), 410 once the job's objects are deleted. The bytes, also on S3:
+    they are small, and a redirect to another origin would be refused by the web page's policy."""
+    if not job.previews:
+        raise PreviewNotFound(f"job {job.id} was submitted without previews")
+    if job.purged_at is not None:
+        raise ResultExpired("the previews were deleted with the result (DELETE, or its retention period)")
+    if job.progress_scales is not None and scale > job.progress_scales:
+        raise PreviewNotFound(f"job {job.id} has {job.progress_scales} scales, not {scale}")
+    if job.preview_scale is None or scale > job.preview_scale:
+        raise PreviewNotFound(f"job {job.id} has no preview of scale {scale} yet")
     try:
         data = storage.get(preview_key(job.id, scale))
     except KeyError:

@@ -1,6 +1,6 @@
 """Previews through the API: the `previews` field, GET /v1/jobs/{id}/previews/{k} (owner only, 404 until
-stored) and the SSE `preview` events, in order and before the terminal status; also with the worker
-function run against the same database and storage."""
+stored, 410 once deleted) and the SSE `preview` events, in order and before the terminal status; also
+with the worker function run against the same database and storage."""
 
 from __future__ import annotations
 
@@ -99,7 +99,8 @@ def test_a_preview_is_served_to_its_owner_once_recorded(harness: ApiHarness) -> 
         assert reapers.delete_expired_results(
             session, harness.storage, harness.settings.result_ttl_s, now=later
         )
-    assert harness.client.get(url).status_code == 404
+    response = harness.client.get(url)  # before: 404 "(yet)", so a client kept polling for it
+    assert (response.status_code, response.json()["error"]["code"]) == (410, "result_expired")
     assert not harness.storage.exists(preview_key(job_id, 1))
 
 
@@ -111,6 +112,16 @@ def test_a_job_without_previews_has_none(harness: ApiHarness) -> None:
         transitions.heartbeat(session, job_id, attempt, LEASE_S, (1, 4), preview_scale=1)
     response = harness.client.get(f"/v1/jobs/{job_id}/previews/1")
     assert (response.status_code, response.json()["error"]["code"]) == (404, "preview_not_found")
+    assert "submitted without previews" in response.json()["error"]["message"]
+
+
+def test_a_scale_past_the_last_is_not_awaited(harness: ApiHarness) -> None:
+    job_id = submit_with_previews(harness)
+    attempt = claim(harness, job_id)
+    record_previews(harness, job_id, attempt, upto=1, of=4)
+    response = harness.client.get(f"/v1/jobs/{job_id}/previews/5")
+    assert (response.status_code, response.json()["error"]["code"]) == (404, "preview_not_found")
+    assert response.json()["error"]["message"] == f"job {job_id} has 4 scales, not 5"
 
 
 def test_events_announce_each_preview_once_in_order_before_the_end(harness: ApiHarness) -> None:
