@@ -166,6 +166,9 @@ class Policy:
 
     def check_port(self, port: int) -> None:
         ports = port_allow_list(self.allowed_ports, self.allow_private)
+        if not 1 <= port <= 65535:  # `urlsplit` reads ":0" as port 0, which nothing listens on
+            log.warning("url_refused", port=port, reason="port")
+            raise UnsafeURL(f"port {port} is not a port (1-65535)")
         if ports is not None and port not in ports:
             log.warning("url_refused", port=port, reason="port")
             raise UnsafeURL(f"port {port} is not allowed")

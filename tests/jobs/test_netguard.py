@@ -273,6 +273,7 @@ def test_port_allow_list(configured: list[int], allow_private: bool, expected: f
         ("https://8.8.8.8/", {"allowed_ports": [8443]}, False),
         ("http://8.8.8.8:99999/", {"allow_private": True}, False),
         ("http://8.8.8.8:0/", {}, False),
+        ("http://8.8.8.8:0/", {"allow_private": True}, False),  # was allowed: any port meant 0 too
     ],
 )
 def test_port_decisions(
@@ -281,7 +282,7 @@ def test_port_decisions(
     if allowed:
         assert decide(url, **policy) == ["8.8.8.8"]
     else:
-        with pytest.raises(UnsafeURL, match="not allowed|not valid"):
+        with pytest.raises(UnsafeURL, match="not allowed|not valid|not a port"):
             decide(url, **policy)
 
 
