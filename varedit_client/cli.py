@@ -16,14 +16,15 @@ otherwise; stdout carries only what a script reads (a job id, JSON, a saved path
 
 Exit status: 0 success (the job succeeded, or the command did what it says); 1 the job ended otherwise
 (failed, canceled, expired); 2 a usage, HTTP or connection error, or a wait that timed out; 130
-interrupted (Ctrl-C; a submitted job keeps running on the server); 141 stdout was closed before all was
-written (``| head``), silently.
+interrupted (Ctrl-C; a job already accepted keeps running on the server, and the message says which);
+141 stdout was closed before all was written (``| head``), silently.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -181,6 +182,7 @@ def _main(argv: Sequence[str] | None, prog: str) -> int:
     if getattr(args, "output", None) == STDOUT and sys.stdout.isatty():  # before anything is submitted
         print("error: the result is an image; pass -o FILE or redirect stdout", file=sys.stderr)
         return 2
+    _print_retry_notes()
     try:
         with Client(args.url, args.api_key, max_attempts=max(1, args.max_attempts)) as client:
             return HANDLERS[args.command](client, args)
@@ -200,13 +202,36 @@ def _main(argv: Sequence[str] | None, prog: str) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted (a submitted job keeps running on the server)", file=sys.stderr)
+        print(_interrupted(args), file=sys.stderr)
         return 130
+
+
+def _interrupted(args: argparse.Namespace) -> str:
+    job_id = getattr(args, "submitted", None)
+    if job_id is not None:
+        return f"interrupted (job {job_id} keeps running on the server; `cancel {job_id}` stops it)"
+    if args.command == "submit":
+        return "interrupted before the server answered the submit"
+    return "interrupted"
+
+
+def _print_retry_notes() -> None:
+    """The client logs each wait before a retry (`varedit_client.retry`): shown on stderr, so a wait
+    of a minute for a Retry-After is not a silent minute."""
+    logger = logging.getLogger("varedit_client")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("note: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
 
 
 def api_error_text(error: ApiError) -> str:
     """``error: code (HTTP n): message`` and one indented line per detail (the field and what is wrong)."""
-    lines = [f"error: {error.code} (HTTP {error.status}): {error.message}"]
+    retry_after = getattr(error, "retry_after", None)  # 429 and 503
+    again = "" if retry_after is None else f" (the server says: try again in {retry_after:.0f} s)"
+    lines = [f"error: {error.code} (HTTP {error.status}): {error.message}{again}"]
     details = error.details
     if isinstance(details, list):
         lines += [f"  {_detail(d)}" for d in details]
@@ -273,6 +298,7 @@ def _submit(client: Client, args: argparse.Namespace) -> int:
         webhook_events=args.webhook_events,
         idempotency_key=args.idempotency_key,
     )
+    args.submitted = job.id
     if not (args.wait or args.output):
         print(describe(job.data), file=sys.stderr)
         print(job.id)

@@ -8,12 +8,17 @@ carries the same ``Idempotency-Key`` on each try.
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass
 
 from varedit_client.errors import Conflict, ConnectionFailed, RateLimited, ServiceUnavailable, VareditError
 
 IN_FLIGHT = "idempotency_request_in_flight"
+
+# Each wait is logged at INFO, so a program (and the `varedit-client` CLI, which prints it) can say why
+# a call is taking long: a Retry-After of a minute is otherwise a silent minute.
+log = logging.getLogger("varedit_client")
 
 
 @dataclass(frozen=True)
@@ -37,11 +42,13 @@ class RetryPolicy:
             return None
         ceiling = min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
         backoff = random.uniform(ceiling / 2, ceiling)  # "equal jitter": never zero, never in lockstep
+        wait = backoff
         if isinstance(error, RateLimited | ServiceUnavailable) and error.retry_after is not None:
             if error.retry_after > self.max_retry_after_s:
                 return None
-            return max(error.retry_after, backoff)
-        return backoff
+            wait = max(error.retry_after, backoff)
+        log.info("%s; trying again in %.0f s (try %d of %d)", error, wait, attempt + 1, self.max_attempts)
+        return wait
 
 
 def retryable(error: VareditError) -> bool:

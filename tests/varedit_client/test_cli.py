@@ -5,16 +5,19 @@ and errors that say what is wrong."""
 from __future__ import annotations
 
 import fcntl
+import http.server
 import json
 import os
 import select
+import signal
 import struct
 import subprocess
 import sys
 import termios
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -254,3 +257,79 @@ def test_help_shows_the_defaults_and_the_exit_codes() -> None:
         assert "env VAREDIT_URL; default: http://127.0.0.1:8000" in text, command
         assert "env VAREDIT_API_KEY; default: none" in text, command
         assert "1 the job ended otherwise" in text and "2 a usage, HTTP or connection error" in text
+
+
+class _AlwaysLimited(http.server.BaseHTTPRequestHandler):
+    """An API that answers every request 429 with a Retry-After (the class's ``retry_after_s``)."""
+
+    retry_after_s = 1
+
+    def _limited(self) -> None:
+        body = json.dumps({"error": {"code": "rate_limited", "message": "more than 3 per 1 minute"}}).encode()
+        self.send_response(429)
+        self.send_header("Retry-After", str(self.retry_after_s))
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        self._limited()
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self._limited()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def limited_api() -> Iterator[tuple[str, type[_AlwaysLimited]]]:
+    handler = type("Limited", (_AlwaysLimited,), {})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", handler
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_retry_after_is_announced_and_named_when_retries_run_out(limited_api) -> None:
+    # Before, the wait for a Retry-After was silent (a minute, for a 429 under a rate limit), and the
+    # final error did not say when to try again.
+    url, _ = limited_api
+    done = _run("get", "some-job", "--url", url, "--max-attempts", "2")
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.splitlines()
+    assert lines[0] == (
+        "note: HTTP 429 rate_limited: more than 3 per 1 minute; trying again in 1 s (try 2 of 2)"
+    ), lines
+    assert lines[1] == (
+        "error: rate_limited (HTTP 429): more than 3 per 1 minute (the server says: try again in 1 s)"
+    ), lines
+
+
+def test_ctrl_c_during_a_submit_says_nothing_was_accepted(limited_api) -> None:
+    # Before: "a submitted job keeps running on the server", with no job submitted.
+    url, handler = limited_api
+    handler.retry_after_s = 30
+    sample = str(ROOT / "assets" / "sample.png")
+    proc = subprocess.Popen(
+        [*CLIENT, "submit", sample, "x", "--url", url],
+        cwd=ROOT,
+        env=_env(),
+        text=True,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert proc.stderr is not None
+        note = proc.stderr.readline()  # the client is now waiting out the Retry-After
+        assert "trying again in 30 s" in note, note
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=DEADLINE_S) == 130
+        assert proc.stderr.read().strip() == "interrupted before the server answered the submit"
+    finally:
+        proc.kill()
