@@ -81,8 +81,12 @@ async def read_edit_request(request: Request, settings: Settings, owner: str) ->
         try:
             async with read_form(request, max_files=1, max_fields=32) as form:
                 upload = form.get("image")
+                # An empty field is one left out (a page's form sends every field), except the
+                # instruction, which is required: "" is refused as empty, not as missing.
                 fields: dict[str, Any] = {
-                    k: v for k, v in form.multi_items() if k not in ("image", "webhook_events") and v != ""
+                    k: v
+                    for k, v in form.multi_items()
+                    if k not in ("image", "webhook_events") and (v != "" or k == "instruction")
                 }
                 if form.getlist("webhook_events"):
                     fields["webhook_events"] = form.getlist("webhook_events")

@@ -110,6 +110,15 @@ def test_json_edit_fills_defaults_and_draws_a_seed(harness: ApiHarness) -> None:
 
 
 @pytest.mark.parametrize("post", [post_multipart, post_json])
+@pytest.mark.parametrize("instruction", ["", "   "])
+def test_an_empty_instruction_is_called_empty(harness: ApiHarness, post: Any, instruction: str) -> None:
+    # before, an empty form field was "Field required", as if the client had not sent it
+    error = post(harness, instruction=instruction).json()["error"]
+    assert (error["code"], error["message"]) == ("invalid_request", "instruction must not be empty")
+    assert count_jobs(harness) == 0
+
+
+@pytest.mark.parametrize("post", [post_multipart, post_json])
 def test_a_negative_instruction_is_stored_and_shown(harness: ApiHarness, post: Any) -> None:
     response = post(harness, negative_instruction="  blurry, low quality ")
     assert response.status_code == 202, response.text
