@@ -15,7 +15,14 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import Session, sessionmaker
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+# Alembic's folder: the repository's migrations/ in a checkout (and an editable install), or the copy a
+# wheel carries inside this package (pyproject.toml maps migrations/ to jobs/migrations).
+_INSTALLED_MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+MIGRATIONS_DIR = (
+    _INSTALLED_MIGRATIONS
+    if _INSTALLED_MIGRATIONS.is_dir()
+    else Path(__file__).resolve().parent.parent / "migrations"
+)
 SQLITE_BUSY_TIMEOUT_S = 30  # writers queue behind each other instead of failing with "database is locked"
 
 
@@ -67,7 +74,8 @@ def migrate(url: str, revision: str = "head") -> None:
     from alembic import command
     from alembic.config import Config
 
-    cfg = Config(str(MIGRATIONS_DIR.parent / "alembic.ini"))
+    ini = MIGRATIONS_DIR.parent / "alembic.ini"  # a checkout's; an installed copy has none and needs none
+    cfg = Config(str(ini) if ini.is_file() else None)
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     cfg.attributes["configure_logging"] = False

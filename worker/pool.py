@@ -34,8 +34,13 @@ log = structlog.get_logger(__name__)
 # Edge of the warm-up image. Small: it only has to walk every code path once.
 WARMUP_SIZE = 64
 WARMUP_INSTRUCTION = "make the square blue"
-# Model folders shipped with the project (our folder format); searched when no model path is set.
-BUNDLED_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+# Model folders shipped with the project (our folder format); searched when no model path is set. The
+# repository's models/ in a checkout (and an editable install), or the copy a wheel carries inside this
+# package (pyproject.toml maps models/ to worker/bundled/models).
+_INSTALLED_MODELS = Path(__file__).resolve().parent / "bundled" / "models"
+BUNDLED_MODELS_DIR = (
+    _INSTALLED_MODELS if _INSTALLED_MODELS.is_dir() else Path(__file__).resolve().parent.parent / "models"
+)
 
 
 @dataclass
