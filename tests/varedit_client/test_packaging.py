@@ -92,3 +92,7 @@ def test_a_fresh_venv_with_only_the_client_imports_it_and_runs_its_commands(tmp_
         assert run.returncode == 2 and f"cannot reach the API at {unreachable}" in run.stderr, run.stderr
     server = subprocess.run([str(venv / "bin" / "varedit-serve")], capture_output=True, text=True)
     assert server.returncode == 2 and "pip install 'varedit-serve[all]'" in server.stderr
+    # and so does the model's command, in one line instead of a ModuleNotFoundError traceback
+    model = subprocess.run([str(venv / "bin" / "varedit"), "info", "x"], capture_output=True, text=True)
+    assert model.returncode == 2 and "pip install 'varedit-serve[model]'" in model.stderr, model.stderr
+    assert model.stderr.count("\n") == 1 and "(missing module 'torch')" in model.stderr, model.stderr
