@@ -18,7 +18,12 @@ restart is printed; the platform stops with the cause only when restarting canno
 whose model does not load, or a child that died `RESTART_LIMIT` times within `RESTART_WINDOW_S`. The
 Redis server is restarted at once on its port, and the queued jobs are published again.
 ``--ready-file PATH`` also writes ``{"url", "job_metrics", "pid", "children"}`` there at that moment,
-for scripts.
+for scripts; ``children`` are the pids of the processes it started: the workers, the API, and the
+Redis server when it runs one (not a broker named by ``VAREDIT_BROKER_URL``).
+A problem found before anything starts is one line on stderr: a setting or option that cannot work
+(an invalid setting, a data folder that cannot be made or written) exits with status 2; a broker or
+database that cannot be reached or opened, a taken port or a model that cannot be served, with 1.
+URLs in these lines have their password masked.
 Child logs go to ``<data_dir>/logs/<name>.log`` (``--log-to-console`` streams them instead). Webhooks
 are signed with ``<data_dir>/webhook-secret`` (made on first start) unless VAREDIT_WEBHOOK_SECRETS is set.
 """
@@ -45,6 +50,7 @@ from types import FrameType
 from typing import IO
 
 from jobs.settings import InvalidSettings, Settings, read_settings
+from serve.preflight import ConfigProblem, database_errors, make_data_dir, masked_url
 from serve.redis_server import RedisServer, free_port, redis_reachable
 
 READY_TIMEOUT_S = 600.0  # loading a real model on CPU can take minutes
@@ -205,6 +211,7 @@ class EmbeddedPlatform:
         self.worker_metrics_port = worker_metrics_port
         self.port = port or free_port()
         self.extra_env = dict(extra_env or {})
+        self._data_dir_source = "VAREDIT_DATA_DIR" if data_dir is None else "--data-dir"
         if model_path:
             self.extra_env["VAREDIT_MODEL_PATH"] = model_path
         if data_dir is not None:
@@ -240,21 +247,26 @@ class EmbeddedPlatform:
         _name_the_model(env)
         settings = _settings_for(env)
         _check_port_free(self.host, self.port)
-        data_dir = Path(settings.data_dir).resolve()
-        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir = make_data_dir(Path(settings.data_dir).resolve(), self._data_dir_source)
         log_dir = None if self.log_to_console else data_dir / "logs"
         if log_dir is not None:
-            log_dir.mkdir(exist_ok=True)
+            make_data_dir(log_dir, f"{self._data_dir_source} {data_dir}: its logs folder")
         self.log_dir = log_dir
-
+        # Every check that can fail comes before the first process starts (the Redis server).
+        _check_model(settings)
         broker_url = env.get("VAREDIT_BROKER_URL")
+        if broker_url and not redis_reachable(broker_url):
+            raise RuntimeError(f"VAREDIT_BROKER_URL={masked_url(broker_url)} is not reachable")
+        from jobs.db import migrate
+
+        with database_errors(settings.database_url):
+            migrate(settings.database_url)
+
         if not broker_url:
             self.redis = RedisServer(workdir=data_dir / "redis")
             (data_dir / "redis").mkdir(exist_ok=True)
             self.redis.start()
             broker_url = self.redis.url
-        elif not redis_reachable(broker_url):
-            raise RuntimeError(f"VAREDIT_BROKER_URL={broker_url} is not reachable")
 
         # Children get fully resolved settings, so each of them agrees on every path.
         self.env = {
@@ -273,10 +285,6 @@ class EmbeddedPlatform:
             self.env["VAREDIT_JOB_METRICS_HOST"] = "127.0.0.1"
         if not settings.webhook_secrets:
             self.env["VAREDIT_WEBHOOK_SECRETS"] = json.dumps([webhook_secret(data_dir)])
-        _check_model(settings)
-        from jobs.db import migrate
-
-        migrate(settings.database_url)
 
         py = sys.executable
         celery = [py, "-m", "celery", "-A", "worker.celery_app"]
@@ -311,11 +319,21 @@ class EmbeddedPlatform:
         while True:
             self.check_children()
             api_up = api_up or _http_ok(f"{self.url}/healthz")
-            if api_up and _models_ready(settings, self.edit_workers):
-                return
+            if api_up:
+                with database_errors(settings.database_url):  # one line, should it go away meanwhile
+                    if _models_ready(settings, self.edit_workers):
+                        return
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the platform was not ready within {timeout_s:.0f}s")
             time.sleep(POLL_S)  # polling real readiness conditions, bounded by the deadline
+
+    def pids(self) -> list[int]:
+        """The pids of the processes this platform started (the latest of each after a restart): its
+        children, then its Redis server (none for a broker it was given). Empty before the first one."""
+        pids = [c.process.pid for c in self.children if c.process]
+        if self.redis is not None and self.redis.process is not None:
+            pids.append(self.redis.process.pid)
+        return pids
 
     def child(self, name: str) -> Child:
         return next(c for c in self.children if c.name == name)
@@ -329,7 +347,9 @@ class EmbeddedPlatform:
         if self.redis is not None and not self.redis.alive():
             code = self.redis.exit_code()
             self.redis.restart()
-            sent = republish_queued(_settings_for(self.env))
+            settings = _settings_for(self.env)
+            with database_errors(settings.database_url):
+                sent = republish_queued(settings)
             _say(f"redis-server exited with code {code}; restarted; queued jobs published again: {sent}")
         now = time.monotonic()
         for child in self.children:
@@ -537,7 +557,10 @@ def serve(argv: Sequence[str]) -> int:
         "is served); default: VAREDIT_MODEL_PATH or the bundled small model",
     )
     parser.add_argument(
-        "--ready-file", type=Path, help="write {url, job_metrics, pid, children} here when ready"
+        "--ready-file",
+        type=Path,
+        help="write {url, job_metrics, pid, children} here when ready (children: the pids of the "
+        "workers, the API and its own Redis server)",
     )
     parser.add_argument("--log-to-console", action="store_true", help="children log to this terminal")
     args = parser.parse_args(argv)
@@ -567,14 +590,13 @@ def serve(argv: Sequence[str]) -> int:
         _say(f"metrics: {platform.url}/metrics (the API's) and {platform.job_metrics_url} (queue and jobs)")
         if args.ready_file:
             tmp = args.ready_file.with_suffix(".tmp")
-            children = [c.process.pid for c in platform.children if c.process]
             tmp.write_text(
                 json.dumps(
                     {
                         "url": platform.url,
                         "job_metrics": platform.job_metrics_url,
                         "pid": os.getpid(),
-                        "children": children,
+                        "children": platform.pids(),
                     }
                 )
             )
@@ -591,13 +613,18 @@ def serve(argv: Sequence[str]) -> int:
         for problem in exc.problems:
             _error(problem)
         code = 2
+    except ConfigProblem as exc:
+        _error(str(exc))
+        code = 2
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        started = bool(platform.pids())  # a problem found before the first process: nothing to stop
         platform.stop()
         if args.ready_file:
             args.ready_file.unlink(missing_ok=True)
-        _say("stopped")
+        if started:
+            _say("stopped")
     return code
 
 

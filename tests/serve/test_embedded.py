@@ -350,7 +350,7 @@ def test_sigterm_stops_every_child(embedded: dict) -> None:
     # runs last in this module: stop the platform the way Ctrl-C/systemd would
     proc: subprocess.Popen = embedded["proc"]
     children = embedded["children"]
-    assert len(children) == 3  # edit worker, light worker (+beat), api
+    assert len(children) == 4  # edit worker, light worker (+beat), api, redis-server
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 0
     assert "stopped" in embedded["stdout"].read_text()
