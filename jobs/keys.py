@@ -11,11 +11,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
-from limits import parse
+from limits import RateLimitItem, parse_many
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
@@ -24,6 +25,16 @@ from jobs.errors import ApiKeyNotFound
 from jobs.models import ApiKey, utcnow
 
 TOKEN_PREFIX = "vsk_"
+# A rate limit allows 1 to MAX_RATE_AMOUNT requests per window of 1 second to 1 year (the `limits` year:
+# 12 months of 30 days). Past these a key was stored and then broken: Redis's moving-window script reads
+# the count as a Lua number and indexes a list with it, and 10**23/second failed there at every request;
+# 1/1000000000000 years answered Retry-After 31104000000000000000 after one request.
+MAX_RATE_AMOUNT = 2**31 - 1
+MAX_RATE_WINDOW_S = 360 * 86400
+MAX_IN_FLIGHT = 2**31 - 1  # the 32-bit max_in_flight column
+# A single rate in the `limits` notation; group 1 is the window's count ("10/5 seconds": 5), which
+# `limits` reads as 1 when it is 0.
+_ONE_RATE = re.compile(r"\s*[0-9]+\s*(?:/|\s*per\s*)\s*([0-9]+)?\s*[a-z]+\s*", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -40,6 +51,55 @@ def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def check_rate_limit(text: str) -> RateLimitItem:
+    """The one rate ``text`` states in the `limits` notation ("60/minute", "1000 per day", "10/5
+    seconds"), or ValueError naming ``text`` and what is wrong: not a rate, several rates (the limiter
+    uses the first), none or more than MAX_RATE_AMOUNT requests, a window of 0 (`limits` reads it as
+    1) or longer than MAX_RATE_WINDOW_S. For a key's rate and for VAREDIT_RATE_LIMIT alike."""
+    try:
+        rates = parse_many(text)
+    except ValueError:
+        raise ValueError(f"rate limit {text!r} is not a rate such as 60/minute or 1000 per day") from None
+    if len(rates) != 1:
+        raise ValueError(f"rate limit {text!r} states {len(rates)} rates; give one, such as 60/minute")
+    [rate] = rates
+    if rate.amount < 1:
+        raise ValueError(f"rate limit {text!r} allows no request")
+    if rate.amount > MAX_RATE_AMOUNT:
+        raise ValueError(f"rate limit {text!r} allows more than {MAX_RATE_AMOUNT} requests per window")
+    count = match[1] if (match := _ONE_RATE.fullmatch(text)) else None
+    if count is not None and int(count) == 0:
+        raise ValueError(f"rate limit {text!r} has a window of 0")
+    if rate.get_expiry() > MAX_RATE_WINDOW_S:
+        raise ValueError(f"rate limit {text!r} has a window longer than 1 year ({MAX_RATE_WINDOW_S} seconds)")
+    return rate
+
+
+def _column_length(column: str) -> int:
+    """The most characters the api_keys column holds (PostgreSQL refuses more; SQLite would keep them)."""
+    length = ApiKey.__table__.c[column].type.length
+    assert isinstance(length, int)
+    return length
+
+
+def check_new_key(name: str, *, rate_limit: str | None = None, max_in_flight: int | None = None) -> None:
+    """ValueError, naming the value, for a key that could not be stored or that no request could pass:
+    an empty name or one longer than its column, a rate `check_rate_limit` refuses or longer than its
+    column, a cap of no job or one the column cannot hold. Checked before anything is stored."""
+    if not name.strip():
+        raise ValueError("a key's name must not be empty")
+    if len(name) > (longest := _column_length("name")):
+        raise ValueError(f"a key's name has at most {longest} characters, got {len(name)}")
+    if rate_limit is not None:
+        if len(rate_limit) > (longest := _column_length("rate_limit")):
+            raise ValueError(f"a rate limit has at most {longest} characters, got {len(rate_limit)}")
+        check_rate_limit(rate_limit)
+    if max_in_flight is not None and max_in_flight < 1:
+        raise ValueError(f"max in flight {max_in_flight} allows no job (at least 1)")
+    if max_in_flight is not None and max_in_flight > MAX_IN_FLIGHT:
+        raise ValueError(f"max in flight {max_in_flight} is more than {MAX_IN_FLIGHT}")
+
+
 def create(
     session: Session,
     name: str,
@@ -53,10 +113,7 @@ def create(
     ``max_priority``: the highest job priority it may ask for (0, normal, unless granted more)."""
     # ValueError for nonsense, before anything is stored: a key no request could ever pass (a cap of no
     # job, a rate of none per period) would be told 429 and to retry, forever.
-    if rate_limit is not None and parse(rate_limit).amount < 1:
-        raise ValueError(f"rate limit {rate_limit!r} allows no request")
-    if max_in_flight is not None and max_in_flight < 1:
-        raise ValueError(f"max in flight {max_in_flight} allows no job (at least 1)")
+    check_new_key(name, rate_limit=rate_limit, max_in_flight=max_in_flight)
     key_id = secrets.token_hex(6)
     token = f"{TOKEN_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
     key = ApiKey(

@@ -8,6 +8,11 @@
 `create` prints the token (shown this once) and the key's webhook signing secret; `rotate-webhook-secret`
 prints the new secret (the previous one keeps signing until the next rotation). The schema is migrated
 first, so these work on a fresh laptop database too.
+
+`create` refuses, before touching the database: an empty name or one over 128 characters; a rate that
+is not one rate of 1 to 2147483647 requests per window of 1 second to 1 year (12 months of 30 days);
+a --max-in-flight outside 1..2147483647. A refused value, or a key id that does not exist, is one line
+on stderr and exit status 2; a database that cannot be reached or opened, one line and status 1.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from jobs.db import make_engine, make_sessionmaker, migrate, session_scope
 from jobs.errors import JobsError
 from jobs.models import ApiKey
 from jobs.settings import get_settings
+from serve.preflight import ConfigProblem, DatabaseUnavailable, database_errors
 
 
 def _view(key: ApiKey, **extra: Any) -> dict[str, Any]:
@@ -59,10 +65,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, text in (("revoke", "stop a key at once"), ("rotate-webhook-secret", "new signing secret")):
         commands.add_parser(name, help=text).add_argument("key_id")
     args = parser.parse_args(argv)
+    try:
+        if args.command == "create":  # before the database: nothing is touched for a refused value
+            keys.check_new_key(args.name, rate_limit=args.rate_limit, max_in_flight=args.max_in_flight)
+        settings = get_settings()
+        with database_errors(settings.database_url):
+            out = _run(args, settings.database_url)
+    except (JobsError, ValueError, ConfigProblem) as e:
+        print(f"varedit-serve keys: {e}", file=sys.stderr)
+        return 2
+    except DatabaseUnavailable as e:
+        print(f"varedit-serve keys: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(out, indent=2))
+    return 0
 
-    settings = get_settings()
-    migrate(settings.database_url)
-    engine = make_engine(settings.database_url)
+
+def _run(args: argparse.Namespace, database_url: str) -> Any:
+    migrate(database_url)
+    engine = make_engine(database_url)
     try:
         with session_scope(make_sessionmaker(engine)) as session:
             if args.command == "create":
@@ -81,13 +102,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 key = keys.rotate_webhook_secret(session, args.key_id)
                 out = _view(key, webhook_secret=key.webhook_secret)
-    except (JobsError, ValueError) as e:
-        print(f"varedit-serve keys: {e}", file=sys.stderr)
-        return 2
     finally:
         engine.dispose()
-    print(json.dumps(out, indent=2))
-    return 0
+    return out
 
 
 if __name__ == "__main__":
