@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Annotated, Literal, get_args
 from urllib.parse import urlsplit
 
-import limits
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from jobs.rates import check_rate_limit
 
 CompileMode = Literal["default", "reduce-overhead", "max-autotune"]  # torch.compile's modes
 COMPILE_MODES: tuple[str, ...] = get_args(CompileMode)
@@ -336,7 +337,7 @@ class Settings(BaseSettings):
                 f"VAREDIT_WEBHOOK_RETRY_S: delays lie within [0, {MAX_WEBHOOK_RETRY_S:.0f}] seconds"
             )
         try:
-            limits.parse(self.rate_limit)
+            check_rate_limit(self.rate_limit)
         except ValueError as e:  # its message says what is wrong, not where
             problems.append(f"VAREDIT_RATE_LIMIT: {e}")
         if self.environment == "production":

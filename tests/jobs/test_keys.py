@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from limits import storage, strategies
 
-from jobs.keys import MAX_RATE_AMOUNT, MAX_RATE_WINDOW_S, check_rate_limit
+from jobs.rates import MAX_RATE_AMOUNT, MAX_RATE_WINDOW_S, check_rate_limit
 from serve.redis_server import RedisServer
 
 

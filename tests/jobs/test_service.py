@@ -236,6 +236,11 @@ def test_settings_defaults_and_normalisation(make_settings: Callable[..., Settin
         {"model_overrides": {"tiny": {"resolutions": [0]}}},
         {"heartbeat_s": 30, "worker_stale_s": 30},  # a worker would count as gone between its beats
         {"presigned_url_s": 8 * 86400},  # S3 signs a URL for 7 days at most
+        # rates the Redis limiter cannot hold (every request let through) or that limits misreads
+        {"rate_limit": "99999999999999999999999/second"},
+        {"rate_limit": "1/0 second"},
+        {"rate_limit": "1/second;100/day"},
+        {"rate_limit": "1/ 1000000000000 years"},
         {"device": "gpu"},
         {"device": "cuda:"},
         {"device": "CUDA"},
@@ -418,11 +423,14 @@ DATABASE_URL_PROBLEM = (
                 DATABASE_URL_PROBLEM,
                 "VAREDIT_HEARTBEAT_S must be smaller than VAREDIT_LEASE_S",
                 "VAREDIT_HEARTBEAT_S must be smaller than VAREDIT_WORKER_STALE_S",
-                "VAREDIT_RATE_LIMIT: couldn't parse rate limit string 'often'",
+                "VAREDIT_RATE_LIMIT: rate limit 'often' is not a rate such as 60/minute or 1000 per day",
                 "production needs VAREDIT_AUTH=api_key",
             ],
         ),
-        ({"VAREDIT_RATE_LIMIT": "often"}, ["VAREDIT_RATE_LIMIT: couldn't parse rate limit string 'often'"]),
+        (
+            {"VAREDIT_RATE_LIMIT": "often"},
+            ["VAREDIT_RATE_LIMIT: rate limit 'often' is not a rate such as 60/minute or 1000 per day"],
+        ),
         (  # one line for one variable, not one per member of its union type
             {"VAREDIT_COMPILE": "fast"},
             ["VAREDIT_COMPILE: true, false or a torch.compile mode (default, reduce-overhead, max-autotune)"],
