@@ -4,14 +4,11 @@ folder that cannot serve stops the platform with one line naming the cause."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.serve.running import until_ready
 from varedit import checkpoints, write_random_checkpoint
 from varedit.config import get_config
 from varedit.serving import SamplingDefaults
@@ -70,21 +68,8 @@ def serving(model_path: Path, tmp_path: Path) -> Iterator[str]:
     """The platform serving `model_path`, until the block ends (then SIGTERM, as Ctrl-C would)."""
     data_dir = tmp_path / "data"
     ready = tmp_path / "ready.json"
-    proc = _serve(model_path, data_dir)
-    try:
-        deadline = time.monotonic() + READY_S
-        while not ready.exists():
-            assert proc.poll() is None, proc.communicate()[0]
-            assert time.monotonic() < deadline, "not ready in time"
-            time.sleep(0.1)  # polling the ready file under a deadline
-        yield json.loads(ready.read_text())["url"]
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    with until_ready(_serve(model_path, data_dir), ready, READY_S) as info:
+        yield info["url"]
 
 
 def _edit_with_the_models_defaults(url: str) -> tuple[dict, dict]:

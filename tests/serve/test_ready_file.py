@@ -4,22 +4,19 @@ was given with VAREDIT_BROKER_URL."""
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from serve.redis_server import RedisServer
+from tests.serve.running import until_ready
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
-READY_S = 120.0
 
 
 def _ready_then_stopped(tmp_path: Path, **env: str) -> dict:
@@ -37,21 +34,8 @@ def _ready_then_stopped(tmp_path: Path, **env: str) -> dict:
         text=True,
         start_new_session=True,
     )
-    try:
-        deadline = time.monotonic() + READY_S
-        while not ready.exists():
-            assert proc.poll() is None, proc.communicate()[0]
-            assert time.monotonic() < deadline, "not ready in time"
-            time.sleep(0.1)  # polling the ready file under a deadline
-        info = json.loads(ready.read_text())
+    with until_ready(proc, ready) as info:
         info["programs"] = {pid: Path(f"/proc/{pid}/exe").resolve().name for pid in info["children"]}
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
     assert proc.returncode == 0 and "varedit-serve: stopped" in (proc.stdout.read() if proc.stdout else "")
     return info
 
