@@ -491,6 +491,28 @@ def test_an_upload_retry_is_logged_when_the_upload_fails(
     assert [(t - tries[0], wait) for t, wait in logged] == expected
 
 
+def test_a_message_spent_on_a_job_whose_publish_failed_is_sent_again(
+    runtime, pipeline, submit, sessions, republished
+) -> None:
+    """A worker claims the oldest queued job whatever message woke it. The oldest here had no message
+    of its own (its publish failed), so the newer job's message claimed it; before, the newer job was
+    then left without one until the stranded pass (300 s; measured from outside: 327 s)."""
+
+    class DeadBroker:
+        def publish_run_edit(self, job_id: str, model: str, delay_s: float = 0) -> None:
+            raise ConnectionError("broker down")
+
+    unpublished = submit()
+    reapers.publish_or_flag(sessions, DeadBroker(), unpublished, "tiny")
+    newer = submit()
+    edit_tasks.run_edit(newer)  # newer's message
+    assert _job(sessions, unpublished).status is JobStatus.SUCCEEDED
+    assert republished == [(newer, "tiny", 0)]  # newer has a message again
+    edit_tasks.run_edit(newer)  # the message sent again claims newer, its own job: nothing more is sent
+    assert _job(sessions, newer).status is JobStatus.SUCCEEDED
+    assert republished == [(newer, "tiny", 0)]
+
+
 def test_a_runs_log_lines_name_the_job_it_claimed_not_the_message(runtime, pipeline, submit) -> None:
     """A message only wakes the worker, which claims the queue's next job: the run's log context names
     that job, so searching the logs by job id finds its lines (and the message's id is kept aside)."""

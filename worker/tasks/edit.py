@@ -16,7 +16,7 @@ import structlog
 from celery import Task
 from sqlalchemy.exc import SQLAlchemyError
 
-from jobs import models, transitions
+from jobs import models, reapers, transitions
 from jobs.db import session_scope
 from jobs.queue import RUN_EDIT_TASK
 from worker import metrics
@@ -44,11 +44,16 @@ def run_edit(self: Task, job_id: str) -> str:
                 session, job_id, rt.worker_id, rt.settings.lease_s, rt.settings.max_batch
             )
             jobs = [ClaimedJob.from_row(row) for row in rows]
+            # A job whose publish failed (flagged) has no message of its own: claiming it spent another
+            # job's, which is sent again, or the newest queued job would wait out the stranded pass.
+            spent = [r.id for r in rows if r.id != job_id and r.dispatched_at == reapers.NEVER_DISPATCHED]
     except SQLAlchemyError as exc:
         raise self.retry(exc=exc, countdown=CLAIM_RETRY_S) from exc
     if not jobs:
         log.info("run_edit_dropped", reason="not_claimable")
         return "dropped"
+    for _ in spent:
+        reapers.publish_or_flag(rt.sessions, rt.publisher, job_id, jobs[0].model)
     # The message only wakes the worker: it claims the queue's next job, often another one than the
     # message names, so the run's lines carry the claimed job's id (a batch's first).
     structlog.contextvars.bind_contextvars(
