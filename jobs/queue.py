@@ -2,18 +2,24 @@
 name, without importing ``worker/``. `CeleryPublisher.publish_run_edit` is the one place that sends
 ``run_edit``: the API after a submit, the reapers after a requeue, a worker giving a job back.
 
-The broker only wakes workers; the database is the truth. A failed publish leaves the job ``queued``
-and the periodic dispatcher (`reapers.stranded_queued`) republishes it.
+The broker only wakes workers; the database is the truth. A failed publish leaves the job ``queued``,
+flagged for the periodic dispatcher (`reapers.stranded_queued`), which republishes it (`publish_or_flag`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Protocol
 
 import structlog
 from celery import Celery
+from sqlalchemy import update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
 
+from jobs.db import session_scope
+from jobs.models import Job, JobStatus
 from jobs.settings import Settings
 
 RUN_EDIT_TASK = "worker.run_edit"
@@ -74,6 +80,33 @@ def publish_quietly(publisher: Publisher, job_id: str, model: str, delay_s: floa
         log.warning("job_publish_failed", job_id=job_id, model=model, exc_info=True)
         return False
     return True
+
+
+# `dispatched_at` of a queued job whose publish failed: older than any cutoff, so the dispatcher's next
+# pass republishes it.
+NEVER_DISPATCHED = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def publish_or_flag(
+    sessions: sessionmaker[Session], publisher: Publisher, job_id: str, model: str, delay_s: float = 0
+) -> None:
+    """Publish after commit; when the broker refuses, flag the job for the dispatcher's next pass
+    (`reapers.stranded_queued`, every 30 s) instead of its ``stranded_after_s`` wait. Messages only wake
+    workers, who claim the oldest queued job, so one missing message leaves the newest queued job
+    without one, whoever owns it, and that job would wait idle workers out until then. A flag that
+    fails too (the database is down as well) leaves the plain stranded wait."""
+    if publish_quietly(publisher, job_id, model, delay_s):
+        return
+    try:
+        with session_scope(sessions) as session:
+            session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
+                .values(dispatched_at=NEVER_DISPATCHED)
+                .execution_options(synchronize_session=False)
+            )
+    except SQLAlchemyError:
+        log.warning("job_publish_flag_failed", job_id=job_id, exc_info=True)
 
 
 def webhook_sender(app: Celery) -> Callable[[str], None]:

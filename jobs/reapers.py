@@ -9,18 +9,15 @@ pass, and the light worker running it, for every other job.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 import structlog
 from sqlalchemy import select, update
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from jobs import outbox
-from jobs.db import session_scope
 from jobs.models import TERMINAL_STATUSES, Job, JobStatus, startable, utcnow
-from jobs.queue import Publisher, publish_quietly
 from jobs.storage import JOBS_PREFIX, Storage, job_id_of, job_prefix
 
 log = structlog.get_logger(__name__)
@@ -188,33 +185,6 @@ def stranded_queued(
         .execution_options(synchronize_session=False)
     ).all()
     return [ToPublish(job_id, model) for job_id, model in rows]
-
-
-# `dispatched_at` of a queued job whose publish failed: older than any cutoff, so the dispatcher's next
-# pass republishes it.
-NEVER_DISPATCHED = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def publish_or_flag(
-    sessions: sessionmaker[Session], publisher: Publisher, job_id: str, model: str, delay_s: float = 0
-) -> None:
-    """Publish after commit; when the broker refuses, flag the job for the dispatcher's next pass
-    (`stranded_queued`, every 30 s) instead of its ``stranded_after_s`` wait. Messages only wake
-    workers, who claim the oldest queued job, so one missing message leaves the newest queued job
-    without one, whoever owns it, and that job would wait idle workers out until then. A flag that
-    fails too (the database is down as well) leaves the plain stranded wait."""
-    if publish_quietly(publisher, job_id, model, delay_s):
-        return
-    try:
-        with session_scope(sessions) as session:
-            session.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
-                .values(dispatched_at=NEVER_DISPATCHED)
-                .execution_options(synchronize_session=False)
-            )
-    except SQLAlchemyError:
-        log.warning("job_publish_flag_failed", job_id=job_id, exc_info=True)
 
 
 def delete_expired_results(

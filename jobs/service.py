@@ -24,7 +24,7 @@ from jobs.db import session_scope
 from jobs.errors import InFlightLimit, JobNotTerminal
 from jobs.models import Job, utcnow
 from jobs.notify import Notifier
-from jobs.queue import Publisher
+from jobs.queue import Publisher, publish_or_flag
 from jobs.storage import Storage, source_key
 from jobs.views import render_job
 
@@ -113,7 +113,7 @@ def submit_edit(
         log.warning("job_submit_commit_reply_lost", job_id=job_id, error=repr(exc))
         body = committed
 
-    reapers.publish_or_flag(sessions, publisher, job_id, spec.model)
+    publish_or_flag(sessions, publisher, job_id, spec.model)
     return Submitted(job_id, ACCEPTED, body, False)
 
 

@@ -27,7 +27,9 @@ class DatabaseUnavailable(RuntimeError):
 
 def masked_url(url: str) -> str:
     """``url`` with its password (and any ``password=`` query parameter) replaced by ``***``, so it can
-    be printed: ``redis://:***@127.0.0.1:6379/0``. The rest is kept as written (``sqlite:////abs``)."""
+    be printed: ``redis://:***@127.0.0.1:6379/0``. The rest is kept as written (``sqlite:////abs``).
+    Hand-written because SQLAlchemy's ``render_as_string(hide_password=True)`` masks only the address's
+    password, and re-renders the rest."""
     scheme, sep, rest = url.partition("://")
     if not sep:
         return url

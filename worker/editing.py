@@ -39,12 +39,12 @@ from PIL import Image, UnidentifiedImageError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from jobs import queries, reapers, transitions
+from jobs import queries, transitions
 from jobs.db import session_scope
 from jobs.errors import StorageError
 from jobs.models import Job, JobStatus
 from jobs.notify import Notifier
-from jobs.queue import Publisher
+from jobs.queue import Publisher, publish_or_flag
 from jobs.storage import Storage, preview_key, result_key
 from worker import metrics
 from worker.drain import Drain
@@ -245,7 +245,7 @@ class Fence:
             released = False
         self._set(job, JobState.RELEASED if released else JobState.LOST)
         if released:
-            reapers.publish_or_flag(self.sessions, self.publisher, job.id, job.model, REQUEUE_DELAY_S)
+            publish_or_flag(self.sessions, self.publisher, job.id, job.model, REQUEUE_DELAY_S)
         log.warning("edit_released", job_id=job.id, attempt=job.attempt, reason=reason)
 
     def withdraw(self, jobs: Iterable[ClaimedJob], *, generated_too: bool = False) -> None:
@@ -271,7 +271,7 @@ class Fence:
             self._set(job, JobState.LOST)
             return
         self._set(job, JobState.HANDED_BACK)
-        reapers.publish_or_flag(self.sessions, self.publisher, job.id, job.model)
+        publish_or_flag(self.sessions, self.publisher, job.id, job.model)
         log.info("edit_handed_back", job_id=job.id, attempt=job.attempt)
 
 
@@ -564,9 +564,8 @@ class EditRun:
         data = buf.getvalue()
         key = result_key(job.id, job.attempt)
         try:
-            self._with_retries(
-                "result_upload_retry", job, lambda: self.storage.put(key, data, RESULT_CONTENT_TYPE)
-            )
+            put = partial(self.storage.put, key, data, RESULT_CONTENT_TYPE)
+            self._with_retries("result_upload_retry", job, put)
         except Withdrawn:
             return None
         return transitions.ResultMeta(

@@ -17,7 +17,7 @@ from PIL import Image
 from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
 
-from jobs import models, queries, reapers, transitions, workers
+from jobs import models, queries, queue, reapers, transitions, workers
 from jobs.db import session_scope
 from jobs.models import Job, JobStatus
 from jobs.settings import Settings
@@ -503,7 +503,7 @@ def test_a_message_spent_on_a_job_whose_publish_failed_is_sent_again(
             raise ConnectionError("broker down")
 
     unpublished = submit()
-    reapers.publish_or_flag(sessions, DeadBroker(), unpublished, "tiny")
+    queue.publish_or_flag(sessions, DeadBroker(), unpublished, "tiny")
     newer = submit()
     edit_tasks.run_edit(newer)  # newer's message
     assert _job(sessions, unpublished).status is JobStatus.SUCCEEDED

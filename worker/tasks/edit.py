@@ -16,9 +16,9 @@ import structlog
 from celery import Task
 from sqlalchemy.exc import SQLAlchemyError
 
-from jobs import models, reapers, transitions
+from jobs import models, transitions
 from jobs.db import session_scope
-from jobs.queue import RUN_EDIT_TASK
+from jobs.queue import NEVER_DISPATCHED, RUN_EDIT_TASK, publish_or_flag
 from worker import metrics
 from worker.celery_app import app
 from worker.editing import ClaimedJob, EditRun, Fence, LeaseKeeper, TransientFault
@@ -44,16 +44,17 @@ def run_edit(self: Task, job_id: str) -> str:
                 session, job_id, rt.worker_id, rt.settings.lease_s, rt.settings.max_batch
             )
             jobs = [ClaimedJob.from_row(row) for row in rows]
-            # A job whose publish failed (flagged) has no message of its own: claiming it spent another
-            # job's, which is sent again, or the newest queued job would wait out the stranded pass.
-            spent = [r.id for r in rows if r.id != job_id and r.dispatched_at == reapers.NEVER_DISPATCHED]
+            # The message claimed a job whose publish failed (flagged: it has no message of its own), so
+            # it was another job's: sent again, or the newest queued job would wait out the stranded pass.
+            flagged = bool(rows) and rows[0].dispatched_at == NEVER_DISPATCHED
+            resend = flagged and job_id not in {job.id for job in jobs}
     except SQLAlchemyError as exc:
         raise self.retry(exc=exc, countdown=CLAIM_RETRY_S) from exc
     if not jobs:
         log.info("run_edit_dropped", reason="not_claimable")
         return "dropped"
-    for _ in spent:
-        reapers.publish_or_flag(rt.sessions, rt.publisher, job_id, jobs[0].model)
+    if resend:
+        publish_or_flag(rt.sessions, rt.publisher, job_id, jobs[0].model)
     # The message only wakes the worker: it claims the queue's next job, often another one than the
     # message names, so the run's lines carry the claimed job's id (a batch's first).
     structlog.contextvars.bind_contextvars(

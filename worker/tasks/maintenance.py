@@ -17,6 +17,7 @@ from celery import Task
 from jobs import reapers, workers
 from jobs.db import session_scope
 from jobs.idempotency import prune as prune_idempotency_records
+from jobs.queue import publish_or_flag
 from worker.celery_app import MAINTENANCE_QUEUE, app
 from worker.runtime import get_runtime
 
@@ -29,7 +30,7 @@ MAX_CHAINED_BATCHES = 50  # then wait for the next beat tick instead of monopoli
 def _republish(to_publish: list[reapers.ToPublish]) -> None:
     rt = get_runtime()
     for item in to_publish:
-        reapers.publish_or_flag(rt.sessions, rt.publisher, item.job_id, item.model)
+        publish_or_flag(rt.sessions, rt.publisher, item.job_id, item.model)
 
 
 def _notify(job_ids: list[str]) -> None:
